@@ -1,0 +1,172 @@
+//! cgroup resolver: cgroup v2 ids to paths.
+//!
+//! The kernel reports a cgroup as the inode number of its v2 directory. The
+//! v2 tree is found from the mount table: at `/sys/fs/cgroup` on pure v2
+//! hosts, at `/sys/fs/cgroup/unified` on hybrid ones.
+
+use std::{
+    collections::HashMap,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+
+use crate::escape::escape_bytes;
+
+/// A miss re-reads the tree at most this often, so a storm of records from
+/// unknown cgroups cannot turn into a storm of directory walks.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Errors finding the cgroup v2 tree.
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    /// No cgroup2 file system is mounted.
+    #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo)")]
+    NoV2,
+    /// The mount table could not be read.
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    MountInfo(#[source] std::io::Error),
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+#[derive(Clone, Debug)]
+pub struct V2Tree {
+    root: PathBuf,
+}
+
+impl V2Tree {
+    /// Finds the v2 tree in this process's mount table.
+    pub fn discover() -> Result<Self, CgroupError> {
+        let table =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+        crate::mountinfo::find_fstype(&table, "cgroup2")
+            .map(|root| Self { root })
+            .ok_or(CgroupError::NoV2)
+    }
+
+    /// The tree mounted at `root`.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The mount point.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Every cgroup in the tree as (id, path relative to the root).
+    ///
+    /// Directories that vanish during the walk are skipped: containers come
+    /// and go while we read.
+    pub fn walk(&self) -> Vec<(u64, String)> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            found.push((meta.ino(), self.relative(&dir)));
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        found
+    }
+
+    /// The escaped path of `dir` relative to the root, `/` for the root itself.
+    fn relative(&self, dir: &Path) -> String {
+        let rel = dir.strip_prefix(&self.root).unwrap_or(dir);
+        format!("/{}", escape_bytes(rel.as_os_str().as_bytes()))
+    }
+}
+
+/// Resolves cgroup ids to paths, re-reading the tree when an id is unknown.
+#[derive(Debug)]
+pub struct Resolver {
+    tree: V2Tree,
+    paths: HashMap<u64, String>,
+    last_scan: Option<Instant>,
+    /// Lookups that found no path, even after a re-read.
+    pub misses: u64,
+}
+
+impl Resolver {
+    /// A resolver that has read the whole tree once.
+    pub fn new(tree: V2Tree) -> Self {
+        let mut resolver = Self {
+            tree,
+            paths: HashMap::new(),
+            last_scan: None,
+            misses: 0,
+        };
+        resolver.scan(Instant::now());
+        resolver
+    }
+
+    fn scan(&mut self, now: Instant) {
+        self.paths.extend(self.tree.walk());
+        self.last_scan = Some(now);
+    }
+
+    /// The path of cgroup `id`, if it exists or existed while we watched.
+    pub fn path(&mut self, id: u64) -> Option<&str> {
+        if !self.paths.contains_key(&id) {
+            let now = Instant::now();
+            if self
+                .last_scan
+                .is_none_or(|last| now.duration_since(last) >= RESCAN_INTERVAL)
+            {
+                self.scan(now);
+            }
+        }
+        let path = self.paths.get(&id).map(String::as_str);
+        if path.is_none() {
+            self.misses += 1;
+        }
+        path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_a_tree_with_inode_ids_and_escaped_relative_paths() {
+        let dir = std::env::temp_dir().join(format!("collector-walk-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a/b")).unwrap();
+        std::fs::create_dir_all(dir.join("odd\nname")).unwrap();
+        let tree = V2Tree::at(&dir);
+        let mut found = tree.walk();
+        found.sort_by(|x, y| x.1.cmp(&y.1));
+        let ino = |p: &str| std::fs::metadata(dir.join(p)).unwrap().ino();
+        assert_eq!(
+            found,
+            vec![
+                (std::fs::metadata(&dir).unwrap().ino(), "/".to_owned()),
+                (ino("a"), "/a".to_owned()),
+                (ino("a/b"), "/a/b".to_owned()),
+                (ino("odd\nname"), "/odd\\x0aname".to_owned()),
+            ]
+        );
+        let mut resolver = Resolver::new(tree);
+        assert_eq!(resolver.path(ino("a/b")), Some("/a/b"));
+        std::fs::create_dir(dir.join("late")).unwrap();
+        std::thread::sleep(RESCAN_INTERVAL);
+        assert_eq!(
+            resolver.path(ino("late")),
+            Some("/late"),
+            "a miss re-reads the tree"
+        );
+        assert_eq!(resolver.path(u64::MAX), None);
+        assert_eq!(resolver.misses, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,120 @@
+//! Kernel boot time to wall-clock time, and RFC 3339 timestamps.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// Nanoseconds since the Unix epoch, UTC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Self(clock_ns(libc::CLOCK_REALTIME))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC with nanoseconds: `2026-11-28T10:40:10.123456789Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.div_euclid(1_000_000_000);
+        let nanos = self.0.rem_euclid(1_000_000_000);
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{nanos:09}Z"
+        )
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Converts `CLOCK_BOOTTIME` readings (what `bpf_ktime_get_boot_ns` returns) to wall time.
+#[derive(Clone, Copy, Debug)]
+pub struct BootClock {
+    /// Wall time minus boot time, in nanoseconds.
+    offset_ns: i64,
+}
+
+impl BootClock {
+    /// Measures the offset now; call again to follow clock steps (NTP, suspend).
+    pub fn now() -> Self {
+        Self {
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+        }
+    }
+
+    /// A clock with a given offset, for tests.
+    pub const fn with_offset(offset_ns: i64) -> Self {
+        Self { offset_ns }
+    }
+
+    /// Wall time of a boot-time reading.
+    pub const fn wall(&self, boot_ns: u64) -> Timestamp {
+        Timestamp(self.offset_ns.saturating_add(boot_ns as i64))
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call; these clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &raw mut ts) };
+    ts.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec)
+}
+
+/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+const fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_with_nanoseconds() {
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            Timestamp(1_795_862_410_123_456_789).to_string(),
+            "2026-11-28T10:40:10.123456789Z"
+        );
+        assert_eq!(
+            Timestamp(951_782_400_000_000_000).to_string(),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+        assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn boot_time_maps_to_wall_time() {
+        let clock = BootClock::with_offset(1_000);
+        assert_eq!(clock.wall(500), Timestamp(1_500));
+        let live = BootClock::now();
+        let wall = live.wall(u64::try_from(clock_ns(libc::CLOCK_BOOTTIME)).unwrap());
+        assert!(
+            (wall.0 - Timestamp::now().0).abs() < 1_000_000_000,
+            "{wall} is not now"
+        );
+    }
+}

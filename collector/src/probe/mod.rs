@@ -1,0 +1,247 @@
+//! Kernel probe: loads the embedded eBPF object into this kernel, with the
+//! offsets of this kernel, and attaches its programs.
+
+pub mod btf;
+pub mod preflight;
+pub mod tracefs;
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{CgroupArray, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+use std::os::fd::AsRawFd as _;
+
+use aya_log::EbpfLogger;
+use collector_common::{ABSENT, Layout, counter};
+use thiserror::Error;
+
+use self::{btf::Btf, tracefs::Tracefs};
+
+/// The kernel programs, built by `build.rs` from `collector-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
+
+/// The tracepoints the probes attach to: (category, name, program).
+const TRACEPOINTS: &[(&str, &str, &str)] = &[("sched", "sched_process_exit", "sched_process_exit")];
+
+/// Errors loading or attaching the probes.
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    /// The environment lacks a privilege or kernel feature.
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    /// Kernel BTF could not give an offset.
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    /// tracefs is missing or a tracepoint format is unreadable.
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    /// The ring buffer size is not a power of two multiple of the page size.
+    #[error("ring buffer size {0} is not a power of two of at least 4096 bytes")]
+    RingSize(u32),
+    /// The BPF syscall is not available.
+    #[error("the kernel has no BPF syscall (it needs CONFIG_BPF_SYSCALL=y): {0}")]
+    BpfDisabled(#[source] EbpfError),
+    /// The object failed to load.
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] EbpfError),
+    /// A program failed to load or attach.
+    #[error("program {program} failed to load or attach to {tracepoint}: {source}")]
+    Program {
+        /// The program.
+        program: &'static str,
+        /// Where it was to be attached.
+        tracepoint: String,
+        /// Why it failed (a verifier log, or an attach error).
+        #[source]
+        source: ProgramError,
+    },
+    /// A map the object must have is missing or of the wrong type.
+    #[error("eBPF map {name} is missing or malformed: {source}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// Why it could not be used.
+        #[source]
+        source: MapError,
+    },
+    /// The cgroup to filter on could not be opened.
+    #[error("cannot open cgroup directory {path} to filter on: {source}")]
+    CgroupFilter {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why it could not be opened.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel-side logger could not start.
+    #[error("cannot start the eBPF logger: {0}")]
+    Logger(#[source] aya_log::Error),
+}
+
+/// Options for loading the probes.
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Ring buffer size in bytes: a power of two, at least one page.
+    pub ring_bytes: u32,
+    /// Report only tasks in this cgroup v2 directory's subtree; filtered in
+    /// the kernel, so the rest of the node cannot fill the ring buffer.
+    pub cgroup_subtree: Option<std::path::PathBuf>,
+}
+
+/// Counters the kernel programs keep, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Records lost because the ring buffer was full.
+    pub ring_full: u64,
+    /// Records sent with a field that could not be read.
+    pub read_failed: u64,
+}
+
+/// Loaded and attached probes. Dropping this detaches and unloads them.
+pub struct Probes {
+    /// Keeps the programs and their links alive.
+    _ebpf: Ebpf,
+    /// Must outlive the programs: they write to its map.
+    logger: EbpfLogger<&'static dyn log::Log>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Checks the environment, loads the object with this kernel's layout, and attaches.
+    pub fn load(config: &ProbeConfig) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        preflight::check()?;
+        if config.ring_bytes < 4096 || !config.ring_bytes.is_power_of_two() {
+            return Err(ProbeError::RingSize(config.ring_bytes));
+        }
+        let tracefs = Tracefs::find_or_mount()?;
+        let layout = kernel_layout(&Btf::from_kernel()?, &tracefs)?;
+        log::debug!("kernel layout: {layout:?}");
+
+        let subtree = config
+            .cgroup_subtree
+            .as_ref()
+            .map(|path| {
+                std::fs::File::open(path).map_err(|source| ProbeError::CgroupFilter {
+                    path: path.clone(),
+                    source,
+                })
+            })
+            .transpose()?;
+        let filter_by_cgroup = u32::from(subtree.is_some());
+        let mut ebpf = EbpfLoader::new()
+            .override_global("LAYOUT", &layout, true)
+            .override_global("FILTER_BY_CGROUP", &filter_by_cgroup, true)
+            .map_max_entries("EVENTS", config.ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(classify_load_error)?;
+        let logger = EbpfLogger::init(&mut ebpf).map_err(ProbeError::Logger)?;
+        if let Some(dir) = subtree {
+            // The map takes its own reference to the cgroup; the fd may close.
+            let map_error = |source| ProbeError::Map {
+                name: "CGROUP_FILTER",
+                source,
+            };
+            let map = ebpf.map_mut("CGROUP_FILTER").ok_or_else(|| {
+                map_error(MapError::InvalidName {
+                    name: "CGROUP_FILTER".to_owned(),
+                })
+            })?;
+            CgroupArray::try_from(map)
+                .and_then(|mut filter| filter.set(0, dir.as_raw_fd(), 0))
+                .map_err(map_error)?;
+        }
+        for &(category, name, program) in TRACEPOINTS {
+            let fail = |source| ProbeError::Program {
+                program,
+                tracepoint: format!("{category}/{name}"),
+                source,
+            };
+            let tracepoint: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(ProgramError::UnexpectedProgramType)
+                .and_then(TryInto::try_into)
+                .map_err(fail)?;
+            tracepoint.load().map_err(fail)?;
+            tracepoint.attach(category, name).map_err(fail)?;
+        }
+        let ring = take_map(&mut ebpf, "EVENTS")?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                logger,
+                counters,
+            },
+            ring,
+        ))
+    }
+
+    /// Reads the kernel-side counters.
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let sum = |index: u32| -> Result<u64, ProbeError> {
+            let values = self
+                .counters
+                .get(&index, 0)
+                .map_err(|source| ProbeError::Map {
+                    name: "COUNTERS",
+                    source,
+                })?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelCounters {
+            ring_full: sum(counter::RING_FULL)?,
+            read_failed: sum(counter::READ_FAILED)?,
+        })
+    }
+
+    /// Forwards the kernel programs' log lines to the `log` crate.
+    pub fn flush_logs(&mut self) {
+        self.logger.flush();
+    }
+
+    /// The logger's file descriptor, readable when the kernel logged something.
+    pub fn log_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.logger)
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Map {
+        name,
+        source: MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    })?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// The offsets of this kernel that the programs read at.
+pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError> {
+    let task = |member| btf.member_offset("task_struct", member);
+    let exit = tracefs.format("sched", "sched_process_exit")?;
+    Ok(Layout {
+        task_tgid: task("tgid")?,
+        task_real_parent: task("real_parent")?,
+        task_group_leader: task("group_leader")?,
+        task_exit_code: task("exit_code")?,
+        task_comm: task("comm")?,
+        exit_group_dead: exit.field("group_dead").map_or(ABSENT, |f| f.offset),
+    })
+}
+
+/// Names the common causes of a failed load instead of a bare errno.
+fn classify_load_error(err: EbpfError) -> ProbeError {
+    let errno = match &err {
+        EbpfError::MapError(MapError::CreateError { io_error, .. }) => io_error.raw_os_error(),
+        _ => None,
+    };
+    match errno {
+        Some(libc::ENOSYS) => ProbeError::BpfDisabled(err),
+        Some(libc::EPERM) => ProbeError::Preflight(preflight::PreflightError::NotPermitted),
+        _ => ProbeError::Load(err),
+    }
+}

@@ -1,0 +1,197 @@
+//! Process exits: the real probe in this kernel, real processes in a fresh
+//! cgroup v2 directory, exact fields on every record.
+#![expect(clippy::unwrap_used, reason = "the helpers are test steps: a failure fails the test")]
+
+use std::{process::Command, time::Duration};
+
+use collector::clock::Timestamp;
+use collector_tests::{cgroup::CgroupDir, collector::Collector, privileged};
+use serde_json::{Value, json};
+
+const VICTIM: &str = env!("CARGO_BIN_EXE_victim");
+
+/// Starts a collector that sees only `cgroup`, runs `run`, and returns the records of the cgroup.
+fn trace(cgroup: &CgroupDir, expected: usize, run: impl FnOnce()) -> Vec<Value> {
+    let collector = Collector::trace(&["--cgroup", cgroup.path()]).unwrap();
+    run();
+    collector
+        .wait_for(Duration::from_secs(10), |records| records.len() >= expected)
+        .unwrap();
+    // Anything extra would arrive now: stop only after a quiet moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let stopped = collector.stop().unwrap();
+    assert!(
+        stopped.status.success(),
+        "collector failed: {}",
+        stopped.stderr
+    );
+    assert_eq!(stopped.summary("lost").unwrap(), 0);
+    assert_eq!(stopped.summary("malformed").unwrap(), 0);
+    stopped.records
+}
+
+/// The record of `pid`, with the time checked and removed for exact comparison.
+fn record_of(records: &[Value], pid: u32, before: Timestamp, after: Timestamp) -> Value {
+    let mine: Vec<&Value> = records.iter().filter(|r| r["pid"] == pid).collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "exactly one record for pid {pid}: {records:#?}"
+    );
+    let mut record = mine[0].clone();
+    let time = record["time"].as_str().unwrap().to_owned();
+    // RFC 3339 UTC with nanoseconds sorts as text, so the window is a text range.
+    assert_eq!(time.len(), "2026-11-28T10:40:10.123456789Z".len(), "{time}");
+    assert!(
+        before.to_string() <= time && time <= after.to_string(),
+        "{before} <= {time} <= {after}"
+    );
+    record.as_object_mut().unwrap().remove("time");
+    record
+}
+
+fn expected(
+    pid: u32,
+    ppid: u32,
+    comm: &str,
+    code: u32,
+    signal: Option<u32>,
+    cgroup: &CgroupDir,
+) -> Value {
+    json!({
+        "type": "exit", "pid": pid, "ppid": ppid, "comm": comm, "exit_code": code, "signal": signal,
+        "core_dumped": false, "cgroup_id": cgroup.id(), "cgroup_path": cgroup.path(),
+    })
+}
+
+/// Runs `cmd` to completion in the cgroup; returns its pid and the time window around it.
+fn run_to_end(cmd: &mut Command) -> (u32, Timestamp, Timestamp) {
+    let before = Timestamp::now();
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    (pid, before, Timestamp::now())
+}
+
+#[test]
+fn normal_exits_carry_their_status() {
+    if !privileged("normal_exits_carry_their_status") {
+        return;
+    }
+    let cgroup = CgroupDir::new("exit-codes").unwrap();
+    let mut runs = Vec::new();
+    let records = trace(&cgroup, 2, || {
+        for code in [0, 7] {
+            runs.push((
+                code,
+                run_to_end(
+                    cgroup
+                        .command("sh")
+                        .unwrap()
+                        .args(["-c", &format!("exit {code}")]),
+                ),
+            ));
+        }
+    });
+    assert_eq!(records.len(), 2, "{records:#?}");
+    for (code, (pid, before, after)) in runs {
+        assert_eq!(
+            record_of(&records, pid, before, after),
+            expected(pid, std::process::id(), "sh", code, None, &cgroup)
+        );
+    }
+}
+
+#[test]
+fn death_by_sigkill_is_137_and_signal_9() {
+    if !privileged("death_by_sigkill_is_137_and_signal_9") {
+        return;
+    }
+    let cgroup = CgroupDir::new("sigkill").unwrap();
+    let mut run = None;
+    let records = trace(&cgroup, 1, || {
+        let before = Timestamp::now();
+        let mut child = cgroup.command("sleep").unwrap().arg("100").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        run = Some((child.id(), before, Timestamp::now()));
+    });
+    let (pid, before, after) = run.unwrap();
+    assert_eq!(
+        record_of(&records, pid, before, after),
+        expected(pid, std::process::id(), "sleep", 137, Some(9), &cgroup)
+    );
+}
+
+#[test]
+fn death_by_sigabrt_is_134_and_signal_6() {
+    if !privileged("death_by_sigabrt_is_134_and_signal_6") {
+        return;
+    }
+    let cgroup = CgroupDir::new("sigabrt").unwrap();
+    let mut run = None;
+    let records = trace(&cgroup, 1, || {
+        run = Some(run_to_end(cgroup.command(VICTIM).unwrap().arg("abort")))
+    });
+    let (pid, before, after) = run.unwrap();
+    assert_eq!(
+        record_of(&records, pid, before, after),
+        expected(pid, std::process::id(), "victim", 134, Some(6), &cgroup)
+    );
+}
+
+#[test]
+fn a_process_with_eight_threads_gives_exactly_one_record() {
+    if !privileged("a_process_with_eight_threads_gives_exactly_one_record") {
+        return;
+    }
+    let cgroup = CgroupDir::new("threads").unwrap();
+    let mut run = None;
+    let records = trace(&cgroup, 1, || {
+        run = Some(run_to_end(
+            cgroup.command(VICTIM).unwrap().args(["threads", "8", "9"]),
+        ));
+    });
+    let (pid, before, after) = run.unwrap();
+    assert_eq!(
+        records.len(),
+        1,
+        "nine threads exited, one process ended: {records:#?}"
+    );
+    assert_eq!(
+        record_of(&records, pid, before, after),
+        expected(pid, std::process::id(), "victim", 9, None, &cgroup)
+    );
+}
+
+#[test]
+fn a_grandchild_names_its_own_parent() {
+    if !privileged("a_grandchild_names_its_own_parent") {
+        return;
+    }
+    let cgroup = CgroupDir::new("grandchild").unwrap();
+    let mut run = None;
+    let records = trace(&cgroup, 2, || {
+        run = Some(run_to_end(
+            cgroup
+                .command("sh")
+                .unwrap()
+                .args(["-c", "sh -c 'exit 5'; exit 3"]),
+        ));
+    });
+    let (pid, before, after) = run.unwrap();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let grandchild = records.iter().find(|r| r["pid"] != pid).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let grandchild = u32::try_from(grandchild).unwrap();
+    assert_eq!(
+        record_of(&records, grandchild, before, after),
+        expected(grandchild, pid, "sh", 5, None, &cgroup)
+    );
+    assert_eq!(
+        record_of(&records, pid, before, after),
+        expected(pid, std::process::id(), "sh", 3, None, &cgroup)
+    );
+}

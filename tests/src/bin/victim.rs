@@ -1,0 +1,48 @@
+//! A process for the end-to-end tests to end in particular ways.
+//!
+//! `victim threads N CODE`: start N threads, then exit with CODE while they run.
+//! `victim abort`: die by SIGABRT.
+//! `victim segv`: die by SIGSEGV from a real fault.
+
+use std::{process::ExitCode, time::Duration};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["threads", n, code] => {
+            let (Ok(n), Ok(code)) = (n.parse::<usize>(), code.parse::<u8>()) else {
+                return ExitCode::from(100);
+            };
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            for _ in 0..n {
+                let ready = ready_tx.clone();
+                std::thread::spawn(move || {
+                    let _ = ready.send(());
+                    loop {
+                        std::thread::sleep(Duration::from_secs(60));
+                    }
+                });
+            }
+            for _ in 0..n {
+                let _ = ready_rx.recv();
+            }
+            // exit_group with every thread still alive.
+            std::process::exit(i32::from(code));
+        }
+        ["abort"] => std::process::abort(),
+        ["segv"] => {
+            // SAFETY: none; the point is the fault.
+            #[expect(clippy::zero_ptr, reason = "the test wants a real SIGSEGV")]
+            unsafe {
+                std::ptr::write_volatile(0 as *mut u8, 1);
+            }
+            ExitCode::from(101)
+        }
+        _ => ExitCode::from(100),
+    }
+}

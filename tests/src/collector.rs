@@ -1,0 +1,191 @@
+//! A running `collector trace`, stopped (or killed) when the guard drops.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+/// The collector binary: `COLLECTOR_BIN`, or the one cargo built next to the tests.
+pub fn binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("COLLECTOR_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/collector
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("collector"));
+    match bin {
+        Some(bin) if bin.is_file() => Ok(bin),
+        _ => bail!(
+            "the collector binary is not built: run `cargo xtask test` (or `cargo build -p collector`)"
+        ),
+    }
+}
+
+/// What the collector printed, once it stopped.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Every JSON record it printed.
+    pub records: Vec<Value>,
+    /// Its standard error.
+    pub stderr: String,
+    /// How it exited.
+    pub status: ExitStatus,
+}
+
+impl Stopped {
+    /// A counter from the summary line (`records`, `lost`, `malformed`, `filtered`).
+    pub fn summary(&self, name: &str) -> Result<u64> {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("collector: stopped: "))
+            .with_context(|| format!("no summary line in stderr:\n{}", self.stderr))?;
+        // "collector: stopped: 5 records, 0 lost (ring buffer full), 0 malformed, ..."
+        line.trim_start_matches("collector: stopped: ")
+            .split(", ")
+            .find_map(|part| {
+                let (value, label) = part.split_once(' ')?;
+                label
+                    .split(' ')
+                    .next()
+                    .filter(|l| *l == name)
+                    .and(value.parse().ok())
+            })
+            .with_context(|| format!("no `{name}` in summary: {line}"))
+    }
+}
+
+/// A `collector trace --format json` child process.
+pub struct Collector {
+    child: Child,
+    records: Arc<Mutex<Vec<Value>>>,
+    stdout: Option<std::thread::JoinHandle<()>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collector {
+    /// Starts `collector trace --format json ARGS` and waits until its probes are attached.
+    pub fn trace(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(binary()?)
+            .args(["trace", "--format", "json"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start the collector")?;
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().context("no stdout")?;
+        let sink = Arc::clone(&records);
+        let stdout = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|err| Value::String(format!("NOT JSON ({err}): {line}")));
+                sink.lock().map(|mut records| records.push(value)).ok();
+            }
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().context("no stderr")?;
+        let sink = Arc::clone(&stderr_text);
+        let stderr_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("collector: tracing") {
+                    let _ = ready_tx.send(());
+                }
+                sink.lock()
+                    .map(|mut text| text.push_str(&(line + "\n")))
+                    .ok();
+            }
+        });
+        let mut collector = Self {
+            child,
+            records,
+            stdout: Some(stdout),
+            stderr: stderr_text,
+            stderr_thread: Some(stderr_thread),
+        };
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = collector.child.kill();
+            let _ = collector.child.wait();
+            let text = collector
+                .stderr
+                .lock()
+                .map(|t| t.clone())
+                .unwrap_or_default();
+            bail!("the collector did not become ready in 30 s; stderr:\n{text}");
+        }
+        Ok(collector)
+    }
+
+    /// The collector's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id().cast_signed()
+    }
+
+    /// Waits until `done` holds for the records printed so far.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
+            if done(&records) {
+                return Ok(records);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?}; records so far:\n{records:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGINT and collects everything it printed.
+    pub fn stop(mut self) -> Result<Stopped> {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                bail!("the collector did not stop within 30 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for thread in [self.stdout.take(), self.stderr_thread.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
+        }
+        let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
+        let stderr = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();
+        Ok(Stopped {
+            records,
+            stderr,
+            status,
+        })
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

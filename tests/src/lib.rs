@@ -1,0 +1,27 @@
+//! Harness for the privileged end-to-end tests: real probes in this kernel,
+//! real cgroups, real processes. Every resource is an RAII guard, so a failed
+//! assertion still removes what the test made.
+
+#![expect(clippy::print_stderr, reason = "a test harness reports skips and cleanup failures on stderr")]
+
+pub mod cgroup;
+pub mod collector;
+
+/// Whether privileged tests can run. Without root they are skipped on a
+/// developer's machine, but in CI (`CI` set) that is a failure, never a skip.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    let missing = match (root, btf) {
+        (true, true) => return true,
+        (false, _) => "root (loading BPF programs and creating cgroups needs it)",
+        (true, false) => "kernel BTF at /sys/kernel/btf/vmlinux",
+    };
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI must run privileged tests, but this machine lacks {missing}"
+    );
+    eprintln!("{test}: skipped: needs {missing}");
+    false
+}

@@ -1,0 +1,116 @@
+//! `cargo xtask`: sets up the machine, then runs, tests or lints the collector.
+//!
+//! It orchestrates; it does not build. `collector/build.rs` builds the kernel
+//! programs, cargo builds everything else.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Set up, run, test and lint the collector"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; prints each step).
+    Setup {
+        /// Also install what the tests need (containerd, runc, busybox-static).
+        #[arg(long)]
+        tests: bool,
+    },
+    /// Build the collector in release mode and run it as root: `cargo xtask run -- trace`.
+    Run {
+        /// Arguments for the collector (default: `trace`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests and the privileged end-to-end tests.
+    Test {
+        /// Arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup { tests } => setup::run(tests),
+        Task::Run { args } => {
+            setup::ensure(false)?;
+            cargo(&root, &["build", "--release", "--package", "collector"])?;
+            let args = if args.is_empty() {
+                vec!["trace".to_owned()]
+            } else {
+                args
+            };
+            let bin = root.join("target/release/collector");
+            let status = Command::new(&bin)
+                .args(&args)
+                .status()
+                .with_context(|| format!("cannot run {}", bin.display()))?;
+            // The collector's own exit code (2 for usage errors) passes through.
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            setup::ensure(true)?;
+            // The end-to-end tests run the collector binary, which cargo only
+            // builds for its own package's tests.
+            cargo(&root, &["build", "--package", "collector", "--bins"])?;
+            let mut test = vec!["test", "--workspace"];
+            test.extend(args.iter().map(String::as_str));
+            cargo(&root, &test)
+        }
+        Task::Lint => {
+            setup::ensure(false)?;
+            cargo(&root, &["fmt", "--all", "--check"])?;
+            cargo(
+                &root,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    println!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

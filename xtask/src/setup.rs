@@ -1,0 +1,168 @@
+//! `cargo xtask setup`: the kernel-side toolchain and the test dependencies.
+//!
+//! The usual aya set-up (a rustup nightly with rust-src, and bpf-linker) is
+//! used where it exists. Otherwise, on Debian and Ubuntu, the route checked in
+//! `shared/reference.md`: Debian's rustc-web with its standard-library source,
+//! linked as a rustup toolchain, and bpf-linker built against Debian's LLVM 22.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The rustup toolchain name that `collector/build.rs` looks for first.
+const LINKED_TOOLCHAIN: &str = "collector-ebpf";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const TOOLCHAIN_PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+/// What the end-to-end tests run: a real containerd with runc, a busybox
+/// image built from Debian's static busybox, and protoc for the CRI API.
+const TEST_PACKAGES: &[&str] = &["containerd", "runc", "busybox-static", "protobuf-compiler"];
+const TEST_COMMANDS: &[&str] = &["containerd", "ctr", "runc", "busybox", "protoc"];
+
+/// Installs whatever is missing, saying what it does.
+pub(crate) fn run(tests: bool) -> Result<()> {
+    let mut apt_updated = false;
+    if has_kernel_toolchain() {
+        step("eBPF toolchain: present");
+    } else {
+        require_debian(TOOLCHAIN_PACKAGES)?;
+        step("eBPF toolchain: installing Debian's rustc-web, its library source and LLVM 22");
+        apt_install(TOOLCHAIN_PACKAGES, &mut apt_updated)?;
+        if !toolchain_has_src(LINKED_TOOLCHAIN) {
+            step(&format!(
+                "eBPF toolchain: linking /usr as rustup toolchain `{LINKED_TOOLCHAIN}`"
+            ));
+            run_cmd(Command::new("rustup").args(["toolchain", "link", LINKED_TOOLCHAIN, "/usr"]))?;
+        }
+    }
+    if bpf_linker_works() {
+        step("bpf-linker: present");
+    } else {
+        require_debian(TOOLCHAIN_PACKAGES)?;
+        apt_install(TOOLCHAIN_PACKAGES, &mut apt_updated)?;
+        step(&format!(
+            "bpf-linker: building {BPF_LINKER_VERSION} against LLVM 22 (about 90 s)"
+        ));
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        run_cmd(
+            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+                .env("PATH", path),
+        )?;
+    }
+    if tests {
+        if TEST_COMMANDS.iter().all(|c| on_path(c)) {
+            step("test dependencies (containerd, runc, busybox, protoc): present");
+        } else {
+            require_debian(TEST_PACKAGES)?;
+            step(
+                "test dependencies: installing containerd, runc, busybox-static, protobuf-compiler",
+            );
+            apt_install(TEST_PACKAGES, &mut apt_updated)?;
+        }
+    }
+    step("setup complete");
+    Ok(())
+}
+
+/// Runs setup only if something is missing, so that `run` and `test` work on a fresh machine.
+pub(crate) fn ensure(tests: bool) -> Result<()> {
+    let ready = has_kernel_toolchain()
+        && bpf_linker_works()
+        && (!tests || TEST_COMMANDS.iter().all(|c| on_path(c)));
+    if ready { Ok(()) } else { run(tests) }
+}
+
+fn step(message: &str) {
+    println!("xtask setup: {message}");
+}
+
+fn has_kernel_toolchain() -> bool {
+    toolchain_has_src(LINKED_TOOLCHAIN) || toolchain_has_src("nightly")
+}
+
+/// Whether `rustup run TOOLCHAIN` has the core library's source, which build-std needs.
+fn toolchain_has_src(toolchain: &str) -> bool {
+    let Ok(output) = Command::new("rustup")
+        .args(["run", toolchain, "rustc", "--print", "sysroot"])
+        .output()
+    else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&output.stdout);
+    output.status.success()
+        && Path::new(sysroot.trim())
+            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+            .is_file()
+}
+
+fn bpf_linker_works() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Stops with the exact list of what to install where apt cannot do it.
+fn require_debian(packages: &[&str]) -> Result<()> {
+    let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let debian_like = os.lines().any(|line| {
+        let line = line.trim_matches('"');
+        matches!(line.split_once('='), Some(("ID" | "ID_LIKE", value)) if value.trim_matches('"').split(' ').any(|v| v == "debian" || v == "ubuntu"))
+    });
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if debian_like && root {
+        return Ok(());
+    }
+    bail!(
+        "cannot install the build dependencies here (automatic set-up needs Debian or Ubuntu, as root). Install:\n\
+         - a rustup nightly with rust-src: `rustup toolchain install nightly --component rust-src`\n\
+         - bpf-linker: `cargo install bpf-linker`\n\
+         - for the tests, the packages: {}",
+        packages.join(" ")
+    )
+}
+
+fn apt_install(packages: &[&str], updated: &mut bool) -> Result<()> {
+    if !*updated {
+        run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+        *updated = true;
+    }
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
