@@ -1,6 +1,9 @@
 //! Process exits: the real probe in this kernel, real processes in a fresh
 //! cgroup v2 directory, exact fields on every record.
-#![expect(clippy::unwrap_used, reason = "the helpers are test steps: a failure fails the test")]
+#![expect(
+    clippy::unwrap_used,
+    reason = "the helpers are test steps: a failure fails the test"
+)]
 
 use std::{process::Command, time::Duration};
 

@@ -75,7 +75,7 @@ fn clock_ns(clock: libc::clockid_t) -> i64 {
 }
 
 /// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-const fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) const fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

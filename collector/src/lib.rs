@@ -3,7 +3,8 @@
 //! Data flows through one module per stage: [`probe`] loads the kernel
 //! programs, [`reader`] takes their records off the ring buffer, [`decode`]
 //! types them, [`cgroup`] resolves where they happened, and [`trace`] filters
-//! and prints them.
+//! and prints them. [`recorder`] decides which Kubernetes Events to write, with
+//! the kubelet's client-go semantics.
 
 pub mod cgroup;
 pub mod clock;
@@ -13,4 +14,5 @@ pub mod mountinfo;
 pub mod probe;
 pub mod reader;
 pub mod record;
+pub mod recorder;
 pub mod trace;

@@ -10,7 +10,7 @@ use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cgroup::{CgroupError, Resolver, V2Tree},
+    cgroup::{CgroupError, Resolver, V2Tree, registry::RegistryConfig},
     clock::BootClock,
     decode::{KernelRecord, decode},
     escape::{c_str, escape_bytes},
@@ -285,7 +285,7 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
         .as_ref()
         .map(|prefix| tree.root().join(prefix.trim_start_matches('/')))
         .filter(|dir| dir.is_dir());
-    let resolver = Resolver::new(tree);
+    let resolver = Resolver::new(tree, RegistryConfig::default())?;
     let config = ProbeConfig {
         ring_bytes: args.ring_buffer_bytes,
         cgroup_subtree,

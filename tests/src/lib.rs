@@ -2,10 +2,18 @@
 //! real cgroups, real processes. Every resource is an RAII guard, so a failed
 //! assertion still removes what the test made.
 
-#![expect(clippy::print_stderr, reason = "a test harness reports skips and cleanup failures on stderr")]
+#![expect(
+    clippy::print_stderr,
+    reason = "a test harness reports skips and cleanup failures on stderr"
+)]
 
 pub mod cgroup;
+pub mod cgroupfs;
 pub mod collector;
+pub mod containerd;
+pub mod cri;
+pub mod image;
+pub mod kubelet;
 
 /// Whether privileged tests can run. Without root they are skipped on a
 /// developer's machine, but in CI (`CI` set) that is a failure, never a skip.

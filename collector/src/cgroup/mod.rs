@@ -4,8 +4,10 @@
 //! v2 tree is found from the mount table: at `/sys/fs/cgroup` on pure v2
 //! hosts, at `/sys/fs/cgroup/unified` on hybrid ones.
 
+pub mod layout;
+pub mod registry;
+
 use std::{
-    collections::HashMap,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -13,6 +15,7 @@ use std::{
 
 use thiserror::Error;
 
+use self::registry::{Entry, Registry, RegistryConfig, RegistryError, RegistryStats};
 use crate::escape::escape_bytes;
 
 /// A miss re-reads the tree at most this often, so a storm of records from
@@ -28,6 +31,9 @@ pub enum CgroupError {
     /// The mount table could not be read.
     #[error("cannot read /proc/self/mountinfo: {0}")]
     MountInfo(#[source] std::io::Error),
+    /// The registry's configuration is invalid.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 /// Where the cgroup v2 hierarchy is mounted.
@@ -87,50 +93,54 @@ impl V2Tree {
     }
 }
 
-/// Resolves cgroup ids to paths, re-reading the tree when an id is unknown.
+/// Resolves cgroup ids to paths and identities, re-reading the tree when an id is unknown.
 #[derive(Debug)]
 pub struct Resolver {
     tree: V2Tree,
-    paths: HashMap<u64, String>,
+    registry: Registry,
     last_scan: Option<Instant>,
-    /// Lookups that found no path, even after a re-read.
-    pub misses: u64,
 }
 
 impl Resolver {
     /// A resolver that has read the whole tree once.
-    pub fn new(tree: V2Tree) -> Self {
+    pub fn new(tree: V2Tree, config: RegistryConfig) -> Result<Self, CgroupError> {
         let mut resolver = Self {
             tree,
-            paths: HashMap::new(),
+            registry: Registry::new(config)?,
             last_scan: None,
-            misses: 0,
         };
         resolver.scan(Instant::now());
-        resolver
+        Ok(resolver)
     }
 
     fn scan(&mut self, now: Instant) {
-        self.paths.extend(self.tree.walk());
+        for (id, path) in self.tree.walk() {
+            self.registry.insert(id, &path, now);
+        }
         self.last_scan = Some(now);
     }
 
-    /// The path of cgroup `id`, if it exists or existed while we watched.
-    pub fn path(&mut self, id: u64) -> Option<&str> {
-        if !self.paths.contains_key(&id) {
-            let now = Instant::now();
-            if self
+    /// The cgroup `id`, if it exists or was removed less than the tombstone time ago.
+    pub fn get(&mut self, id: u64) -> Option<&Entry> {
+        let now = Instant::now();
+        if self.registry.get(id, now).is_none()
+            && self
                 .last_scan
                 .is_none_or(|last| now.duration_since(last) >= RESCAN_INTERVAL)
-            {
-                self.scan(now);
-            }
+        {
+            self.scan(now);
         }
-        let path = self.paths.get(&id).map(String::as_str);
-        if path.is_none() {
-            self.misses += 1;
-        }
-        path
+        self.registry.get(id, now)
+    }
+
+    /// The path of cgroup `id`, if known.
+    pub fn path(&mut self, id: u64) -> Option<&str> {
+        self.get(id).map(|entry| entry.path.as_str())
+    }
+
+    /// Lookup, hit, miss and eviction counts.
+    pub fn stats(&self) -> RegistryStats {
+        self.registry.stats()
     }
 }
 
@@ -156,7 +166,7 @@ mod tests {
                 (ino("odd\nname"), "/odd\\x0aname".to_owned()),
             ]
         );
-        let mut resolver = Resolver::new(tree);
+        let mut resolver = Resolver::new(tree, RegistryConfig::default()).unwrap();
         assert_eq!(resolver.path(ino("a/b")), Some("/a/b"));
         std::fs::create_dir(dir.join("late")).unwrap();
         std::thread::sleep(RESCAN_INTERVAL);
@@ -166,7 +176,11 @@ mod tests {
             "a miss re-reads the tree"
         );
         assert_eq!(resolver.path(u64::MAX), None);
-        assert_eq!(resolver.misses, 1);
+        assert_eq!(
+            resolver.stats().misses,
+            3,
+            "a/b hit; late and u64::MAX missed once each before the re-read"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,611 @@
+//! cgroup v2 id → path and identity, kept briefly after removal and bounded in size.
+//!
+//! A process's exit or OOM record can arrive after its cgroup's `cgroup_rmdir`, so a removed
+//! cgroup stays resolvable as a tombstone for `tombstone_ttl`. Memory is bounded by `capacity`
+//! entries of about 300 bytes plus the path, stored as given: a full default registry of typical
+//! 150-byte Kubernetes paths is about 30 MiB; callers bound the path length (the kernel's cgroup
+//! tracepoints already cut paths at 1 KiB).
+//!
+//! Entries live in one slab and sit in exactly one of two intrusive lists: live entries in least
+//! recently used order, tombstones in removal order. Eviction takes the oldest tombstone before
+//! any live entry, and expired tombstones are dropped from the head of their list, so every
+//! operation is O(1) amortised.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::layout::{self, Identity};
+
+/// Default entry limit: more cgroups than a node runs, small enough to bound memory.
+pub const DEFAULT_CAPACITY: usize = 65_536;
+/// Default time a removed cgroup stays resolvable: 5 minutes, far longer than ring buffer lag.
+pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(300);
+
+/// Errors of the cgroup registry.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    /// A registry that can hold nothing would drop every cgroup it learns of.
+    #[error("cgroup registry capacity must be at least 1")]
+    ZeroCapacity,
+}
+
+/// Registry limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// Most entries (live and tombstones) held at once.
+    pub capacity: usize,
+    /// How long a removed cgroup still resolves.
+    pub tombstone_ttl: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_CAPACITY,
+            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+        }
+    }
+}
+
+/// What the registry knows of one cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Path relative to the v2 root, as the walk or the kernel gave it.
+    pub path: String,
+    /// Identity parsed from `path` when it was stored.
+    pub identity: Option<Identity>,
+    /// When the cgroup was removed; `None` while it exists.
+    pub removed_at: Option<Instant>,
+}
+
+impl Entry {
+    /// Whether the cgroup is gone and this is a tombstone.
+    pub fn is_tombstone(&self) -> bool {
+        self.removed_at.is_some()
+    }
+}
+
+/// Counters since the registry was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RegistryStats {
+    /// `get` calls.
+    pub lookups: u64,
+    /// `get` calls that found a live entry or an unexpired tombstone.
+    pub hits: u64,
+    /// `get` calls that found nothing (including an expired tombstone).
+    pub misses: u64,
+    /// Entries dropped to make room, tombstones first.
+    pub evictions: u64,
+    /// Tombstones dropped because their ttl passed.
+    pub tombstones_expired: u64,
+    /// `insert` calls, new ids and re-inserted ones alike.
+    pub inserts: u64,
+    /// `remove` calls that turned a live entry into a tombstone.
+    pub removes: u64,
+}
+
+/// Slab index meaning "no node".
+const NIL: usize = usize::MAX;
+
+#[derive(Debug)]
+struct Node {
+    id: u64,
+    entry: Entry,
+    prev: usize,
+    next: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct List {
+    head: usize,
+    tail: usize,
+}
+
+impl List {
+    const EMPTY: Self = Self {
+        head: NIL,
+        tail: NIL,
+    };
+}
+
+/// Map from cgroup v2 id (the directory's inode number) to path and identity.
+#[derive(Debug)]
+pub struct Registry {
+    config: RegistryConfig,
+    index: HashMap<u64, usize>,
+    nodes: Vec<Node>,
+    free: Vec<usize>,
+    live: List,
+    tombstones: List,
+    stats: RegistryStats,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_valid_config(RegistryConfig::default())
+    }
+}
+
+impl Registry {
+    /// An empty registry with these limits.
+    pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
+        if config.capacity == 0 {
+            return Err(RegistryError::ZeroCapacity);
+        }
+        Ok(Self::with_valid_config(config))
+    }
+
+    fn with_valid_config(config: RegistryConfig) -> Self {
+        Self {
+            config,
+            index: HashMap::new(),
+            nodes: Vec::new(),
+            free: Vec::new(),
+            live: List::EMPTY,
+            tombstones: List::EMPTY,
+            stats: RegistryStats::default(),
+        }
+    }
+
+    /// Records that cgroup `id` exists at `path`; re-inserting an id (even a tombstone) revives it
+    /// as most recently used. The path is parsed only when it differs from the stored one.
+    pub fn insert(&mut self, id: u64, path: &str, now: Instant) {
+        self.stats.inserts += 1;
+        self.purge_expired(now);
+        if let Some(&slot) = self.index.get(&id) {
+            self.unlink(slot);
+            let entry = &mut self.nodes[slot].entry;
+            entry.removed_at = None;
+            if entry.path != path {
+                path.clone_into(&mut entry.path);
+                entry.identity = layout::parse(path);
+            }
+            self.push_back(slot);
+            return;
+        }
+        if self.index.len() >= self.config.capacity {
+            self.evict_one();
+        }
+        let node = Node {
+            id,
+            entry: Entry {
+                path: path.to_owned(),
+                identity: layout::parse(path),
+                removed_at: None,
+            },
+            prev: NIL,
+            next: NIL,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.nodes[slot] = node;
+                slot
+            }
+            None => {
+                self.nodes.push(node);
+                self.nodes.len() - 1
+            }
+        };
+        self.index.insert(id, slot);
+        self.push_back(slot);
+    }
+
+    /// Records that cgroup `id` was removed; it resolves as a tombstone for `tombstone_ttl`.
+    /// Unknown ids and existing tombstones are left alone (the first removal time stands).
+    pub fn remove(&mut self, id: u64, now: Instant) {
+        self.purge_expired(now);
+        let Some(&slot) = self.index.get(&id) else {
+            return;
+        };
+        if self.nodes[slot].entry.is_tombstone() {
+            return;
+        }
+        self.stats.removes += 1;
+        self.unlink(slot);
+        self.nodes[slot].entry.removed_at = Some(now);
+        self.push_back(slot);
+    }
+
+    /// The entry for `id`: a live cgroup (now most recently used) or an unexpired tombstone.
+    /// An expired tombstone is dropped and counts as a miss.
+    pub fn get(&mut self, id: u64, now: Instant) -> Option<&Entry> {
+        self.stats.lookups += 1;
+        let Some(&slot) = self.index.get(&id) else {
+            self.stats.misses += 1;
+            return None;
+        };
+        if self.is_expired(slot, now) {
+            self.release(slot);
+            self.stats.tombstones_expired += 1;
+            self.stats.misses += 1;
+            return None;
+        }
+        if !self.nodes[slot].entry.is_tombstone() {
+            self.unlink(slot);
+            self.push_back(slot);
+        }
+        self.stats.hits += 1;
+        Some(&self.nodes[slot].entry)
+    }
+
+    /// Drops tombstones whose ttl has passed and returns how many. `insert` and `remove` call it,
+    /// so calling it is only needed to free memory on an otherwise idle registry.
+    pub fn purge_expired(&mut self, now: Instant) -> usize {
+        let mut purged = 0;
+        // Removal order is time order, so the expired ones are a prefix of the list.
+        while self.tombstones.head != NIL && self.is_expired(self.tombstones.head, now) {
+            self.release(self.tombstones.head);
+            self.stats.tombstones_expired += 1;
+            purged += 1;
+        }
+        purged
+    }
+
+    /// Entries held, tombstones included (expired ones until they are purged).
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the registry holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The limits this registry was made with.
+    pub fn config(&self) -> RegistryConfig {
+        self.config
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> RegistryStats {
+        self.stats
+    }
+
+    fn is_expired(&self, slot: usize, now: Instant) -> bool {
+        self.nodes[slot]
+            .entry
+            .removed_at
+            .is_some_and(|at| now.saturating_duration_since(at) > self.config.tombstone_ttl)
+    }
+
+    fn evict_one(&mut self) {
+        let victim = if self.tombstones.head != NIL {
+            self.tombstones.head
+        } else {
+            self.live.head
+        };
+        if victim != NIL {
+            self.release(victim);
+            self.stats.evictions += 1;
+        }
+    }
+
+    /// Unlinks and frees a slot, dropping its strings now rather than when the slot is reused.
+    fn release(&mut self, slot: usize) {
+        self.unlink(slot);
+        let node = &mut self.nodes[slot];
+        self.index.remove(&node.id);
+        node.entry = Entry::default();
+        self.free.push(slot);
+    }
+
+    fn list_of(&mut self, slot: usize) -> &mut List {
+        if self.nodes[slot].entry.is_tombstone() {
+            &mut self.tombstones
+        } else {
+            &mut self.live
+        }
+    }
+
+    /// Detaches `slot` from the list its state puts it in.
+    fn unlink(&mut self, slot: usize) {
+        let Node { prev, next, .. } = self.nodes[slot];
+        if prev == NIL {
+            self.list_of(slot).head = next;
+        } else {
+            self.nodes[prev].next = next;
+        }
+        if next == NIL {
+            self.list_of(slot).tail = prev;
+        } else {
+            self.nodes[next].prev = prev;
+        }
+        self.nodes[slot].prev = NIL;
+        self.nodes[slot].next = NIL;
+    }
+
+    /// Appends a detached `slot` to the list its state puts it in.
+    fn push_back(&mut self, slot: usize) {
+        let tail = self.list_of(slot).tail;
+        self.nodes[slot].prev = tail;
+        self.nodes[slot].next = NIL;
+        if tail == NIL {
+            self.list_of(slot).head = slot;
+        } else {
+            self.nodes[tail].next = slot;
+        }
+        self.list_of(slot).tail = slot;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use layout::{CgroupDriver, QosClass};
+
+    const U: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+    const C: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const TTL: Duration = Duration::from_secs(300);
+
+    fn registry(capacity: usize) -> Registry {
+        Registry::new(RegistryConfig {
+            capacity,
+            tombstone_ttl: TTL,
+        })
+        .unwrap()
+    }
+
+    fn secs(t0: Instant, s: u64) -> Instant {
+        t0 + Duration::from_secs(s)
+    }
+
+    /// Ids held, tombstones first then live entries, each list from its eviction end; also checks
+    /// that both lists agree with the index and are linked both ways.
+    fn order(r: &Registry) -> (Vec<u64>, Vec<u64>) {
+        let walk = |list: List, tombstone: bool| {
+            let (mut ids, mut prev, mut slot) = (Vec::new(), NIL, list.head);
+            while slot != NIL {
+                let node = &r.nodes[slot];
+                assert_eq!(node.prev, prev);
+                assert_eq!(node.entry.is_tombstone(), tombstone);
+                assert_eq!(r.index.get(&node.id), Some(&slot));
+                ids.push(node.id);
+                (prev, slot) = (slot, node.next);
+            }
+            assert_eq!(list.tail, prev);
+            ids
+        };
+        let lists = (walk(r.tombstones, true), walk(r.live, false));
+        assert_eq!(lists.0.len() + lists.1.len(), r.len());
+        assert!(r.len() <= r.config.capacity);
+        lists
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let r = Registry::default();
+        assert_eq!(r.config().capacity, 65_536);
+        assert_eq!(r.config().tombstone_ttl, Duration::from_secs(5 * 60));
+        let zero = RegistryConfig {
+            capacity: 0,
+            ..RegistryConfig::default()
+        };
+        assert_eq!(
+            Registry::new(zero).unwrap_err(),
+            RegistryError::ZeroCapacity
+        );
+    }
+
+    #[test]
+    fn insert_parses_identity_and_get_returns_it() {
+        let t0 = Instant::now();
+        let mut r = registry(4);
+        r.insert(7, &format!("/kubepods/burstable/pod{U}/{C}"), t0);
+        r.insert(8, "/system.slice/cron.service", t0);
+        let want = Identity {
+            pod_uid: Some(U.to_owned()),
+            qos: Some(QosClass::Burstable),
+            container_id: Some(C.to_owned()),
+            runtime: None,
+            driver: CgroupDriver::Cgroupfs,
+        };
+        let e = r.get(7, t0).unwrap();
+        assert_eq!((&e.identity, e.removed_at), (&Some(want), None));
+        let e = r.get(8, t0).unwrap();
+        assert_eq!(
+            (e.path.as_str(), &e.identity),
+            ("/system.slice/cron.service", &None)
+        );
+        // Re-inserting with a new path re-parses it.
+        r.insert(8, &format!("/default/{C}"), t0);
+        let e = r.get(8, t0).unwrap();
+        assert_eq!(e.identity, layout::parse(&format!("/default/{C}")));
+        assert!(e.identity.is_some());
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn tombstone_resolves_within_ttl_and_not_after() {
+        let t0 = Instant::now();
+        let mut r = registry(4);
+        r.insert(1, "/default/a", t0);
+        r.remove(1, secs(t0, 10));
+        let e = r.get(1, secs(t0, 10)).unwrap();
+        assert_eq!(e.removed_at, Some(secs(t0, 10)));
+        assert_eq!(e.path, "/default/a");
+        // Exactly ttl old is not yet "older than the ttl".
+        assert!(r.get(1, secs(t0, 310)).is_some());
+        assert!(r.get(1, secs(t0, 310) + Duration::from_nanos(1)).is_none());
+        assert_eq!(r.len(), 0);
+        assert!(r.get(1, secs(t0, 311)).is_none());
+        let s = r.stats();
+        assert_eq!(
+            (s.lookups, s.hits, s.misses, s.tombstones_expired),
+            (4, 2, 2, 1)
+        );
+    }
+
+    #[test]
+    fn second_remove_keeps_first_removal_time() {
+        let t0 = Instant::now();
+        let mut r = registry(4);
+        r.insert(1, "/a", t0);
+        r.remove(1, t0);
+        r.remove(1, secs(t0, 200));
+        r.remove(99, t0);
+        assert_eq!(r.get(1, secs(t0, 200)).unwrap().removed_at, Some(t0));
+        assert!(r.get(1, secs(t0, 301)).is_none());
+        assert_eq!(r.stats().removes, 1);
+    }
+
+    #[test]
+    fn revive_after_remove() {
+        let t0 = Instant::now();
+        let mut r = registry(4);
+        r.insert(1, "/a", t0);
+        r.insert(2, "/b", t0);
+        r.remove(1, t0);
+        assert_eq!(order(&r), (vec![1], vec![2]));
+        r.insert(1, "/a", secs(t0, 1));
+        assert_eq!(order(&r), (vec![], vec![2, 1]));
+        let e = r.get(1, secs(t0, 1000)).unwrap();
+        assert_eq!((e.path.as_str(), e.removed_at), ("/a", None));
+        // An expired tombstone is purged by the insert, then inserted afresh.
+        r.remove(2, secs(t0, 1000));
+        r.insert(2, "/b2", secs(t0, 2000));
+        assert_eq!(r.get(2, secs(t0, 2000)).unwrap().path, "/b2");
+        let s = r.stats();
+        assert_eq!(
+            (s.inserts, s.removes, s.tombstones_expired, s.evictions),
+            (4, 2, 1, 0)
+        );
+    }
+
+    #[test]
+    fn eviction_takes_oldest_tombstone_then_least_recently_used() {
+        let t0 = Instant::now();
+        let mut r = registry(4);
+        for id in 1..=4 {
+            r.insert(id, "/x", t0);
+        }
+        r.remove(3, secs(t0, 1));
+        r.remove(1, secs(t0, 2));
+        assert!(r.get(2, secs(t0, 3)).is_some());
+        assert_eq!(order(&r), (vec![3, 1], vec![4, 2]));
+        r.insert(5, "/x", secs(t0, 4));
+        assert_eq!(order(&r), (vec![1], vec![4, 2, 5]));
+        r.insert(6, "/x", secs(t0, 5));
+        assert_eq!(order(&r), (vec![], vec![4, 2, 5, 6]));
+        // No tombstone left: the least recently used live entry goes; `get` refreshed 2 over 4.
+        r.insert(7, "/x", secs(t0, 6));
+        assert_eq!(order(&r), (vec![], vec![2, 5, 6, 7]));
+        assert!(r.get(2, secs(t0, 7)).is_some());
+        r.insert(8, "/x", secs(t0, 8));
+        assert_eq!(order(&r), (vec![], vec![6, 7, 2, 8]));
+        // Re-inserting a held id never evicts.
+        r.insert(6, "/y", secs(t0, 9));
+        assert_eq!(order(&r), (vec![], vec![7, 2, 8, 6]));
+        assert!(r.get(4, secs(t0, 9)).is_none());
+        assert!(r.get(3, secs(t0, 9)).is_none());
+        let s = r.stats();
+        assert_eq!(
+            (s.evictions, s.tombstones_expired, s.inserts, s.removes),
+            (4, 0, 9, 2)
+        );
+        assert_eq!((s.lookups, s.hits, s.misses), (4, 2, 2));
+    }
+
+    #[test]
+    fn capacity_one_and_expired_tombstones_before_eviction() {
+        let t0 = Instant::now();
+        let mut r = registry(1);
+        r.insert(1, "/a", t0);
+        r.insert(2, "/b", t0);
+        assert_eq!(order(&r), (vec![], vec![2]));
+        r.remove(2, t0);
+        // Past the ttl the tombstone expires rather than being evicted.
+        r.insert(3, "/c", secs(t0, 400));
+        assert_eq!(order(&r), (vec![], vec![3]));
+        r.remove(3, secs(t0, 400));
+        assert_eq!(r.purge_expired(secs(t0, 700)), 0);
+        assert_eq!(r.purge_expired(secs(t0, 701)), 1);
+        assert!(r.is_empty());
+        let s = r.stats();
+        assert_eq!(
+            (s.evictions, s.tombstones_expired, s.inserts, s.removes),
+            (1, 2, 3, 2)
+        );
+    }
+
+    #[test]
+    fn counters_are_exact() {
+        let t0 = Instant::now();
+        let mut r = registry(2);
+        r.insert(1, "/a", t0); // inserts 1
+        r.insert(1, "/a", t0); // inserts 2 (refresh)
+        assert!(r.get(1, t0).is_some()); // hit
+        assert!(r.get(9, t0).is_none()); // miss
+        r.remove(9, t0); // unknown: not counted
+        r.remove(1, t0); // removes 1
+        r.insert(2, "/b", t0); // inserts 3
+        r.insert(3, "/c", t0); // inserts 4, evicts tombstone 1
+        assert!(r.get(1, t0).is_none()); // miss
+        r.remove(2, t0); // removes 2
+        assert!(r.get(2, secs(t0, 300)).is_some()); // hit
+        assert!(r.get(2, secs(t0, 301)).is_none()); // expired: miss
+        assert_eq!(
+            r.stats(),
+            RegistryStats {
+                lookups: 5,
+                hits: 2,
+                misses: 3,
+                evictions: 1,
+                tombstones_expired: 1,
+                inserts: 4,
+                removes: 2,
+            }
+        );
+    }
+
+    /// Deterministic random operations checked against the list invariants and a partial model:
+    /// whatever `get` returns must match the last insert or first remove of that id.
+    #[test]
+    fn random_operations_keep_lists_consistent() {
+        let t0 = Instant::now();
+        let mut r = registry(64);
+        let mut model: HashMap<u64, Option<Instant>> = HashMap::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut now = t0;
+        for step in 0..50_000 {
+            now += Duration::from_secs(rand(60));
+            let id = rand(100);
+            match rand(4) {
+                0 | 1 => {
+                    r.insert(id, &format!("/default/{id}"), now);
+                    model.insert(id, None);
+                }
+                2 => {
+                    r.remove(id, now);
+                    if let Some(removed @ None) = model.get_mut(&id) {
+                        *removed = Some(now);
+                    }
+                }
+                _ => {
+                    if let Some(e) = r.get(id, now) {
+                        assert_eq!(e.path, format!("/default/{id}"));
+                        assert_eq!(Some(&e.removed_at), model.get(&id));
+                        assert!(e.removed_at.is_none_or(|at| now - at <= TTL));
+                    }
+                }
+            }
+            if step % 997 == 0 {
+                order(&r);
+            }
+        }
+        order(&r);
+        let s = r.stats();
+        assert_eq!(s.lookups, s.hits + s.misses);
+        assert!(
+            s.hits > 1000 && s.evictions > 1000 && s.tombstones_expired > 100,
+            "{s:?}"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! Decides which Kubernetes Event writes to make, reproducing the kubelet's client-go
+//! `tools/record` correlator on virtual time: aggregation, then the dedup log, then the spam
+//! filter (the order of `EventCorrelator.EventCorrelate`). Delivery, retries and queueing belong
+//! to the sinks; this module is pure and synchronous.
+
+mod aggregate;
+mod dedup;
+mod event;
+mod keys;
+mod lru;
+mod spam;
+mod stats;
+mod time;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use event::{
+    COMBINED_PREFIX, DEFAULT_NAMESPACE, Event, EventMeta, EventSource, EventSpec, EventType,
+    MAX_MESSAGE_BYTES, MAX_REASON_BYTES, NullTime, ObjectReference, TRUNCATION_MARKER, event_name,
+};
+pub use stats::{DropCause, Evictions, MAX_REASON_LABELS, OTHER_REASON, RecorderStats, TypeCounts};
+pub use time::Timestamp;
+
+use aggregate::Aggregator;
+use dedup::DedupLog;
+use keys::{AggregateKey, DedupKey, EventKey, ObjectKey};
+use spam::SpamFilter;
+
+/// client-go `maxLruCacheEntries`, per cache.
+pub const DEFAULT_CACHE_CAPACITY: usize = 4096;
+/// client-go `defaultSpamBurst`.
+pub const DEFAULT_SPAM_BURST: u32 = 25;
+/// client-go `defaultSpamQPS` = 1/300: one token per 300 s.
+pub const DEFAULT_SPAM_REFILL: Duration = Duration::from_secs(300);
+/// client-go `defaultAggregateMaxEvents`.
+pub const DEFAULT_AGGREGATE_MAX_EVENTS: usize = 10;
+/// client-go `defaultAggregateIntervalInSeconds`.
+pub const DEFAULT_AGGREGATE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Errors of this module: only invalid configuration, recording itself cannot fail.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecorderError {
+    /// A cache of zero entries could not remember anything.
+    #[error("recorder cache capacity must be at least 1")]
+    ZeroCacheCapacity,
+    /// A burst of zero would drop every event.
+    #[error("spam filter burst must be at least 1")]
+    ZeroSpamBurst,
+    /// A zero refill interval would mean an unlimited rate.
+    #[error("spam filter refill interval must be positive")]
+    ZeroSpamRefill,
+    /// Aggregating after zero events is meaningless.
+    #[error("aggregation threshold must be at least 1")]
+    ZeroAggregateMaxEvents,
+}
+
+/// Source identity and tunables; [`RecorderConfig::new`] gives client-go's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecorderConfig {
+    /// `source.component` and `reportingComponent`.
+    pub component: String,
+    /// `source.host` and `reportingInstance`: the node name.
+    pub host: String,
+    /// Entries in each of the three caches.
+    pub cache_capacity: usize,
+    /// Events an object may burst before the spam filter drops.
+    pub spam_burst: u32,
+    /// Time to earn one more event once the burst is spent.
+    pub spam_refill: Duration,
+    /// Distinct messages per (object, type, reason) that trigger aggregation.
+    pub aggregate_max_events: usize,
+    /// Longest gap between similar events that still counts towards aggregation.
+    pub aggregate_interval: Duration,
+}
+
+impl RecorderConfig {
+    /// client-go's defaults for a recorder reporting as `component` on node `host`.
+    pub fn new(component: impl Into<String>, host: impl Into<String>) -> Self {
+        Self {
+            component: component.into(),
+            host: host.into(),
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            spam_burst: DEFAULT_SPAM_BURST,
+            spam_refill: DEFAULT_SPAM_REFILL,
+            aggregate_max_events: DEFAULT_AGGREGATE_MAX_EVENTS,
+            aggregate_interval: DEFAULT_AGGREGATE_INTERVAL,
+        }
+    }
+
+    fn validate(&self) -> Result<(), RecorderError> {
+        if self.cache_capacity == 0 {
+            return Err(RecorderError::ZeroCacheCapacity);
+        }
+        if self.spam_burst == 0 {
+            return Err(RecorderError::ZeroSpamBurst);
+        }
+        if self.spam_refill.is_zero() {
+            return Err(RecorderError::ZeroSpamRefill);
+        }
+        if self.aggregate_max_events == 0 {
+            return Err(RecorderError::ZeroAggregateMaxEvents);
+        }
+        Ok(())
+    }
+}
+
+/// An API write to make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// `POST /api/v1/namespaces/{namespace}/events` with the event as body.
+    Post(Event),
+    /// `PATCH /api/v1/namespaces/{namespace}/events/{name}`, content type
+    /// `application/strategic-merge-patch+json`.
+    Patch {
+        /// Event object name.
+        name: String,
+        /// Event namespace.
+        namespace: String,
+        /// `{"count", "lastTimestamp", "message"}` as client-go builds it.
+        body: Value,
+        /// The event as it stands after the patch, for log sinks and for a re-POST on 404.
+        event: Event,
+    },
+}
+
+impl Write {
+    /// The event as it stands after this write.
+    pub fn event(&self) -> &Event {
+        match self {
+            Self::Post(event) | Self::Patch { event, .. } => event,
+        }
+    }
+}
+
+/// Outcome of [`Recorder::record`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a Decision is matched right away and its Write moved on; boxing buys nothing"
+)]
+pub enum Decision {
+    /// Send this.
+    Write(Write),
+    /// Send nothing.
+    Dropped(DropCause),
+}
+
+/// The event correlator of one source (component + node).
+pub struct Recorder {
+    source: EventSource,
+    aggregator: Aggregator,
+    dedup: DedupLog,
+    spam: SpamFilter,
+    stats: RecorderStats,
+}
+
+impl Recorder {
+    /// A recorder with empty caches.
+    pub fn new(config: RecorderConfig) -> Result<Self, RecorderError> {
+        config.validate()?;
+        Ok(Self {
+            aggregator: Aggregator::new(
+                config.cache_capacity,
+                config.aggregate_max_events,
+                config.aggregate_interval,
+            ),
+            dedup: DedupLog::new(config.cache_capacity),
+            spam: SpamFilter::new(config.cache_capacity, config.spam_burst, config.spam_refill),
+            source: EventSource {
+                component: config.component,
+                host: config.host,
+            },
+            stats: RecorderStats::default(),
+        })
+    }
+
+    /// Decides the write for one occurrence at `now`; never fails, never panics.
+    pub fn record(&mut self, spec: EventSpec, now: Timestamp) -> Decision {
+        let EventSpec {
+            involved_object,
+            event_type,
+            mut reason,
+            mut message,
+        } = spec;
+        if event::truncate_utf8(&mut reason, MAX_REASON_BYTES, "") {
+            self.stats.reasons_truncated = self.stats.reasons_truncated.saturating_add(1);
+        }
+        if event::truncate_utf8(&mut message, MAX_MESSAGE_BYTES, TRUNCATION_MARKER) {
+            self.stats.messages_truncated = self.stats.messages_truncated.saturating_add(1);
+        }
+        self.stats.count_recorded(&reason, event_type);
+
+        // client-go makeEvent + generateEvent.
+        let namespace = if involved_object.namespace.is_empty() {
+            DEFAULT_NAMESPACE.to_owned()
+        } else {
+            involved_object.namespace.clone()
+        };
+        let mut event = Event {
+            kind: "Event",
+            api_version: "v1",
+            metadata: EventMeta {
+                name: event_name(&involved_object.name, now),
+                namespace,
+            },
+            involved_object,
+            reason,
+            message,
+            source: self.source.clone(),
+            first_timestamp: now,
+            last_timestamp: now,
+            count: 1,
+            event_type,
+            event_time: NullTime,
+            reporting_component: self.source.component.clone(),
+            reporting_instance: self.source.host.clone(),
+        };
+
+        let aggregate_key = AggregateKey::of(&event);
+        let dedup_key = if self.aggregator.observe(&aggregate_key, &event.message, now) {
+            self.stats.aggregations = self.stats.aggregations.saturating_add(1);
+            combine(&mut event, now);
+            DedupKey::Aggregate(aggregate_key)
+        } else {
+            DedupKey::Event(EventKey::of(&event))
+        };
+
+        let repeat = self.dedup.observe(&mut event, dedup_key);
+
+        if !self.spam.allow(&ObjectKey::of(&event.involved_object), now) {
+            self.stats.dropped_spam_filter = self.stats.dropped_spam_filter.saturating_add(1);
+            return Decision::Dropped(DropCause::SpamFilter);
+        }
+        let write = if repeat {
+            self.stats.patches = self.stats.patches.saturating_add(1);
+            Write::Patch {
+                name: event.metadata.name.clone(),
+                namespace: event.metadata.namespace.clone(),
+                body: dedup::patch_body(&event),
+                event,
+            }
+        } else {
+            self.stats.posts = self.stats.posts.saturating_add(1);
+            Write::Post(event)
+        };
+        Decision::Write(write)
+    }
+
+    /// A PATCH answered 404 (the event expired or was never created because its POST was
+    /// dropped): client-go `recordEvent` then creates the very same event, keeping its name,
+    /// firstTimestamp and count. The caches already hold that state, so only the write changes.
+    pub fn patch_not_found(&mut self, event: Event) -> Write {
+        self.stats.reposts_after_not_found = self.stats.reposts_after_not_found.saturating_add(1);
+        Write::Post(event)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> RecorderStats {
+        let mut stats = self.stats.clone();
+        stats.evictions = Evictions {
+            spam_filter: self.spam.evictions(),
+            aggregator: self.aggregator.evictions(),
+            dedup_log: self.dedup.evictions(),
+        };
+        stats
+    }
+
+    /// `source.component` and `source.host` of every event.
+    pub fn source(&self) -> &EventSource {
+        &self.source
+    }
+}
+
+/// client-go `EventAggregate` replaces the event with a fresh one: new name and timestamps at
+/// `now`, count 1, the combined message, and no reportingComponent/reportingInstance (the copy
+/// does not carry them). Combining can overflow the byte limit again, so cut once more.
+fn combine(event: &mut Event, now: Timestamp) {
+    event.metadata.name = event_name(&event.involved_object.name, now);
+    event.first_timestamp = now;
+    event.last_timestamp = now;
+    event.count = 1;
+    event.message.insert_str(0, COMBINED_PREFIX);
+    event::truncate_utf8(&mut event.message, MAX_MESSAGE_BYTES, TRUNCATION_MARKER);
+    event.reporting_component.clear();
+    event.reporting_instance.clear();
+}
