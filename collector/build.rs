@@ -23,14 +23,12 @@ fn main() -> anyhow::Result<()> {
     if which("bpf-linker").is_none() {
         bail!("bpf-linker is not on PATH: run `cargo xtask setup` to install it");
     }
-    let package = aya_build::Package {
-        name: "collector-ebpf",
-        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../collector-ebpf"),
-        ..Default::default()
-    };
-    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain)).context(
-        "building the kernel programs failed (run `cargo xtask setup` if the toolchain is missing)",
-    )
+    // Read when the script runs, not when it was compiled: two checkouts may share a target dir.
+    let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR is not set")?;
+    let root_dir = format!("{manifest_dir}/../collector-ebpf");
+    let package = aya_build::Package { name: "collector-ebpf", root_dir: &root_dir, ..Default::default() };
+    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain))
+        .context("building the kernel programs failed (run `cargo xtask setup` if the toolchain is missing)")
 }
 
 /// An explicit choice, else the linked Debian toolchain, else a nightly with rust-src.
@@ -51,25 +49,17 @@ fn pick_toolchain() -> anyhow::Result<String> {
 
 /// Whether `rustup run TOOLCHAIN` has the core library's source, which build-std needs.
 fn has_rust_src(toolchain: &str) -> bool {
-    let Ok(output) = Command::new("rustup")
-        .args(["run", toolchain, "rustc", "--print", "sysroot"])
-        .output()
-    else {
+    let Ok(output) = Command::new("rustup").args(["run", toolchain, "rustc", "--print", "sysroot"]).output() else {
         return false;
     };
     if !output.status.success() {
         return false;
     }
     let sysroot = String::from_utf8_lossy(&output.stdout);
-    Path::new(sysroot.trim())
-        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
-        .is_file()
+    Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core/Cargo.toml").is_file()
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {
-    env::var_os("PATH").and_then(|paths| {
-        env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|candidate| candidate.is_file())
-    })
+    env::var_os("PATH")
+        .and_then(|paths| env::split_paths(&paths).map(|dir| dir.join(program)).find(|candidate| candidate.is_file()))
 }

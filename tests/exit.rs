@@ -1,9 +1,6 @@
 //! Process exits: the real probe in this kernel, real processes in a fresh
 //! cgroup v2 directory, exact fields on every record.
-#![expect(
-    clippy::unwrap_used,
-    reason = "the helpers are test steps: a failure fails the test"
-)]
+#![expect(clippy::unwrap_used, reason = "the helpers are test steps: a failure fails the test")]
 
 use std::{process::Command, time::Duration};
 
@@ -15,19 +12,13 @@ const VICTIM: &str = env!("CARGO_BIN_EXE_victim");
 
 /// Starts a collector that sees only `cgroup`, runs `run`, and returns the records of the cgroup.
 fn trace(cgroup: &CgroupDir, expected: usize, run: impl FnOnce()) -> Vec<Value> {
-    let collector = Collector::trace(&["--cgroup", cgroup.path()]).unwrap();
+    let collector = Collector::trace(&["--cgroup", cgroup.path(), "--type", "exit"]).unwrap();
     run();
-    collector
-        .wait_for(Duration::from_secs(10), |records| records.len() >= expected)
-        .unwrap();
+    collector.wait_for(Duration::from_secs(10), |records| records.len() >= expected).unwrap();
     // Anything extra would arrive now: stop only after a quiet moment.
     std::thread::sleep(Duration::from_millis(200));
     let stopped = collector.stop().unwrap();
-    assert!(
-        stopped.status.success(),
-        "collector failed: {}",
-        stopped.stderr
-    );
+    assert!(stopped.status.success(), "collector failed: {}", stopped.stderr);
     assert_eq!(stopped.summary("lost").unwrap(), 0);
     assert_eq!(stopped.summary("malformed").unwrap(), 0);
     stopped.records
@@ -36,35 +27,37 @@ fn trace(cgroup: &CgroupDir, expected: usize, run: impl FnOnce()) -> Vec<Value> 
 /// The record of `pid`, with the time checked and removed for exact comparison.
 fn record_of(records: &[Value], pid: u32, before: Timestamp, after: Timestamp) -> Value {
     let mine: Vec<&Value> = records.iter().filter(|r| r["pid"] == pid).collect();
-    assert_eq!(
-        mine.len(),
-        1,
-        "exactly one record for pid {pid}: {records:#?}"
-    );
+    assert_eq!(mine.len(), 1, "exactly one record for pid {pid}: {records:#?}");
     let mut record = mine[0].clone();
     let time = record["time"].as_str().unwrap().to_owned();
     // RFC 3339 UTC with nanoseconds sorts as text, so the window is a text range.
     assert_eq!(time.len(), "2026-11-28T10:40:10.123456789Z".len(), "{time}");
-    assert!(
-        before.to_string() <= time && time <= after.to_string(),
-        "{before} <= {time} <= {after}"
-    );
+    assert!(before.to_string() <= time && time <= after.to_string(), "{before} <= {time} <= {after}");
     record.as_object_mut().unwrap().remove("time");
     record
 }
 
-fn expected(
-    pid: u32,
-    ppid: u32,
-    comm: &str,
-    code: u32,
-    signal: Option<u32>,
-    cgroup: &CgroupDir,
-) -> Value {
+fn expected(pid: u32, ppid: u32, comm: &str, code: u32, signal: Option<u32>, cgroup: &CgroupDir) -> Value {
     json!({
         "type": "exit", "pid": pid, "ppid": ppid, "comm": comm, "exit_code": code, "signal": signal,
         "core_dumped": false, "cgroup_id": cgroup.id(), "cgroup_path": cgroup.path(),
+        "oom_killed": false, "sender": null,
     })
+}
+
+/// `expected` for a death by a signal that `sender` sent.
+fn killed_by(mut record: Value, sender: Value) -> Value {
+    record["sender"] = sender;
+    record
+}
+
+/// This test thread as a signal sender: the process's pid, the thread's name
+/// (the kernel names the sending task) and the cgroup v2 path.
+fn this_thread() -> Value {
+    let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_owned();
+    json!({"pid": std::process::id(), "comm": comm.trim_end(), "cgroup_path": path})
 }
 
 /// Runs `cmd` to completion in the cgroup; returns its pid and the time window around it.
@@ -85,15 +78,7 @@ fn normal_exits_carry_their_status() {
     let mut runs = Vec::new();
     let records = trace(&cgroup, 2, || {
         for code in [0, 7] {
-            runs.push((
-                code,
-                run_to_end(
-                    cgroup
-                        .command("sh")
-                        .unwrap()
-                        .args(["-c", &format!("exit {code}")]),
-                ),
-            ));
+            runs.push((code, run_to_end(cgroup.command("sh").unwrap().args(["-c", &format!("exit {code}")]))));
         }
     });
     assert_eq!(records.len(), 2, "{records:#?}");
@@ -123,7 +108,7 @@ fn death_by_sigkill_is_137_and_signal_9() {
     let (pid, before, after) = run.unwrap();
     assert_eq!(
         record_of(&records, pid, before, after),
-        expected(pid, std::process::id(), "sleep", 137, Some(9), &cgroup)
+        killed_by(expected(pid, std::process::id(), "sleep", 137, Some(9), &cgroup), this_thread())
     );
 }
 
@@ -134,13 +119,13 @@ fn death_by_sigabrt_is_134_and_signal_6() {
     }
     let cgroup = CgroupDir::new("sigabrt").unwrap();
     let mut run = None;
-    let records = trace(&cgroup, 1, || {
-        run = Some(run_to_end(cgroup.command(VICTIM).unwrap().arg("abort")))
-    });
+    let records = trace(&cgroup, 1, || run = Some(run_to_end(cgroup.command(VICTIM).unwrap().arg("abort"))));
     let (pid, before, after) = run.unwrap();
+    // abort() raises SIGABRT with tgkill on itself: the process ended itself.
+    let itself = json!({"pid": pid, "comm": "victim", "cgroup_path": cgroup.path()});
     assert_eq!(
         record_of(&records, pid, before, after),
-        expected(pid, std::process::id(), "victim", 134, Some(6), &cgroup)
+        killed_by(expected(pid, std::process::id(), "victim", 134, Some(6), &cgroup), itself)
     );
 }
 
@@ -152,20 +137,11 @@ fn a_process_with_eight_threads_gives_exactly_one_record() {
     let cgroup = CgroupDir::new("threads").unwrap();
     let mut run = None;
     let records = trace(&cgroup, 1, || {
-        run = Some(run_to_end(
-            cgroup.command(VICTIM).unwrap().args(["threads", "8", "9"]),
-        ));
+        run = Some(run_to_end(cgroup.command(VICTIM).unwrap().args(["threads", "8", "9"])));
     });
     let (pid, before, after) = run.unwrap();
-    assert_eq!(
-        records.len(),
-        1,
-        "nine threads exited, one process ended: {records:#?}"
-    );
-    assert_eq!(
-        record_of(&records, pid, before, after),
-        expected(pid, std::process::id(), "victim", 9, None, &cgroup)
-    );
+    assert_eq!(records.len(), 1, "nine threads exited, one process ended: {records:#?}");
+    assert_eq!(record_of(&records, pid, before, after), expected(pid, std::process::id(), "victim", 9, None, &cgroup));
 }
 
 #[test]
@@ -176,25 +152,12 @@ fn a_grandchild_names_its_own_parent() {
     let cgroup = CgroupDir::new("grandchild").unwrap();
     let mut run = None;
     let records = trace(&cgroup, 2, || {
-        run = Some(run_to_end(
-            cgroup
-                .command("sh")
-                .unwrap()
-                .args(["-c", "sh -c 'exit 5'; exit 3"]),
-        ));
+        run = Some(run_to_end(cgroup.command("sh").unwrap().args(["-c", "sh -c 'exit 5'; exit 3"])));
     });
     let (pid, before, after) = run.unwrap();
     assert_eq!(records.len(), 2, "{records:#?}");
-    let grandchild = records.iter().find(|r| r["pid"] != pid).unwrap()["pid"]
-        .as_u64()
-        .unwrap();
+    let grandchild = records.iter().find(|r| r["pid"] != pid).unwrap()["pid"].as_u64().unwrap();
     let grandchild = u32::try_from(grandchild).unwrap();
-    assert_eq!(
-        record_of(&records, grandchild, before, after),
-        expected(grandchild, pid, "sh", 5, None, &cgroup)
-    );
-    assert_eq!(
-        record_of(&records, pid, before, after),
-        expected(pid, std::process::id(), "sh", 3, None, &cgroup)
-    );
+    assert_eq!(record_of(&records, grandchild, before, after), expected(grandchild, pid, "sh", 5, None, &cgroup));
+    assert_eq!(record_of(&records, pid, before, after), expected(pid, std::process::id(), "sh", 3, None, &cgroup));
 }

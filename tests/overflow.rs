@@ -1,5 +1,5 @@
 //! A full ring buffer loses records, and every lost record is counted:
-//! received + counted as lost = exits caused, exactly.
+//! exits received + exits counted as lost = exits caused, exactly.
 
 use std::time::Duration;
 
@@ -11,19 +11,16 @@ fn every_record_is_received_or_counted_as_lost() {
         return;
     }
     let cgroup = CgroupDir::new("overflow").unwrap();
-    // 4096 bytes hold 64 exit records; the loop below makes 601 exits, over
-    // nine times that, while the collector is stopped and cannot read.
+    // 4096 bytes hold 30 exit records (128 bytes and an 8-byte header each);
+    // the loop below makes 601 exits while the collector is stopped and cannot read.
     let collector =
-        Collector::trace(&["--cgroup", cgroup.path(), "--ring-buffer-bytes", "4096"]).unwrap();
+        Collector::trace(&["--cgroup", cgroup.path(), "--type", "exit", "--ring-buffer-bytes", "4096"]).unwrap();
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(collector.pid(), libc::SIGSTOP) };
     let status = cgroup
         .command("sh")
         .unwrap()
-        .args([
-            "-c",
-            "i=0; while [ $i -lt 600 ]; do /bin/true; i=$((i+1)); done",
-        ])
+        .args(["-c", "i=0; while [ $i -lt 600 ]; do /bin/true; i=$((i+1)); done"])
         .status()
         .unwrap();
     assert!(status.success());
@@ -33,22 +30,12 @@ fn every_record_is_received_or_counted_as_lost() {
     let stopped = collector.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
-    let received = stopped.summary("records").unwrap();
-    let lost = stopped.summary("lost").unwrap();
-    assert_eq!(received + lost, 601, "received {received} + lost {lost}");
-    assert!(
-        lost >= 601 - 64,
-        "the buffer holds at most 64 records, yet only {lost} were lost"
-    );
-    assert_eq!(
-        stopped.records.len() as u64,
-        received,
-        "every received record is printed"
-    );
-    assert!(
-        stopped
-            .records
-            .iter()
-            .all(|r| r["cgroup_path"] == cgroup.path())
-    );
+    // Other records (cgroup changes anywhere on the node) share the ring, so
+    // losses are counted by type.
+    let received = stopped.records.len() as u64;
+    let lost = stopped.summary("exits").unwrap();
+    assert_eq!(received + lost, 601, "received {received} + lost {lost}\n{}", stopped.stderr);
+    assert!(lost >= 601 - 30, "the buffer holds at most 30 records, yet only {lost} were lost");
+    assert!(stopped.summary("lost").unwrap() >= lost, "the total counts every type");
+    assert!(stopped.records.iter().all(|r| r["type"] == "exit" && r["cgroup_path"] == cgroup.path()));
 }

@@ -13,24 +13,57 @@ pub const COMM_LEN: usize = 16;
 /// an older kernel's tracepoint, say), so the kernel program takes its fallback.
 pub const ABSENT: u32 = u32::MAX;
 
-/// Default size of the ring buffer in bytes: 16384 exit records, enough for
-/// a fork storm on a busy node between two reader wake-ups.
+/// Default size of the ring buffer in bytes: 7710 exit records (128 bytes and
+/// the ring's 8-byte header each) between two reader wake-ups.
 pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+
+/// Bytes of a cgroup path carried in a record; longer paths are cut and flagged.
+pub const PATH_CAP: usize = 512;
 
 /// The kind of a record, the first field of every record.
 pub mod kind {
     /// A process (thread group) ended: [`super::ExitRecord`].
     pub const EXIT: u32 = 1;
+    /// The OOM killer chose a victim: [`super::OomRecord`].
+    pub const OOM_KILL: u32 = 2;
+    /// A signal that can end a process was generated: [`super::SignalRecord`].
+    pub const SIGNAL: u32 = 3;
+    /// A cgroup v2 directory was created: [`super::CgroupRecord`].
+    pub const CGROUP_MKDIR: u32 = 4;
+    /// A cgroup v2 directory was removed: [`super::CgroupRecord`].
+    pub const CGROUP_RMDIR: u32 = 5;
+    /// A process was moved into a cgroup v2 directory: [`super::CgroupRecord`].
+    pub const CGROUP_ATTACH: u32 = 6;
+}
+
+/// Bits of [`ExitRecord::flags`].
+pub mod exit_flags {
+    /// The OOM killer chose this process (`signal->oom_mm` was set).
+    pub const OOM_VICTIM: u32 = 1;
+    /// `signal` holds the last fatal signal generated for this process.
+    pub const SIGNAL_KNOWN: u32 = 2;
+}
+
+/// Bits of [`OomRecord::flags`].
+pub mod oom_flags {
+    /// `scope` was filled by the `out_of_memory` probe.
+    pub const SCOPE_KNOWN: u32 = 1;
+    /// The OOM was a memory cgroup's: `scope.memcg_id` and `scope.limit_pages` are set.
+    pub const MEMCG: u32 = 2;
+    /// The tracepoint carried memory figures (kernels 6.9+, 6.1.130+).
+    pub const STATS: u32 = 4;
 }
 
 /// Index of the per-CPU counters in the `COUNTERS` map.
 pub mod counter {
-    /// Records the kernel could not reserve in a full ring buffer.
-    pub const RING_FULL: u32 = 0;
     /// Kernel memory reads that failed (a record went out with zeroes).
-    pub const READ_FAILED: u32 = 1;
-    /// How many counters there are.
-    pub const COUNT: u32 = 2;
+    pub const READ_FAILED: u32 = 0;
+    /// Records of `kind` the kernel could not reserve in a full ring buffer.
+    pub const fn lost(kind: u32) -> u32 {
+        kind
+    }
+    /// How many counters there are: one per kind, and `READ_FAILED` at 0.
+    pub const COUNT: u32 = super::kind::CGROUP_ATTACH + 1;
 }
 
 /// Starts every record: what it is and when it happened.
@@ -63,6 +96,123 @@ pub struct ExitRecord {
     pub exit_status: u32,
     /// Name of the thread group leader, NUL padded.
     pub comm: [u8; COMM_LEN],
+    /// [`exit_flags`] bits.
+    pub flags: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// The last fatal signal generated for the process, if `SIGNAL_KNOWN`.
+    pub signal: SignalInfo,
+}
+
+/// A fatal signal as `signal/signal_generate` saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalInfo {
+    /// cgroup v2 id of the sending task (the one current when it was generated).
+    pub sender_cgroup_id: u64,
+    /// Signal number.
+    pub sig: u32,
+    /// `si_code`: <= 0 for a process's kill/tgkill/sigqueue, > 0 or `SI_KERNEL` (0x80) for the kernel.
+    pub code: i32,
+    /// Thread group id of the sending task.
+    pub sender_pid: u32,
+    /// Thread id of the target.
+    pub target_pid: u32,
+    /// Non-zero when sent to the whole process rather than one thread.
+    pub group: u32,
+    /// `TRACE_SIGNAL_*`: 0 delivered, 1 ignored, 2 already pending, 3 overflow, 4 lose info.
+    pub result: u32,
+    /// Name of the sending task.
+    pub sender_comm: [u8; COMM_LEN],
+    /// Name of the target task.
+    pub target_comm: [u8; COMM_LEN],
+}
+
+/// A fatal signal was generated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalRecord {
+    /// `kind::SIGNAL`.
+    pub header: Header,
+    /// The signal.
+    pub info: SignalInfo,
+}
+
+/// What `out_of_memory` knows on entry: which cgroup's limit was hit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomScope {
+    /// Id of the memory cgroup whose limit was hit (its directory's inode in
+    /// the memory controller's hierarchy: v1 on hybrid hosts); 0 for a node-wide OOM.
+    pub memcg_id: u64,
+    /// That cgroup's limit in pages (`memory.max`/`memory.limit_in_bytes`).
+    pub limit_pages: u64,
+}
+
+/// The OOM killer chose a victim.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomRecord {
+    /// `kind::OOM_KILL`.
+    pub header: Header,
+    /// Victim's process id.
+    pub victim_pid: u32,
+    /// [`oom_flags`] bits.
+    pub flags: u32,
+    /// Victim's virtual memory, kB (with `STATS`).
+    pub total_vm_kb: u64,
+    /// Victim's anonymous RSS, kB (with `STATS`).
+    pub anon_rss_kb: u64,
+    /// Victim's file RSS, kB (with `STATS`).
+    pub file_rss_kb: u64,
+    /// Victim's shared-memory RSS, kB (with `STATS`).
+    pub shmem_rss_kb: u64,
+    /// Victim's `oom_score_adj` (with `STATS`).
+    pub oom_score_adj: i32,
+    /// Thread group id of the task whose allocation ran out.
+    pub trigger_pid: u32,
+    /// cgroup v2 id of that task.
+    pub trigger_cgroup_id: u64,
+    /// Name of that task.
+    pub trigger_comm: [u8; COMM_LEN],
+    /// Victim's name (`comm` of the tracepoint, 6.9+), NUL padded; empty before.
+    pub victim_comm: [u8; COMM_LEN],
+    /// From `out_of_memory` (with `SCOPE_KNOWN`).
+    pub scope: OomScope,
+}
+
+/// A cgroup v2 directory was created or removed, or a process moved into one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupRecord {
+    /// `kind::CGROUP_MKDIR`, `CGROUP_RMDIR` or `CGROUP_ATTACH`.
+    pub header: Header,
+    /// The cgroup's id (its v2 directory's inode number).
+    pub cgroup_id: u64,
+    /// Depth below the root (the root is 0).
+    pub level: u32,
+    /// The moved process (attach only).
+    pub pid: u32,
+    /// Bytes of `path` used; more than [`PATH_CAP`] means it was cut.
+    pub path_len: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// Name of the moved process (attach only).
+    pub comm: [u8; COMM_LEN],
+    /// The path relative to the v2 root, not NUL terminated.
+    pub path: [u8; PATH_CAP],
+}
+
+/// Choices user space makes at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Bit N set: signal N can end a process and is worth recording.
+    pub fatal_signals: u64,
+    /// The v2 hierarchy's id in `cgroup_*` tracepoints (0); others are v1's.
+    pub v2_hierarchy: u32,
+    /// Non-zero: emit [`SignalRecord`]s (the exit probe uses them either way).
+    pub emit_signals: u32,
 }
 
 /// Where the fields the probes read sit in this kernel's structures.
@@ -84,6 +234,112 @@ pub struct Layout {
     pub task_comm: u32,
     /// `sched_process_exit`'s `group_dead`, or [`ABSENT`] where the tracepoint lacks it (6.1).
     pub exit_group_dead: u32,
+    /// `task_struct.signal`.
+    pub task_signal: u32,
+    /// `signal_struct.oom_mm`.
+    pub signal_oom_mm: u32,
+    /// `cgroup.kn`.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`.
+    pub kernfs_node_id: u32,
+    /// `oom_control.memcg`.
+    pub oom_control_memcg: u32,
+
+    /// `mem_cgroup.css` + `cgroup_subsys_state.cgroup`: the memcg's cgroup pointer.
+    pub mem_cgroup_cgroup: u32,
+    /// `mem_cgroup.memory` + `page_counter.max`: the memcg's limit in pages.
+    pub mem_cgroup_max: u32,
+    /// `oom/mark_victim` fields; all but `pid` are [`ABSENT`] before 6.9 (and 6.1.130).
+    pub victim: VictimLayout,
+    /// `signal/signal_generate` fields.
+    pub signal: SignalLayout,
+    /// `cgroup/cgroup_mkdir` fields (`cgroup_rmdir` has the same).
+    pub mkdir: CgroupLayout,
+    /// `cgroup/cgroup_attach_task` fields.
+    pub attach: CgroupLayout,
+}
+
+/// Field offsets of `oom/mark_victim`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VictimLayout {
+    /// `pid`.
+    pub pid: u32,
+    /// `comm` (`__data_loc`).
+    pub comm: u32,
+    /// `total_vm`.
+    pub total_vm: u32,
+    /// `anon_rss`.
+    pub anon_rss: u32,
+    /// `file_rss`.
+    pub file_rss: u32,
+    /// `shmem_rss`.
+    pub shmem_rss: u32,
+    /// `oom_score_adj` (a short).
+    pub oom_score_adj: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// Field offsets of `signal/signal_generate`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalLayout {
+    /// `sig`.
+    pub sig: u32,
+    /// `code`.
+    pub code: u32,
+    /// `comm` (the target's, inline).
+    pub comm: u32,
+    /// `pid` (the target's).
+    pub pid: u32,
+    /// `group`.
+    pub group: u32,
+    /// `result`.
+    pub result: u32,
+}
+
+/// Field offsets of the `cgroup/*` tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupLayout {
+    /// `root` or `dst_root`: the hierarchy id.
+    pub root: u32,
+    /// `level` or `dst_level`.
+    pub level: u32,
+    /// `id` or `dst_id`.
+    pub id: u32,
+    /// `path` or `dst_path` (`__data_loc`).
+    pub path: u32,
+    /// `pid` (attach only).
+    pub pid: u32,
+    /// `comm` (attach only, `__data_loc`).
+    pub comm: u32,
+}
+
+impl VictimLayout {
+    /// Every offset absent.
+    pub const UNSET: Self = Self {
+        pid: ABSENT,
+        comm: ABSENT,
+        total_vm: ABSENT,
+        anon_rss: ABSENT,
+        file_rss: ABSENT,
+        shmem_rss: ABSENT,
+        oom_score_adj: ABSENT,
+        _pad: 0,
+    };
+}
+
+impl SignalLayout {
+    /// Every offset absent.
+    pub const UNSET: Self =
+        Self { sig: ABSENT, code: ABSENT, comm: ABSENT, pid: ABSENT, group: ABSENT, result: ABSENT };
+}
+
+impl CgroupLayout {
+    /// Every offset absent.
+    pub const UNSET: Self = Self { root: ABSENT, level: ABSENT, id: ABSENT, path: ABSENT, pid: ABSENT, comm: ABSENT };
 }
 
 impl Layout {
@@ -95,7 +351,23 @@ impl Layout {
         task_exit_code: ABSENT,
         task_comm: ABSENT,
         exit_group_dead: ABSENT,
+        task_signal: ABSENT,
+        signal_oom_mm: ABSENT,
+        cgroup_kn: ABSENT,
+        kernfs_node_id: ABSENT,
+        oom_control_memcg: ABSENT,
+        mem_cgroup_cgroup: ABSENT,
+        mem_cgroup_max: ABSENT,
+        victim: VictimLayout::UNSET,
+        signal: SignalLayout::UNSET,
+        mkdir: CgroupLayout::UNSET,
+        attach: CgroupLayout::UNSET,
     };
+}
+
+impl Settings {
+    /// Nothing recorded beyond exits.
+    pub const DEFAULT: Self = Self { fatal_signals: 0, v2_hierarchy: 0, emit_signals: 0 };
 }
 
 #[cfg(feature = "user")]
@@ -105,9 +377,17 @@ mod user {
     unsafe impl aya::Pod for super::Layout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExitRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
 }
 
 // A change that introduces implicit padding changes these sizes.
 const _: () = assert!(size_of::<Header>() == 16);
-const _: () = assert!(size_of::<ExitRecord>() == 56);
-const _: () = assert!(size_of::<Layout>() == 24);
+const _: () = assert!(size_of::<SignalInfo>() == 64);
+const _: () = assert!(size_of::<ExitRecord>() == 128);
+const _: () = assert!(size_of::<SignalRecord>() == 80);
+const _: () = assert!(size_of::<OomScope>() == 16);
+const _: () = assert!(size_of::<OomRecord>() == 120);
+const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
+const _: () = assert!(size_of::<Settings>() == 16);
+const _: () = assert!(size_of::<Layout>() == 4 * (13 + 8 + 6 + 6 + 6));

@@ -1,18 +1,27 @@
-//! `sched/sched_process_exit`: one record per process, not per thread.
+//! `sched/sched_process_exit`: one record per process, not per thread, with
+//! whether the OOM killer chose it and the last fatal signal sent to it.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_ktime_get_boot_ns,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
-use collector_common::{ABSENT, COMM_LEN, ExitRecord, Header, counter, kind};
+use collector_common::{ABSENT, COMM_LEN, ExitRecord, Header, SignalInfo, counter, exit_flags, kind};
 
-use crate::{EVENTS, LAYOUT, count, filtered_out, read_field};
+use crate::{EVENTS, LAYOUT, SIGNALS, count, filtered_out, read_field, tp_field};
+
+const NO_SIGNAL: SignalInfo = SignalInfo {
+    sender_cgroup_id: 0,
+    sig: 0,
+    code: 0,
+    sender_pid: 0,
+    target_pid: 0,
+    group: 0,
+    result: 0,
+    sender_comm: [0; COMM_LEN],
+    target_comm: [0; COMM_LEN],
+};
 
 /// Fires once per exiting thread; emits a record only for the thread that ends its group.
 #[tracepoint]
@@ -28,35 +37,31 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
 
-    if filtered_out() {
+    // A thread storm must not reach user space: keep the exit that ends the group.
+    let last = if layout.exit_group_dead == ABSENT {
+        // Older kernels do not say; the leader's exit stands for the group.
+        tid == tgid
+    } else {
+        tp_field::<u8, _>(ctx, layout.exit_group_dead).map_err(|_| 1u32)? != 0
+    };
+    if !last {
+        // A thread that dies alone takes its pending signal with it.
+        let _ = SIGNALS.remove(tid);
         return Ok(0);
     }
-    // A thread storm must not reach user space: keep the exit that ends the group.
-    if layout.exit_group_dead == ABSENT {
-        // Older kernels do not say; the leader's exit stands for the group.
-        if tid != tgid {
-            return Ok(0);
-        }
-    } else {
-        let ctx_ptr = ctx.as_ptr().cast::<u8>().cast_const();
-        // SAFETY: the offset comes from this tracepoint's format file.
-        let group_dead: u8 =
-            unsafe { read_field(ctx_ptr, layout.exit_group_dead) }.map_err(|_| 1u32)?;
-        if group_dead == 0 {
-            return Ok(0);
-        }
+    let signal = take_signal(tgid, tid);
+    if filtered_out() {
+        return Ok(0);
     }
 
     // SAFETY: a helper with no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let mut failed = false;
-    // SAFETY: `task` is the current task_struct; offsets come from the kernel's BTF.
-    let exit_status: i32 =
-        unsafe { read_field(task, layout.task_exit_code) }.unwrap_or_else(|_| {
-            failed = true;
-            0
-        });
-    // SAFETY: as above; real_parent is never null for a task that is exiting.
+    // SAFETY (all reads below): `task` is the current task_struct; offsets come from the kernel's BTF.
+    let exit_status: i32 = unsafe { read_field(task, layout.task_exit_code) }.unwrap_or_else(|_| {
+        failed = true;
+        0
+    });
     let ppid = unsafe { read_field::<*const u8>(task, layout.task_real_parent) }
         .and_then(|parent| unsafe { read_field::<u32>(parent, layout.task_tgid) })
         .unwrap_or_else(|_| {
@@ -64,21 +69,32 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
             0
         });
     // The leader's name names the process; a worker thread may have renamed itself.
-    // SAFETY: as above.
     let comm = unsafe { read_field::<*const u8>(task, layout.task_group_leader) }
         .and_then(|leader| unsafe { read_field::<[u8; COMM_LEN]>(leader, layout.task_comm) })
         .unwrap_or_else(|_| {
             failed = true;
             [0; COMM_LEN]
         });
+    // mark_oom_victim() sets signal->oom_mm for the whole thread group.
+    let oom_mm = unsafe { read_field::<*const u8>(task, layout.task_signal) }
+        .and_then(|sig| unsafe { read_field::<u64>(sig, layout.signal_oom_mm) })
+        .unwrap_or(0);
     if failed {
         count(counter::READ_FAILED);
-        warn!(
-            ctx,
-            "sched_process_exit: a task field could not be read for pid {}", tgid
-        );
+        warn!(ctx, "sched_process_exit: a task field could not be read for pid {}", tgid);
     }
 
+    let mut flags = 0;
+    if oom_mm != 0 {
+        flags |= exit_flags::OOM_VICTIM;
+    }
+    let signal = match signal {
+        Some(info) => {
+            flags |= exit_flags::SIGNAL_KNOWN;
+            info
+        }
+        None => NO_SIGNAL,
+    };
     let record = ExitRecord {
         header: Header {
             kind: kind::EXIT,
@@ -93,13 +109,31 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         tid,
         exit_status: exit_status as u32,
         comm,
+        flags,
+        _pad: 0,
+        signal,
     };
     match EVENTS.reserve::<ExitRecord>(0) {
         Some(mut entry) => {
             entry.write(record);
             entry.submit(0);
         }
-        None => count(counter::RING_FULL),
+        None => count(counter::lost(kind::EXIT)),
     }
     Ok(0)
+}
+
+/// The last fatal signal for the process, from its leader or this thread, removed from the map.
+fn take_signal(tgid: u32, tid: u32) -> Option<SignalInfo> {
+    let mut found = None;
+    for key in [tgid, tid] {
+        // SAFETY: the value is copied out before the entry is removed.
+        if let Some(info) = unsafe { SIGNALS.get(key) } {
+            if found.is_none() {
+                found = Some(*info);
+            }
+            let _ = SIGNALS.remove(key);
+        }
+    }
+    found
 }

@@ -1,21 +1,25 @@
 //! The collector's kernel programs.
 //!
 //! They do as little as possible: read a few fields, drop what would flood user
-//! space (non-final thread exits), and hand fixed-size records to user space
-//! through one ring buffer. Every struct offset comes from user space through
-//! the `LAYOUT` global, read from the running kernel's BTF at load time.
+//! space (non-final thread exits, signals that cannot end a process, v1 cgroup
+//! events), and hand fixed-size records to user space through one ring buffer.
+//! Every struct offset comes from user space through the `LAYOUT` global, read
+//! from the running kernel's BTF and tracefs at load time.
 #![no_std]
 #![no_main]
 
+mod cgroup;
 mod exit;
+mod oom;
+mod signal;
 
 use aya_ebpf::{
     Global,
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::map,
-    maps::{CgroupArray, PerCpuArray, RingBuf},
+    maps::{CgroupArray, LruHashMap, PerCpuArray, RingBuf},
 };
-use collector_common::{ABSENT, DEFAULT_RING_BYTES, Layout, counter};
+use collector_common::{ABSENT, DEFAULT_RING_BYTES, Layout, OomScope, Settings, SignalInfo, counter};
 
 /// Records for user space. User space sets the real size at load time.
 #[map]
@@ -25,9 +29,21 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// The last fatal signal generated for each target thread, until it exits.
+#[map]
+static SIGNALS: LruHashMap<u32, SignalInfo> = LruHashMap::with_max_entries(16384, 0);
+
+/// What `out_of_memory` learned, by thread, until `mark_victim` in that thread reports the victim.
+#[map]
+static OOM_SCOPES: LruHashMap<u32, OomScope> = LruHashMap::with_max_entries(256, 0);
+
 /// Offsets of the running kernel, written by user space before load.
 #[unsafe(no_mangle)]
 static LAYOUT: Global<Layout> = Global::new(Layout::UNSET);
+
+/// Choices of user space, written before load.
+#[unsafe(no_mangle)]
+static SETTINGS: Global<Settings> = Global::new(Settings::DEFAULT);
 
 /// Non-zero when user space asked for one subtree only (`--cgroup`): then
 /// tasks outside the cgroup in slot 0 of `CGROUP_FILTER` never reach the ring.
@@ -64,6 +80,39 @@ unsafe fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i64> {
     }
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
     unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.map_err(i64::from)
+}
+
+/// Reads a tracepoint field of type `T` at `offset` in the record.
+#[inline(always)]
+fn tp_field<T, C: aya_ebpf::EbpfContext>(ctx: &C, offset: u32) -> Result<T, i64> {
+    // SAFETY: the offset comes from this tracepoint's format file.
+    unsafe { read_field(ctx.as_ptr().cast::<u8>().cast_const(), offset) }
+}
+
+/// Copies a tracepoint's `__data_loc` string at `loc_offset` into `dest`;
+/// returns the string's full length (which may exceed `dest`).
+#[inline(always)]
+fn tp_data_loc<C: aya_ebpf::EbpfContext>(ctx: &C, loc_offset: u32, dest: &mut [u8]) -> Result<u32, i64> {
+    let loc: u32 = tp_field(ctx, loc_offset)?;
+    // The low half is the offset in the record, the high half the length with its NUL.
+    let (offset, len) = (loc & 0xffff, loc >> 16);
+    let src = ctx.as_ptr().cast::<u8>().cast_const().wrapping_add(offset as usize);
+    // SAFETY: the kernel wrote a NUL-terminated string of `len` bytes there.
+    let copied = unsafe { bpf_probe_read_kernel_str_bytes(src, dest) }.map_err(i64::from)?;
+    Ok((copied.len() as u32).max(len.saturating_sub(1)))
+}
+
+/// The id of a `struct cgroup`: its kernfs node's id (the directory's inode).
+///
+/// # Safety
+/// `cgroup` must point to a `struct cgroup`.
+#[inline(always)]
+unsafe fn cgroup_id(cgroup: *const u8, layout: &Layout) -> Result<u64, i64> {
+    // SAFETY: as above.
+    unsafe {
+        let kn = read_field::<*const u8>(cgroup, layout.cgroup_kn)?;
+        read_field::<u64>(kn, layout.kernfs_node_id)
+    }
 }
 
 #[cfg(not(test))]

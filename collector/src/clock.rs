@@ -23,10 +23,7 @@ impl fmt::Display for Timestamp {
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (year, month, day) = civil_from_days(days);
         let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{nanos:09}Z"
-        )
+        write!(f, "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{nanos:09}Z")
     }
 }
 
@@ -46,9 +43,7 @@ pub struct BootClock {
 impl BootClock {
     /// Measures the offset now; call again to follow clock steps (NTP, suspend).
     pub fn now() -> Self {
-        Self {
-            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
-        }
+        Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME) }
     }
 
     /// A clock with a given offset, for tests.
@@ -63,15 +58,10 @@ impl BootClock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec for the call; these clocks always exist on Linux.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
-    ts.tv_sec
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec)
+    ts.tv_sec.saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec)
 }
 
 /// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's algorithm).
@@ -95,14 +85,8 @@ mod tests {
     #[test]
     fn formats_rfc3339_with_nanoseconds() {
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(
-            Timestamp(1_795_862_410_123_456_789).to_string(),
-            "2026-11-28T10:40:10.123456789Z"
-        );
-        assert_eq!(
-            Timestamp(951_782_400_000_000_000).to_string(),
-            "2000-02-29T00:00:00.000000000Z"
-        );
+        assert_eq!(Timestamp(1_795_862_410_123_456_789).to_string(), "2026-11-28T10:40:10.123456789Z");
+        assert_eq!(Timestamp(951_782_400_000_000_000).to_string(), "2000-02-29T00:00:00.000000000Z");
         assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999999999Z");
     }
 
@@ -112,9 +96,6 @@ mod tests {
         assert_eq!(clock.wall(500), Timestamp(1_500));
         let live = BootClock::now();
         let wall = live.wall(u64::try_from(clock_ns(libc::CLOCK_BOOTTIME)).unwrap());
-        assert!(
-            (wall.0 - Timestamp::now().0).abs() < 1_000_000_000,
-            "{wall} is not now"
-        );
+        assert!((wall.0 - Timestamp::now().0).abs() < 1_000_000_000, "{wall} is not now");
     }
 }

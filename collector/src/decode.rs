@@ -4,7 +4,7 @@
 //! crash the daemon: anything that does not decode is an error the caller
 //! counts and skips.
 
-use collector_common::{ExitRecord, Header, kind};
+use collector_common::{CgroupRecord, ExitRecord, Header, OomRecord, SignalRecord, kind};
 use thiserror::Error;
 
 /// A record as the kernel sent it.
@@ -12,6 +12,16 @@ use thiserror::Error;
 pub enum KernelRecord {
     /// A process ended.
     Exit(ExitRecord),
+    /// The OOM killer chose a victim.
+    OomKill(OomRecord),
+    /// A fatal signal was generated.
+    Signal(SignalRecord),
+    /// A cgroup was created.
+    CgroupMkdir(CgroupRecord),
+    /// A cgroup was removed.
+    CgroupRmdir(CgroupRecord),
+    /// A process moved into a cgroup.
+    CgroupAttach(CgroupRecord),
 }
 
 /// Why a ring buffer item was not a record.
@@ -37,6 +47,11 @@ pub fn decode(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
     let header: Header = read(bytes, 0)?;
     match header.kind {
         kind::EXIT => read(bytes, header.kind).map(KernelRecord::Exit),
+        kind::OOM_KILL => read(bytes, header.kind).map(KernelRecord::OomKill),
+        kind::SIGNAL => read(bytes, header.kind).map(KernelRecord::Signal),
+        kind::CGROUP_MKDIR => read(bytes, header.kind).map(KernelRecord::CgroupMkdir),
+        kind::CGROUP_RMDIR => read(bytes, header.kind).map(KernelRecord::CgroupRmdir),
+        kind::CGROUP_ATTACH => read(bytes, header.kind).map(KernelRecord::CgroupAttach),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -45,11 +60,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
 fn read<T: Copy + Pod>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     let expected = size_of::<T>();
     if bytes.len() < expected {
-        return Err(DecodeError::Short {
-            kind,
-            len: bytes.len(),
-            expected,
-        });
+        return Err(DecodeError::Short { kind, len: bytes.len(), expected });
     }
     // SAFETY: `bytes` holds at least size_of::<T>() bytes, and `Pod` types are
     // valid for any bit pattern.
@@ -60,6 +71,9 @@ fn read<T: Copy + Pod>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
 trait Pod {}
 impl Pod for Header {}
 impl Pod for ExitRecord {}
+impl Pod for OomRecord {}
+impl Pod for SignalRecord {}
+impl Pod for CgroupRecord {}
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -68,28 +82,31 @@ pub(crate) mod tests {
     /// The bytes the kernel would send for `record`.
     pub(crate) fn bytes_of(record: &ExitRecord) -> Vec<u8> {
         // SAFETY: ExitRecord has no padding, so every byte is initialised.
-        unsafe {
-            std::slice::from_raw_parts(
-                std::ptr::from_ref(record).cast::<u8>(),
-                size_of::<ExitRecord>(),
-            )
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(record).cast::<u8>(), size_of::<ExitRecord>()) }.to_vec()
     }
 
     pub(crate) fn exit_record() -> ExitRecord {
         ExitRecord {
-            header: Header {
-                kind: kind::EXIT,
-                _pad: 0,
-                boot_ns: 42,
-            },
+            header: Header { kind: kind::EXIT, _pad: 0, boot_ns: 42 },
             cgroup_id: 5678,
             pid: 4242,
             ppid: 4200,
             tid: 4243,
             exit_status: 7 << 8,
             comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            flags: 0,
+            _pad: 0,
+            signal: collector_common::SignalInfo {
+                sender_cgroup_id: 0,
+                sig: 0,
+                code: 0,
+                sender_pid: 0,
+                target_pid: 0,
+                group: 0,
+                result: 0,
+                sender_comm: [0; 16],
+                target_comm: [0; 16],
+            },
         }
     }
 
@@ -104,22 +121,8 @@ pub(crate) mod tests {
     #[test]
     fn short_and_unknown_records_are_errors() {
         let bytes = bytes_of(&exit_record());
-        assert_eq!(
-            decode(&bytes[..20]),
-            Err(DecodeError::Short {
-                kind: kind::EXIT,
-                len: 20,
-                expected: 56
-            })
-        );
-        assert_eq!(
-            decode(&bytes[..3]),
-            Err(DecodeError::Short {
-                kind: 0,
-                len: 3,
-                expected: 16
-            })
-        );
+        assert_eq!(decode(&bytes[..20]), Err(DecodeError::Short { kind: kind::EXIT, len: 20, expected: 128 }));
+        assert_eq!(decode(&bytes[..3]), Err(DecodeError::Short { kind: 0, len: 3, expected: 16 }));
         let mut unknown = bytes;
         unknown[0] = 99;
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(99)));

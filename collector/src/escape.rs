@@ -32,10 +32,7 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
 
 /// The bytes of a NUL-padded C string, up to the first NUL.
 pub fn c_str(bytes: &[u8]) -> &[u8] {
-    bytes
-        .iter()
-        .position(|&b| b == 0)
-        .map_or(bytes, |end| &bytes[..end])
+    bytes.iter().position(|&b| b == 0).map_or(bytes, |end| &bytes[..end])
 }
 
 #[cfg(test)]
@@ -45,10 +42,7 @@ mod tests {
     #[test]
     fn keeps_printable_text() {
         assert_eq!(escape_bytes(b"sh"), "sh");
-        assert_eq!(
-            escape_bytes("kworker/0:1-évènement".as_bytes()),
-            "kworker/0:1-évènement"
-        );
+        assert_eq!(escape_bytes("kworker/0:1-évènement".as_bytes()), "kworker/0:1-évènement");
         assert_eq!(escape_bytes(b"a \"quoted\" name"), "a \"quoted\" name");
     }
 

@@ -16,8 +16,7 @@ impl RingReader {
     pub fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
         // SAFETY: the RingBuf owns its map fd and keeps it open for as long
         // as the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(io::Error::from)?;
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(io::Error::from)?;
         Ok(Self { ring })
     }
 

@@ -11,6 +11,16 @@ use crate::clock::Timestamp;
 pub enum Record {
     /// A process ended.
     Exit(Exit),
+    /// The OOM killer chose a victim.
+    OomKill(OomKill),
+    /// A signal that can end a process was generated.
+    Signal(Signal),
+    /// A cgroup v2 directory was created.
+    CgroupMkdir(CgroupChange),
+    /// A cgroup v2 directory was removed.
+    CgroupRmdir(CgroupChange),
+    /// A process was moved into a cgroup v2 directory.
+    CgroupAttach(CgroupAttach),
 }
 
 impl Record {
@@ -18,29 +28,53 @@ impl Record {
     pub const fn kind(&self) -> RecordType {
         match self {
             Self::Exit(_) => RecordType::Exit,
+            Self::OomKill(_) => RecordType::OomKill,
+            Self::Signal(_) => RecordType::Signal,
+            Self::CgroupMkdir(_) => RecordType::CgroupMkdir,
+            Self::CgroupRmdir(_) => RecordType::CgroupRmdir,
+            Self::CgroupAttach(_) => RecordType::CgroupAttach,
         }
     }
 
-    /// The process the record is about.
-    pub const fn pid(&self) -> u32 {
+    /// The process the record is about, if any.
+    pub const fn pid(&self) -> Option<u32> {
         match self {
-            Self::Exit(exit) => exit.pid,
+            Self::Exit(exit) => Some(exit.pid),
+            Self::OomKill(oom) => Some(oom.pid),
+            Self::Signal(signal) => Some(signal.target_pid),
+            Self::CgroupAttach(attach) => Some(attach.pid),
+            Self::CgroupMkdir(_) | Self::CgroupRmdir(_) => None,
         }
     }
 
-    /// The record's cgroup v2 path, if known.
+    /// The cgroup v2 path the record is about (a signal's target's), if known.
     pub fn cgroup_path(&self) -> Option<&str> {
         match self {
             Self::Exit(exit) => exit.cgroup_path.as_deref(),
+            Self::OomKill(oom) => oom.cgroup_path.as_deref(),
+            Self::Signal(signal) => signal.target_cgroup_path.as_deref(),
+            Self::CgroupMkdir(change) | Self::CgroupRmdir(change) => Some(&change.cgroup_path),
+            Self::CgroupAttach(attach) => Some(&attach.cgroup_path),
         }
     }
 }
 
 /// The types of record, for filters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub enum RecordType {
     /// A process ended.
     Exit,
+    /// The OOM killer chose a victim.
+    OomKill,
+    /// A signal that can end a process was generated.
+    Signal,
+    /// A cgroup was created.
+    CgroupMkdir,
+    /// A cgroup was removed.
+    CgroupRmdir,
+    /// A process moved into a cgroup.
+    CgroupAttach,
 }
 
 /// A process (thread group) ended.
@@ -64,7 +98,143 @@ pub struct Exit {
     pub cgroup_id: u64,
     /// cgroup v2 path relative to the v2 root, `/` for the root; none if unknown.
     pub cgroup_path: Option<String>,
+    /// Whether the OOM killer chose it.
+    pub oom_killed: bool,
+    /// The process that sent the fatal signal; none for a normal exit, or when
+    /// the kernel raised it (a fault, the OOM killer) or it is unknown.
+    pub sender: Option<Process>,
 }
+
+/// A process named as the sender of a signal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Process {
+    /// Process id.
+    pub pid: u32,
+    /// Process name, escaped.
+    pub comm: String,
+    /// Its cgroup v2 path; none if unknown.
+    pub cgroup_path: Option<String>,
+}
+
+/// The OOM killer chose a victim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OomKill {
+    /// When the victim was chosen.
+    pub time: Timestamp,
+    /// The victim's process id.
+    pub pid: u32,
+    /// The victim's name, escaped; none if this kernel cannot say.
+    pub comm: Option<String>,
+    /// The victim's cgroup v2 id; none if this kernel cannot say.
+    pub cgroup_id: Option<u64>,
+    /// The victim's cgroup v2 path; none if unknown.
+    pub cgroup_path: Option<String>,
+    /// Victim's virtual memory in kB (none before kernel 6.9 / 6.1.130).
+    pub total_vm_kb: Option<u64>,
+    /// Victim's anonymous RSS in kB (as above).
+    pub anon_rss_kb: Option<u64>,
+    /// Victim's file RSS in kB (as above).
+    pub file_rss_kb: Option<u64>,
+    /// Victim's shared memory RSS in kB (as above).
+    pub shmem_rss_kb: Option<u64>,
+    /// Victim's `oom_score_adj` (as above).
+    pub oom_score_adj: Option<i32>,
+    /// The task whose allocation ran out of memory.
+    pub trigger_pid: u32,
+    /// Its name, escaped.
+    pub trigger_comm: String,
+    /// The cgroup whose memory limit was hit (in the memory controller's
+    /// hierarchy); none for a node-wide OOM or when unknown.
+    pub oom_cgroup_path: Option<String>,
+    /// That cgroup's limit in bytes; none for a node-wide OOM or when unknown.
+    pub memory_limit_bytes: Option<u64>,
+    /// Whether the kernel named that cgroup (`out_of_memory` probe); if not,
+    /// it was inferred from the cgroup tree.
+    #[serde(skip)]
+    pub scope_known: bool,
+}
+
+/// A signal that can end a process was generated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Signal {
+    /// When it was generated.
+    pub time: Timestamp,
+    /// The signal number.
+    pub signal: u32,
+    /// Its name (`SIGKILL`).
+    pub signal_name: String,
+    /// `si_code`: 0 kill, -1 sigqueue, -6 tkill/tgkill, 128 the kernel, > 0 a fault.
+    pub code: i32,
+    /// The sending process; none when the kernel raised it.
+    pub sender: Option<Process>,
+    /// The target thread.
+    pub target_pid: u32,
+    /// The target's name, escaped.
+    pub target_comm: String,
+    /// The target's cgroup v2 path, read when the record arrived; none if it was gone.
+    pub target_cgroup_path: Option<String>,
+    /// Whether it was sent to the whole process rather than one thread.
+    pub group: bool,
+    /// `delivered`, `ignored`, `already_pending`, `overflow_fail` or `lose_info`.
+    pub result: &'static str,
+}
+
+/// A cgroup was created or removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CgroupChange {
+    /// When.
+    pub time: Timestamp,
+    /// Its id: what `cgroup_id` is in other records.
+    pub cgroup_id: u64,
+    /// Its path relative to the v2 root, escaped.
+    pub cgroup_path: String,
+}
+
+/// A process was moved into a cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CgroupAttach {
+    /// When.
+    pub time: Timestamp,
+    /// The process moved.
+    pub pid: u32,
+    /// Its name, escaped.
+    pub comm: String,
+    /// The destination's id.
+    pub cgroup_id: u64,
+    /// The destination's path relative to the v2 root, escaped.
+    pub cgroup_path: String,
+}
+
+/// Whether a `si_code` means a process sent the signal (kill, sigqueue, tkill).
+pub const fn sent_by_process(code: i32) -> bool {
+    matches!(code, 0 | -1 | -6)
+}
+
+/// The name of a `TRACE_SIGNAL_*` result.
+pub const fn signal_result(result: u32) -> &'static str {
+    match result {
+        0 => "delivered",
+        1 => "ignored",
+        2 => "already_pending",
+        3 => "overflow_fail",
+        4 => "lose_info",
+        _ => "unknown",
+    }
+}
+
+/// Signals whose default action ends a process: everything but SIGCHLD,
+/// SIGCONT, the stop signals, SIGURG and SIGWINCH. Bit N is signal N.
+pub const FATAL_SIGNALS: u64 = {
+    let mut mask = 0u64;
+    let mut sig = 1;
+    while sig < 32 {
+        if !matches!(sig, 17..=23 | 28) {
+            mask |= 1 << sig;
+        }
+        sig += 1;
+    }
+    mask
+};
 
 /// An exit status decoded the way the kubelet reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,17 +253,9 @@ impl ExitStatus {
         let signal = raw & 0x7f;
         let core_dumped = raw & 0x80 != 0;
         if signal == 0 {
-            Self {
-                code: (raw >> 8) & 0xff,
-                signal: None,
-                core_dumped,
-            }
+            Self { code: (raw >> 8) & 0xff, signal: None, core_dumped }
         } else {
-            Self {
-                code: 128 + signal,
-                signal: Some(signal),
-                core_dumped,
-            }
+            Self { code: 128 + signal, signal: Some(signal), core_dumped }
         }
     }
 }
@@ -146,58 +308,16 @@ mod tests {
 
     #[test]
     fn decodes_normal_exits() {
-        assert_eq!(
-            ExitStatus::from_raw(0),
-            ExitStatus {
-                code: 0,
-                signal: None,
-                core_dumped: false
-            }
-        );
-        assert_eq!(
-            ExitStatus::from_raw(7 << 8),
-            ExitStatus {
-                code: 7,
-                signal: None,
-                core_dumped: false
-            }
-        );
-        assert_eq!(
-            ExitStatus::from_raw(255 << 8),
-            ExitStatus {
-                code: 255,
-                signal: None,
-                core_dumped: false
-            }
-        );
+        assert_eq!(ExitStatus::from_raw(0), ExitStatus { code: 0, signal: None, core_dumped: false });
+        assert_eq!(ExitStatus::from_raw(7 << 8), ExitStatus { code: 7, signal: None, core_dumped: false });
+        assert_eq!(ExitStatus::from_raw(255 << 8), ExitStatus { code: 255, signal: None, core_dumped: false });
     }
 
     #[test]
     fn decodes_deaths_by_signal_the_kubelet_way() {
-        assert_eq!(
-            ExitStatus::from_raw(9),
-            ExitStatus {
-                code: 137,
-                signal: Some(9),
-                core_dumped: false
-            }
-        );
-        assert_eq!(
-            ExitStatus::from_raw(6 | 0x80),
-            ExitStatus {
-                code: 134,
-                signal: Some(6),
-                core_dumped: true
-            }
-        );
-        assert_eq!(
-            ExitStatus::from_raw(11 | 0x80),
-            ExitStatus {
-                code: 139,
-                signal: Some(11),
-                core_dumped: true
-            }
-        );
+        assert_eq!(ExitStatus::from_raw(9), ExitStatus { code: 137, signal: Some(9), core_dumped: false });
+        assert_eq!(ExitStatus::from_raw(6 | 0x80), ExitStatus { code: 134, signal: Some(6), core_dumped: true });
+        assert_eq!(ExitStatus::from_raw(11 | 0x80), ExitStatus { code: 139, signal: Some(11), core_dumped: true });
     }
 
     #[test]
@@ -220,10 +340,28 @@ mod tests {
             core_dumped: false,
             cgroup_id: 5678,
             cgroup_path: Some("/some/cgroup".into()),
+            oom_killed: false,
+            sender: None,
         });
         assert_eq!(
             serde_json::to_string(&record).unwrap(),
-            r#"{"type":"exit","time":"2026-11-28T10:40:10.123456789Z","pid":4242,"ppid":4200,"comm":"sh","exit_code":7,"signal":null,"core_dumped":false,"cgroup_id":5678,"cgroup_path":"/some/cgroup"}"#
+            r#"{"type":"exit","time":"2026-11-28T10:40:10.123456789Z","pid":4242,"ppid":4200,"comm":"sh","exit_code":7,"signal":null,"core_dumped":false,"cgroup_id":5678,"cgroup_path":"/some/cgroup","oom_killed":false,"sender":null}"#
         );
+    }
+
+    #[test]
+    fn fatal_signals_leave_out_those_that_cannot_end_a_process() {
+        for sig in [1, 2, 3, 6, 9, 11, 13, 15, 31] {
+            assert_ne!(FATAL_SIGNALS & (1 << sig), 0, "signal {sig}");
+        }
+        for sig in [0, 17, 18, 19, 20, 21, 22, 23, 28, 32, 63] {
+            assert_eq!(FATAL_SIGNALS & (1 << sig), 0, "signal {sig}");
+        }
+    }
+
+    #[test]
+    fn only_kill_sigqueue_and_tkill_name_a_sending_process() {
+        assert!(sent_by_process(0) && sent_by_process(-1) && sent_by_process(-6));
+        assert!(!sent_by_process(0x80) && !sent_by_process(1) && !sent_by_process(-2));
     }
 }

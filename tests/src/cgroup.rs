@@ -17,8 +17,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// /sys/fs/cgroup/unified).
 pub fn v2_root() -> Result<PathBuf> {
     let table = std::fs::read_to_string("/proc/self/mountinfo")?;
-    collector::mountinfo::find_fstype(&table, "cgroup2")
-        .context("no cgroup2 mount in /proc/self/mountinfo")
+    collector::mountinfo::find_fstype(&table, "cgroup2").context("no cgroup2 mount in /proc/self/mountinfo")
 }
 
 /// A cgroup v2 directory that exists for the guard's lifetime.
@@ -33,14 +32,9 @@ impl CgroupDir {
     /// Creates `/collector-test-<name>-<pid>-<n>` under the v2 root.
     pub fn new(name: &str) -> Result<Self> {
         let root = v2_root()?;
-        let rel = format!(
-            "/collector-test-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let rel = format!("/collector-test-{name}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = root.join(rel.trim_start_matches('/'));
-        std::fs::create_dir(&dir)
-            .with_context(|| format!("cannot create cgroup {}", dir.display()))?;
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create cgroup {}", dir.display()))?;
         let id = std::fs::metadata(&dir)?.ino();
         Ok(Self { dir, rel, id })
     }
@@ -62,22 +56,14 @@ impl CgroupDir {
 
     /// A command whose process joins this cgroup before it execs.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        let procs = CString::new(
-            self.dir
-                .join("cgroup.procs")
-                .into_os_string()
-                .into_encoded_bytes(),
-        )?;
+        let procs = CString::new(self.dir.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
         let mut cmd = Command::new(program);
         // SAFETY: the closure only makes async-signal-safe calls (open, write,
         // close, setrlimit) on memory allocated before fork.
         unsafe {
             cmd.pre_exec(move || {
                 // No core files: the tests assert core_dumped = false.
-                let no_core = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
+                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
                 libc::setrlimit(libc::RLIMIT_CORE, &raw const no_core);
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {

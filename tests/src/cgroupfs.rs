@@ -28,18 +28,9 @@ impl KubepodsLock {
     /// Shared for creators of cgroups, exclusive for the remover of ancestors. Locking
     /// is best effort: without the lock file the worst case is a rare failed RunPodSandbox.
     pub(crate) fn acquire(exclusive: bool) -> Self {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(KUBEPODS_LOCK)
-            .ok();
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(KUBEPODS_LOCK).ok();
         if let Some(f) = &file {
-            let op = if exclusive {
-                libc::LOCK_EX
-            } else {
-                libc::LOCK_SH
-            };
+            let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
             // SAFETY: flock(2) on an fd this File owns; blocks until granted.
             unsafe {
                 libc::flock(f.as_raw_fd(), op);
@@ -74,15 +65,8 @@ pub fn hierarchies() -> Result<Vec<Hierarchy>> {
 }
 
 /// v1 mount options that are not controllers.
-const NON_CONTROLLER_OPTIONS: &[&str] = &[
-    "rw",
-    "ro",
-    "xattr",
-    "noprefix",
-    "clone_children",
-    "cpuset_v2_mode",
-    "favordynmods",
-];
+const NON_CONTROLLER_OPTIONS: &[&str] =
+    &["rw", "ro", "xattr", "noprefix", "clone_children", "cpuset_v2_mode", "favordynmods"];
 
 fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
     let mut seen_devices = Vec::new();
@@ -93,13 +77,9 @@ fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
         };
         let left: Vec<&str> = left.split(' ').collect();
         let right: Vec<&str> = right.split(' ').collect();
-        let (Some(device), Some(root), Some(mountpoint), Some(fstype), Some(superopts)) = (
-            left.get(2),
-            left.get(3),
-            left.get(4),
-            right.first(),
-            right.get(2),
-        ) else {
+        let (Some(device), Some(root), Some(mountpoint), Some(fstype), Some(superopts)) =
+            (left.get(2), left.get(3), left.get(4), right.first(), right.get(2))
+        else {
             continue;
         };
         let version = match *fstype {
@@ -122,11 +102,7 @@ fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
         } else {
             Vec::new()
         };
-        out.push(Hierarchy {
-            mountpoint: PathBuf::from(unescape_octal(mountpoint)),
-            version,
-            controllers,
-        });
+        out.push(Hierarchy { mountpoint: PathBuf::from(unescape_octal(mountpoint)), version, controllers });
     }
     out
 }
@@ -163,23 +139,14 @@ pub enum MemoryController {
 /// Finds the memory controller: a v1 `memory` hierarchy wins (hybrid hosts), else cgroup2.
 pub fn memory_controller() -> Result<MemoryController> {
     let all = hierarchies()?;
-    if let Some(h) = all
-        .iter()
-        .find(|h| h.version == 1 && h.controllers.iter().any(|c| c == "memory"))
-    {
+    if let Some(h) = all.iter().find(|h| h.version == 1 && h.controllers.iter().any(|c| c == "memory")) {
         return Ok(MemoryController::V1(h.mountpoint.clone()));
     }
-    let v2 = all
-        .iter()
-        .find(|h| h.version == 2)
-        .ok_or_else(|| anyhow!("no memory cgroup hierarchy mounted"))?;
-    let controllers = fs::read_to_string(v2.mountpoint.join("cgroup.controllers"))
-        .context("reading cgroup.controllers")?;
+    let v2 = all.iter().find(|h| h.version == 2).ok_or_else(|| anyhow!("no memory cgroup hierarchy mounted"))?;
+    let controllers =
+        fs::read_to_string(v2.mountpoint.join("cgroup.controllers")).context("reading cgroup.controllers")?;
     if !controllers.split_whitespace().any(|c| c == "memory") {
-        bail!(
-            "cgroup2 at {} has no memory controller",
-            v2.mountpoint.display()
-        );
+        bail!("cgroup2 at {} has no memory controller", v2.mountpoint.display());
     }
     Ok(MemoryController::V2(v2.mountpoint.clone()))
 }
@@ -197,10 +164,7 @@ pub fn v2_dir(cgroup: &str) -> Result<PathBuf> {
 /// the way the kubelet does if runc has not yet.
 pub fn set_memory_limit(cgroup: &str, bytes: u64) -> Result<()> {
     let (dir, file) = match memory_controller()? {
-        MemoryController::V1(root) => (
-            root.join(cgroup.trim_start_matches('/')),
-            "memory.limit_in_bytes",
-        ),
+        MemoryController::V1(root) => (root.join(cgroup.trim_start_matches('/')), "memory.limit_in_bytes"),
         MemoryController::V2(root) => (root.join(cgroup.trim_start_matches('/')), "memory.max"),
     };
     {
@@ -214,9 +178,7 @@ pub fn set_memory_limit(cgroup: &str, bytes: u64) -> Result<()> {
 /// The memory limit in force on `cgroup`; `None` when unlimited.
 pub fn memory_limit(cgroup: &str) -> Result<Option<u64>> {
     let path = match memory_controller()? {
-        MemoryController::V1(root) => root
-            .join(cgroup.trim_start_matches('/'))
-            .join("memory.limit_in_bytes"),
+        MemoryController::V1(root) => root.join(cgroup.trim_start_matches('/')).join("memory.limit_in_bytes"),
         MemoryController::V2(root) => root.join(cgroup.trim_start_matches('/')).join("memory.max"),
     };
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -224,9 +186,7 @@ pub fn memory_limit(cgroup: &str) -> Result<Option<u64>> {
     if text == "max" {
         return Ok(None);
     }
-    let v: u64 = text
-        .parse()
-        .with_context(|| format!("parsing {}: {text:?}", path.display()))?;
+    let v: u64 = text.parse().with_context(|| format!("parsing {}: {text:?}", path.display()))?;
     // v1 reports "unlimited" as the largest page-aligned i64.
     Ok((v < (i64::MAX as u64 & !0xfff)).then_some(v))
 }
@@ -302,10 +262,7 @@ fn kill_procs(dir: &Path) {
     let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else {
         return;
     };
-    for pid in procs
-        .lines()
-        .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
-    {
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
@@ -330,26 +287,14 @@ mod tests {
     #[test]
     fn mountinfo_lists_each_hierarchy_once() {
         let hs = parse_mountinfo(HYBRID);
-        let summary: Vec<(String, u8, Vec<String>)> = hs
-            .iter()
-            .map(|h| {
-                (
-                    h.mountpoint.display().to_string(),
-                    h.version,
-                    h.controllers.clone(),
-                )
-            })
-            .collect();
+        let summary: Vec<(String, u8, Vec<String>)> =
+            hs.iter().map(|h| (h.mountpoint.display().to_string(), h.version, h.controllers.clone())).collect();
         assert_eq!(
             summary,
             vec![
                 ("/sys/fs/cgroup/cpu".into(), 1, vec!["cpu".into()]),
                 ("/sys/fs/cgroup/memory".into(), 1, vec!["memory".into()]),
-                (
-                    "/sys/fs/cgroup/systemd".into(),
-                    1,
-                    vec!["name=systemd".into()]
-                ),
+                ("/sys/fs/cgroup/systemd".into(), 1, vec!["name=systemd".into()]),
                 ("/sys/fs/cgroup/unified".into(), 2, vec![]),
                 ("/mnt/with space".into(), 1, vec!["pids".into()]),
             ]
@@ -358,14 +303,7 @@ mod tests {
 
     #[test]
     fn hierarchy_dir_joins_absolute_cgroup_paths() {
-        let h = Hierarchy {
-            mountpoint: "/sys/fs/cgroup/unified".into(),
-            version: 2,
-            controllers: vec![],
-        };
-        assert_eq!(
-            h.dir("/kubepods/pod1/abc"),
-            PathBuf::from("/sys/fs/cgroup/unified/kubepods/pod1/abc")
-        );
+        let h = Hierarchy { mountpoint: "/sys/fs/cgroup/unified".into(), version: 2, controllers: vec![] };
+        assert_eq!(h.dir("/kubepods/pod1/abc"), PathBuf::from("/sys/fs/cgroup/unified/kubepods/pod1/abc"));
     }
 }

@@ -18,15 +18,10 @@ pub fn binary() -> Result<PathBuf> {
     }
     // target/<profile>/deps/<test> -> target/<profile>/collector
     let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("collector"));
+    let bin = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join("collector"));
     match bin {
         Some(bin) if bin.is_file() => Ok(bin),
-        _ => bail!(
-            "the collector binary is not built: run `cargo xtask test` (or `cargo build -p collector`)"
-        ),
+        _ => bail!("the collector binary is not built: run `cargo xtask test` (or `cargo build -p collector`)"),
     }
 }
 
@@ -54,11 +49,7 @@ impl Stopped {
             .split(", ")
             .find_map(|part| {
                 let (value, label) = part.split_once(' ')?;
-                label
-                    .split(' ')
-                    .next()
-                    .filter(|l| *l == name)
-                    .and(value.parse().ok())
+                label.split(' ').next().filter(|l| *l == name).and(value.parse().ok())
             })
             .with_context(|| format!("no `{name}` in summary: {line}"))
     }
@@ -102,26 +93,15 @@ impl Collector {
                 if line.starts_with("collector: tracing") {
                     let _ = ready_tx.send(());
                 }
-                sink.lock()
-                    .map(|mut text| text.push_str(&(line + "\n")))
-                    .ok();
+                sink.lock().map(|mut text| text.push_str(&(line + "\n"))).ok();
             }
         });
-        let mut collector = Self {
-            child,
-            records,
-            stdout: Some(stdout),
-            stderr: stderr_text,
-            stderr_thread: Some(stderr_thread),
-        };
+        let mut collector =
+            Self { child, records, stdout: Some(stdout), stderr: stderr_text, stderr_thread: Some(stderr_thread) };
         if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let _ = collector.child.kill();
             let _ = collector.child.wait();
-            let text = collector
-                .stderr
-                .lock()
-                .map(|t| t.clone())
-                .unwrap_or_default();
+            let text = collector.stderr.lock().map(|t| t.clone()).unwrap_or_default();
             bail!("the collector did not become ready in 30 s; stderr:\n{text}");
         }
         Ok(collector)
@@ -133,11 +113,7 @@ impl Collector {
     }
 
     /// Waits until `done` holds for the records printed so far.
-    pub fn wait_for(
-        &self,
-        timeout: Duration,
-        done: impl Fn(&[Value]) -> bool,
-    ) -> Result<Vec<Value>> {
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
         let deadline = Instant::now() + timeout;
         loop {
             let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
@@ -165,19 +141,12 @@ impl Collector {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        for thread in [self.stdout.take(), self.stderr_thread.take()]
-            .into_iter()
-            .flatten()
-        {
+        for thread in [self.stdout.take(), self.stderr_thread.take()].into_iter().flatten() {
             let _ = thread.join();
         }
         let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
         let stderr = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();
-        Ok(Stopped {
-            records,
-            stderr,
-            status,
-        })
+        Ok(Stopped { records, stderr, status })
     }
 }
 

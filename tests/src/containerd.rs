@@ -51,10 +51,7 @@ impl Containerd {
     /// [`image::BUSYBOX_IMAGE`] and waits until CRI sees it.
     pub fn start() -> Result<Self> {
         remove_stale_instances();
-        let mut instance = Instance {
-            dir: make_instance_dir()?,
-            child: None,
-        };
+        let mut instance = Instance { dir: make_instance_dir()?, child: None };
         let dir = instance.dir.clone();
         for sub in ["root", "state", "runc", "cni-bin", "cni-conf", "logs"] {
             let p = dir.join(sub);
@@ -78,10 +75,7 @@ impl Containerd {
         while !address.exists() {
             instance.check_alive()?;
             if Instant::now() >= deadline {
-                bail!(
-                    "containerd socket missing after {READY_TIMEOUT:?}\n{}",
-                    log_tail(&dir)
-                );
+                bail!("containerd socket missing after {READY_TIMEOUT:?}\n{}", log_tail(&dir));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -94,8 +88,7 @@ impl Containerd {
         )
         .map_err(with_log)?;
         image::import_busybox(&address).map_err(with_log)?;
-        cri.wait_image(image::BUSYBOX_IMAGE, IMAGE_TIMEOUT)
-            .map_err(with_log)?;
+        cri.wait_image(image::BUSYBOX_IMAGE, IMAGE_TIMEOUT).map_err(with_log)?;
         Ok(Self { cri, instance })
     }
 
@@ -127,11 +120,7 @@ impl Containerd {
     /// Tears everything down now and reports what could not be cleaned up.
     pub fn shutdown(mut self) -> Result<()> {
         let failed = self.teardown();
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow!("containerd cleanup left: {failed:#?}"))
-        }
+        if failed.is_empty() { Ok(()) } else { Err(anyhow!("containerd cleanup left: {failed:#?}")) }
     }
 
     /// Idempotent; returns descriptions of what it failed to remove.
@@ -149,10 +138,7 @@ impl Instance {
             None => None,
         };
         match exited {
-            Some(status) => bail!(
-                "containerd exited early ({status})\n{}",
-                log_tail(&self.dir)
-            ),
+            Some(status) => bail!("containerd exited early ({status})\n{}", log_tail(&self.dir)),
             None => Ok(()),
         }
     }
@@ -214,10 +200,7 @@ fn log_tail(dir: &Path) -> String {
     format!("--- containerd log tail ({}) ---\n{text}", path.display())
 }
 
-#[expect(
-    clippy::print_stderr,
-    reason = "Drop cannot return errors; the test's captured stderr shows them"
-)]
+#[expect(clippy::print_stderr, reason = "Drop cannot return errors; the test's captured stderr shows them")]
 fn report(msg: &str) {
     eprintln!("{msg}");
 }
@@ -225,11 +208,7 @@ fn report(msg: &str) {
 fn make_instance_dir() -> Result<PathBuf> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     loop {
-        let dir = PathBuf::from(format!(
-            "{TMP_PREFIX}{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = PathBuf::from(format!("{TMP_PREFIX}{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         match fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             // Left by an earlier process with the same pid; take the next number.
@@ -326,11 +305,7 @@ fn kill_processes_using(dir: &Path) {
     };
     let me = std::process::id();
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         if pid == me {
@@ -374,12 +349,7 @@ fn remove_shim_sockets(dir: &Path) {
 
 fn recorded_cgroups(dir: &Path) -> Vec<String> {
     fs::read_to_string(dir.join(PODS_RECORD))
-        .map(|s| {
-            s.lines()
-                .filter(|l| l.starts_with("/kubepods"))
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|s| s.lines().filter(|l| l.starts_with("/kubepods")).map(str::to_owned).collect())
         .unwrap_or_default()
 }
 
@@ -388,11 +358,8 @@ fn recorded_cgroups(dir: &Path) -> Vec<String> {
 fn remove_instance_dir(dir: &Path) -> Result<()> {
     let prefix = format!("{}/", dir.display());
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    let mut mounts: Vec<&str> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
+    let mut mounts: Vec<&str> =
+        mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
         let Ok(c) = std::ffi::CString::new(m) else {

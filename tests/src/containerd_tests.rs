@@ -8,19 +8,11 @@ use crate::kubelet::{ContainerSpec, PodSpec};
 /// No instance dir, no mount below it, no process naming it, no cgroup dir of the pod.
 fn assert_cleaned_up(dir: &Path, pod_cgroup: &str) {
     for h in cgroupfs::hierarchies().unwrap() {
-        assert!(
-            !h.dir(pod_cgroup).exists(),
-            "{} left",
-            h.dir(pod_cgroup).display()
-        );
+        assert!(!h.dir(pod_cgroup).exists(), "{} left", h.dir(pod_cgroup).display());
     }
     assert!(!dir.exists(), "{} left", dir.display());
     let dir = dir.display().to_string();
-    assert!(
-        !fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .contains(&dir)
-    );
+    assert!(!fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&dir));
     let stray: Vec<String> = fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -63,13 +55,9 @@ fn runs_real_containers_and_cleans_up() {
     let pod = cri.run_pod(PodSpec::unique("exit")).unwrap();
     let pod_ready = t0.elapsed();
 
-    let now = cri
-        .create_and_start(&pod, ContainerSpec::shell("now", "exit 3"))
-        .unwrap();
+    let now = cri.create_and_start(&pod, ContainerSpec::shell("now", "exit 3")).unwrap();
     assert_eq!(cri.wait_exit(&now, Duration::from_secs(10)).unwrap(), 3);
-    let c = cri
-        .create_and_start(&pod, ContainerSpec::shell("exits", "sleep 0.5; exit 3"))
-        .unwrap();
+    let c = cri.create_and_start(&pod, ContainerSpec::shell("exits", "sleep 0.5; exit 3")).unwrap();
     assert_eq!(c.id.len(), 64);
     assert!(c.id.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(c.cgroup, format!("{}/{}", pod.spec.cgroup_parent, c.id));
@@ -77,10 +65,7 @@ fn runs_real_containers_and_cleans_up() {
     assert!(v2.is_dir(), "{} missing", v2.display());
     let pid = cri.container_pid(&c).unwrap();
     let procs = fs::read_to_string(v2.join("cgroup.procs")).unwrap();
-    assert!(
-        procs.lines().any(|l| l == pid.to_string()),
-        "{pid} not in {procs}"
-    );
+    assert!(procs.lines().any(|l| l == pid.to_string()), "{pid} not in {procs}");
     let status = cri.wait_exit_status(&c, Duration::from_secs(10)).unwrap();
     assert_eq!((status.exit_code, status.reason.as_str()), (3, "Error"));
 
@@ -118,10 +103,7 @@ fn runs_real_containers_and_cleans_up() {
     // OOMKilled when its shim saw the cgroup's OOM event, which it misses when the OOM
     // comes before the shim watches (seen under load): the reason is not reliable.
     assert_eq!(status.exit_code, 0);
-    assert!(
-        matches!(status.reason.as_str(), "OOMKilled" | "Completed"),
-        "{status:?}"
-    );
+    assert!(matches!(status.reason.as_str(), "OOMKilled" | "Completed"), "{status:?}");
     let done = t0.elapsed();
 
     let pod_cgroup = pod.spec.cgroup_parent.clone();
@@ -142,36 +124,23 @@ fn pod_memory_limit_ooms_a_container_without_its_own() {
     let cri = ctrd.cri();
     let pod = cri.run_pod(PodSpec::unique("podlimit")).unwrap();
     pod.set_memory_limit(32 << 20).unwrap();
-    assert_eq!(
-        cgroupfs::memory_limit(pod.cgroup()).unwrap(),
-        Some(32 << 20)
-    );
+    assert_eq!(cgroupfs::memory_limit(pod.cgroup()).unwrap(), Some(32 << 20));
     let c = cri
-        .create_and_start(
-            &pod,
-            ContainerSpec::shell("dd", "dd if=/dev/zero of=/dev/null bs=64M; echo dd=$?"),
-        )
+        .create_and_start(&pod, ContainerSpec::shell("dd", "dd if=/dev/zero of=/dev/null bs=64M; echo dd=$?"))
         .unwrap();
     let status = cri.wait_exit_status(&c, Duration::from_secs(10)).unwrap();
     // v1 notifies the OOM to every memcg below the pod's, so containerd usually marks
     // the container OOMKilled although its shell exited 0 (not when the OOM beats the
     // shim's watch, as above).
     assert_eq!(status.exit_code, 0);
-    assert!(
-        matches!(status.reason.as_str(), "OOMKilled" | "Completed"),
-        "{status:?}"
-    );
+    assert!(matches!(status.reason.as_str(), "OOMKilled" | "Completed"), "{status:?}");
     let log = cri.container_log(&c).unwrap();
     assert!(log.contains("dd=137"), "dd not SIGKILLed: {log}");
 
     // Removing the pod while containerd runs takes its cgroup dirs with it.
     cri.remove_pod(&pod).unwrap();
     for h in cgroupfs::hierarchies().unwrap() {
-        assert!(
-            !h.dir(pod.cgroup()).exists(),
-            "{} left",
-            h.dir(pod.cgroup()).display()
-        );
+        assert!(!h.dir(pod.cgroup()).exists(), "{} left", h.dir(pod.cgroup()).display());
     }
     ctrd.shutdown().unwrap();
 }
@@ -185,10 +154,7 @@ fn a_panicking_test_still_cleans_up() {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let ctrd = Containerd::start().unwrap();
         let pod = ctrd.cri().run_pod(PodSpec::unique("panics")).unwrap();
-        let c = ctrd
-            .cri()
-            .create_and_start(&pod, ContainerSpec::shell("sleeps", "sleep 600"))
-            .unwrap();
+        let c = ctrd.cri().create_and_start(&pod, ContainerSpec::shell("sleeps", "sleep 600")).unwrap();
         assert!(cgroupfs::v2_dir(&c.cgroup).unwrap().is_dir());
         *seen.lock().unwrap() = Some((ctrd.dir().to_path_buf(), pod.spec.cgroup_parent.clone()));
         panic!("test failure while a container runs");
@@ -205,14 +171,8 @@ async fn works_from_inside_a_tokio_runtime() {
     }
     let ctrd = Containerd::start().unwrap();
     let pod = ctrd.cri().run_pod(PodSpec::unique("tokio")).unwrap();
-    let c = ctrd
-        .cri()
-        .create_and_start(&pod, ContainerSpec::shell("ok", "exit 0"))
-        .unwrap();
-    assert_eq!(
-        ctrd.cri().wait_exit(&c, Duration::from_secs(10)).unwrap(),
-        0
-    );
+    let c = ctrd.cri().create_and_start(&pod, ContainerSpec::shell("ok", "exit 0")).unwrap();
+    assert_eq!(ctrd.cri().wait_exit(&c, Duration::from_secs(10)).unwrap(), 0);
     let (dir, pod_cgroup) = (ctrd.dir().to_path_buf(), pod.spec.cgroup_parent.clone());
     drop(ctrd);
     assert_cleaned_up(&dir, &pod_cgroup);
@@ -224,11 +184,7 @@ fn leftovers_of_a_killed_test_process_are_removed() {
         return;
     }
     // A pid above pid_max never runs, so the instance counts as stale.
-    let pid_max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid_max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
     let pod = PodSpec::unique("stale");
     for h in cgroupfs::hierarchies().unwrap() {
         fs::create_dir_all(h.dir(&pod.cgroup_parent).join("c0ffee")).unwrap();
@@ -236,16 +192,8 @@ fn leftovers_of_a_killed_test_process_are_removed() {
     // Built under another name and renamed, so a parallel start() never sees it half made.
     let staging = PathBuf::from(format!("/tmp/stale-ctrd-{}", std::process::id()));
     fs::create_dir_all(staging.join("root/deep")).unwrap();
-    fs::write(
-        staging.join(PODS_RECORD),
-        format!("{}\n", pod.cgroup_parent),
-    )
-    .unwrap();
-    let dir = PathBuf::from(format!(
-        "{TMP_PREFIX}{}-{}",
-        pid_max + 1,
-        std::process::id()
-    ));
+    fs::write(staging.join(PODS_RECORD), format!("{}\n", pod.cgroup_parent)).unwrap();
+    let dir = PathBuf::from(format!("{TMP_PREFIX}{}-{}", pid_max + 1, std::process::id()));
     fs::rename(&staging, &dir).unwrap();
 
     remove_stale_instances();

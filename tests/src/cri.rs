@@ -36,9 +36,7 @@ pub struct Cri {
 
 impl std::fmt::Debug for Cri {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cri")
-            .field("log_root", &self.log_root)
-            .finish_non_exhaustive()
+        f.debug_struct("Cri").field("log_root", &self.log_root).finish_non_exhaustive()
     }
 }
 
@@ -48,12 +46,7 @@ impl Cri {
     /// Container logs go under `log_root`. When `record` is set, each pod's cgroup is
     /// appended to that file before the pod is made, so a later run can clean up after
     /// a test process that was killed.
-    pub fn connect(
-        socket: &Path,
-        log_root: PathBuf,
-        record: Option<PathBuf>,
-        timeout: Duration,
-    ) -> Result<Self> {
+    pub fn connect(socket: &Path, log_root: PathBuf, record: Option<PathBuf>, timeout: Duration) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -72,10 +65,7 @@ impl Cri {
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Err(last.context(format!(
-                "CRI at {} not ready within {timeout:?}",
-                socket.display()
-            )))
+            Err(last.context(format!("CRI at {} not ready within {timeout:?}", socket.display())))
         })?;
         Ok(Self {
             rt: ManuallyDrop::new(rt),
@@ -113,10 +103,7 @@ impl Cri {
         loop {
             let mut c = self.images.clone();
             let req = ImageStatusRequest {
-                image: Some(ImageSpec {
-                    image: image.to_owned(),
-                    ..Default::default()
-                }),
+                image: Some(ImageSpec { image: image.to_owned(), ..Default::default() }),
                 verbose: false,
             };
             let found = self.call(async move { c.image_status(req).await })?;
@@ -131,9 +118,7 @@ impl Cri {
     }
 
     pub(crate) fn tracked(&self) -> std::sync::MutexGuard<'_, Vec<Pod>> {
-        self.pods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn call<T, F>(&self, fut: F) -> Result<T>
@@ -194,14 +179,6 @@ async fn runtime_ready(channel: Channel) -> Result<()> {
         .await
         .map_err(|s| anyhow!("CRI Status: {}: {}", s.code(), s.message()))?
         .into_inner();
-    let ready = status
-        .status
-        .iter()
-        .flat_map(|s| &s.conditions)
-        .any(|c| c.r#type == "RuntimeReady" && c.status);
-    if ready {
-        Ok(())
-    } else {
-        Err(anyhow!("runtime not ready: {status:?}"))
-    }
+    let ready = status.status.iter().flat_map(|s| &s.conditions).any(|c| c.r#type == "RuntimeReady" && c.status);
+    if ready { Ok(()) } else { Err(anyhow!("runtime not ready: {status:?}")) }
 }

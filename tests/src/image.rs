@@ -31,9 +31,9 @@ const FORMAT_VERSION: u32 = 1;
 
 /// Applets linked to busybox in `/bin`; enough for shells, sleeps, OOM and signal tests.
 const APPLETS: &[&str] = &[
-    "sh", "ash", "sleep", "dd", "kill", "true", "false", "cat", "echo", "ls", "ps", "head", "tail",
-    "yes", "env", "id", "touch", "mkdir", "rm", "grep", "wc", "date", "printf", "test", "[",
-    "exec", "trap", "usleep", "timeout", "nproc", "pidof", "killall", "seq", "tr",
+    "sh", "ash", "sleep", "dd", "kill", "true", "false", "cat", "echo", "ls", "ps", "head", "tail", "yes", "env", "id",
+    "touch", "mkdir", "rm", "grep", "wc", "date", "printf", "test", "[", "exec", "trap", "usleep", "timeout", "nproc",
+    "pidof", "killall", "seq", "tr",
 ];
 
 const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -45,21 +45,12 @@ const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 /// The cache lives in the system temp dir and is keyed by the busybox binary's
 /// size and mtime, so a busybox upgrade rebuilds it.
 pub fn busybox_oci_tar() -> Result<PathBuf> {
-    let meta = fs::metadata(BUSYBOX_BINARY).with_context(|| {
-        format!("{BUSYBOX_BINARY} missing: install Debian's busybox-static (cargo xtask setup)")
-    })?;
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
+    let meta = fs::metadata(BUSYBOX_BINARY)
+        .with_context(|| format!("{BUSYBOX_BINARY} missing: install Debian's busybox-static (cargo xtask setup)"))?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     let dir = std::env::temp_dir().join("collector-tests-cache");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!(
-        "busybox-oci-v{FORMAT_VERSION}-{}-{mtime}-{}.tar",
-        meta.len(),
-        meta.ino()
-    ));
+    let path = dir.join(format!("busybox-oci-v{FORMAT_VERSION}-{}-{mtime}-{}.tar", meta.len(), meta.ino()));
     if path.is_file() {
         return Ok(path);
     }
@@ -67,15 +58,9 @@ pub fn busybox_oci_tar() -> Result<PathBuf> {
     let tarball = oci_layout_tar(&busybox)?;
     // Parallel tests may build at once: write privately, then rename atomically.
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".busybox-{}-{}.tmp",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = dir.join(format!(".busybox-{}-{}.tmp", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
     let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(&tarball)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(&tarball).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(path)
 }
@@ -89,24 +74,9 @@ pub fn import_busybox(address: &Path) -> Result<()> {
     let imported = format!("{IMPORT_BASE_NAME}:{IMPORT_REF}");
     ctr(
         address,
-        &[
-            "image".as_ref(),
-            "import".as_ref(),
-            "--base-name".as_ref(),
-            IMPORT_BASE_NAME.as_ref(),
-            tarball.as_os_str(),
-        ],
+        &["image".as_ref(), "import".as_ref(), "--base-name".as_ref(), IMPORT_BASE_NAME.as_ref(), tarball.as_os_str()],
     )?;
-    ctr(
-        address,
-        &[
-            "image".as_ref(),
-            "tag".as_ref(),
-            "--force".as_ref(),
-            imported.as_ref(),
-            BUSYBOX_IMAGE.as_ref(),
-        ],
-    )
+    ctr(address, &["image".as_ref(), "tag".as_ref(), "--force".as_ref(), imported.as_ref(), BUSYBOX_IMAGE.as_ref()])
 }
 
 fn ctr(address: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
@@ -118,21 +88,13 @@ fn ctr(address: &Path, args: &[&std::ffi::OsStr]) -> Result<()> {
         .output()
         .context("running ctr (Debian package containerd)")?;
     if !out.status.success() {
-        bail!(
-            "ctr {:?} failed ({}): {}",
-            args,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ctr {:?} failed ({}): {}", args, out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The uncompressed rootfs layer: busybox, its applet links and the usual mount points.
@@ -156,10 +118,7 @@ fn rootfs_layer(busybox: &[u8]) -> Result<Vec<u8>> {
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
         b.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
     }
-    for (name, content) in [
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
-        ("etc/group", "root:x:0:\n"),
-    ] {
+    for (name, content) in [("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"), ("etc/group", "root:x:0:\n")] {
         let mut h = header(tar::EntryType::Regular, 0o644, content.len() as u64);
         b.append_data(&mut h, name, content.as_bytes())?;
     }

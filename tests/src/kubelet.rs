@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest,
 };
 
@@ -46,11 +45,7 @@ impl PodSpec {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let uid = random_uuid();
         Self {
-            name: format!(
-                "{prefix}-{}-{}",
-                std::process::id(),
-                SEQ.fetch_add(1, Ordering::Relaxed)
-            ),
+            name: format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)),
             namespace: "collector-test".to_owned(),
             cgroup_parent: format!("/kubepods/burstable/pod{uid}"),
             uid,
@@ -141,24 +136,16 @@ impl Cri {
     /// the kubelet; it is stopped and removed when the [`crate::containerd::Containerd`] guard
     /// drops, unless [`Cri::remove_pod`] removed it before.
     pub fn run_pod(&self, spec: PodSpec) -> Result<Pod> {
-        let log_dir = self
-            .log_root
-            .join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid));
+        let log_dir = self.log_root.join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid));
         fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
         let labels = HashMap::from([
             ("io.kubernetes.pod.name".to_owned(), spec.name.clone()),
-            (
-                "io.kubernetes.pod.namespace".to_owned(),
-                spec.namespace.clone(),
-            ),
+            ("io.kubernetes.pod.namespace".to_owned(), spec.namespace.clone()),
             ("io.kubernetes.pod.uid".to_owned(), spec.uid.clone()),
         ]);
         let annotations = HashMap::from([
             ("kubernetes.io/config.source".to_owned(), "api".to_owned()),
-            (
-                "kubernetes.io/config.seen".to_owned(),
-                "2024-01-01T00:00:00Z".to_owned(),
-            ),
+            ("kubernetes.io/config.seen".to_owned(), "2024-01-01T00:00:00Z".to_owned()),
         ]);
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
@@ -185,22 +172,14 @@ impl Cri {
             append_line(record, &spec.cgroup_parent)?;
         }
         let mut c = self.runtime.clone();
-        let req = RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        };
+        let req = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
         let id = {
             let _creating = cgroupfs::KubepodsLock::acquire(false);
             self.call(async move { c.run_pod_sandbox(req).await })
                 .with_context(|| format!("RunPodSandbox {}", spec.name))?
                 .pod_sandbox_id
         };
-        let pod = Pod {
-            id,
-            spec,
-            config,
-            log_dir,
-        };
+        let pod = Pod { id, spec, config, log_dir };
         self.tracked().push(pod.clone());
         Ok(pod)
     }
@@ -215,49 +194,28 @@ impl Cri {
         }
         let labels = HashMap::from([
             ("io.kubernetes.pod.name".to_owned(), pod.spec.name.clone()),
-            (
-                "io.kubernetes.pod.namespace".to_owned(),
-                pod.spec.namespace.clone(),
-            ),
+            ("io.kubernetes.pod.namespace".to_owned(), pod.spec.namespace.clone()),
             ("io.kubernetes.pod.uid".to_owned(), pod.spec.uid.clone()),
             ("io.kubernetes.container.name".to_owned(), spec.name.clone()),
         ]);
         let annotations = HashMap::from([
-            (
-                "io.kubernetes.container.restartCount".to_owned(),
-                "0".to_owned(),
-            ),
-            (
-                "io.kubernetes.container.terminationMessagePath".to_owned(),
-                "/dev/termination-log".to_owned(),
-            ),
-            (
-                "io.kubernetes.container.terminationMessagePolicy".to_owned(),
-                "File".to_owned(),
-            ),
+            ("io.kubernetes.container.restartCount".to_owned(), "0".to_owned()),
+            ("io.kubernetes.container.terminationMessagePath".to_owned(), "/dev/termination-log".to_owned()),
+            ("io.kubernetes.container.terminationMessagePolicy".to_owned(), "File".to_owned()),
         ]);
         let memory_limit_in_bytes = match spec.memory_limit_bytes {
             Some(b) => i64::try_from(b).context("memory limit above i64::MAX")?,
             None => 0,
         };
         let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: spec.name.clone(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: BUSYBOX_IMAGE.to_owned(),
-                ..Default::default()
-            }),
+            metadata: Some(ContainerMetadata { name: spec.name.clone(), attempt: 0 }),
+            image: Some(ImageSpec { image: BUSYBOX_IMAGE.to_owned(), ..Default::default() }),
             command: spec.command,
             labels,
             annotations,
             log_path: log_rel,
             linux: Some(LinuxContainerConfig {
-                resources: Some(LinuxContainerResources {
-                    memory_limit_in_bytes,
-                    ..Default::default()
-                }),
+                resources: Some(LinuxContainerResources { memory_limit_in_bytes, ..Default::default() }),
                 security_context: Some(LinuxContainerSecurityContext {
                     namespace_options: Some(host_network()),
                     ..Default::default()
@@ -287,9 +245,7 @@ impl Cri {
     /// Starts a created container; its process runs when this returns.
     pub fn start_container(&self, container: &Container) -> Result<()> {
         let mut c = self.runtime.clone();
-        let req = StartContainerRequest {
-            container_id: container.id.clone(),
-        };
+        let req = StartContainerRequest { container_id: container.id.clone() };
         let _creating = cgroupfs::KubepodsLock::acquire(false);
         self.call(async move { c.start_container(req).await })
             .with_context(|| format!("StartContainer {}", container.name))?;
@@ -306,16 +262,11 @@ impl Cri {
     /// ContainerStatus, with the init pid from the verbose info.
     pub fn status(&self, container: &Container) -> Result<Status> {
         let mut c = self.runtime.clone();
-        let req = ContainerStatusRequest {
-            container_id: container.id.clone(),
-            verbose: true,
-        };
+        let req = ContainerStatusRequest { container_id: container.id.clone(), verbose: true };
         let resp = self
             .call(async move { c.container_status(req).await })
             .with_context(|| format!("ContainerStatus {}", container.name))?;
-        let status = resp
-            .status
-            .ok_or_else(|| anyhow!("ContainerStatus without status"))?;
+        let status = resp.status.ok_or_else(|| anyhow!("ContainerStatus without status"))?;
         let pid = resp
             .info
             .get("info")
@@ -324,8 +275,7 @@ impl Cri {
             .and_then(|p| u32::try_from(p).ok())
             .filter(|p| *p != 0);
         Ok(Status {
-            state: ContainerState::try_from(status.state)
-                .unwrap_or(ContainerState::ContainerUnknown),
+            state: ContainerState::try_from(status.state).unwrap_or(ContainerState::ContainerUnknown),
             exit_code: status.exit_code,
             reason: status.reason,
             pid,
@@ -335,13 +285,7 @@ impl Cri {
     /// The host pid of the container's init process while it runs.
     pub fn container_pid(&self, container: &Container) -> Result<u32> {
         let status = self.status(container)?;
-        status.pid.ok_or_else(|| {
-            anyhow!(
-                "container {} has no pid (state {:?})",
-                container.name,
-                status.state
-            )
-        })
+        status.pid.ok_or_else(|| anyhow!("container {} has no pid (state {:?})", container.name, status.state))
     }
 
     /// Polls ContainerStatus until the container has exited and returns its exit code.
@@ -358,11 +302,7 @@ impl Cri {
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "container {} still {:?} after {timeout:?}",
-                    container.name,
-                    status.state
-                );
+                bail!("container {} still {:?} after {timeout:?}", container.name, status.state);
             }
             std::thread::sleep(POLL);
         }
@@ -381,10 +321,7 @@ impl Cri {
     pub fn stop_container(&self, container: &Container, grace: Duration) -> Result<()> {
         let mut c = self.runtime.clone();
         let timeout = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-        let req = StopContainerRequest {
-            container_id: container.id.clone(),
-            timeout,
-        };
+        let req = StopContainerRequest { container_id: container.id.clone(), timeout };
         self.call(async move { c.stop_container(req).await })
             .with_context(|| format!("StopContainer {}", container.name))?;
         Ok(())
@@ -393,9 +330,7 @@ impl Cri {
     /// RemoveContainer (kills it first if it still runs).
     pub fn remove_container(&self, container: &Container) -> Result<()> {
         let mut c = self.runtime.clone();
-        let req = RemoveContainerRequest {
-            container_id: container.id.clone(),
-        };
+        let req = RemoveContainerRequest { container_id: container.id.clone() };
         self.call(async move { c.remove_container(req).await })
             .with_context(|| format!("RemoveContainer {}", container.name))?;
         Ok(())
@@ -404,9 +339,7 @@ impl Cri {
     /// StopPodSandbox: kills every container of the pod and its sandbox.
     pub fn stop_pod(&self, pod: &Pod) -> Result<()> {
         let mut c = self.runtime.clone();
-        let req = StopPodSandboxRequest {
-            pod_sandbox_id: pod.id.clone(),
-        };
+        let req = StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() };
         self.call(async move { c.stop_pod_sandbox(req).await })
             .with_context(|| format!("StopPodSandbox {}", pod.spec.name))?;
         Ok(())
@@ -416,9 +349,7 @@ impl Cri {
     pub fn remove_pod(&self, pod: &Pod) -> Result<()> {
         self.stop_pod(pod)?;
         let mut c = self.runtime.clone();
-        let req = RemovePodSandboxRequest {
-            pod_sandbox_id: pod.id.clone(),
-        };
+        let req = RemovePodSandboxRequest { pod_sandbox_id: pod.id.clone() };
         self.call(async move { c.remove_pod_sandbox(req).await })
             .with_context(|| format!("RemovePodSandbox {}", pod.spec.name))?;
         self.tracked().retain(|p| p.id != pod.id);
@@ -436,16 +367,12 @@ impl Cri {
         let mut failed = Vec::new();
         for pod in pods {
             let mut c = self.runtime.clone();
-            let stop = StopPodSandboxRequest {
-                pod_sandbox_id: pod.id.clone(),
-            };
+            let stop = StopPodSandboxRequest { pod_sandbox_id: pod.id.clone() };
             if let Err(e) = self.call(async move { c.stop_pod_sandbox(stop).await }) {
                 failed.push(format!("StopPodSandbox {}: {e:#}", pod.spec.name));
             }
             let mut c = self.runtime.clone();
-            let remove = RemovePodSandboxRequest {
-                pod_sandbox_id: pod.id.clone(),
-            };
+            let remove = RemovePodSandboxRequest { pod_sandbox_id: pod.id.clone() };
             if let Err(e) = self.call(async move { c.remove_pod_sandbox(remove).await }) {
                 failed.push(format!("RemovePodSandbox {}: {e:#}", pod.spec.name));
             }
@@ -482,25 +409,14 @@ fn random_uuid() -> String {
     if filled.is_err() {
         // Uniqueness within this machine is all that matters; fall back to time and pid.
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let mix = nanos
-            ^ (u128::from(std::process::id()) << 64)
-            ^ u128::from(SEQ.fetch_add(1, Ordering::Relaxed));
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let mix = nanos ^ (u128::from(std::process::id()) << 64) ^ u128::from(SEQ.fetch_add(1, Ordering::Relaxed));
         b = mix.to_le_bytes();
     }
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
 #[cfg(test)]

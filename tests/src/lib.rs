@@ -2,10 +2,7 @@
 //! real cgroups, real processes. Every resource is an RAII guard, so a failed
 //! assertion still removes what the test made.
 
-#![expect(
-    clippy::print_stderr,
-    reason = "a test harness reports skips and cleanup failures on stderr"
-)]
+#![expect(clippy::print_stderr, reason = "a test harness reports skips and cleanup failures on stderr")]
 
 pub mod cgroup;
 pub mod cgroupfs;
@@ -26,10 +23,7 @@ pub fn privileged(test: &str) -> bool {
         (false, _) => "root (loading BPF programs and creating cgroups needs it)",
         (true, false) => "kernel BTF at /sys/kernel/btf/vmlinux",
     };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: CI must run privileged tests, but this machine lacks {missing}"
-    );
+    assert!(std::env::var_os("CI").is_none(), "{test}: CI must run privileged tests, but this machine lacks {missing}");
     eprintln!("{test}: skipped: needs {missing}");
     false
 }

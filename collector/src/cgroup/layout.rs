@@ -118,18 +118,11 @@ fn parse_cgroupfs_pod(rest: &[&str]) -> Option<Identity> {
         if is_container_id(name) {
             Some((name.to_ascii_lowercase(), None))
         } else {
-            let id = name
-                .strip_prefix("crio-")
-                .filter(|id| is_container_id(id))?;
+            let id = name.strip_prefix("crio-").filter(|id| is_container_id(id))?;
             Some((id.to_ascii_lowercase(), Some(Runtime::CriO)))
         }
     });
-    Some(pod_identity(
-        pod_uid,
-        qos,
-        container,
-        CgroupDriver::Cgroupfs,
-    ))
+    Some(pod_identity(pod_uid, qos, container, CgroupDriver::Cgroupfs))
 }
 
 /// `rest` is what follows `/kubepods.slice`.
@@ -140,15 +133,9 @@ fn parse_systemd_pod(rest: &[&str]) -> Option<Identity> {
         _ => (QosClass::Guaranteed, "kubepods", rest),
     };
     let (pod, rest) = rest.split_first()?;
-    let escaped = pod
-        .strip_prefix(stem)?
-        .strip_prefix("-pod")?
-        .strip_suffix(".slice")?;
+    let escaped = pod.strip_prefix(stem)?.strip_prefix("-pod")?.strip_suffix(".slice")?;
     let pod_uid = parse_uid(escaped, b'_')?;
-    let container = rest
-        .first()
-        .and_then(|name| parse_scope(name))
-        .map(|(id, rt)| (id, Some(rt)));
+    let container = rest.first().and_then(|name| parse_scope(name)).map(|(id, rt)| (id, Some(rt)));
     Some(pod_identity(pod_uid, qos, container, CgroupDriver::Systemd))
 }
 
@@ -159,13 +146,7 @@ fn pod_identity(
     driver: CgroupDriver,
 ) -> Identity {
     let (container_id, runtime) = container.unzip();
-    Identity {
-        pod_uid: Some(pod_uid),
-        qos: Some(qos),
-        container_id,
-        runtime: runtime.flatten(),
-        driver,
-    }
+    Identity { pod_uid: Some(pod_uid), qos: Some(qos), container_id, runtime: runtime.flatten(), driver }
 }
 
 fn parse_plain_container(components: &[&str]) -> Option<Identity> {
@@ -187,13 +168,7 @@ fn parse_plain_container(components: &[&str]) -> Option<Identity> {
 }
 
 fn plain_identity(id: String, runtime: Runtime, driver: CgroupDriver) -> Identity {
-    Identity {
-        pod_uid: None,
-        qos: None,
-        container_id: Some(id),
-        runtime: Some(runtime),
-        driver,
-    }
+    Identity { pod_uid: None, qos: None, container_id: Some(id), runtime: Some(runtime), driver }
 }
 
 /// A systemd scope named by a runtime: `<prefix>-<64 hex>.scope`.
@@ -241,10 +216,7 @@ fn is_containerd_namespace(name: &str) -> bool {
     if name.is_empty() || name.len() > NAMESPACE_MAX_LEN {
         return false;
     }
-    if [".slice", ".scope", ".service"]
-        .iter()
-        .any(|unit| name.ends_with(unit))
-    {
+    if [".slice", ".scope", ".service"].iter().any(|unit| name.ends_with(unit)) {
         return false;
     }
     let mut previous_was_separator = true;
@@ -270,21 +242,10 @@ mod tests {
     const C: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     const C2: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
 
-    fn pod(
-        qos: QosClass,
-        cid: Option<&str>,
-        rt: Option<Runtime>,
-        d: CgroupDriver,
-    ) -> Option<Identity> {
+    fn pod(qos: QosClass, cid: Option<&str>, rt: Option<Runtime>, d: CgroupDriver) -> Option<Identity> {
         let container_id = cid.map(str::to_owned);
         let (pod_uid, qos) = (Some(U.to_owned()), Some(qos));
-        Some(Identity {
-            pod_uid,
-            qos,
-            container_id,
-            runtime: rt,
-            driver: d,
-        })
+        Some(Identity { pod_uid, qos, container_id, runtime: rt, driver: d })
     }
     fn fs(qos: QosClass, cid: Option<&str>, rt: Option<Runtime>) -> Option<Identity> {
         pod(qos, cid, rt, Cgroupfs)
@@ -294,13 +255,7 @@ mod tests {
     }
     fn plain(cid: &str, rt: Runtime, d: CgroupDriver) -> Option<Identity> {
         let container_id = Some(cid.to_owned());
-        Some(Identity {
-            pod_uid: None,
-            qos: None,
-            container_id,
-            runtime: Some(rt),
-            driver: d,
-        })
+        Some(Identity { pod_uid: None, qos: None, container_id, runtime: Some(rt), driver: d })
     }
 
     /// `path => expected` rows for `check`; a macro keeps each row on one line.
@@ -327,8 +282,7 @@ mod tests {
     /// `expand` with the uid and ids in uppercase hex.
     fn shout(template: &str) -> String {
         let path = expand(template).replace(U, &U.to_uppercase());
-        path.replace(U_, &U_.to_uppercase())
-            .replace(C, &C.to_uppercase())
+        path.replace(U_, &U_.to_uppercase()).replace(C, &C.to_uppercase())
     }
 
     fn check<P: AsRef<str>>(cases: &[(P, Option<Identity>)]) {
@@ -484,10 +438,7 @@ mod tests {
         assert_eq!(BestEffort.as_str(), "BestEffort");
         assert_eq!(Guaranteed.as_str(), "Guaranteed");
         assert_eq!(Burstable.as_str(), "Burstable");
-        assert_eq!(
-            serde_json::to_string(&BestEffort).unwrap(),
-            "\"BestEffort\""
-        );
+        assert_eq!(serde_json::to_string(&BestEffort).unwrap(), "\"BestEffort\"");
     }
 
     /// xorshift64*: deterministic, so a failure replays.
@@ -525,11 +476,7 @@ mod tests {
         let mut found = 0_u32;
         for _ in 0..100_000 {
             // Half token soup, half a valid path with a few edits, to reach the accepting branches.
-            let mut path = if rng.below(2) == 0 {
-                String::new()
-            } else {
-                valid[rng.below(valid.len())].clone()
-            };
+            let mut path = if rng.below(2) == 0 { String::new() } else { valid[rng.below(valid.len())].clone() };
             for _ in 0..rng.below(4) {
                 let at = rng.below(path.len() + 1);
                 if !path.is_char_boundary(at) {
@@ -559,10 +506,7 @@ mod tests {
                 assert!(is_container_id(cid), "{path:?}");
                 assert_eq!(cid, &cid.to_ascii_lowercase());
             }
-            assert!(
-                id.pod_uid.is_some() || id.container_id.is_some(),
-                "{path:?}"
-            );
+            assert!(id.pod_uid.is_some() || id.container_id.is_some(), "{path:?}");
         }
         // The generator must actually reach the accepting branches to be worth running.
         assert!(found > 1000, "only {found} identities generated");

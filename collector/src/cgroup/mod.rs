@@ -1,8 +1,9 @@
-//! cgroup resolver: cgroup v2 ids to paths.
+//! cgroup resolver: cgroup ids to paths and pod identities.
 //!
-//! The kernel reports a cgroup as the inode number of its v2 directory. The
-//! v2 tree is found from the mount table: at `/sys/fs/cgroup` on pure v2
-//! hosts, at `/sys/fs/cgroup/unified` on hybrid ones.
+//! The kernel reports a cgroup as the inode number of its directory. The v2
+//! tree is found from the mount table: at `/sys/fs/cgroup` on pure v2 hosts,
+//! at `/sys/fs/cgroup/unified` on hybrid ones, where memory limits (and so the
+//! cgroup an OOM kill names) live in the v1 memory hierarchy instead.
 
 pub mod layout;
 pub mod registry;
@@ -25,6 +26,9 @@ const RESCAN_INTERVAL: Duration = Duration::from_millis(20);
 /// Errors finding the cgroup v2 tree.
 #[derive(Debug, Error)]
 pub enum CgroupError {
+    /// No memory controller hierarchy is mounted.
+    #[error("no cgroup memory controller is mounted (neither a v1 memory hierarchy nor cgroup2)")]
+    NoMemory,
     /// No cgroup2 file system is mounted.
     #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo)")]
     NoV2,
@@ -36,20 +40,47 @@ pub enum CgroupError {
     Registry(#[from] RegistryError),
 }
 
-/// Where the cgroup v2 hierarchy is mounted.
+/// Where a cgroup hierarchy is mounted.
 #[derive(Clone, Debug)]
-pub struct V2Tree {
+pub struct CgroupTree {
     root: PathBuf,
 }
 
-impl V2Tree {
+impl CgroupTree {
     /// Finds the v2 tree in this process's mount table.
     pub fn discover() -> Result<Self, CgroupError> {
-        let table =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
-        crate::mountinfo::find_fstype(&table, "cgroup2")
+        let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+        crate::mountinfo::find_fstype(&table, "cgroup2").map(|root| Self { root }).ok_or(CgroupError::NoV2)
+    }
+
+    /// Finds the tree that holds memory limits: the v1 memory hierarchy where
+    /// one is mounted (hybrid hosts), else the v2 tree.
+    pub fn discover_memory() -> Result<Self, CgroupError> {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+        crate::mountinfo::find_v1_controller(&table, "memory")
+            .or_else(|| crate::mountinfo::find_fstype(&table, "cgroup2"))
             .map(|root| Self { root })
-            .ok_or(CgroupError::NoV2)
+            .ok_or(CgroupError::NoMemory)
+    }
+
+    /// The path of cgroup `id` in this tree, by walking it (for rare lookups).
+    pub fn find(&self, id: u64) -> Option<String> {
+        self.walk().into_iter().find_map(|(ino, path)| (ino == id).then_some(path))
+    }
+
+    /// The limit and usage of the memory cgroup at `path` (relative to this
+    /// tree), in bytes; none without a finite limit. Reads v1's
+    /// `memory.limit_in_bytes`/`memory.usage_in_bytes` or v2's `memory.max`/`memory.current`.
+    pub fn memory_limit(&self, path: &str) -> Option<MemoryLimit> {
+        let dir = self.root.join(path.trim_start_matches('/'));
+        let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok();
+        let number = |text: String| text.trim().parse::<u64>().ok();
+        let (limit, usage) = match read("memory.limit_in_bytes") {
+            Some(v1) => (number(v1)?, read("memory.usage_in_bytes").and_then(number)?),
+            None => (read("memory.max").and_then(number)?, read("memory.current").and_then(number)?),
+        };
+        // v1 writes "no limit" as a huge page-aligned number; v2 as "max" (no number).
+        (limit < UNLIMITED_V1).then_some(MemoryLimit { limit, usage })
     }
 
     /// The tree mounted at `root`.
@@ -93,22 +124,30 @@ impl V2Tree {
     }
 }
 
+/// v1 reports an unlimited memory cgroup as `PAGE_COUNTER_MAX` pages, about 2^63 bytes.
+const UNLIMITED_V1: u64 = 1 << 62;
+
+/// A memory cgroup's limit and usage, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryLimit {
+    /// `memory.max` or `memory.limit_in_bytes`.
+    pub limit: u64,
+    /// `memory.current` or `memory.usage_in_bytes`.
+    pub usage: u64,
+}
+
 /// Resolves cgroup ids to paths and identities, re-reading the tree when an id is unknown.
 #[derive(Debug)]
 pub struct Resolver {
-    tree: V2Tree,
+    tree: CgroupTree,
     registry: Registry,
     last_scan: Option<Instant>,
 }
 
 impl Resolver {
     /// A resolver that has read the whole tree once.
-    pub fn new(tree: V2Tree, config: RegistryConfig) -> Result<Self, CgroupError> {
-        let mut resolver = Self {
-            tree,
-            registry: Registry::new(config)?,
-            last_scan: None,
-        };
+    pub fn new(tree: CgroupTree, config: RegistryConfig) -> Result<Self, CgroupError> {
+        let mut resolver = Self { tree, registry: Registry::new(config)?, last_scan: None };
         resolver.scan(Instant::now());
         Ok(resolver)
     }
@@ -124,9 +163,7 @@ impl Resolver {
     pub fn get(&mut self, id: u64) -> Option<&Entry> {
         let now = Instant::now();
         if self.registry.get(id, now).is_none()
-            && self
-                .last_scan
-                .is_none_or(|last| now.duration_since(last) >= RESCAN_INTERVAL)
+            && self.last_scan.is_none_or(|last| now.duration_since(last) >= RESCAN_INTERVAL)
         {
             self.scan(now);
         }
@@ -136,6 +173,21 @@ impl Resolver {
     /// The path of cgroup `id`, if known.
     pub fn path(&mut self, id: u64) -> Option<&str> {
         self.get(id).map(|entry| entry.path.as_str())
+    }
+
+    /// Records a cgroup the kernel reported created.
+    pub fn created(&mut self, id: u64, path: &str) {
+        self.registry.insert(id, path, Instant::now());
+    }
+
+    /// Records a cgroup the kernel reported removed: it stays resolvable for the tombstone time.
+    pub fn removed(&mut self, id: u64, path: &str) {
+        let now = Instant::now();
+        // One created and removed between two reads is still worth a tombstone.
+        if self.registry.get(id, now).is_none() {
+            self.registry.insert(id, path, now);
+        }
+        self.registry.remove(id, now);
     }
 
     /// Lookup, hit, miss and eviction counts.
@@ -153,7 +205,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("collector-walk-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("a/b")).unwrap();
         std::fs::create_dir_all(dir.join("odd\nname")).unwrap();
-        let tree = V2Tree::at(&dir);
+        let tree = CgroupTree::at(&dir);
         let mut found = tree.walk();
         found.sort_by(|x, y| x.1.cmp(&y.1));
         let ino = |p: &str| std::fs::metadata(dir.join(p)).unwrap().ino();
@@ -170,17 +222,9 @@ mod tests {
         assert_eq!(resolver.path(ino("a/b")), Some("/a/b"));
         std::fs::create_dir(dir.join("late")).unwrap();
         std::thread::sleep(RESCAN_INTERVAL);
-        assert_eq!(
-            resolver.path(ino("late")),
-            Some("/late"),
-            "a miss re-reads the tree"
-        );
+        assert_eq!(resolver.path(ino("late")), Some("/late"), "a miss re-reads the tree");
         assert_eq!(resolver.path(u64::MAX), None);
-        assert_eq!(
-            resolver.stats().misses,
-            3,
-            "a/b hit; late and u64::MAX missed once each before the re-read"
-        );
+        assert_eq!(resolver.stats().misses, 3, "a/b hit; late and u64::MAX missed once each before the re-read");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

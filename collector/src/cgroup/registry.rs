@@ -42,10 +42,7 @@ pub struct RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self {
-            capacity: DEFAULT_CAPACITY,
-            tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
-        }
+        Self { capacity: DEFAULT_CAPACITY, tombstone_ttl: DEFAULT_TOMBSTONE_TTL }
     }
 }
 
@@ -104,10 +101,7 @@ struct List {
 }
 
 impl List {
-    const EMPTY: Self = Self {
-        head: NIL,
-        tail: NIL,
-    };
+    const EMPTY: Self = Self { head: NIL, tail: NIL };
 }
 
 /// Map from cgroup v2 id (the directory's inode number) to path and identity.
@@ -170,11 +164,7 @@ impl Registry {
         }
         let node = Node {
             id,
-            entry: Entry {
-                path: path.to_owned(),
-                identity: layout::parse(path),
-                removed_at: None,
-            },
+            entry: Entry { path: path.to_owned(), identity: layout::parse(path), removed_at: None },
             prev: NIL,
             next: NIL,
         };
@@ -271,11 +261,7 @@ impl Registry {
     }
 
     fn evict_one(&mut self) {
-        let victim = if self.tombstones.head != NIL {
-            self.tombstones.head
-        } else {
-            self.live.head
-        };
+        let victim = if self.tombstones.head != NIL { self.tombstones.head } else { self.live.head };
         if victim != NIL {
             self.release(victim);
             self.stats.evictions += 1;
@@ -292,11 +278,7 @@ impl Registry {
     }
 
     fn list_of(&mut self, slot: usize) -> &mut List {
-        if self.nodes[slot].entry.is_tombstone() {
-            &mut self.tombstones
-        } else {
-            &mut self.live
-        }
+        if self.nodes[slot].entry.is_tombstone() { &mut self.tombstones } else { &mut self.live }
     }
 
     /// Detaches `slot` from the list its state puts it in.
@@ -340,11 +322,7 @@ mod tests {
     const TTL: Duration = Duration::from_secs(300);
 
     fn registry(capacity: usize) -> Registry {
-        Registry::new(RegistryConfig {
-            capacity,
-            tombstone_ttl: TTL,
-        })
-        .unwrap()
+        Registry::new(RegistryConfig { capacity, tombstone_ttl: TTL }).unwrap()
     }
 
     fn secs(t0: Instant, s: u64) -> Instant {
@@ -378,14 +356,8 @@ mod tests {
         let r = Registry::default();
         assert_eq!(r.config().capacity, 65_536);
         assert_eq!(r.config().tombstone_ttl, Duration::from_secs(5 * 60));
-        let zero = RegistryConfig {
-            capacity: 0,
-            ..RegistryConfig::default()
-        };
-        assert_eq!(
-            Registry::new(zero).unwrap_err(),
-            RegistryError::ZeroCapacity
-        );
+        let zero = RegistryConfig { capacity: 0, ..RegistryConfig::default() };
+        assert_eq!(Registry::new(zero).unwrap_err(), RegistryError::ZeroCapacity);
     }
 
     #[test]
@@ -404,10 +376,7 @@ mod tests {
         let e = r.get(7, t0).unwrap();
         assert_eq!((&e.identity, e.removed_at), (&Some(want), None));
         let e = r.get(8, t0).unwrap();
-        assert_eq!(
-            (e.path.as_str(), &e.identity),
-            ("/system.slice/cron.service", &None)
-        );
+        assert_eq!((e.path.as_str(), &e.identity), ("/system.slice/cron.service", &None));
         // Re-inserting with a new path re-parses it.
         r.insert(8, &format!("/default/{C}"), t0);
         let e = r.get(8, t0).unwrap();
@@ -431,10 +400,7 @@ mod tests {
         assert_eq!(r.len(), 0);
         assert!(r.get(1, secs(t0, 311)).is_none());
         let s = r.stats();
-        assert_eq!(
-            (s.lookups, s.hits, s.misses, s.tombstones_expired),
-            (4, 2, 2, 1)
-        );
+        assert_eq!((s.lookups, s.hits, s.misses, s.tombstones_expired), (4, 2, 2, 1));
     }
 
     #[test]
@@ -467,10 +433,7 @@ mod tests {
         r.insert(2, "/b2", secs(t0, 2000));
         assert_eq!(r.get(2, secs(t0, 2000)).unwrap().path, "/b2");
         let s = r.stats();
-        assert_eq!(
-            (s.inserts, s.removes, s.tombstones_expired, s.evictions),
-            (4, 2, 1, 0)
-        );
+        assert_eq!((s.inserts, s.removes, s.tombstones_expired, s.evictions), (4, 2, 1, 0));
     }
 
     #[test]
@@ -500,10 +463,7 @@ mod tests {
         assert!(r.get(4, secs(t0, 9)).is_none());
         assert!(r.get(3, secs(t0, 9)).is_none());
         let s = r.stats();
-        assert_eq!(
-            (s.evictions, s.tombstones_expired, s.inserts, s.removes),
-            (4, 0, 9, 2)
-        );
+        assert_eq!((s.evictions, s.tombstones_expired, s.inserts, s.removes), (4, 0, 9, 2));
         assert_eq!((s.lookups, s.hits, s.misses), (4, 2, 2));
     }
 
@@ -523,10 +483,7 @@ mod tests {
         assert_eq!(r.purge_expired(secs(t0, 701)), 1);
         assert!(r.is_empty());
         let s = r.stats();
-        assert_eq!(
-            (s.evictions, s.tombstones_expired, s.inserts, s.removes),
-            (1, 2, 3, 2)
-        );
+        assert_eq!((s.evictions, s.tombstones_expired, s.inserts, s.removes), (1, 2, 3, 2));
     }
 
     #[test]
@@ -603,9 +560,6 @@ mod tests {
         order(&r);
         let s = r.stats();
         assert_eq!(s.lookups, s.hits + s.misses);
-        assert!(
-            s.hits > 1000 && s.evictions > 1000 && s.tombstones_expired > 100,
-            "{s:?}"
-        );
+        assert!(s.hits > 1000 && s.evictions > 1000 && s.tombstones_expired > 100, "{s:?}");
     }
 }

@@ -20,9 +20,7 @@ const KIND_UNION: u32 = 5;
 #[derive(Debug, Error)]
 pub enum BtfError {
     /// The BTF file could not be read.
-    #[error(
-        "cannot read kernel BTF at {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"
-    )]
+    #[error("cannot read kernel BTF at {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")]
     Read {
         /// The file that was read.
         path: String,
@@ -77,23 +75,14 @@ impl Btf {
 
     /// Reads BTF from a file.
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
         Self::parse(&data)
     }
 
     /// Parses a little-endian BTF blob.
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        let u16_at = |off: usize| {
-            data.get(off..off + 2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        };
-        let u32_at = |off: usize| {
-            data.get(off..off + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
+        let u16_at = |off: usize| data.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let u32_at = |off: usize| data.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         if u16_at(0) != Some(MAGIC) {
             return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
         }
@@ -109,12 +98,7 @@ impl Btf {
             .ok_or(BtfError::Malformed("string section out of bounds"))?
             .to_vec();
 
-        let mut btf = Self {
-            strings,
-            composites: HashMap::new(),
-            aliases: HashMap::new(),
-            by_name: HashMap::new(),
-        };
+        let mut btf = Self { strings, composites: HashMap::new(), aliases: HashMap::new(), by_name: HashMap::new() };
         let rd = |off: usize| {
             types
                 .get(off..off + 4)
@@ -150,11 +134,7 @@ impl Btf {
                             name_off: rd(base)?,
                             type_id: rd(base + 4)?,
                             // With kind_flag the top 8 bits hold a bitfield size.
-                            bit_offset: if kind_flag {
-                                raw_offset & 0x00ff_ffff
-                            } else {
-                                raw_offset
-                            },
+                            bit_offset: if kind_flag { raw_offset & 0x00ff_ffff } else { raw_offset },
                         });
                     }
                     if kind == KIND_STRUCT && name_off != 0 {
@@ -194,16 +174,10 @@ impl Btf {
 
     /// Byte offset of `member` in `struct strukt`, looking inside anonymous members.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .by_name
-            .get(strukt)
-            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let id = *self.by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         self.find(id, member, 0)
             .map(|bits| bits / 8)
-            .ok_or_else(|| BtfError::NoMember {
-                strukt: strukt.to_owned(),
-                member: member.to_owned(),
-            })
+            .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() })
     }
 
     fn find(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
@@ -233,11 +207,7 @@ mod tests {
         let strings = b"\0int\0outer\0a\0b\0c\0".to_vec();
         let (int, outer, a, b, c) = (1u32, 5u32, 11u32, 13u32, 15u32);
         let mut types = Vec::new();
-        let mut push = |words: &[u32]| {
-            words
-                .iter()
-                .for_each(|w| types.extend_from_slice(&w.to_le_bytes()))
-        };
+        let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend_from_slice(&w.to_le_bytes()));
         // [1] int, 4 bytes
         push(&[int, 1 << 24, 4, 32]);
         // [2] anonymous struct { int b; }
@@ -249,13 +219,7 @@ mod tests {
         let mut blob = Vec::new();
         blob.extend_from_slice(&MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]);
-        for w in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
+        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
             blob.extend_from_slice(&w.to_le_bytes());
         }
         blob.extend_from_slice(&types);
@@ -278,10 +242,7 @@ mod tests {
             btf.member_offset("outer", "zz").unwrap_err().to_string(),
             "kernel BTF has no member zz in struct outer"
         );
-        assert_eq!(
-            btf.member_offset("nope", "a").unwrap_err().to_string(),
-            "kernel BTF has no struct nope"
-        );
+        assert_eq!(btf.member_offset("nope", "a").unwrap_err().to_string(), "kernel BTF has no struct nope");
     }
 
     #[test]

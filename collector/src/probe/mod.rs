@@ -2,18 +2,19 @@
 //! offsets of this kernel, and attaches its programs.
 
 pub mod btf;
+pub mod layout;
 pub mod preflight;
 pub mod tracefs;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{CgroupArray, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{FEntry, ProgramError, TracePoint},
 };
 use std::os::fd::AsRawFd as _;
 
 use aya_log::EbpfLogger;
-use collector_common::{ABSENT, Layout, counter};
+use collector_common::{Settings, counter};
 use thiserror::Error;
 
 use self::{btf::Btf, tracefs::Tracefs};
@@ -22,7 +23,18 @@ use self::{btf::Btf, tracefs::Tracefs};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
 
 /// The tracepoints the probes attach to: (category, name, program).
-const TRACEPOINTS: &[(&str, &str, &str)] = &[("sched", "sched_process_exit", "sched_process_exit")];
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sched", "sched_process_exit", "sched_process_exit"),
+    ("signal", "signal_generate", "signal_generate"),
+    ("oom", "mark_victim", "mark_victim"),
+    ("cgroup", "cgroup_mkdir", "cgroup_mkdir"),
+    ("cgroup", "cgroup_rmdir", "cgroup_rmdir"),
+    ("cgroup", "cgroup_attach_task", "cgroup_attach_task"),
+];
+
+/// The kernel function whose entry names the cgroup an OOM kill happened in
+/// (`oom_kill_process`, which also knows the victim, is static and refuses fentry).
+const OOM_KILL_FUNCTION: &str = "out_of_memory";
 
 /// Errors loading or attaching the probes.
 #[derive(Debug, Error)]
@@ -74,6 +86,14 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    /// A tracepoint lacks a field the probes cannot do without.
+    #[error("tracepoint {tracepoint} has no field {field} on this kernel")]
+    MissingField {
+        /// The tracepoint.
+        tracepoint: &'static str,
+        /// The field.
+        field: &'static str,
+    },
     /// The kernel-side logger could not start.
     #[error("cannot start the eBPF logger: {0}")]
     Logger(#[source] aya_log::Error),
@@ -87,15 +107,25 @@ pub struct ProbeConfig {
     /// Report only tasks in this cgroup v2 directory's subtree; filtered in
     /// the kernel, so the rest of the node cannot fill the ring buffer.
     pub cgroup_subtree: Option<std::path::PathBuf>,
+    /// Whether to emit a record for every fatal signal (exits name their
+    /// sender either way).
+    pub emit_signals: bool,
 }
 
 /// Counters the kernel programs keep, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelCounters {
-    /// Records lost because the ring buffer was full.
-    pub ring_full: u64,
+    /// Records lost because the ring buffer was full, by `collector_common::kind`.
+    pub lost: [u64; counter::COUNT as usize],
     /// Records sent with a field that could not be read.
     pub read_failed: u64,
+}
+
+impl KernelCounters {
+    /// Records of every kind lost because the ring buffer was full.
+    pub fn ring_full(&self) -> u64 {
+        self.lost.iter().sum()
+    }
 }
 
 /// Loaded and attached probes. Dropping this detaches and unloads them.
@@ -105,6 +135,8 @@ pub struct Probes {
     /// Must outlive the programs: they write to its map.
     logger: EbpfLogger<&'static dyn log::Log>,
     counters: PerCpuArray<MapData, u64>,
+    /// What could not be attached on this kernel, and what that costs.
+    missing: Vec<String>,
 }
 
 impl Probes {
@@ -115,22 +147,26 @@ impl Probes {
             return Err(ProbeError::RingSize(config.ring_bytes));
         }
         let tracefs = Tracefs::find_or_mount()?;
-        let layout = kernel_layout(&Btf::from_kernel()?, &tracefs)?;
+        let layout = layout::kernel_layout(&Btf::from_kernel()?, &tracefs)?;
+        let settings = Settings {
+            fatal_signals: crate::record::FATAL_SIGNALS,
+            // The default (v2) hierarchy is always hierarchy 0.
+            v2_hierarchy: 0,
+            emit_signals: u32::from(config.emit_signals),
+        };
         log::debug!("kernel layout: {layout:?}");
 
         let subtree = config
             .cgroup_subtree
             .as_ref()
             .map(|path| {
-                std::fs::File::open(path).map_err(|source| ProbeError::CgroupFilter {
-                    path: path.clone(),
-                    source,
-                })
+                std::fs::File::open(path).map_err(|source| ProbeError::CgroupFilter { path: path.clone(), source })
             })
             .transpose()?;
         let filter_by_cgroup = u32::from(subtree.is_some());
         let mut ebpf = EbpfLoader::new()
             .override_global("LAYOUT", &layout, true)
+            .override_global("SETTINGS", &settings, true)
             .override_global("FILTER_BY_CGROUP", &filter_by_cgroup, true)
             .map_max_entries("EVENTS", config.ring_bytes)
             .load(EBPF_OBJECT)
@@ -138,25 +174,14 @@ impl Probes {
         let logger = EbpfLogger::init(&mut ebpf).map_err(ProbeError::Logger)?;
         if let Some(dir) = subtree {
             // The map takes its own reference to the cgroup; the fd may close.
-            let map_error = |source| ProbeError::Map {
-                name: "CGROUP_FILTER",
-                source,
-            };
-            let map = ebpf.map_mut("CGROUP_FILTER").ok_or_else(|| {
-                map_error(MapError::InvalidName {
-                    name: "CGROUP_FILTER".to_owned(),
-                })
-            })?;
-            CgroupArray::try_from(map)
-                .and_then(|mut filter| filter.set(0, dir.as_raw_fd(), 0))
-                .map_err(map_error)?;
+            let map_error = |source| ProbeError::Map { name: "CGROUP_FILTER", source };
+            let map = ebpf
+                .map_mut("CGROUP_FILTER")
+                .ok_or_else(|| map_error(MapError::InvalidName { name: "CGROUP_FILTER".to_owned() }))?;
+            CgroupArray::try_from(map).and_then(|mut filter| filter.set(0, dir.as_raw_fd(), 0)).map_err(map_error)?;
         }
         for &(category, name, program) in TRACEPOINTS {
-            let fail = |source| ProbeError::Program {
-                program,
-                tracepoint: format!("{category}/{name}"),
-                source,
-            };
+            let fail = |source| ProbeError::Program { program, tracepoint: format!("{category}/{name}"), source };
             let tracepoint: &mut TracePoint = ebpf
                 .program_mut(program)
                 .ok_or(ProgramError::UnexpectedProgramType)
@@ -165,34 +190,34 @@ impl Probes {
             tracepoint.load().map_err(fail)?;
             tracepoint.attach(category, name).map_err(fail)?;
         }
+        let mut missing = Vec::new();
+        if let Err(err) = attach_fentry(&mut ebpf, OOM_KILL_FUNCTION) {
+            missing.push(format!(
+                "cannot attach to {OOM_KILL_FUNCTION} ({err}): the cgroup whose limit an OOM kill \
+                 hit is inferred from the cgroup tree instead"
+            ));
+        }
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
-        Ok((
-            Self {
-                _ebpf: ebpf,
-                logger,
-                counters,
-            },
-            ring,
-        ))
+        Ok((Self { _ebpf: ebpf, logger, counters, missing }, ring))
     }
 
     /// Reads the kernel-side counters.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
         let sum = |index: u32| -> Result<u64, ProbeError> {
-            let values = self
-                .counters
-                .get(&index, 0)
-                .map_err(|source| ProbeError::Map {
-                    name: "COUNTERS",
-                    source,
-                })?;
+            let values = self.counters.get(&index, 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
             Ok(values.iter().sum())
         };
-        Ok(KernelCounters {
-            ring_full: sum(counter::RING_FULL)?,
-            read_failed: sum(counter::READ_FAILED)?,
-        })
+        let mut counters = KernelCounters { read_failed: sum(counter::READ_FAILED)?, ..Default::default() };
+        for kind in 1..counter::COUNT {
+            counters.lost[kind as usize] = sum(counter::lost(kind))?;
+        }
+        Ok(counters)
+    }
+
+    /// What this kernel could not attach, one sentence each.
+    pub fn missing(&self) -> &[String] {
+        &self.missing
     }
 
     /// Forwards the kernel programs' log lines to the `log` crate.
@@ -210,27 +235,17 @@ fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(ProbeError::Map {
-        name,
-        source: MapError::InvalidName {
-            name: name.to_owned(),
-        },
-    })?;
+    let map =
+        ebpf.take_map(name).ok_or(ProbeError::Map { name, source: MapError::InvalidName { name: name.to_owned() } })?;
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
-/// The offsets of this kernel that the programs read at.
-pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError> {
-    let task = |member| btf.member_offset("task_struct", member);
-    let exit = tracefs.format("sched", "sched_process_exit")?;
-    Ok(Layout {
-        task_tgid: task("tgid")?,
-        task_real_parent: task("real_parent")?,
-        task_group_leader: task("group_leader")?,
-        task_exit_code: task("exit_code")?,
-        task_comm: task("comm")?,
-        exit_group_dead: exit.field("group_dead").map_or(ABSENT, |f| f.offset),
-    })
+/// Loads and attaches an fentry program named after the function it traces.
+fn attach_fentry(ebpf: &mut Ebpf, function: &str) -> Result<(), ProgramError> {
+    let btf = aya::Btf::from_sys_fs().map_err(ProgramError::Btf)?;
+    let program: &mut FEntry = ebpf.program_mut(function).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
+    program.load(function, &btf)?;
+    program.attach().map(|_| ())
 }
 
 /// Names the common causes of a failed load instead of a bare errno.

@@ -71,10 +71,7 @@ impl Format {
             let Some(rest) = line.strip_prefix("field:") else {
                 continue;
             };
-            let malformed = || TracefsError::Malformed {
-                path: path.to_owned(),
-                line: line.to_owned(),
-            };
+            let malformed = || TracefsError::Malformed { path: path.to_owned(), line: line.to_owned() };
             let mut parts = rest.split(';').map(str::trim);
             let decl = parts.next().ok_or_else(malformed)?;
             let mut offset = None;
@@ -105,8 +102,7 @@ impl Format {
 fn field_name(decl: &str) -> Option<&str> {
     let last = decl.rsplit([' ', '*']).next()?;
     let name = last.split('[').next()?;
-    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .then_some(name)
+    (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(name)
 }
 
 /// A mounted tracefs.
@@ -122,53 +118,29 @@ impl Tracefs {
             return Ok(Self { root });
         }
         mount_default().map_err(|source| TracefsError::Mount { source })?;
-        Ok(Self {
-            root: PathBuf::from(DEFAULT_MOUNT),
-        })
+        Ok(Self { root: PathBuf::from(DEFAULT_MOUNT) })
     }
 
     /// Reads the format of `category/name`.
     pub fn format(&self, category: &str, name: &str) -> Result<Format, TracefsError> {
-        let path = self
-            .root
-            .join("events")
-            .join(category)
-            .join(name)
-            .join("format");
-        let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let path = self.root.join("events").join(category).join(name).join("format");
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| TracefsError::Read { path: path.clone(), source })?;
         Format::parse(&text, &path)
     }
 }
 
 /// The first tracefs mount point in this process's mount table.
 fn mounted() -> Option<PathBuf> {
-    crate::mountinfo::find_fstype(
-        &std::fs::read_to_string("/proc/self/mountinfo").ok()?,
-        "tracefs",
-    )
+    crate::mountinfo::find_fstype(&std::fs::read_to_string("/proc/self/mountinfo").ok()?, "tracefs")
 }
 
 fn mount_default() -> std::io::Result<()> {
     let target = CString::new(DEFAULT_MOUNT).map_err(std::io::Error::other)?;
     let fstype = CString::new("tracefs").map_err(std::io::Error::other)?;
     // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 #[cfg(test)]
@@ -194,46 +166,17 @@ print fmt: \"comm=%s pid=%d prio=%d group_dead=%s\", REC->comm, REC->pid, REC->p
     #[test]
     fn parses_the_fields_of_sched_process_exit() {
         let format = Format::parse(EXIT_6_18, Path::new("f")).unwrap();
-        assert_eq!(
-            format.field("comm"),
-            Some(Field {
-                offset: 8,
-                size: 16
-            })
-        );
-        assert_eq!(
-            format.field("pid"),
-            Some(Field {
-                offset: 24,
-                size: 4
-            })
-        );
-        assert_eq!(
-            format.field("group_dead"),
-            Some(Field {
-                offset: 32,
-                size: 1
-            })
-        );
-        assert_eq!(
-            format.field("common_pid"),
-            Some(Field { offset: 4, size: 4 })
-        );
+        assert_eq!(format.field("comm"), Some(Field { offset: 8, size: 16 }));
+        assert_eq!(format.field("pid"), Some(Field { offset: 24, size: 4 }));
+        assert_eq!(format.field("group_dead"), Some(Field { offset: 32, size: 1 }));
+        assert_eq!(format.field("common_pid"), Some(Field { offset: 4, size: 4 }));
         assert_eq!(format.field("nope"), None);
     }
 
     #[test]
     fn the_6_1_layout_has_no_group_dead() {
-        let old = EXIT_6_18.replace(
-            "\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n",
-            "",
-        );
-        assert_eq!(
-            Format::parse(&old, Path::new("f"))
-                .unwrap()
-                .field("group_dead"),
-            None
-        );
+        let old = EXIT_6_18.replace("\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;\n", "");
+        assert_eq!(Format::parse(&old, Path::new("f")).unwrap().field("group_dead"), None);
     }
 
     #[test]
@@ -246,11 +189,7 @@ print fmt: \"comm=%s pid=%d prio=%d group_dead=%s\", REC->comm, REC->pid, REC->p
 
     #[test]
     fn a_malformed_line_is_an_error_that_quotes_it() {
-        let err = Format::parse(
-            "\tfield:int x;\toffset:zz;\tsize:4;\n",
-            Path::new("/t/format"),
-        )
-        .unwrap_err();
+        let err = Format::parse("\tfield:int x;\toffset:zz;\tsize:4;\n", Path::new("/t/format")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "tracepoint format /t/format has a malformed line: \"field:int x;\\toffset:zz;\\tsize:4;\""

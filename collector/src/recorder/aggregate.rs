@@ -55,12 +55,7 @@ pub(super) struct Aggregator {
 
 impl Aggregator {
     pub(super) fn new(capacity: usize, max_events: usize, interval: Duration) -> Self {
-        Self {
-            cache: Lru::new(capacity),
-            max_events,
-            interval_ns: interval.as_nanos(),
-            evictions: 0,
-        }
+        Self { cache: Lru::new(capacity), max_events, interval_ns: interval.as_nanos(), evictions: 0 }
     }
 
     /// Records an event under `key` with `message`; true when it must be sent combined.
@@ -95,9 +90,7 @@ fn hash_message(message: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::event::{
-        Event, EventMeta, EventSource, EventType, NullTime, ObjectReference,
-    };
+    use super::super::event::{Event, EventMeta, EventSource, EventType, NullTime, ObjectReference};
     use super::*;
 
     fn key(reason: &str) -> AggregateKey {
@@ -127,15 +120,8 @@ mod tests {
     #[test]
     fn tenth_distinct_message_is_combined() {
         let mut agg = Aggregator::new(16, 10, Duration::from_secs(600));
-        let combined: Vec<bool> = (1..=12)
-            .map(|i| agg.observe(&key("R"), &format!("m{i}"), at(i)))
-            .collect();
-        assert_eq!(
-            combined,
-            [
-                false, false, false, false, false, false, false, false, false, true, true, true
-            ]
-        );
+        let combined: Vec<bool> = (1..=12).map(|i| agg.observe(&key("R"), &format!("m{i}"), at(i))).collect();
+        assert_eq!(combined, [false, false, false, false, false, false, false, false, false, true, true, true]);
     }
 
     #[test]

@@ -21,10 +21,7 @@ pub(super) struct DedupLog {
 
 impl DedupLog {
     pub(super) fn new(capacity: usize) -> Self {
-        Self {
-            cache: Lru::new(capacity),
-            evictions: 0,
-        }
+        Self { cache: Lru::new(capacity), evictions: 0 }
     }
 
     /// `eventObserve`: on a repeat, rewrites `event` to the remembered name and firstTimestamp

@@ -179,12 +179,7 @@ impl EventSpec {
         reason: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Self {
-            involved_object,
-            event_type,
-            reason: reason.into(),
-            message: message.into(),
-        }
+        Self { involved_object, event_type, reason: reason.into(), message: message.into() }
     }
 }
 
@@ -221,15 +216,9 @@ mod tests {
     fn names_are_name_dot_lowercase_hex_nanos() {
         let at = Timestamp::from_unix_secs(1_795_862_410);
         assert_eq!(event_name("web-0", at), "web-0.18ec2f58d586e400");
-        assert_eq!(
-            event_name("web-0", Timestamp::from_unix_nanos(0xabc)),
-            "web-0.abc"
-        );
+        assert_eq!(event_name("web-0", Timestamp::from_unix_nanos(0xabc)), "web-0.abc");
         assert_eq!(event_name("n", Timestamp::from_unix_nanos(-255)), "n.-ff");
-        assert_eq!(
-            event_name("n", Timestamp::from_unix_nanos(i64::MIN)),
-            "n.-8000000000000000"
-        );
+        assert_eq!(event_name("n", Timestamp::from_unix_nanos(i64::MIN)), "n.-8000000000000000");
     }
 
     #[test]

@@ -21,12 +21,7 @@ pub(super) struct Lru<K, V> {
 impl<K: Hash + Eq, V> Lru<K, V> {
     /// A cache of at most `capacity` entries; 0 is treated as 1 so the bound always holds.
     pub(super) fn new(capacity: usize) -> Self {
-        Self {
-            capacity: capacity.max(1),
-            tick: 0,
-            entries: HashMap::new(),
-            by_age: BTreeMap::new(),
-        }
+        Self { capacity: capacity.max(1), tick: 0, entries: HashMap::new(), by_age: BTreeMap::new() }
     }
 
     fn next_tick(&mut self) -> u64 {

@@ -20,8 +20,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use event::{
-    COMBINED_PREFIX, DEFAULT_NAMESPACE, Event, EventMeta, EventSource, EventSpec, EventType,
-    MAX_MESSAGE_BYTES, MAX_REASON_BYTES, NullTime, ObjectReference, TRUNCATION_MARKER, event_name,
+    COMBINED_PREFIX, DEFAULT_NAMESPACE, Event, EventMeta, EventSource, EventSpec, EventType, MAX_MESSAGE_BYTES,
+    MAX_REASON_BYTES, NullTime, ObjectReference, TRUNCATION_MARKER, event_name,
 };
 pub use stats::{DropCause, Evictions, MAX_REASON_LABELS, OTHER_REASON, RecorderStats, TypeCounts};
 pub use time::Timestamp;
@@ -164,29 +164,17 @@ impl Recorder {
     pub fn new(config: RecorderConfig) -> Result<Self, RecorderError> {
         config.validate()?;
         Ok(Self {
-            aggregator: Aggregator::new(
-                config.cache_capacity,
-                config.aggregate_max_events,
-                config.aggregate_interval,
-            ),
+            aggregator: Aggregator::new(config.cache_capacity, config.aggregate_max_events, config.aggregate_interval),
             dedup: DedupLog::new(config.cache_capacity),
             spam: SpamFilter::new(config.cache_capacity, config.spam_burst, config.spam_refill),
-            source: EventSource {
-                component: config.component,
-                host: config.host,
-            },
+            source: EventSource { component: config.component, host: config.host },
             stats: RecorderStats::default(),
         })
     }
 
     /// Decides the write for one occurrence at `now`; never fails, never panics.
     pub fn record(&mut self, spec: EventSpec, now: Timestamp) -> Decision {
-        let EventSpec {
-            involved_object,
-            event_type,
-            mut reason,
-            mut message,
-        } = spec;
+        let EventSpec { involved_object, event_type, mut reason, mut message } = spec;
         if event::truncate_utf8(&mut reason, MAX_REASON_BYTES, "") {
             self.stats.reasons_truncated = self.stats.reasons_truncated.saturating_add(1);
         }
@@ -204,10 +192,7 @@ impl Recorder {
         let mut event = Event {
             kind: "Event",
             api_version: "v1",
-            metadata: EventMeta {
-                name: event_name(&involved_object.name, now),
-                namespace,
-            },
+            metadata: EventMeta { name: event_name(&involved_object.name, now), namespace },
             involved_object,
             reason,
             message,

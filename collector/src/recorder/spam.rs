@@ -42,10 +42,7 @@ impl SpamFilter {
         if let Some(bucket) = self.cache.get_mut(object) {
             return take(bucket, now, token_ns, full_ns);
         }
-        let mut bucket = Bucket {
-            credit_ns: full_ns,
-            last: now,
-        };
+        let mut bucket = Bucket { credit_ns: full_ns, last: now };
         let allowed = take(&mut bucket, now, token_ns, full_ns);
         if self.cache.insert(object.clone(), bucket) {
             self.evictions = self.evictions.saturating_add(1);
@@ -61,10 +58,7 @@ impl SpamFilter {
 /// x/time/rate `AllowN(now, 1)`: refill since `last` (nothing if the clock went back), cap at
 /// burst, take one if there is one. Only a success moves `last`, as in x/time/rate.
 fn take(bucket: &mut Bucket, now: Timestamp, token_ns: u128, full_ns: u128) -> bool {
-    let credit = bucket
-        .credit_ns
-        .saturating_add(now.nanos_since(bucket.last))
-        .min(full_ns);
+    let credit = bucket.credit_ns.saturating_add(now.nanos_since(bucket.last)).min(full_ns);
     if credit < token_ns {
         return false;
     }
@@ -88,10 +82,7 @@ mod tests {
         let t0 = Timestamp::from_unix_secs(1_000);
         let allowed = (0..30).filter(|_| filter.allow(&pod(), t0)).count();
         assert_eq!(allowed, 25);
-        assert!(!filter.allow(
-            &pod(),
-            t0.saturating_add(Duration::from_nanos(299_999_999_999))
-        ));
+        assert!(!filter.allow(&pod(), t0.saturating_add(Duration::from_nanos(299_999_999_999))));
         assert!(filter.allow(&pod(), t0.saturating_add(Duration::from_secs(300))));
         assert!(!filter.allow(&pod(), t0.saturating_add(Duration::from_secs(300))));
         // The next token comes 300 s after the last success.

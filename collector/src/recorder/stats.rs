@@ -89,21 +89,17 @@ impl RecorderStats {
 
     /// Recorded events of one reason and type.
     pub fn recorded(&self, reason: &str, event_type: EventType) -> u64 {
-        self.recorded
-            .get(reason)
-            .map_or(0, |counts| counts.get(event_type))
+        self.recorded.get(reason).map_or(0, |counts| counts.get(event_type))
     }
 
     pub(super) fn count_recorded(&mut self, reason: &str, event_type: EventType) {
-        let label = if self.recorded.contains_key(reason) || self.recorded.len() < MAX_REASON_LABELS
-        {
+        let label = if self.recorded.contains_key(reason) || self.recorded.len() < MAX_REASON_LABELS {
             reason
         } else {
             OTHER_REASON
         };
         if !self.recorded.contains_key(label) {
-            self.recorded
-                .insert(label.to_owned(), TypeCounts::default());
+            self.recorded.insert(label.to_owned(), TypeCounts::default());
         }
         let Some(counts) = self.recorded.get_mut(label) else {
             return;

@@ -34,12 +34,7 @@ fn post(decision: Decision) -> Event {
 
 fn patch(decision: Decision) -> (String, String, Value, Event) {
     match decision {
-        Decision::Write(Write::Patch {
-            name,
-            namespace,
-            body,
-            event,
-        }) => (name, namespace, body, event),
+        Decision::Write(Write::Patch { name, namespace, body, event }) => (name, namespace, body, event),
         other => panic!("expected a PATCH, got {other:?}"),
     }
 }
@@ -87,14 +82,8 @@ fn node_events_go_to_default_namespace() {
     );
     let event = post(rec.record(spec, at(0)));
     let json = serde_json::to_value(&event).unwrap();
-    assert_eq!(
-        json["metadata"],
-        json!({"name": "node-1.18ec2f58d586e400", "namespace": "default"})
-    );
-    assert_eq!(
-        json["involvedObject"],
-        json!({"kind": "Node", "name": "node-1", "uid": "node-1"})
-    );
+    assert_eq!(json["metadata"], json!({"name": "node-1.18ec2f58d586e400", "namespace": "default"}));
+    assert_eq!(json["involvedObject"], json!({"kind": "Node", "name": "node-1", "uid": "node-1"}));
 }
 
 #[test]
@@ -107,10 +96,7 @@ fn three_identical_events_post_then_patch_twice() {
     let (name, namespace, body, event) = patch(rec.record(oom("killed"), at(5)));
     assert_eq!(name, "web-0.18ec2f58d586e400");
     assert_eq!(namespace, "shop");
-    assert_eq!(
-        body,
-        json!({"count": 2, "lastTimestamp": "2026-11-28T10:40:15Z", "message": "killed"})
-    );
+    assert_eq!(body, json!({"count": 2, "lastTimestamp": "2026-11-28T10:40:15Z", "message": "killed"}));
     assert_eq!(event.metadata.name, first.metadata.name);
     assert_eq!(event.first_timestamp, at(0));
     assert_eq!(event.last_timestamp, at(5));
@@ -118,10 +104,7 @@ fn three_identical_events_post_then_patch_twice() {
 
     let (name, _, body, event) = patch(rec.record(oom("killed"), at(70)));
     assert_eq!(name, "web-0.18ec2f58d586e400");
-    assert_eq!(
-        body,
-        json!({"count": 3, "lastTimestamp": "2026-11-28T10:41:20Z", "message": "killed"})
-    );
+    assert_eq!(body, json!({"count": 3, "lastTimestamp": "2026-11-28T10:41:20Z", "message": "killed"}));
     assert_eq!(event.first_timestamp, at(0));
     assert_eq!(event.count, 3);
     // The exact bytes, for a sink that sends the body as is.
@@ -139,12 +122,8 @@ fn three_identical_events_post_then_patch_twice() {
 fn field_path_splits_dedup_but_not_aggregation_or_spam() {
     let mut rec = recorder();
     post(rec.record(oom("killed"), at(0)));
-    let other = EventSpec::new(
-        pod().with_field_path("spec.containers{sidecar}"),
-        EventType::Warning,
-        "OOMKilled",
-        "killed",
-    );
+    let other =
+        EventSpec::new(pod().with_field_path("spec.containers{sidecar}"), EventType::Warning, "OOMKilled", "killed");
     let event = post(rec.record(other, at(0)));
     assert_eq!(event.involved_object.field_path, "spec.containers{sidecar}");
 }
@@ -157,10 +136,7 @@ fn tenth_similar_event_is_posted_combined_eleventh_patches_it() {
         assert_eq!(event.message, format!("process {i} killed"));
     }
     let combined = post(rec.record(oom("process 10 killed"), at(10)));
-    assert_eq!(
-        combined.message,
-        "(combined from similar events): process 10 killed"
-    );
+    assert_eq!(combined.message, "(combined from similar events): process 10 killed");
     assert_eq!(combined.metadata.name, event_name("web-0", at(10)));
     assert_eq!(combined.count, 1);
     assert_eq!(combined.first_timestamp, at(10));
@@ -206,30 +182,17 @@ fn similar_events_spread_over_more_than_600s_are_not_combined() {
 fn spam_filter_lets_25_through_then_one_per_300s() {
     let mut rec = recorder();
     let decisions: Vec<Decision> = (0..30).map(|_| rec.record(oom("killed"), at(0))).collect();
-    let written = decisions
-        .iter()
-        .filter(|d| matches!(d, Decision::Write(_)))
-        .count();
+    let written = decisions.iter().filter(|d| matches!(d, Decision::Write(_))).count();
     assert_eq!(written, 25);
     assert!(matches!(decisions[0], Decision::Write(Write::Post(_))));
-    assert!(
-        decisions[25..]
-            .iter()
-            .all(|d| *d == Decision::Dropped(DropCause::SpamFilter))
-    );
+    assert!(decisions[25..].iter().all(|d| *d == Decision::Dropped(DropCause::SpamFilter)));
 
-    assert_eq!(
-        rec.record(oom("killed"), at(299)),
-        Decision::Dropped(DropCause::SpamFilter)
-    );
+    assert_eq!(rec.record(oom("killed"), at(299)), Decision::Dropped(DropCause::SpamFilter));
     // The dedup log counted the dropped repeats too (client-go filters after observing): this
     // is occurrence 32.
     let (_, _, body, _) = patch(rec.record(oom("killed"), at(300)));
     assert_eq!(body["count"], 32);
-    assert_eq!(
-        rec.record(oom("killed"), at(300)),
-        Decision::Dropped(DropCause::SpamFilter)
-    );
+    assert_eq!(rec.record(oom("killed"), at(300)), Decision::Dropped(DropCause::SpamFilter));
 
     let stats = rec.stats();
     assert_eq!(stats.dropped(DropCause::SpamFilter), 7);
@@ -243,16 +206,9 @@ fn spam_bucket_is_shared_across_reasons_and_types_of_one_object() {
         let spec = EventSpec::new(pod(), EventType::Normal, format!("Reason{i}"), "x");
         assert!(matches!(rec.record(spec, at(0)), Decision::Write(_)));
     }
-    assert_eq!(
-        rec.record(oom("killed"), at(0)),
-        Decision::Dropped(DropCause::SpamFilter)
-    );
-    let other_pod = EventSpec::new(
-        ObjectReference::pod("shop", "web-1", "uid-2"),
-        EventType::Warning,
-        "OOMKilled",
-        "killed",
-    );
+    assert_eq!(rec.record(oom("killed"), at(0)), Decision::Dropped(DropCause::SpamFilter));
+    let other_pod =
+        EventSpec::new(ObjectReference::pod("shop", "web-1", "uid-2"), EventType::Warning, "OOMKilled", "killed");
     post(rec.record(other_pod, at(0)));
 }
 
@@ -263,10 +219,7 @@ fn dropped_post_then_repeat_patches_and_404_reposts_same_event() {
     let mut rec = Recorder::new(config).unwrap();
     post(rec.record(oom("first"), at(0)));
     // The POST of "killed" is dropped, but the dedup log remembers it under this name.
-    assert_eq!(
-        rec.record(oom("killed"), at(1)),
-        Decision::Dropped(DropCause::SpamFilter)
-    );
+    assert_eq!(rec.record(oom("killed"), at(1)), Decision::Dropped(DropCause::SpamFilter));
     let (name, _, body, event) = patch(rec.record(oom("killed"), at(301)));
     assert_eq!(name, event_name("web-0", at(1)));
     assert_eq!(body["count"], 2);
@@ -330,12 +283,7 @@ fn combined_message_stays_within_limit() {
 #[test]
 fn hostile_input_never_panics() {
     let mut rec = recorder();
-    let weird = [
-        String::new(),
-        "\0\u{1b}[31m\r\n\t".to_owned(),
-        "😀".repeat(600),
-        "\u{10FFFF}".repeat(2000),
-    ];
+    let weird = [String::new(), "\0\u{1b}[31m\r\n\t".to_owned(), "😀".repeat(600), "\u{10FFFF}".repeat(2000)];
     let times = [
         Timestamp::from_unix_nanos(i64::MAX),
         Timestamp::from_unix_nanos(i64::MIN),
@@ -368,44 +316,17 @@ fn empty_message_patch_omits_message_like_client_go() {
     let mut rec = recorder();
     post(rec.record(oom(""), at(0)));
     let (_, _, body, _) = patch(rec.record(oom(""), at(1)));
-    assert_eq!(
-        body,
-        json!({"count": 2, "lastTimestamp": "2026-11-28T10:40:11Z"})
-    );
+    assert_eq!(body, json!({"count": 2, "lastTimestamp": "2026-11-28T10:40:11Z"}));
 }
 
 #[test]
 fn invalid_configs_are_rejected() {
     let base = RecorderConfig::new("collector", "node-1");
     let cases = [
-        (
-            RecorderConfig {
-                cache_capacity: 0,
-                ..base.clone()
-            },
-            RecorderError::ZeroCacheCapacity,
-        ),
-        (
-            RecorderConfig {
-                spam_burst: 0,
-                ..base.clone()
-            },
-            RecorderError::ZeroSpamBurst,
-        ),
-        (
-            RecorderConfig {
-                spam_refill: Duration::ZERO,
-                ..base.clone()
-            },
-            RecorderError::ZeroSpamRefill,
-        ),
-        (
-            RecorderConfig {
-                aggregate_max_events: 0,
-                ..base.clone()
-            },
-            RecorderError::ZeroAggregateMaxEvents,
-        ),
+        (RecorderConfig { cache_capacity: 0, ..base.clone() }, RecorderError::ZeroCacheCapacity),
+        (RecorderConfig { spam_burst: 0, ..base.clone() }, RecorderError::ZeroSpamBurst),
+        (RecorderConfig { spam_refill: Duration::ZERO, ..base.clone() }, RecorderError::ZeroSpamRefill),
+        (RecorderConfig { aggregate_max_events: 0, ..base.clone() }, RecorderError::ZeroAggregateMaxEvents),
     ];
     for (config, error) in cases {
         assert_eq!(Recorder::new(config).err(), Some(error));

@@ -26,11 +26,9 @@ impl Timestamp {
     pub fn from_system_time(time: SystemTime) -> Self {
         match time.duration_since(SystemTime::UNIX_EPOCH) {
             Ok(after) => Self(i64::try_from(after.as_nanos()).unwrap_or(i64::MAX)),
-            Err(before) => Self(
-                i64::try_from(before.duration().as_nanos())
-                    .map(i64::saturating_neg)
-                    .unwrap_or(i64::MIN),
-            ),
+            Err(before) => {
+                Self(i64::try_from(before.duration().as_nanos()).map(i64::saturating_neg).unwrap_or(i64::MIN))
+            }
         }
     }
 
@@ -41,10 +39,7 @@ impl Timestamp {
 
     /// This instant moved `by` later, saturating at the end of the range.
     pub fn saturating_add(self, by: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_add(i64::try_from(by.as_nanos()).unwrap_or(i64::MAX)),
-        )
+        Self(self.0.saturating_add(i64::try_from(by.as_nanos()).unwrap_or(i64::MAX)))
     }
 
     /// Nanoseconds from `earlier` to `self`; zero when the clock went backwards, as a negative
@@ -60,12 +55,7 @@ impl Timestamp {
         let days = secs.div_euclid(SECS_PER_DAY);
         let in_day = secs.rem_euclid(SECS_PER_DAY);
         let (year, month, day) = crate::clock::civil_from_days(days);
-        format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-            in_day / 3600,
-            in_day % 3600 / 60,
-            in_day % 60
-        )
+        format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", in_day / 3600, in_day % 3600 / 60, in_day % 60)
     }
 }
 
@@ -81,43 +71,19 @@ mod tests {
 
     #[test]
     fn rfc3339_matches_metav1_time() {
-        assert_eq!(
-            Timestamp::from_unix_secs(0).rfc3339(),
-            "1970-01-01T00:00:00Z"
-        );
-        assert_eq!(
-            Timestamp::from_unix_secs(1_795_862_410).rfc3339(),
-            "2026-11-28T10:40:10Z"
-        );
+        assert_eq!(Timestamp::from_unix_secs(0).rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(Timestamp::from_unix_secs(1_795_862_410).rfc3339(), "2026-11-28T10:40:10Z");
         // Sub-second parts are cut, not rounded.
-        assert_eq!(
-            Timestamp::from_unix_nanos(1_795_862_410_999_999_999).rfc3339(),
-            "2026-11-28T10:40:10Z"
-        );
-        assert_eq!(
-            Timestamp::from_unix_secs(1_709_164_800).rfc3339(),
-            "2024-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            Timestamp::from_unix_secs(951_782_400).rfc3339(),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            Timestamp::from_unix_nanos(-1).rfc3339(),
-            "1969-12-31T23:59:59Z"
-        );
+        assert_eq!(Timestamp::from_unix_nanos(1_795_862_410_999_999_999).rfc3339(), "2026-11-28T10:40:10Z");
+        assert_eq!(Timestamp::from_unix_secs(1_709_164_800).rfc3339(), "2024-02-29T00:00:00Z");
+        assert_eq!(Timestamp::from_unix_secs(951_782_400).rfc3339(), "2000-02-29T00:00:00Z");
+        assert_eq!(Timestamp::from_unix_nanos(-1).rfc3339(), "1969-12-31T23:59:59Z");
     }
 
     #[test]
     fn extremes_do_not_panic() {
-        assert_eq!(
-            Timestamp::from_unix_nanos(i64::MIN).rfc3339(),
-            "1677-09-21T00:12:43Z"
-        );
-        assert_eq!(
-            Timestamp::from_unix_nanos(i64::MAX).rfc3339(),
-            "2262-04-11T23:47:16Z"
-        );
+        assert_eq!(Timestamp::from_unix_nanos(i64::MIN).rfc3339(), "1677-09-21T00:12:43Z");
+        assert_eq!(Timestamp::from_unix_nanos(i64::MAX).rfc3339(), "2262-04-11T23:47:16Z");
         assert_eq!(
             Timestamp::from_unix_nanos(i64::MAX).saturating_add(Duration::MAX),
             Timestamp::from_unix_nanos(i64::MAX)
@@ -128,15 +94,9 @@ mod tests {
     #[test]
     fn system_time_conversion() {
         let t = SystemTime::UNIX_EPOCH + Duration::new(1_795_862_410, 5);
-        assert_eq!(
-            Timestamp::from_system_time(t).unix_nanos(),
-            1_795_862_410_000_000_005
-        );
+        assert_eq!(Timestamp::from_system_time(t).unix_nanos(), 1_795_862_410_000_000_005);
         let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
-        assert_eq!(
-            Timestamp::from_system_time(before).unix_nanos(),
-            -1_000_000_000
-        );
+        assert_eq!(Timestamp::from_system_time(before).unix_nanos(), -1_000_000_000);
     }
 
     #[test]

@@ -8,12 +8,7 @@ use std::{process::ExitCode, time::Duration};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["threads", n, code] => {
             let (Ok(n), Ok(code)) = (n.parse::<usize>(), code.parse::<u8>()) else {
                 return ExitCode::from(100);

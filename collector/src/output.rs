@@ -1,0 +1,235 @@
+//! Text and JSON output of records, for `collector trace`.
+
+use std::io::{self, Write};
+
+use crate::record::{Process, Record, signal_name};
+
+/// How records are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// One aligned line per record.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Writes records in one format.
+pub struct Output<W: Write> {
+    json: bool,
+    out: W,
+}
+
+impl<W: Write> Output<W> {
+    /// An output in `format` (`Auto` must be resolved first; it means text).
+    pub const fn new(format: Format, out: W) -> Self {
+        Self { json: matches!(format, Format::Json), out }
+    }
+
+    /// The column header, for text output.
+    pub fn header(&mut self) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        writeln!(
+            self.out,
+            "{:<30} {:<6} {:>7} {:>7} {:<16} {:>4} {:<8} CGROUP",
+            "TIME", "TYPE", "PID", "PPID", "COMM", "EXIT", "SIGNAL"
+        )
+    }
+
+    /// Writes one record.
+    pub fn write(&mut self, record: &Record) -> io::Result<()> {
+        if self.json {
+            serde_json::to_writer(&mut self.out, record)?;
+            return writeln!(self.out);
+        }
+        let line = Line::of(record);
+        writeln!(
+            self.out,
+            "{:<30} {:<6} {:>7} {:>7} {:<16} {:>4} {:<8} {}{}",
+            line.time, line.kind, line.pid, line.ppid, line.comm, line.exit, line.signal, line.cgroup, line.details
+        )
+    }
+
+    /// Flushes buffered output.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// The writer, for tests.
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+/// The columns of one text line.
+struct Line {
+    time: String,
+    kind: &'static str,
+    pid: String,
+    ppid: String,
+    comm: String,
+    exit: String,
+    signal: String,
+    cgroup: String,
+    details: String,
+}
+
+impl Line {
+    fn of(record: &Record) -> Self {
+        let dash = || "-".to_owned();
+        let path = |p: Option<&str>| p.unwrap_or("?").to_owned();
+        match record {
+            Record::Exit(exit) => {
+                let mut details = String::new();
+                if exit.core_dumped {
+                    details.push_str(" (core dumped)");
+                }
+                if exit.oom_killed {
+                    details.push_str(" [OOM killed]");
+                }
+                if let Some(sender) = &exit.sender {
+                    details.push_str(&format!(" [sent by {}]", describe(sender)));
+                }
+                Self {
+                    time: exit.time.to_string(),
+                    kind: "exit",
+                    pid: exit.pid.to_string(),
+                    ppid: exit.ppid.to_string(),
+                    comm: exit.comm.clone(),
+                    exit: exit.exit_code.to_string(),
+                    signal: exit.signal.map_or_else(dash, signal_name),
+                    cgroup: path(exit.cgroup_path.as_deref()),
+                    details,
+                }
+            }
+            Record::OomKill(oom) => {
+                let limit = match (&oom.oom_cgroup_path, oom.memory_limit_bytes) {
+                    (Some(at), Some(bytes)) => format!("limit {bytes} bytes hit at {at}"),
+                    _ => "node out of memory".to_owned(),
+                };
+                let rss = oom.anon_rss_kb.map(|kb| format!("; anon-rss {kb}kB")).unwrap_or_default();
+                Self {
+                    time: oom.time.to_string(),
+                    kind: "oom",
+                    pid: oom.pid.to_string(),
+                    ppid: dash(),
+                    comm: oom.comm.clone().unwrap_or_else(dash),
+                    exit: dash(),
+                    signal: "SIGKILL".to_owned(),
+                    cgroup: path(oom.cgroup_path.as_deref()),
+                    details: format!(" [{limit}{rss}; allocation by {} ({})]", oom.trigger_pid, oom.trigger_comm),
+                }
+            }
+            Record::Signal(signal) => Self {
+                time: signal.time.to_string(),
+                kind: "signal",
+                pid: signal.target_pid.to_string(),
+                ppid: dash(),
+                comm: signal.target_comm.clone(),
+                exit: dash(),
+                signal: signal.signal_name.clone(),
+                cgroup: path(signal.target_cgroup_path.as_deref()),
+                details: match &signal.sender {
+                    Some(sender) => format!(" [from {}; {}]", describe(sender), signal.result),
+                    None => format!(" [from the kernel, code {}; {}]", signal.code, signal.result),
+                },
+            },
+            Record::CgroupMkdir(change) | Record::CgroupRmdir(change) => Self {
+                time: change.time.to_string(),
+                kind: if matches!(record, Record::CgroupMkdir(_)) { "mkdir" } else { "rmdir" },
+                pid: dash(),
+                ppid: dash(),
+                comm: dash(),
+                exit: dash(),
+                signal: dash(),
+                cgroup: change.cgroup_path.clone(),
+                details: format!(" [id {}]", change.cgroup_id),
+            },
+            Record::CgroupAttach(attach) => Self {
+                time: attach.time.to_string(),
+                kind: "attach",
+                pid: attach.pid.to_string(),
+                ppid: dash(),
+                comm: attach.comm.clone(),
+                exit: dash(),
+                signal: dash(),
+                cgroup: attach.cgroup_path.clone(),
+                details: format!(" [id {}]", attach.cgroup_id),
+            },
+        }
+    }
+}
+
+fn describe(process: &Process) -> String {
+    format!("pid {} ({}) in {}", process.pid, process.comm, process.cgroup_path.as_deref().unwrap_or("?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::Timestamp,
+        record::{Exit, OomKill},
+    };
+
+    fn exit(pid: u32) -> Record {
+        Record::Exit(Exit {
+            time: Timestamp(1_795_862_410_123_456_789),
+            pid,
+            ppid: 1,
+            comm: "a\\x1b[2Jb".into(),
+            exit_code: 137,
+            signal: Some(9),
+            core_dumped: false,
+            cgroup_id: 7,
+            cgroup_path: Some("/x".into()),
+            oom_killed: false,
+            sender: Some(Process { pid: 812, comm: "kill".into(), cgroup_path: Some("/".into()) }),
+        })
+    }
+
+    #[test]
+    fn text_output_is_one_aligned_line() {
+        let mut out = Output::new(Format::Text, Vec::new());
+        out.header().unwrap();
+        out.write(&exit(4242)).unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        assert_eq!(
+            text,
+            "TIME                           TYPE       PID    PPID COMM             EXIT SIGNAL   CGROUP\n\
+             2026-11-28T10:40:10.123456789Z exit      4242       1 a\\x1b[2Jb         137 SIGKILL  /x \
+             [sent by pid 812 (kill) in /]\n"
+        );
+    }
+
+    #[test]
+    fn oom_kills_say_which_limit_was_hit() {
+        let mut out = Output::new(Format::Text, Vec::new());
+        out.write(&Record::OomKill(OomKill {
+            time: Timestamp(0),
+            pid: 10,
+            comm: Some("dd".into()),
+            cgroup_id: Some(5),
+            cgroup_path: Some("/pod/c".into()),
+            total_vm_kb: None,
+            anon_rss_kb: Some(31744),
+            file_rss_kb: None,
+            shmem_rss_kb: None,
+            oom_score_adj: None,
+            trigger_pid: 10,
+            trigger_comm: "dd".into(),
+            oom_cgroup_path: Some("/pod".into()),
+            memory_limit_bytes: Some(33_554_432),
+            scope_known: true,
+        }))
+        .unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        assert!(
+            text.ends_with("oom         10       - dd                  - SIGKILL  /pod/c [limit 33554432 bytes hit at /pod; anon-rss 31744kB; allocation by 10 (dd)]\n"),
+            "{text}"
+        );
+    }
+}

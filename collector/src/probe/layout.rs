@@ -1,0 +1,83 @@
+//! The offsets of this kernel that the programs read at, from its BTF and
+//! its tracepoint format files.
+
+use collector_common::{ABSENT, CgroupLayout, Layout, SignalLayout, VictimLayout};
+
+use super::{
+    ProbeError,
+    btf::Btf,
+    tracefs::{Format, Tracefs},
+};
+
+/// Reads every offset the kernel programs need.
+pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError> {
+    let task = |member| btf.member_offset("task_struct", member);
+    let exit = tracefs.format("sched", "sched_process_exit")?;
+    let victim = tracefs.format("oom", "mark_victim")?;
+    let signal = tracefs.format("signal", "signal_generate")?;
+    let mkdir = tracefs.format("cgroup", "cgroup_mkdir")?;
+    let attach = tracefs.format("cgroup", "cgroup_attach_task")?;
+    // Only the OOM scope needs these; a kernel without them still traces exits.
+    let optional = |strukt: &str, member: &str| btf.member_offset(strukt, member).unwrap_or(ABSENT);
+    let nested = |outer: [&str; 2], inner: [&str; 2]| {
+        let (a, b) = (optional(outer[0], outer[1]), optional(inner[0], inner[1]));
+        if a == ABSENT || b == ABSENT { ABSENT } else { a + b }
+    };
+    Ok(Layout {
+        task_tgid: task("tgid")?,
+        task_real_parent: task("real_parent")?,
+        task_group_leader: task("group_leader")?,
+        task_exit_code: task("exit_code")?,
+        task_comm: task("comm")?,
+        exit_group_dead: offset(&exit, "group_dead"),
+        task_signal: task("signal")?,
+        signal_oom_mm: optional("signal_struct", "oom_mm"),
+        cgroup_kn: btf.member_offset("cgroup", "kn")?,
+        kernfs_node_id: btf.member_offset("kernfs_node", "id")?,
+        oom_control_memcg: optional("oom_control", "memcg"),
+        mem_cgroup_cgroup: nested(["mem_cgroup", "css"], ["cgroup_subsys_state", "cgroup"]),
+        mem_cgroup_max: nested(["mem_cgroup", "memory"], ["page_counter", "max"]),
+        victim: VictimLayout {
+            pid: required(&victim, "oom/mark_victim", "pid")?,
+            comm: offset(&victim, "comm"),
+            total_vm: offset(&victim, "total_vm"),
+            anon_rss: offset(&victim, "anon_rss"),
+            file_rss: offset(&victim, "file_rss"),
+            shmem_rss: offset(&victim, "shmem_rss"),
+            oom_score_adj: offset(&victim, "oom_score_adj"),
+            _pad: 0,
+        },
+        signal: SignalLayout {
+            sig: required(&signal, "signal/signal_generate", "sig")?,
+            code: offset(&signal, "code"),
+            comm: offset(&signal, "comm"),
+            pid: required(&signal, "signal/signal_generate", "pid")?,
+            group: offset(&signal, "group"),
+            result: offset(&signal, "result"),
+        },
+        mkdir: CgroupLayout {
+            root: required(&mkdir, "cgroup/cgroup_mkdir", "root")?,
+            level: offset(&mkdir, "level"),
+            id: required(&mkdir, "cgroup/cgroup_mkdir", "id")?,
+            path: required(&mkdir, "cgroup/cgroup_mkdir", "path")?,
+            pid: ABSENT,
+            comm: ABSENT,
+        },
+        attach: CgroupLayout {
+            root: required(&attach, "cgroup/cgroup_attach_task", "dst_root")?,
+            level: offset(&attach, "dst_level"),
+            id: required(&attach, "cgroup/cgroup_attach_task", "dst_id")?,
+            path: required(&attach, "cgroup/cgroup_attach_task", "dst_path")?,
+            pid: offset(&attach, "pid"),
+            comm: offset(&attach, "comm"),
+        },
+    })
+}
+
+fn offset(format: &Format, field: &str) -> u32 {
+    format.field(field).map_or(ABSENT, |f| f.offset)
+}
+
+fn required(format: &Format, tracepoint: &'static str, field: &'static str) -> Result<u32, ProbeError> {
+    format.field(field).map(|f| f.offset).ok_or(ProbeError::MissingField { tracepoint, field })
+}

@@ -1,0 +1,310 @@
+//! Resolver and correlator: kernel records to records with wall time,
+//! decoded statuses, escaped names and cgroup paths. It keeps the cgroup
+//! registry current from the kernel's own mkdir and rmdir reports, and joins
+//! an OOM kill with its victim's exit, which names the victim's cgroup.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+use collector_common::{CgroupRecord, ExitRecord, OomRecord, PATH_CAP, SignalInfo, exit_flags, oom_flags};
+
+use crate::{
+    cgroup::{CgroupTree, Resolver},
+    clock::BootClock,
+    decode::KernelRecord,
+    escape::{c_str, escape_bytes},
+    record::{
+        CgroupAttach, CgroupChange, Exit, ExitStatus, OomKill, Process, Record, Signal, sent_by_process, signal_name,
+        signal_result,
+    },
+};
+
+/// How long an OOM kill waits for its victim's exit (the victim is already
+/// SIGKILLed; it exits within milliseconds unless stuck in the kernel).
+pub const OOM_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// OOM kills waiting for their victim's exit, and victims' exits waiting for
+/// their OOM kill (on another CPU the victim can exit before the report).
+const PENDING_CAP: usize = 256;
+
+/// Turns kernel records into [`Record`]s.
+#[derive(Debug)]
+pub struct RecordResolver {
+    clock: BootClock,
+    cgroups: Resolver,
+    /// The hierarchy memory limits live in: OOM kills name cgroups there.
+    memory: CgroupTree,
+    page_size: u64,
+    pending_ooms: VecDeque<(Instant, OomKill)>,
+    /// Exits of OOM victims seen before their OOM record: (pid, cgroup id, path, comm).
+    early_victims: VecDeque<(Instant, Exit)>,
+    /// cgroup paths cut by the kernel, resolved from the tree instead.
+    pub truncated_paths: u64,
+    /// OOM kills sent out without their victim's exit.
+    pub unjoined_ooms: u64,
+}
+
+impl RecordResolver {
+    /// A resolver over `cgroups`, naming OOM cgroups from the `memory` tree.
+    pub fn new(cgroups: Resolver, memory: CgroupTree) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        Self {
+            clock: BootClock::now(),
+            cgroups,
+            memory,
+            page_size,
+            pending_ooms: VecDeque::new(),
+            early_victims: VecDeque::new(),
+            truncated_paths: 0,
+            unjoined_ooms: 0,
+        }
+    }
+
+    /// Re-reads the boot-to-wall clock offset (it moves with NTP steps and suspend).
+    pub fn refresh_clock(&mut self) {
+        self.clock = BootClock::now();
+    }
+
+    /// The cgroup registry.
+    pub const fn cgroups(&self) -> &Resolver {
+        &self.cgroups
+    }
+
+    /// Resolves one kernel record into zero or more records, handed to `emit`
+    /// in the order things happened: an OOM kill waits for its victim's exit.
+    pub fn resolve(&mut self, kernel: &KernelRecord, emit: &mut impl FnMut(Record)) {
+        let now = Instant::now();
+        let record = match kernel {
+            KernelRecord::Exit(exit) => {
+                let exit = self.exit(exit);
+                if exit.oom_killed {
+                    self.join_victim(exit, now, emit);
+                    return;
+                }
+                Record::Exit(exit)
+            }
+            KernelRecord::OomKill(oom) => {
+                let mut oom = self.oom(oom);
+                match self.early_victims.iter().position(|(_, exit)| exit.pid == oom.pid) {
+                    Some(at) => {
+                        if let Some((_, exit)) = self.early_victims.remove(at) {
+                            self.fill_victim(&mut oom, &exit);
+                        }
+                    }
+                    None => {
+                        if self.pending_ooms.len() >= PENDING_CAP {
+                            self.emit_oldest_oom(emit);
+                        }
+                        self.pending_ooms.push_back((now, oom));
+                        return;
+                    }
+                }
+                Record::OomKill(oom)
+            }
+            KernelRecord::Signal(signal) => Record::Signal(self.signal(signal.header.boot_ns, &signal.info)),
+            KernelRecord::CgroupMkdir(change) => {
+                let change = self.change(change);
+                self.cgroups.created(change.cgroup_id, &change.cgroup_path);
+                Record::CgroupMkdir(change)
+            }
+            KernelRecord::CgroupRmdir(change) => {
+                let change = self.change(change);
+                self.cgroups.removed(change.cgroup_id, &change.cgroup_path);
+                Record::CgroupRmdir(change)
+            }
+            KernelRecord::CgroupAttach(attach) => {
+                let change = self.change(attach);
+                Record::CgroupAttach(CgroupAttach {
+                    time: change.time,
+                    pid: attach.pid,
+                    comm: escape_bytes(c_str(&attach.comm)),
+                    cgroup_id: change.cgroup_id,
+                    cgroup_path: change.cgroup_path,
+                })
+            }
+        };
+        emit(record);
+    }
+
+    /// Sends out OOM kills whose victim did not exit in time, and forgets old early exits.
+    pub fn expire(&mut self, now: Instant, emit: &mut impl FnMut(Record)) {
+        while self.pending_ooms.front().is_some_and(|(at, _)| now.duration_since(*at) >= OOM_EXIT_WAIT) {
+            self.emit_oldest_oom(emit);
+        }
+        while self.early_victims.front().is_some_and(|(at, _)| now.duration_since(*at) >= OOM_EXIT_WAIT) {
+            self.early_victims.pop_front();
+        }
+    }
+
+    /// Sends out everything still waiting (at shutdown).
+    pub fn flush(&mut self, emit: &mut impl FnMut(Record)) {
+        while !self.pending_ooms.is_empty() {
+            self.emit_oldest_oom(emit);
+        }
+    }
+
+    fn emit_oldest_oom(&mut self, emit: &mut impl FnMut(Record)) {
+        if let Some((_, oom)) = self.pending_ooms.pop_front() {
+            self.unjoined_ooms += 1;
+            emit(Record::OomKill(oom));
+        }
+    }
+
+    /// Completes an OOM kill with what its victim's exit record knows.
+    fn fill_victim(&self, oom: &mut OomKill, exit: &Exit) {
+        oom.cgroup_id = Some(exit.cgroup_id);
+        oom.cgroup_path.clone_from(&exit.cgroup_path);
+        if oom.comm.is_none() {
+            oom.comm = Some(exit.comm.clone());
+        }
+        if !oom.scope_known
+            && let Some(path) = &exit.cgroup_path
+            && let Some((at, limit)) = infer_oom_cgroup(&self.memory, path)
+        {
+            oom.oom_cgroup_path = Some(at);
+            oom.memory_limit_bytes = Some(limit);
+        }
+    }
+
+    /// An OOM victim's exit: completes its waiting OOM kill, or waits for it.
+    fn join_victim(&mut self, exit: Exit, now: Instant, emit: &mut impl FnMut(Record)) {
+        match self.pending_ooms.iter().position(|(_, oom)| oom.pid == exit.pid) {
+            Some(at) => {
+                if let Some((_, mut oom)) = self.pending_ooms.remove(at) {
+                    self.fill_victim(&mut oom, &exit);
+                    emit(Record::OomKill(oom));
+                }
+            }
+            None => {
+                if self.early_victims.len() >= PENDING_CAP {
+                    self.early_victims.pop_front();
+                }
+                self.early_victims.push_back((now, exit.clone()));
+            }
+        }
+        emit(Record::Exit(exit));
+    }
+
+    fn path(&mut self, id: u64) -> Option<String> {
+        self.cgroups.path(id).map(str::to_owned)
+    }
+
+    fn exit(&mut self, exit: &ExitRecord) -> Exit {
+        let status = ExitStatus::from_raw(exit.exit_status);
+        // The last fatal signal names the sender only if it is the one that killed.
+        let sender = match status.signal {
+            Some(sig) if exit.flags & exit_flags::SIGNAL_KNOWN != 0 && exit.signal.sig == sig => {
+                self.sender(&exit.signal)
+            }
+            _ => None,
+        };
+        Exit {
+            time: self.clock.wall(exit.header.boot_ns),
+            pid: exit.pid,
+            ppid: exit.ppid,
+            comm: escape_bytes(c_str(&exit.comm)),
+            exit_code: status.code,
+            signal: status.signal,
+            core_dumped: status.core_dumped,
+            cgroup_id: exit.cgroup_id,
+            cgroup_path: self.path(exit.cgroup_id),
+            oom_killed: exit.flags & exit_flags::OOM_VICTIM != 0,
+            sender,
+        }
+    }
+
+    fn sender(&mut self, info: &SignalInfo) -> Option<Process> {
+        sent_by_process(info.code).then(|| Process {
+            pid: info.sender_pid,
+            comm: escape_bytes(c_str(&info.sender_comm)),
+            cgroup_path: self.path(info.sender_cgroup_id),
+        })
+    }
+
+    fn oom(&mut self, oom: &OomRecord) -> OomKill {
+        let stats = oom.flags & oom_flags::STATS != 0;
+        let memcg = (oom.flags & oom_flags::MEMCG != 0).then_some(&oom.scope);
+        let victim_comm = c_str(&oom.victim_comm);
+        OomKill {
+            time: self.clock.wall(oom.header.boot_ns),
+            pid: oom.victim_pid,
+            comm: (!victim_comm.is_empty()).then(|| escape_bytes(victim_comm)),
+            // Filled from the victim's exit record.
+            cgroup_id: None,
+            cgroup_path: None,
+            scope_known: oom.flags & oom_flags::SCOPE_KNOWN != 0,
+            total_vm_kb: stats.then_some(oom.total_vm_kb),
+            anon_rss_kb: stats.then_some(oom.anon_rss_kb),
+            file_rss_kb: stats.then_some(oom.file_rss_kb),
+            shmem_rss_kb: stats.then_some(oom.shmem_rss_kb),
+            oom_score_adj: stats.then_some(oom.oom_score_adj),
+            trigger_pid: oom.trigger_pid,
+            trigger_comm: escape_bytes(c_str(&oom.trigger_comm)),
+            // OOM kills are rare: a walk of the memory hierarchy costs nothing here.
+            oom_cgroup_path: memcg.and_then(|s| self.memory.find(s.memcg_id)),
+            memory_limit_bytes: memcg.map(|s| s.limit_pages.saturating_mul(self.page_size)),
+        }
+    }
+
+    fn signal(&mut self, boot_ns: u64, info: &SignalInfo) -> Signal {
+        Signal {
+            time: self.clock.wall(boot_ns),
+            signal: info.sig,
+            signal_name: signal_name(info.sig),
+            code: info.code,
+            sender: self.sender(info),
+            target_pid: info.target_pid,
+            target_comm: escape_bytes(c_str(&info.target_comm)),
+            target_cgroup_path: proc_cgroup(info.target_pid),
+            group: info.group != 0,
+            result: signal_result(info.result),
+        }
+    }
+
+    fn change(&mut self, change: &CgroupRecord) -> CgroupChange {
+        let len = change.path_len as usize;
+        let cgroup_path = if len < PATH_CAP {
+            escape_bytes(&change.path[..len])
+        } else {
+            // The kernel cut the path: the directory itself has the whole name.
+            self.truncated_paths += 1;
+            self.path(change.cgroup_id).unwrap_or_else(|| escape_bytes(c_str(&change.path)))
+        };
+        CgroupChange { time: self.clock.wall(change.header.boot_ns), cgroup_id: change.cgroup_id, cgroup_path }
+    }
+}
+
+/// The cgroup whose limit an OOM kill in `victim_path` hit, inferred where the
+/// kernel could not say: of the victim's cgroup and its ancestors in the
+/// memory hierarchy (runtimes use the same path in every hierarchy), the one
+/// with a limit and the least headroom. Killing the victim freed the same
+/// pages at every level, so the order of headroom survives the kill. None when
+/// no level has a limit: a node-wide OOM.
+pub fn infer_oom_cgroup(memory: &CgroupTree, victim_path: &str) -> Option<(String, u64)> {
+    let mut path = victim_path.trim_end_matches('/').to_owned();
+    let mut best: Option<(String, u64, u64)> = None;
+    loop {
+        let here = if path.is_empty() { "/" } else { path.as_str() };
+        if let Some(limit) = memory.memory_limit(here) {
+            let headroom = limit.limit.saturating_sub(limit.usage);
+            // Nearest first: a tie goes to the deeper cgroup.
+            if best.as_ref().is_none_or(|(_, _, least)| headroom < *least) {
+                best = Some((here.to_owned(), limit.limit, headroom));
+            }
+        }
+        match path.rfind('/') {
+            Some(cut) if !path.is_empty() => path.truncate(cut),
+            _ => break,
+        }
+    }
+    best.map(|(path, limit, _)| (path, limit))
+}
+
+/// The v2 cgroup path of a live process, from `/proc/PID/cgroup`'s `0::` line.
+fn proc_cgroup(pid: u32) -> Option<String> {
+    let text = std::fs::read(format!("/proc/{pid}/cgroup")).ok()?;
+    text.split(|&b| b == b'\n').find_map(|line| line.strip_prefix(b"0::").map(escape_bytes))
+}
