@@ -8,11 +8,18 @@
 
 pub mod cgroup;
 pub mod clock;
+pub mod config;
 pub mod decode;
 pub mod escape;
+pub mod events_cmd;
+pub mod metadata;
 pub mod mountinfo;
+pub mod output;
 pub mod probe;
 pub mod reader;
 pub mod record;
 pub mod recorder;
+pub mod resolve;
+pub mod sinks;
+pub mod telemetry;
 pub mod trace;

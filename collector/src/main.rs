@@ -3,7 +3,11 @@
 use std::{io::Write as _, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use collector::trace::{self, TraceArgs};
+use collector::{
+    config::{self, CheckArgs},
+    events_cmd::{self, EventsArgs},
+    trace::{self, TraceArgs, TraceStats},
+};
 
 /// Explains why containers die: kernel probes for exits, OOM kills and
 /// signals, tied to pods and containers.
@@ -21,39 +25,63 @@ struct Cli {
 enum Command {
     /// Stream what the kernel reports about every process on this node.
     Trace(TraceArgs),
+    /// Show the events recorded on this node (reads the local journal).
+    Events(EventsArgs),
+    /// Work with the configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration (file, environment) and print the effective one, or every problem.
+    Check(CheckArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new()
-        .filter_level(cli.log_level)
-        .format_target(false)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => return fail(&format!("cannot start the runtime: {err}")),
-    };
+    env_logger::Builder::new().filter_level(cli.log_level).format_target(false).init();
     match cli.command {
-        Command::Trace(args) => match runtime.block_on(trace::run(args)) {
-            Ok(stats) => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "collector: stopped: {} records, {} lost (ring buffer full), {} malformed, {} filtered out, \
-                     {} with unreadable fields",
-                    stats.records,
-                    stats.kernel.ring_full,
-                    stats.malformed,
-                    stats.filtered,
-                    stats.kernel.read_failed,
-                );
-                ExitCode::SUCCESS
+        Command::Trace(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(err) => return fail(&format!("cannot start the runtime: {err}")),
+            };
+            match runtime.block_on(trace::run(args)) {
+                Ok(stats) => {
+                    summarize(&stats);
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail(&err.to_string()),
             }
+        }
+        Command::Events(args) => match events_cmd::run(args) {
+            Ok(_) => ExitCode::SUCCESS,
             Err(err) => fail(&err.to_string()),
         },
+        Command::Config(ConfigCommand::Check(args)) => {
+            let env = |name: &str| std::env::var(name).ok();
+            match config::check(&args, &env, &mut std::io::stdout(), &mut std::io::stderr()) {
+                Ok(code) => ExitCode::from(code),
+                Err(err) => fail(&format!("cannot write the result: {err}")),
+            }
+        }
     }
+}
+
+/// The trace's closing line: what it saw and what it lost.
+fn summarize(stats: &TraceStats) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "collector: stopped: {} records, {} lost (ring buffer full), {} exits lost, {} malformed, {} filtered out, \
+         {} with unreadable fields",
+        stats.records,
+        stats.kernel.ring_full(),
+        stats.kernel.lost[collector_common::kind::EXIT as usize],
+        stats.malformed,
+        stats.filtered,
+        stats.kernel.read_failed,
+    );
 }
 
 fn fail(message: &str) -> ExitCode {

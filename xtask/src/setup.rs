@@ -12,19 +12,14 @@ use anyhow::{Context as _, Result, bail};
 /// The rustup toolchain name that `collector/build.rs` looks for first.
 const LINKED_TOOLCHAIN: &str = "collector-ebpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const TOOLCHAIN_PACKAGES: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "rust-web-src",
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-];
+const TOOLCHAIN_PACKAGES: &[&str] =
+    &["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// protoc builds the collector's CRI API client (k8s-cri).
+const PROTOC_PACKAGES: &[&str] = &["protobuf-compiler"];
 /// What the end-to-end tests run: a real containerd with runc, a busybox
 /// image built from Debian's static busybox, and protoc for the CRI API.
-const TEST_PACKAGES: &[&str] = &["containerd", "runc", "busybox-static", "protobuf-compiler"];
-const TEST_COMMANDS: &[&str] = &["containerd", "ctr", "runc", "busybox", "protoc"];
+const TEST_PACKAGES: &[&str] = &["containerd", "runc", "busybox-static"];
+const TEST_COMMANDS: &[&str] = &["containerd", "ctr", "runc", "busybox"];
 
 /// Installs whatever is missing, saying what it does.
 pub(crate) fn run(tests: bool) -> Result<()> {
@@ -36,9 +31,7 @@ pub(crate) fn run(tests: bool) -> Result<()> {
         step("eBPF toolchain: installing Debian's rustc-web, its library source and LLVM 22");
         apt_install(TOOLCHAIN_PACKAGES, &mut apt_updated)?;
         if !toolchain_has_src(LINKED_TOOLCHAIN) {
-            step(&format!(
-                "eBPF toolchain: linking /usr as rustup toolchain `{LINKED_TOOLCHAIN}`"
-            ));
+            step(&format!("eBPF toolchain: linking /usr as rustup toolchain `{LINKED_TOOLCHAIN}`"));
             run_cmd(Command::new("rustup").args(["toolchain", "link", LINKED_TOOLCHAIN, "/usr"]))?;
         }
     }
@@ -47,13 +40,8 @@ pub(crate) fn run(tests: bool) -> Result<()> {
     } else {
         require_debian(TOOLCHAIN_PACKAGES)?;
         apt_install(TOOLCHAIN_PACKAGES, &mut apt_updated)?;
-        step(&format!(
-            "bpf-linker: building {BPF_LINKER_VERSION} against LLVM 22 (about 90 s)"
-        ));
-        let path = format!(
-            "/usr/lib/llvm-22/bin:{}",
-            std::env::var("PATH").unwrap_or_default()
-        );
+        step(&format!("bpf-linker: building {BPF_LINKER_VERSION} against LLVM 22 (about 90 s)"));
+        let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
         run_cmd(
             Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
                 .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
@@ -62,14 +50,19 @@ pub(crate) fn run(tests: bool) -> Result<()> {
                 .env("PATH", path),
         )?;
     }
+    if on_path("protoc") {
+        step("protoc: present");
+    } else {
+        require_debian(PROTOC_PACKAGES)?;
+        step("protoc: installing protobuf-compiler (the CRI API client is generated at build time)");
+        apt_install(PROTOC_PACKAGES, &mut apt_updated)?;
+    }
     if tests {
         if TEST_COMMANDS.iter().all(|c| on_path(c)) {
-            step("test dependencies (containerd, runc, busybox, protoc): present");
+            step("test dependencies (containerd, runc, busybox): present");
         } else {
             require_debian(TEST_PACKAGES)?;
-            step(
-                "test dependencies: installing containerd, runc, busybox-static, protobuf-compiler",
-            );
+            step("test dependencies: installing containerd, runc, busybox-static");
             apt_install(TEST_PACKAGES, &mut apt_updated)?;
         }
     }
@@ -81,6 +74,7 @@ pub(crate) fn run(tests: bool) -> Result<()> {
 pub(crate) fn ensure(tests: bool) -> Result<()> {
     let ready = has_kernel_toolchain()
         && bpf_linker_works()
+        && on_path("protoc")
         && (!tests || TEST_COMMANDS.iter().all(|c| on_path(c)));
     if ready { Ok(()) } else { run(tests) }
 }
@@ -95,29 +89,19 @@ fn has_kernel_toolchain() -> bool {
 
 /// Whether `rustup run TOOLCHAIN` has the core library's source, which build-std needs.
 fn toolchain_has_src(toolchain: &str) -> bool {
-    let Ok(output) = Command::new("rustup")
-        .args(["run", toolchain, "rustc", "--print", "sysroot"])
-        .output()
-    else {
+    let Ok(output) = Command::new("rustup").args(["run", toolchain, "rustc", "--print", "sysroot"]).output() else {
         return false;
     };
     let sysroot = String::from_utf8_lossy(&output.stdout);
-    output.status.success()
-        && Path::new(sysroot.trim())
-            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
-            .is_file()
+    output.status.success() && Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core/Cargo.toml").is_file()
 }
 
 fn bpf_linker_works() -> bool {
-    Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// Stops with the exact list of what to install where apt cannot do it.
@@ -127,10 +111,7 @@ fn require_debian(packages: &[&str]) -> Result<()> {
         let line = line.trim_matches('"');
         matches!(line.split_once('='), Some(("ID" | "ID_LIKE", value)) if value.trim_matches('"').split(' ').any(|v| v == "debian" || v == "ubuntu"))
     });
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
     if debian_like && root {
         return Ok(());
     }
@@ -149,18 +130,13 @@ fn apt_install(packages: &[&str], updated: &mut bool) -> Result<()> {
         *updated = true;
     }
     run_cmd(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").args(["install", "-y", "-q"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
 
 fn run_cmd(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }

@@ -1,0 +1,493 @@
+//! The daemon's side: storing events, the outbox, and keeping the file bounded.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rusqlite::{Connection, Transaction, params};
+use serde_json::Value;
+
+use super::{
+    JournalConfig, JournalError, JournalStats, journal_path, schema,
+    time::{before, parse_rfc3339},
+};
+use crate::{recorder::Timestamp, sinks::ApiWrite};
+
+/// Rows deleted per statement when pruning for size, so one prune never holds the write lock for
+/// long and never builds a huge statement journal.
+const PRUNE_BATCH: i64 = 512;
+
+/// What the journal keeps beside the event itself.
+#[derive(Clone, Copy, Debug)]
+pub struct EventContext<'a> {
+    /// The container the event is about; when `None`, taken from an involvedObject fieldPath
+    /// of the form `spec.containers{NAME}`.
+    pub container: Option<&'a str>,
+    /// The resolved kernel record(s) that caused the event, as JSON (usually an array).
+    pub records: &'a Value,
+}
+
+impl EventContext<'static> {
+    /// No container and no kernel records.
+    pub const NONE: Self = Self { container: None, records: &Value::Null };
+}
+
+/// Whether an event became a new row or updated the row of an earlier occurrence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowChange {
+    /// First time this event (namespace + name) was stored.
+    Appended,
+    /// A repeat: count, lastTimestamp, message and records of the existing row were replaced.
+    Updated,
+}
+
+/// Outcome of [`Journal::record`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// What happened to the event row.
+    pub row: RowChange,
+    /// The outbox id of the write, if it was enqueued.
+    pub outbox_id: Option<i64>,
+}
+
+/// A write waiting for the Kubernetes sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Pass to [`Journal::mark_delivered`]; increases with every enqueue, never reused.
+    pub id: i64,
+    /// The write to make.
+    pub write: ApiWrite,
+    /// When it was enqueued.
+    pub enqueued_at: Timestamp,
+}
+
+/// What [`Journal::prune`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Event rows last seen before `now - max_age`.
+    pub by_age: u64,
+    /// Further event rows, oldest first, deleted to fit `max_bytes`.
+    pub by_size: u64,
+}
+
+/// The writer. One per journal file: the daemon owns it; readers use [`super::JournalReader`].
+/// Every call is one short transaction, synchronous (call it from a blocking context).
+pub struct Journal {
+    pub(super) conn: Connection,
+    path: PathBuf,
+    config: JournalConfig,
+    stats: JournalStats,
+}
+
+/// The columns the journal indexes, taken from the event JSON.
+struct Row<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    reason: &'a str,
+    event_type: &'a str,
+    message: &'a str,
+    object_kind: &'a str,
+    object_name: &'a str,
+    pod: Option<(&'a str, &'a str)>,
+    container: Option<&'a str>,
+    node: Option<&'a str>,
+    count: i64,
+    first_ts: i64,
+    last_ts: i64,
+}
+
+impl Journal {
+    /// Opens `<state_dir>/journal.db`, creating the directory (mode 0700) and the file if needed.
+    pub fn open(state_dir: &Path, config: JournalConfig) -> Result<Self, JournalError> {
+        create_state_dir(state_dir)?;
+        Self::open_file(&journal_path(state_dir), config)
+    }
+
+    /// Opens (creating if needed) the journal at exactly `path`.
+    pub fn open_file(path: &Path, config: JournalConfig) -> Result<Self, JournalError> {
+        Ok(Self { conn: schema::open_writer(path)?, path: path.to_owned(), config, stats: JournalStats::default() })
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> JournalStats {
+        self.stats
+    }
+
+    /// Stores the event of `write` (a repeat updates its earlier row) and puts the write in the
+    /// outbox, in one transaction.
+    pub fn record(
+        &mut self,
+        write: &ApiWrite,
+        context: &EventContext<'_>,
+        now: Timestamp,
+    ) -> Result<Recorded, JournalError> {
+        let result = self.store(write, context, now, true);
+        self.count(result)
+    }
+
+    /// Stores the event of `write` without enqueueing it (no API sink configured).
+    pub fn record_local(
+        &mut self,
+        write: &ApiWrite,
+        context: &EventContext<'_>,
+        now: Timestamp,
+    ) -> Result<Recorded, JournalError> {
+        let result = self.store(write, context, now, false);
+        self.count(result)
+    }
+
+    /// Puts only `write` in the outbox; returns its id.
+    pub fn enqueue(&mut self, write: &ApiWrite, now: Timestamp) -> Result<i64, JournalError> {
+        let result = self.transaction("enqueue", |tx, path| insert_outbox(tx, path, write, now));
+        if result.is_ok() {
+            self.stats.enqueued = self.stats.enqueued.saturating_add(1);
+        }
+        self.count(result)
+    }
+
+    /// Up to `limit` undelivered writes, oldest first. Rows that no longer decode are deleted
+    /// and counted ([`JournalStats::malformed_outbox`]) so they cannot block the queue.
+    pub fn outbox(&mut self, limit: usize) -> Result<Vec<Pending>, JournalError> {
+        let result = self.read_outbox(limit);
+        self.count(result)
+    }
+
+    /// Undelivered writes.
+    pub fn outbox_len(&self) -> Result<u64, JournalError> {
+        self.conn
+            .query_row("SELECT count(*) FROM outbox", [], |row| row.get::<_, i64>(0))
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|source| schema::classify(&self.path, "count the outbox", source))
+    }
+
+    /// Removes a delivered write from the outbox; false when it was not there (already
+    /// delivered or expired).
+    pub fn mark_delivered(&mut self, id: i64) -> Result<bool, JournalError> {
+        let result = self
+            .conn
+            .execute("DELETE FROM outbox WHERE id = ?1", [id])
+            .map_err(|source| schema::classify(&self.path, "mark delivered", source));
+        let removed = self.count(result)? > 0;
+        if removed {
+            self.stats.delivered = self.stats.delivered.saturating_add(1);
+        }
+        Ok(removed)
+    }
+
+    /// Drops undelivered writes enqueued before `now - max_age` (use
+    /// [`super::DEFAULT_OUTBOX_MAX_AGE`]: the API server would have expired them); returns how
+    /// many.
+    pub fn drop_expired(&mut self, max_age: Duration, now: Timestamp) -> Result<u64, JournalError> {
+        let result = self
+            .conn
+            .execute("DELETE FROM outbox WHERE enqueued_at < ?1", [before(now, max_age)])
+            .map_err(|source| schema::classify(&self.path, "drop expired writes", source));
+        let dropped = to_u64(self.count(result)?);
+        self.stats.expired_undelivered = self.stats.expired_undelivered.saturating_add(dropped);
+        Ok(dropped)
+    }
+
+    /// Deletes events last seen before `now - max_age`, then the oldest events until the pages
+    /// in use fit `max_bytes`, and returns freed pages to the file system.
+    pub fn prune(&mut self, now: Timestamp) -> Result<Pruned, JournalError> {
+        let result = self.prune_inner(now);
+        let pruned = self.count(result)?;
+        self.stats.pruned_rows = self.stats.pruned_rows.saturating_add(pruned.by_age).saturating_add(pruned.by_size);
+        Ok(pruned)
+    }
+
+    /// Bytes of the pages in use (the file minus its free pages; the WAL not included).
+    pub fn used_bytes(&self) -> Result<u64, JournalError> {
+        used_bytes(&self.conn, &self.path)
+    }
+
+    fn count<T>(&mut self, result: Result<T, JournalError>) -> Result<T, JournalError> {
+        if result.is_err() {
+            self.stats.write_errors = self.stats.write_errors.saturating_add(1);
+        }
+        result
+    }
+
+    fn transaction<T>(
+        &mut self,
+        operation: &'static str,
+        body: impl FnOnce(&Transaction<'_>, &Path) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let path = &self.path;
+        let tx = self.conn.transaction().map_err(|source| schema::classify(path, operation, source))?;
+        let value = body(&tx, path)?;
+        tx.commit().map_err(|source| schema::classify(path, operation, source))?;
+        Ok(value)
+    }
+
+    fn store(
+        &mut self,
+        write: &ApiWrite,
+        context: &EventContext<'_>,
+        now: Timestamp,
+        enqueue: bool,
+    ) -> Result<Recorded, JournalError> {
+        let row = Row::of(write, context)?;
+        let event = encode(&write.name, &write.event)?;
+        let records = encode(&write.name, context.records)?;
+        let recorded = self.transaction("store event", |tx, path| {
+            let row = upsert(tx, path, &row, &event, &records, now)?;
+            let outbox_id = if enqueue { Some(insert_outbox(tx, path, write, now)?) } else { None };
+            Ok(Recorded { row, outbox_id })
+        })?;
+        match recorded.row {
+            RowChange::Appended => self.stats.appended = self.stats.appended.saturating_add(1),
+            RowChange::Updated => self.stats.updated = self.stats.updated.saturating_add(1),
+        }
+        if recorded.outbox_id.is_some() {
+            self.stats.enqueued = self.stats.enqueued.saturating_add(1);
+        }
+        Ok(recorded)
+    }
+
+    fn read_outbox(&mut self, limit: usize) -> Result<Vec<Pending>, JournalError> {
+        let path = &self.path;
+        let fail = |source| schema::classify(path, "read the outbox", source);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut pending = Vec::new();
+        let mut malformed = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT id, enqueued_at, write FROM outbox ORDER BY id LIMIT ?1")
+                .map_err(fail)?;
+            let mut rows = stmt.query([limit]).map_err(fail)?;
+            while let Some(row) = rows.next().map_err(fail)? {
+                let id: i64 = row.get(0).map_err(fail)?;
+                let enqueued_at: i64 = row.get(1).map_err(fail)?;
+                let text: String = row.get(2).map_err(fail)?;
+                match serde_json::from_str::<ApiWrite>(&text) {
+                    Ok(write) => {
+                        pending.push(Pending { id, write, enqueued_at: Timestamp::from_unix_nanos(enqueued_at) })
+                    }
+                    Err(_) => malformed.push(id),
+                }
+            }
+        }
+        for id in malformed {
+            self.conn
+                .execute("DELETE FROM outbox WHERE id = ?1", [id])
+                .map_err(|source| schema::classify(&self.path, "drop a malformed write", source))?;
+            self.stats.malformed_outbox = self.stats.malformed_outbox.saturating_add(1);
+        }
+        Ok(pending)
+    }
+
+    fn prune_inner(&mut self, now: Timestamp) -> Result<Pruned, JournalError> {
+        let path = self.path.as_path();
+        let fail = |operation| move |source| schema::classify(path, operation, source);
+        let by_age = self
+            .conn
+            .execute("DELETE FROM events WHERE last_ts < ?1", [before(now, self.config.max_age)])
+            .map_err(fail("prune by age"))?;
+        let mut by_size = 0_u64;
+        loop {
+            let used = used_bytes(&self.conn, path)?;
+            if used <= self.config.max_bytes {
+                break;
+            }
+            let rows: i64 = self
+                .conn
+                .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+                .map_err(fail("count events"))?;
+            if rows == 0 {
+                // Only the outbox and the schema are left; drop_expired bounds the outbox.
+                break;
+            }
+            // Delete the share of rows that matches the excess, at least one, at most a batch.
+            let excess = used - self.config.max_bytes;
+            let share = u128::from(excess) * u128::from(u64::try_from(rows).unwrap_or(0)) / u128::from(used);
+            let batch = i64::try_from(share).unwrap_or(PRUNE_BATCH).clamp(1, PRUNE_BATCH);
+            let deleted = self
+                .conn
+                .execute(
+                    "DELETE FROM events WHERE id IN \
+                     (SELECT id FROM events ORDER BY last_ts, id LIMIT ?1)",
+                    [batch],
+                )
+                .map_err(fail("prune by size"))?;
+            by_size = by_size.saturating_add(to_u64(deleted));
+        }
+        if by_age > 0 || by_size > 0 {
+            incremental_vacuum(&self.conn).map_err(fail("vacuum"))?;
+        }
+        Ok(Pruned { by_age: to_u64(by_age), by_size })
+    }
+}
+
+impl<'a> Row<'a> {
+    fn of(write: &'a ApiWrite, context: &EventContext<'a>) -> Result<Self, JournalError> {
+        let event = &write.event;
+        let bad = |field| JournalError::MalformedEvent {
+            namespace: write.namespace.clone(),
+            name: write.name.clone(),
+            field,
+        };
+        let text = |pointer: &str| event.pointer(pointer).and_then(Value::as_str);
+        let object = |field: &str| {
+            event.get("involvedObject").and_then(|object| object.get(field)).and_then(Value::as_str).unwrap_or("")
+        };
+        let time = |pointer: &str, field| text(pointer).and_then(parse_rfc3339).ok_or_else(|| bad(field));
+        let object_kind = object("kind");
+        let object_name = object("name");
+        let node = text("/source/host")
+            .filter(|host| !host.is_empty())
+            .or_else(|| text("/reportingInstance").filter(|host| !host.is_empty()));
+        Ok(Self {
+            namespace: &write.namespace,
+            name: &write.name,
+            reason: text("/reason").ok_or_else(|| bad("reason"))?,
+            event_type: text("/type").ok_or_else(|| bad("type"))?,
+            message: text("/message").unwrap_or(""),
+            object_kind,
+            object_name,
+            pod: (object_kind == "Pod").then(|| (object_name, object("uid"))),
+            container: context.container.or_else(|| container_of_field_path(object("fieldPath"))),
+            node,
+            count: event.get("count").and_then(Value::as_i64).ok_or_else(|| bad("count"))?,
+            first_ts: time("/firstTimestamp", "firstTimestamp")?,
+            last_ts: time("/lastTimestamp", "lastTimestamp")?,
+        })
+    }
+}
+
+/// `spec.containers{app}` → `app` (also initContainers and ephemeralContainers).
+fn container_of_field_path(field_path: &str) -> Option<&str> {
+    ["spec.containers{", "spec.initContainers{", "spec.ephemeralContainers{"]
+        .iter()
+        .find_map(|prefix| field_path.strip_prefix(prefix))
+        .and_then(|rest| rest.strip_suffix('}'))
+}
+
+fn upsert(
+    tx: &Transaction<'_>,
+    path: &Path,
+    row: &Row<'_>,
+    event: &str,
+    records: &str,
+    now: Timestamp,
+) -> Result<RowChange, JournalError> {
+    let fail = |source| schema::classify(path, "store event", source);
+    let (pod_name, pod_uid) = row.pod.unzip();
+    // Update first: a PATCH is the common repeat, and this keeps the row id (and so the
+    // row's place in pruning order by id) of the first occurrence.
+    let updated = tx
+        .prepare_cached(
+            "UPDATE events SET reason = ?3, type = ?4, message = ?5, object_kind = ?6, \
+             object_name = ?7, pod_name = ?8, pod_uid = ?9, container = ?10, node = ?11, \
+             count = ?12, first_ts = ?13, last_ts = ?14, event = ?15, records = ?16, \
+             stored_at = ?17 WHERE namespace = ?1 AND name = ?2",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                row.namespace,
+                row.name,
+                row.reason,
+                row.event_type,
+                row.message,
+                row.object_kind,
+                row.object_name,
+                pod_name,
+                pod_uid,
+                row.container,
+                row.node,
+                row.count,
+                row.first_ts,
+                row.last_ts,
+                event,
+                records,
+                now.unix_nanos(),
+            ])
+        })
+        .map_err(fail)?;
+    if updated > 0 {
+        return Ok(RowChange::Updated);
+    }
+    tx.prepare_cached(
+        "INSERT INTO events (namespace, name, reason, type, message, object_kind, object_name, \
+         pod_name, pod_uid, container, node, count, first_ts, last_ts, event, records, \
+         stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
+         ?16, ?17)",
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
+            row.namespace,
+            row.name,
+            row.reason,
+            row.event_type,
+            row.message,
+            row.object_kind,
+            row.object_name,
+            pod_name,
+            pod_uid,
+            row.container,
+            row.node,
+            row.count,
+            row.first_ts,
+            row.last_ts,
+            event,
+            records,
+            now.unix_nanos(),
+        ])
+    })
+    .map_err(fail)?;
+    Ok(RowChange::Appended)
+}
+
+fn insert_outbox(tx: &Transaction<'_>, path: &Path, write: &ApiWrite, now: Timestamp) -> Result<i64, JournalError> {
+    let text =
+        serde_json::to_string(write).map_err(|source| JournalError::Encode { name: write.name.clone(), source })?;
+    tx.prepare_cached("INSERT INTO outbox (enqueued_at, write) VALUES (?1, ?2) RETURNING id")
+        .and_then(|mut stmt| stmt.query_row(params![now.unix_nanos(), text], |row| row.get(0)))
+        .map_err(|source| schema::classify(path, "enqueue", source))
+}
+
+fn encode(name: &str, value: &Value) -> Result<String, JournalError> {
+    serde_json::to_string(value).map_err(|source| JournalError::Encode { name: name.to_owned(), source })
+}
+
+fn used_bytes(conn: &Connection, path: &Path) -> Result<u64, JournalError> {
+    conn.query_row(
+        "SELECT (page_count - freelist_count) * page_size \
+         FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+        [],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|bytes| u64::try_from(bytes).unwrap_or(0))
+    .map_err(|source| schema::classify(path, "measure the file", source))
+}
+
+/// Gives every free page back to the file system. The pragma frees one page per step, so it
+/// is stepped to the end rather than run once.
+fn incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("PRAGMA incremental_vacuum")?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
+}
+
+fn create_state_dir(dir: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    // Events name pods and processes of every tenant on the node: keep them root's.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| JournalError::CreateDir { path: dir.to_owned(), source })
+}
+
+fn to_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,537 @@
+//! The collector's own telemetry: typed counters exposed to Prometheus.
+//!
+//! Every family is registered once, with its HELP text, in [`Metrics::new`];
+//! the daemon's stages update them through [`Metrics`]'s methods and
+//! [`http::MetricsServer`] serves them as OpenMetrics text. Two families are
+//! not plain counters: the kernel's own counters are read from a snapshot at
+//! scrape time (the kernel, not this process, increments them), and the
+//! per-container families live in a map so a pod's series can be removed when
+//! its tombstone expires (a `Family` cannot remove "every series of a pod").
+
+pub mod http;
+
+use std::{
+    collections::BTreeMap,
+    fmt::{self, Write as _},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, text},
+    metrics::{MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::{Registry, Unit},
+};
+use thiserror::Error;
+
+/// Errors of the telemetry module.
+#[derive(Debug, Error)]
+pub enum TelemetryError {
+    /// Encoding the exposition failed (a label or collector refused to encode).
+    #[error("cannot encode the metrics exposition")]
+    Encode(#[source] fmt::Error),
+    /// The metrics address could not be bound.
+    #[error("cannot listen on {addr} for metrics")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bound socket's address could not be read.
+    #[error("cannot read the metrics listener's address")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// Defines a closed set of label values with their exposition spelling.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &[Self] = &[$(Self::$variant,)*];
+
+            /// The label value as it appears in the exposition.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)*
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// The types of kernel record, for `collector_kernel_records_total{type}`.
+    KernelRecordType {
+        /// A process ended.
+        Exit => "exit",
+        /// The OOM killer chose a victim.
+        OomKill => "oom_kill",
+        /// A signal was generated.
+        Signal => "signal",
+        /// A cgroup was created.
+        CgroupMkdir => "cgroup_mkdir",
+        /// A cgroup was removed.
+        CgroupRmdir => "cgroup_rmdir",
+        /// A task moved into a cgroup.
+        CgroupAttach => "cgroup_attach",
+    }
+}
+
+label_values! {
+    /// Why an event was not delivered, for `collector_events_dropped_total{cause}`.
+    DropCause {
+        /// The client-go spam filter (token bucket per object) refused it.
+        SpamFilter => "spam_filter",
+        /// The write queue was full.
+        QueueFull => "queue_full",
+        /// The API server refused it for good (no retry).
+        Rejected => "rejected",
+        /// It waited in the outbox longer than an event is worth sending.
+        Expired => "expired",
+        /// Every retry failed.
+        GaveUp => "gave_up",
+    }
+}
+
+label_values! {
+    /// A Kubernetes event type, for `collector_events_total{type}`.
+    EventType {
+        /// Informational.
+        Normal => "Normal",
+        /// Something went wrong.
+        Warning => "Warning",
+    }
+}
+
+label_values! {
+    /// Why journal entries were removed, for `collector_journal_pruned_total{reason}`.
+    PruneReason {
+        /// Older than the journal's `max_age`.
+        MaxAge => "max_age",
+        /// The journal outgrew `max_bytes`.
+        MaxBytes => "max_bytes",
+    }
+}
+
+/// The answer to an API request, for `collector_api_requests_total{status}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ApiStatus {
+    /// The server answered with this HTTP status code.
+    Code(u16),
+    /// No answer arrived (connection refused, timeout, TLS failure): `error`.
+    NoResponse,
+}
+
+impl EncodeLabelValue for ApiStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        match self {
+            Self::Code(code) => write!(encoder, "{code}"),
+            Self::NoResponse => encoder.write_str("error"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: KernelRecordType,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabels {
+    reason: String,
+    r#type: EventType,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CauseLabel {
+    cause: DropCause,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ApiLabels {
+    verb: &'static str,
+    status: ApiStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PruneLabel {
+    reason: PruneReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// The container a per-container counter is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContainerRef<'a> {
+    /// The pod's namespace.
+    pub namespace: &'a str,
+    /// The pod's name.
+    pub pod: &'a str,
+    /// The pod's uid: not a label, but it decides whose series [`Metrics::remove_pod`] removes.
+    pub pod_uid: &'a str,
+    /// The container's name.
+    pub container: &'a str,
+}
+
+/// The collector's metrics. Share it as an `Arc<Metrics>`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    kernel_records: Family<TypeLabel, Counter>,
+    kernel: Arc<KernelSnapshot>,
+    records_malformed: Counter,
+    records_unresolved: Counter,
+    events: Family<EventLabels, Counter>,
+    events_dropped: Family<CauseLabel, Counter>,
+    api_requests: Family<ApiLabels, Counter>,
+    api_retries: Counter,
+    containers: Arc<ContainerSeries>,
+    journal_appends: Counter,
+    journal_append_errors: Counter,
+    journal_pruned: Family<PruneLabel, Counter>,
+    journal_size: Gauge,
+    journal_outbox_pending: Gauge,
+}
+
+/// The most pods with per-container series; beyond it increments are counted as dropped.
+///
+/// A node runs at most a few hundred pods and a pod's series go when its
+/// tombstone expires, so reaching this means series are leaking; the cap
+/// keeps that from growing the exposition without bound.
+pub const MAX_PODS_WITH_SERIES: usize = 2048;
+
+impl Metrics {
+    /// Registers every family (HELP texts get their final period from
+    /// prometheus-client); `version` is the `collector_build_info` version label.
+    pub fn new(version: &str) -> Self {
+        let mut metrics = Self {
+            registry: Registry::with_prefix("collector"),
+            kernel_records: Family::default(),
+            kernel: Arc::default(),
+            records_malformed: Counter::default(),
+            records_unresolved: Counter::default(),
+            events: Family::default(),
+            events_dropped: Family::default(),
+            api_requests: Family::default(),
+            api_retries: Counter::default(),
+            containers: Arc::default(),
+            journal_appends: Counter::default(),
+            journal_append_errors: Counter::default(),
+            journal_pruned: Family::default(),
+            journal_size: Gauge::default(),
+            journal_outbox_pending: Gauge::default(),
+        };
+        let registry = &mut metrics.registry;
+        registry.register(
+            "build",
+            "The collector's version; always 1",
+            Info::new(BuildLabels { version: version.to_owned() }),
+        );
+        registry.register(
+            "kernel_records",
+            "Records the kernel programs delivered, by record type",
+            metrics.kernel_records.clone(),
+        );
+        registry.register_collector(Box::new(Arc::clone(&metrics.kernel)));
+        // Zero series for the closed label sets, so rate() and alerts see them before the first increment.
+        for &kind in KernelRecordType::ALL {
+            let _ = metrics.kernel_records.get_or_create(&TypeLabel { r#type: kind });
+        }
+        for &cause in DropCause::ALL {
+            let _ = metrics.events_dropped.get_or_create(&CauseLabel { cause });
+        }
+        for &reason in PruneReason::ALL {
+            let _ = metrics.journal_pruned.get_or_create(&PruneLabel { reason });
+        }
+        registry.register(
+            "records_malformed",
+            "Ring buffer items that did not decode and were skipped",
+            metrics.records_malformed.clone(),
+        );
+        registry.register(
+            "records_unresolved",
+            "Records that could not be tied to a pod and container within the metadata wait",
+            metrics.records_unresolved.clone(),
+        );
+        registry.register(
+            "events",
+            "Kubernetes Events the recorder emitted, by reason and type",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events not delivered, by cause: spam_filter, queue_full, rejected, expired, gave_up",
+            metrics.events_dropped.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API server, by verb and HTTP status (error: no response)",
+            metrics.api_requests.clone(),
+        );
+        registry.register("api_retries", "Kubernetes API writes retried after a failure", metrics.api_retries.clone());
+        registry.register_collector(Box::new(Arc::clone(&metrics.containers)));
+        registry.register("journal_appends", "Entries appended to the journal", metrics.journal_appends.clone());
+        registry.register(
+            "journal_append_errors",
+            "Journal appends that failed; the entry was not stored",
+            metrics.journal_append_errors.clone(),
+        );
+        registry.register(
+            "journal_pruned",
+            "Journal entries removed, by reason: max_age or max_bytes",
+            metrics.journal_pruned.clone(),
+        );
+        registry.register_with_unit(
+            "journal_size",
+            "Size of the journal on disk",
+            Unit::Bytes,
+            metrics.journal_size.clone(),
+        );
+        registry.register(
+            "journal_outbox_pending",
+            "API writes waiting in the journal's outbox",
+            metrics.journal_outbox_pending.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a record the kernel delivered.
+    pub fn kernel_record(&self, kind: KernelRecordType) {
+        self.kernel_records.get_or_create(&TypeLabel { r#type: kind }).inc();
+    }
+
+    /// Stores the kernel programs' own counters, read from their map.
+    ///
+    /// They are totals kept by the kernel, so they are set, not added; a
+    /// reload of the probes restarts them at zero, which Prometheus treats as
+    /// a counter reset.
+    pub fn set_kernel_counters(&self, ring_full: u64, read_failed: u64) {
+        self.kernel.ring_full.store(ring_full, Ordering::Relaxed);
+        self.kernel.read_failed.store(read_failed, Ordering::Relaxed);
+    }
+
+    /// Counts a ring buffer item that did not decode.
+    pub fn record_malformed(&self) {
+        self.records_malformed.inc();
+    }
+
+    /// Counts a record that could not be tied to a pod and container.
+    pub fn record_unresolved(&self) {
+        self.records_unresolved.inc();
+    }
+
+    /// Counts an emitted event. `reason` comes from the collector's own code
+    /// (a bounded set such as `OOMKilling`), never from the kernel.
+    pub fn event_emitted(&self, reason: &str, kind: EventType) {
+        self.events.get_or_create(&EventLabels { reason: reason.to_owned(), r#type: kind }).inc();
+    }
+
+    /// Counts an event that will not be delivered.
+    pub fn event_dropped(&self, cause: DropCause) {
+        self.events_dropped.get_or_create(&CauseLabel { cause }).inc();
+    }
+
+    /// Counts a request to the API server; `verb` is `sinks::Verb::as_str()` (`POST`, `PATCH`).
+    pub fn api_request(&self, verb: &'static str, status: ApiStatus) {
+        self.api_requests.get_or_create(&ApiLabels { verb, status }).inc();
+    }
+
+    /// Counts a retried API write.
+    pub fn api_retry(&self) {
+        self.api_retries.inc();
+    }
+
+    /// Counts an OOM kill in a container.
+    pub fn container_oom_kill(&self, container: &ContainerRef<'_>) {
+        self.containers.inc(container, |counts| &mut counts.oom_kills);
+    }
+
+    /// Counts a non-zero exit (status or signal) in a container.
+    pub fn container_nonzero_exit(&self, container: &ContainerRef<'_>) {
+        self.containers.inc(container, |counts| &mut counts.nonzero_exits);
+    }
+
+    /// Removes every per-container series of a pod; called when its tombstone expires.
+    ///
+    /// Nothing is removed if a pod with the same namespace and name but another
+    /// uid wrote to the series since: they now belong to that (live) pod.
+    /// Returns whether series were removed.
+    pub fn remove_pod(&self, namespace: &str, pod: &str, pod_uid: &str) -> bool {
+        self.containers.remove_pod(namespace, pod, pod_uid)
+    }
+
+    /// Counts an entry appended to the journal.
+    pub fn journal_appended(&self) {
+        self.journal_appends.inc();
+    }
+
+    /// Counts a journal append that failed.
+    pub fn journal_append_failed(&self) {
+        self.journal_append_errors.inc();
+    }
+
+    /// Counts `entries` removed from the journal for `reason`.
+    pub fn journal_pruned(&self, reason: PruneReason, entries: u64) {
+        self.journal_pruned.get_or_create(&PruneLabel { reason }).inc_by(entries);
+    }
+
+    /// Sets the journal's size on disk.
+    pub fn set_journal_size(&self, bytes: u64) {
+        self.journal_size.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the number of API writes waiting in the outbox.
+    pub fn set_outbox_pending(&self, writes: u64) {
+        self.journal_outbox_pending.set(i64::try_from(writes).unwrap_or(i64::MAX));
+    }
+
+    /// The OpenMetrics text exposition, ending with `# EOF`.
+    pub fn encode(&self) -> Result<String, TelemetryError> {
+        let mut out = String::with_capacity(4096);
+        text::encode(&mut out, &self.registry).map_err(TelemetryError::Encode)?;
+        Ok(out)
+    }
+}
+
+/// Counters kept by the kernel programs, copied in by the daemon and read at scrape time.
+#[derive(Debug, Default)]
+struct KernelSnapshot {
+    ring_full: AtomicU64,
+    read_failed: AtomicU64,
+}
+
+impl Collector for KernelSnapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let families = [
+            (
+                "kernel_records_lost",
+                "Records the kernel programs dropped because the ring buffer was full.",
+                &self.ring_full,
+            ),
+            (
+                "kernel_field_read_failures",
+                "Records the kernel programs sent with a field they could not read.",
+                &self.read_failed,
+            ),
+        ];
+        for (name, help, value) in families {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ContainerCounts {
+    oom_kills: u64,
+    nonzero_exits: u64,
+}
+
+#[derive(Debug, Default)]
+struct PodSeries {
+    /// The uid of the pod that last wrote; see [`Metrics::remove_pod`].
+    uid: String,
+    containers: BTreeMap<String, ContainerCounts>,
+}
+
+/// Per-container counters, keyed by (namespace, pod).
+#[derive(Debug, Default)]
+struct ContainerSeries {
+    pods: Mutex<BTreeMap<(String, String), PodSeries>>,
+    dropped: AtomicU64,
+}
+
+impl ContainerSeries {
+    fn inc(&self, at: &ContainerRef<'_>, field: impl Fn(&mut ContainerCounts) -> &mut u64) {
+        // A panic elsewhere while holding the lock leaves plain counters, still usable.
+        let mut pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (at.namespace.to_owned(), at.pod.to_owned());
+        if !pods.contains_key(&key) && pods.len() >= MAX_PODS_WITH_SERIES {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let series = pods.entry(key).or_default();
+        if series.uid != at.pod_uid {
+            at.pod_uid.clone_into(&mut series.uid);
+        }
+        let counts = series.containers.entry(at.container.to_owned()).or_default();
+        let value = field(counts);
+        *value = value.saturating_add(1);
+    }
+
+    fn remove_pod(&self, namespace: &str, pod: &str, uid: &str) -> bool {
+        let mut pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (namespace.to_owned(), pod.to_owned());
+        if pods.get(&key).is_some_and(|series| series.uid == uid) {
+            pods.remove(&key);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Reads one of a container's counts.
+type CountOf = fn(&ContainerCounts) -> u64;
+
+impl Collector for ContainerSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        let families: [(&str, &str, CountOf); 2] = [
+            ("container_oom_kills", "Processes in the container killed by the OOM killer.", |counts| counts.oom_kills),
+            (
+                "container_nonzero_exits",
+                "Processes in the container that exited with a non-zero status or by a signal.",
+                |counts| counts.nonzero_exits,
+            ),
+        ];
+        for (name, help, value) in families {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for ((namespace, pod), series) in pods.iter() {
+                for (container, counts) in &series.containers {
+                    let value = value(counts);
+                    // Only series that happened, as a Family would show them.
+                    if value == 0 {
+                        continue;
+                    }
+                    let labels =
+                        [("namespace", namespace.as_str()), ("pod", pod.as_str()), ("container", container.as_str())];
+                    ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let dropped = ConstCounter::new(self.dropped.load(Ordering::Relaxed));
+        let metric = encoder.encode_descriptor(
+            "container_series_dropped",
+            "Per-container increments not recorded because too many pods had series.",
+            None,
+            dropped.metric_type(),
+        )?;
+        dropped.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests;

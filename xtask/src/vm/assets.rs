@@ -1,0 +1,316 @@
+//! The kernel and the emulator, fetched from Debian once and cached.
+//!
+//! Both come as packages that are downloaded and unpacked, never installed:
+//! installing Debian's `qemu-system-x86` would remove the machine's newer
+//! `qemu-utils`, and a guest kernel has no business in the host's /boot.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Debian's cloud flavour: few drivers, so it boots fast under emulation.
+const FLAVOUR: &str = "-cloud-amd64";
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// Where downloads are kept between runs: `COLLECTOR_VM_CACHE`, else
+/// `$XDG_CACHE_HOME/collector-vm`, else `~/.cache/collector-vm`.
+pub(crate) fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("COLLECTOR_VM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("collector-vm")
+}
+
+/// A bootable kernel image.
+#[derive(Debug)]
+pub(crate) struct Kernel {
+    /// The bzImage.
+    pub(crate) image: PathBuf,
+    /// The Debian package it came from, e.g. `linux-image-6.1.0-56-cloud-amd64`.
+    pub(crate) package: String,
+}
+
+/// The newest Debian cloud kernel of `series` (`6.1`, `6.12`, or an exact
+/// ABI such as `6.1.0-47`), from the cache or downloaded into it.
+///
+/// The first download pins the version for this cache: later runs boot the
+/// same kernel until `kernel-<series>` is removed from the cache.
+pub(crate) fn kernel(cache: &Path, series: &str) -> Result<Kernel> {
+    if series.is_empty() || !series.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+')) {
+        bail!("--kernel takes a version such as 6.1 or 6.12, not {series:?}");
+    }
+    let dir = cache.join(format!("kernel-{series}"));
+    if let Some(kernel) = cached_kernel(&dir)? {
+        return Ok(kernel);
+    }
+    let package = newest_kernel_package(series)?;
+    println!("xtask test-vm: downloading {package} (about 27 MB)");
+    let tmp = fresh_dir(&cache.join(format!("kernel-{series}.tmp")))?;
+    let deb = download(std::slice::from_ref(&package), &tmp)?.pop().context("no .deb")?;
+    // Only /boot: the modules are of no use without a disk, and four times the size.
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" ./boot"#)
+        .arg("sh")
+        .arg(&deb)
+        .arg(&tmp))?;
+    std::fs::remove_file(&deb).ok();
+    std::fs::write(tmp.join("package"), &package)?;
+    publish(&tmp, &dir)?;
+    cached_kernel(&dir)?.with_context(|| format!("{package} holds no /boot/vmlinuz-*"))
+}
+
+fn cached_kernel(dir: &Path) -> Result<Option<Kernel>> {
+    let Ok(package) = std::fs::read_to_string(dir.join("package")) else {
+        return Ok(None);
+    };
+    let Ok(entries) = std::fs::read_dir(dir.join("boot")) else {
+        return Ok(None);
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")) {
+            return Ok(Some(Kernel { image: path, package: package.trim().to_owned() }));
+        }
+    }
+    Ok(None)
+}
+
+fn newest_kernel_package(series: &str) -> Result<String> {
+    let mut names = kernel_packages()?;
+    if names.is_empty() {
+        // apt-cache finds nothing before the first `apt-get update`.
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        names = kernel_packages()?;
+    }
+    let mut matching: Vec<(Vec<u64>, String)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let version = name.strip_prefix("linux-image-")?.strip_suffix(FLAVOUR)?.to_owned();
+            let matches = version == series
+                || version.starts_with(&format!("{series}."))
+                || version.starts_with(&format!("{series}-"));
+            matches.then(|| (version_key(&version), name))
+        })
+        .collect();
+    matching.sort();
+    match matching.pop() {
+        Some((_, name)) => Ok(name),
+        None => bail!(
+            "no Debian package linux-image-{series}*{FLAVOUR} is known to apt on this machine \
+             (see `apt-cache pkgnames linux-image-`)"
+        ),
+    }
+}
+
+fn kernel_packages() -> Result<Vec<String>> {
+    let output = Command::new("apt-cache")
+        .args(["pkgnames", "linux-image-"])
+        .output()
+        .context("cannot run apt-cache (test-vm fetches its kernel from Debian)")?;
+    Ok(String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect())
+}
+
+/// `6.1.0-56` -> [6, 1, 0, 56]: orders the ABI names of one series.
+fn version_key(version: &str) -> Vec<u64> {
+    version.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
+}
+
+/// How to start the emulator.
+#[derive(Debug)]
+pub(crate) struct Qemu {
+    binary: PathBuf,
+    /// The unpacked tree, when qemu is not installed on the host.
+    unpacked: Option<PathBuf>,
+}
+
+impl Qemu {
+    /// A command for `qemu-system-x86_64` that finds its libraries and firmware.
+    pub(crate) fn command(&self) -> Result<Command> {
+        let mut cmd = Command::new(&self.binary);
+        if let Some(root) = &self.unpacked {
+            let mut dirs = Vec::new();
+            library_dirs(root, &mut dirs)?;
+            dirs.sort();
+            let mut path = std::env::join_paths(&dirs)?;
+            if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+                path.push(":");
+                path.push(old);
+            }
+            cmd.env("LD_LIBRARY_PATH", path);
+            cmd.env("QEMU_MODULE_DIR", root.join("usr/lib/x86_64-linux-gnu/qemu"));
+            // Debian builds qemu with these firmware paths; -L adds them under the unpacked root.
+            for firmware in ["usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu"] {
+                let dir = root.join(firmware);
+                if dir.is_dir() {
+                    cmd.arg("-L").arg(dir);
+                }
+            }
+        }
+        Ok(cmd)
+    }
+
+    /// `qemu-system-x86_64 --version`, which also proves its libraries load.
+    fn version(&self) -> Result<String> {
+        let output = self.command()?.arg("--version").output()?;
+        if !output.status.success() {
+            bail!("{} --version failed: {}", self.binary.display(), String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or_default().to_owned())
+    }
+}
+
+/// The host's `qemu-system-x86_64` if installed, else Debian's unpacked into the cache.
+pub(crate) fn qemu(cache: &Path) -> Result<(Qemu, String)> {
+    if let Some(binary) = on_path(QEMU_BINARY) {
+        let qemu = Qemu { binary, unpacked: None };
+        let version = qemu.version()?;
+        return Ok((qemu, version));
+    }
+    let dir = cache.join("qemu");
+    let cached = Qemu { binary: dir.join("usr/bin").join(QEMU_BINARY), unpacked: Some(dir.clone()) };
+    if cached.binary.is_file() {
+        match cached.version() {
+            Ok(version) => return Ok((cached, version)),
+            // A host library it relied on went away: fetch again.
+            Err(err) => println!("xtask test-vm: cached qemu is broken ({err:#}); fetching again"),
+        }
+    }
+    let packages = qemu_packages()?;
+    println!("xtask test-vm: downloading {} packages for qemu (unpacked, not installed)", packages.len());
+    let tmp = fresh_dir(&cache.join("qemu.tmp"))?;
+    let debs = tmp.join(".debs");
+    std::fs::create_dir(&debs)?;
+    for deb in download(&packages, &debs)? {
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    }
+    std::fs::remove_dir_all(&debs).ok();
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    publish(&tmp, &dir)?;
+    let version = cached.version()?;
+    Ok((cached, version))
+}
+
+/// What `apt-get install qemu-system-x86` would install (without recommends):
+/// the emulator, its firmware, and the libraries this host lacks.
+fn qemu_packages() -> Result<Vec<String>> {
+    let simulate = || {
+        Command::new("apt-get")
+            .args(["install", "--simulate", "--no-install-recommends", "-q"])
+            .arg(QEMU_PACKAGE)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .context("cannot run apt-get")
+    };
+    let mut output = simulate()?;
+    if !output.status.success() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        output = simulate()?;
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let packages: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    if !packages.iter().any(|p| p == QEMU_PACKAGE) {
+        bail!("apt-get cannot install {QEMU_PACKAGE} here: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(packages)
+}
+
+fn library_dirs(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut has_library = false;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            library_dirs(&entry.path(), out)?;
+        } else if entry.file_name().to_string_lossy().contains(".so") {
+            has_library = true;
+        }
+    }
+    if has_library {
+        out.push(dir.to_owned());
+    }
+    Ok(())
+}
+
+/// `apt-get download PACKAGES` into `dir`; returns the .deb files in the same order.
+fn download(packages: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
+    // As root, apt drops to the _apt user to download, which cannot write to
+    // the cache; downloading as root is what apt falls back to anyway.
+    run(Command::new("apt-get")
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+        .args(packages)
+        .current_dir(dir))?;
+    let mut debs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        debs.push(entry?.path());
+    }
+    packages
+        .iter()
+        .map(|package| {
+            let prefix = format!("{package}_");
+            debs.iter()
+                .find(|deb| {
+                    deb.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+                })
+                .cloned()
+                .with_context(|| format!("apt-get download {package} left no .deb in {}", dir.display()))
+        })
+        .collect()
+}
+
+fn fresh_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir.to_owned())
+}
+
+/// Moves a completed download into place, so a run that was interrupted never leaves half a cache.
+fn publish(tmp: &Path, dir: &Path) -> Result<()> {
+    std::fs::rename(tmp, dir).with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))
+}
+
+pub(crate) fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_order_numerically() {
+        let mut versions = ["6.1.0-9", "6.1.0-56", "6.1.0-47"].map(version_key);
+        versions.sort();
+        assert_eq!(versions, [vec![6, 1, 0, 9], vec![6, 1, 0, 47], vec![6, 1, 0, 56]]);
+        assert_eq!(version_key("6.12.117+deb12"), [6, 12, 117, 12]);
+    }
+}
