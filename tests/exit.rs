@@ -41,7 +41,9 @@ fn expected(pid: u32, ppid: u32, comm: &str, code: u32, signal: Option<u32>, cgr
     json!({
         "type": "exit", "pid": pid, "ppid": ppid, "comm": comm, "exit_code": code, "signal": signal,
         "core_dumped": false, "cgroup_id": cgroup.id(), "cgroup_path": cgroup.path(),
-        "oom_killed": false, "sender": null,
+        "oom_killed": false, "sender": null, "main_process": null,
+        // A plain cgroup names no pod or container.
+        "container_id": null, "pod_uid": null, "pod_name": null, "namespace": null, "container_name": null,
     })
 }
 

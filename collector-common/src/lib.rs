@@ -42,6 +42,8 @@ pub mod exit_flags {
     pub const OOM_VICTIM: u32 = 1;
     /// `signal` holds the last fatal signal generated for this process.
     pub const SIGNAL_KNOWN: u32 = 2;
+    /// The process is pid 1 of a pid namespace below the root: a container's main process.
+    pub const NS_INIT: u32 = 4;
 }
 
 /// Bits of [`OomRecord::flags`].
@@ -249,6 +251,14 @@ pub struct Layout {
     pub mem_cgroup_cgroup: u32,
     /// `mem_cgroup.memory` + `page_counter.max`: the memcg's limit in pages.
     pub mem_cgroup_max: u32,
+    /// `task_struct.thread_pid`.
+    pub task_thread_pid: u32,
+    /// `pid.level`: the depth of the task's pid namespace.
+    pub pid_level: u32,
+    /// `pid.numbers`: one `upid` per level.
+    pub pid_numbers: u32,
+    /// The size of `struct upid`.
+    pub upid_size: u32,
     /// `oom/mark_victim` fields; all but `pid` are [`ABSENT`] before 6.9 (and 6.1.130).
     pub victim: VictimLayout,
     /// `signal/signal_generate` fields.
@@ -358,6 +368,10 @@ impl Layout {
         oom_control_memcg: ABSENT,
         mem_cgroup_cgroup: ABSENT,
         mem_cgroup_max: ABSENT,
+        task_thread_pid: ABSENT,
+        pid_level: ABSENT,
+        pid_numbers: ABSENT,
+        upid_size: ABSENT,
         victim: VictimLayout::UNSET,
         signal: SignalLayout::UNSET,
         mkdir: CgroupLayout::UNSET,
@@ -390,4 +404,4 @@ const _: () = assert!(size_of::<OomScope>() == 16);
 const _: () = assert!(size_of::<OomRecord>() == 120);
 const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
 const _: () = assert!(size_of::<Settings>() == 16);
-const _: () = assert!(size_of::<Layout>() == 4 * (13 + 8 + 6 + 6 + 6));
+const _: () = assert!(size_of::<Layout>() == 4 * (17 + 8 + 6 + 6 + 6));

@@ -79,6 +79,17 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let oom_mm = unsafe { read_field::<*const u8>(task, layout.task_signal) }
         .and_then(|sig| unsafe { read_field::<u64>(sig, layout.signal_oom_mm) })
         .unwrap_or(0);
+    // The main process of a container is pid 1 in the container's own pid namespace.
+    let ns_init = unsafe { read_field::<*const u8>(task, layout.task_thread_pid) }
+        .and_then(|pid| {
+            let level = unsafe { read_field::<u32>(pid, layout.pid_level) }?;
+            if level == 0 || level > 32 || layout.upid_size == ABSENT || layout.pid_numbers == ABSENT {
+                return Ok(false);
+            }
+            let nr_offset = layout.pid_numbers + level * layout.upid_size;
+            Ok(unsafe { read_field::<u32>(pid, nr_offset) }? == 1)
+        })
+        .unwrap_or(false);
     if failed {
         count(counter::READ_FAILED);
         warn!(ctx, "sched_process_exit: a task field could not be read for pid {}", tgid);
@@ -87,6 +98,9 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let mut flags = 0;
     if oom_mm != 0 {
         flags |= exit_flags::OOM_VICTIM;
+    }
+    if ns_init {
+        flags |= exit_flags::NS_INIT;
     }
     let signal = match signal {
         Some(info) => {

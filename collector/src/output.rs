@@ -172,7 +172,7 @@ mod tests {
     use super::*;
     use crate::{
         clock::Timestamp,
-        record::{Exit, OomKill},
+        record::{Exit, Identity, OomKill, OomScope},
     };
 
     fn exit(pid: u32) -> Record {
@@ -188,6 +188,8 @@ mod tests {
             cgroup_path: Some("/x".into()),
             oom_killed: false,
             sender: Some(Process { pid: 812, comm: "kill".into(), cgroup_path: Some("/".into()) }),
+            identity: Identity::default(),
+            main_process: None,
         })
     }
 
@@ -224,6 +226,9 @@ mod tests {
             oom_cgroup_path: Some("/pod".into()),
             memory_limit_bytes: Some(33_554_432),
             scope_known: true,
+            identity: Identity::default(),
+            main_process: None,
+            scope: Some(OomScope::Cgroup),
         }))
         .unwrap();
         let text = String::from_utf8(out.into_inner()).unwrap();

@@ -47,6 +47,28 @@ impl Record {
         }
     }
 
+    /// The pod and container the record is about.
+    pub const fn identity(&self) -> &Identity {
+        match self {
+            Self::Exit(exit) => &exit.identity,
+            Self::OomKill(oom) => &oom.identity,
+            Self::Signal(signal) => &signal.identity,
+            Self::CgroupMkdir(change) | Self::CgroupRmdir(change) => &change.identity,
+            Self::CgroupAttach(attach) => &attach.identity,
+        }
+    }
+
+    /// The pod and container the record is about, to fill in.
+    pub const fn identity_mut(&mut self) -> &mut Identity {
+        match self {
+            Self::Exit(exit) => &mut exit.identity,
+            Self::OomKill(oom) => &mut oom.identity,
+            Self::Signal(signal) => &mut signal.identity,
+            Self::CgroupMkdir(change) | Self::CgroupRmdir(change) => &mut change.identity,
+            Self::CgroupAttach(attach) => &mut attach.identity,
+        }
+    }
+
     /// The cgroup v2 path the record is about (a signal's target's), if known.
     pub fn cgroup_path(&self) -> Option<&str> {
         match self {
@@ -77,6 +99,48 @@ pub enum RecordType {
     CgroupAttach,
 }
 
+/// Which pod and container a record belongs to; every field is null where unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// The container's id (64 hex), from the cgroup path or the runtime.
+    pub container_id: Option<String>,
+    /// The pod's uid, from the cgroup path or the runtime.
+    pub pod_uid: Option<String>,
+    /// The pod's name (runtime or API server).
+    pub pod_name: Option<String>,
+    /// The pod's namespace (runtime or API server).
+    pub namespace: Option<String>,
+    /// The container's name in the pod spec (runtime or API server).
+    pub container_name: Option<String>,
+    /// Whether the container is an init container, where known (API server).
+    #[serde(skip)]
+    pub init_container: Option<bool>,
+    /// Whether the container is the pod sandbox ("pause").
+    #[serde(skip)]
+    pub sandbox: bool,
+}
+
+impl Identity {
+    /// Whether the record belongs to a container of a pod.
+    pub const fn in_pod(&self) -> bool {
+        self.pod_uid.is_some()
+    }
+}
+
+/// Where the memory limit an OOM kill hit sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OomScope {
+    /// The victim's container's own limit.
+    Container,
+    /// The pod's limit (the container has none, or a larger one).
+    Pod,
+    /// The node ran out of memory: no cgroup limit was hit.
+    Node,
+    /// A limit on a cgroup that is neither a container nor a pod (e.g. a systemd slice).
+    Cgroup,
+}
+
 /// A process (thread group) ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Exit {
@@ -103,6 +167,11 @@ pub struct Exit {
     /// The process that sent the fatal signal; none for a normal exit, or when
     /// the kernel raised it (a fault, the OOM killer) or it is unknown.
     pub sender: Option<Process>,
+    /// Its pod and container.
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// Whether it was its container's main process; none outside containers or when unknown.
+    pub main_process: Option<bool>,
 }
 
 /// A process named as the sender of a signal.
@@ -152,6 +221,13 @@ pub struct OomKill {
     /// it was inferred from the cgroup tree.
     #[serde(skip)]
     pub scope_known: bool,
+    /// The victim's pod and container.
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// Whether the victim was its container's main process; none when unknown.
+    pub main_process: Option<bool>,
+    /// Where the limit that was hit sits; none when unknown.
+    pub scope: Option<OomScope>,
 }
 
 /// A signal that can end a process was generated.
@@ -173,6 +249,9 @@ pub struct Signal {
     pub target_comm: String,
     /// The target's cgroup v2 path, read when the record arrived; none if it was gone.
     pub target_cgroup_path: Option<String>,
+    /// The target's pod and container.
+    #[serde(flatten)]
+    pub identity: Identity,
     /// Whether it was sent to the whole process rather than one thread.
     pub group: bool,
     /// `delivered`, `ignored`, `already_pending`, `overflow_fail` or `lose_info`.
@@ -188,6 +267,9 @@ pub struct CgroupChange {
     pub cgroup_id: u64,
     /// Its path relative to the v2 root, escaped.
     pub cgroup_path: String,
+    /// The pod and container it belongs to.
+    #[serde(flatten)]
+    pub identity: Identity,
 }
 
 /// A process was moved into a cgroup.
@@ -203,6 +285,9 @@ pub struct CgroupAttach {
     pub cgroup_id: u64,
     /// The destination's path relative to the v2 root, escaped.
     pub cgroup_path: String,
+    /// The pod and container it belongs to.
+    #[serde(flatten)]
+    pub identity: Identity,
 }
 
 /// Whether a `si_code` means a process sent the signal (kill, sigqueue, tkill).
@@ -342,10 +427,12 @@ mod tests {
             cgroup_path: Some("/some/cgroup".into()),
             oom_killed: false,
             sender: None,
+            identity: Identity::default(),
+            main_process: None,
         });
         assert_eq!(
             serde_json::to_string(&record).unwrap(),
-            r#"{"type":"exit","time":"2026-11-28T10:40:10.123456789Z","pid":4242,"ppid":4200,"comm":"sh","exit_code":7,"signal":null,"core_dumped":false,"cgroup_id":5678,"cgroup_path":"/some/cgroup","oom_killed":false,"sender":null}"#
+            r#"{"type":"exit","time":"2026-11-28T10:40:10.123456789Z","pid":4242,"ppid":4200,"comm":"sh","exit_code":7,"signal":null,"core_dumped":false,"cgroup_id":5678,"cgroup_path":"/some/cgroup","oom_killed":false,"sender":null,"container_id":null,"pod_uid":null,"pod_name":null,"namespace":null,"container_name":null,"main_process":null}"#
         );
     }
 

@@ -16,8 +16,8 @@ use crate::{
     decode::KernelRecord,
     escape::{c_str, escape_bytes},
     record::{
-        CgroupAttach, CgroupChange, Exit, ExitStatus, OomKill, Process, Record, Signal, sent_by_process, signal_name,
-        signal_result,
+        CgroupAttach, CgroupChange, Exit, ExitStatus, Identity, OomKill, OomScope, Process, Record, Signal,
+        sent_by_process, signal_name, signal_result,
     },
 };
 
@@ -123,6 +123,7 @@ impl RecordResolver {
                     comm: escape_bytes(c_str(&attach.comm)),
                     cgroup_id: change.cgroup_id,
                     cgroup_path: change.cgroup_path,
+                    identity: change.identity,
                 })
             }
         };
@@ -157,15 +158,24 @@ impl RecordResolver {
     fn fill_victim(&self, oom: &mut OomKill, exit: &Exit) {
         oom.cgroup_id = Some(exit.cgroup_id);
         oom.cgroup_path.clone_from(&exit.cgroup_path);
+        oom.identity = exit.identity.clone();
+        oom.main_process = exit.main_process;
         if oom.comm.is_none() {
             oom.comm = Some(exit.comm.clone());
         }
         if !oom.scope_known
             && let Some(path) = &exit.cgroup_path
-            && let Some((at, limit)) = infer_oom_cgroup(&self.memory, path)
         {
-            oom.oom_cgroup_path = Some(at);
-            oom.memory_limit_bytes = Some(limit);
+            match infer_oom_cgroup(&self.memory, path) {
+                Some((at, limit)) => {
+                    oom.oom_cgroup_path = Some(at);
+                    oom.memory_limit_bytes = Some(limit);
+                }
+                None => oom.scope = Some(OomScope::Node),
+            }
+        }
+        if let Some(at) = &oom.oom_cgroup_path {
+            oom.scope = Some(scope_of(at, &oom.identity));
         }
     }
 
@@ -192,6 +202,14 @@ impl RecordResolver {
         self.cgroups.path(id).map(str::to_owned)
     }
 
+    /// The path of cgroup `id` and the pod and container its path names.
+    fn place(&mut self, id: u64) -> (Option<String>, Identity) {
+        match self.cgroups.get(id) {
+            Some(entry) => (Some(entry.path.clone()), identity_of(entry.identity.as_ref())),
+            None => (None, Identity::default()),
+        }
+    }
+
     fn exit(&mut self, exit: &ExitRecord) -> Exit {
         let status = ExitStatus::from_raw(exit.exit_status);
         // The last fatal signal names the sender only if it is the one that killed.
@@ -201,6 +219,7 @@ impl RecordResolver {
             }
             _ => None,
         };
+        let (cgroup_path, identity) = self.place(exit.cgroup_id);
         Exit {
             time: self.clock.wall(exit.header.boot_ns),
             pid: exit.pid,
@@ -210,9 +229,12 @@ impl RecordResolver {
             signal: status.signal,
             core_dumped: status.core_dumped,
             cgroup_id: exit.cgroup_id,
-            cgroup_path: self.path(exit.cgroup_id),
+            cgroup_path,
             oom_killed: exit.flags & exit_flags::OOM_VICTIM != 0,
             sender,
+            // Pid 1 of a pid namespace below the root is a container's main process.
+            main_process: identity.container_id.is_some().then_some(exit.flags & exit_flags::NS_INIT != 0),
+            identity,
         }
     }
 
@@ -246,10 +268,17 @@ impl RecordResolver {
             // OOM kills are rare: a walk of the memory hierarchy costs nothing here.
             oom_cgroup_path: memcg.and_then(|s| self.memory.find(s.memcg_id)),
             memory_limit_bytes: memcg.map(|s| s.limit_pages.saturating_mul(self.page_size)),
+            identity: Identity::default(),
+            main_process: None,
+            scope: (oom.flags & oom_flags::SCOPE_KNOWN != 0 && oom.flags & oom_flags::MEMCG == 0)
+                .then_some(OomScope::Node),
         }
     }
 
     fn signal(&mut self, boot_ns: u64, info: &SignalInfo) -> Signal {
+        let target_cgroup_path = proc_cgroup(info.target_pid);
+        let target_cgroup_path_identity =
+            identity_of(target_cgroup_path.as_deref().and_then(crate::cgroup::layout::parse).as_ref());
         Signal {
             time: self.clock.wall(boot_ns),
             signal: info.sig,
@@ -258,7 +287,8 @@ impl RecordResolver {
             sender: self.sender(info),
             target_pid: info.target_pid,
             target_comm: escape_bytes(c_str(&info.target_comm)),
-            target_cgroup_path: proc_cgroup(info.target_pid),
+            target_cgroup_path,
+            identity: target_cgroup_path_identity,
             group: info.group != 0,
             result: signal_result(info.result),
         }
@@ -273,7 +303,13 @@ impl RecordResolver {
             self.truncated_paths += 1;
             self.path(change.cgroup_id).unwrap_or_else(|| escape_bytes(c_str(&change.path)))
         };
-        CgroupChange { time: self.clock.wall(change.header.boot_ns), cgroup_id: change.cgroup_id, cgroup_path }
+        let identity = identity_of(crate::cgroup::layout::parse(&cgroup_path).as_ref());
+        CgroupChange {
+            time: self.clock.wall(change.header.boot_ns),
+            cgroup_id: change.cgroup_id,
+            cgroup_path,
+            identity,
+        }
     }
 }
 
@@ -301,6 +337,24 @@ pub fn infer_oom_cgroup(memory: &CgroupTree, victim_path: &str) -> Option<(Strin
         }
     }
     best.map(|(path, limit, _)| (path, limit))
+}
+
+/// The record identity of a parsed cgroup path.
+fn identity_of(parsed: Option<&crate::cgroup::layout::Identity>) -> Identity {
+    parsed.map_or_else(Identity::default, |parsed| Identity {
+        container_id: parsed.container_id.clone(),
+        pod_uid: parsed.pod_uid.clone(),
+        ..Identity::default()
+    })
+}
+
+/// Whether the cgroup at `path` (whose limit was hit) is the victim's container, its pod, or another cgroup.
+fn scope_of(path: &str, victim: &Identity) -> OomScope {
+    match crate::cgroup::layout::parse(path) {
+        Some(at) if at.container_id.is_some() && at.container_id == victim.container_id => OomScope::Container,
+        Some(at) if at.container_id.is_none() && at.pod_uid.is_some() && at.pod_uid == victim.pod_uid => OomScope::Pod,
+        _ => OomScope::Cgroup,
+    }
 }
 
 /// The v2 cgroup path of a live process, from `/proc/PID/cgroup`'s `0::` line.

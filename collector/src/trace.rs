@@ -260,7 +260,10 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clock::Timestamp, record::Exit};
+    use crate::{
+        clock::Timestamp,
+        record::{Exit, Identity},
+    };
 
     fn exit(pid: u32, path: Option<&str>) -> Record {
         Record::Exit(Exit {
@@ -275,6 +278,8 @@ mod tests {
             cgroup_path: path.map(str::to_owned),
             oom_killed: false,
             sender: None,
+            identity: Identity::default(),
+            main_process: None,
         })
     }
 

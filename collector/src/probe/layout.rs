@@ -37,6 +37,14 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError>
         oom_control_memcg: optional("oom_control", "memcg"),
         mem_cgroup_cgroup: nested(["mem_cgroup", "css"], ["cgroup_subsys_state", "cgroup"]),
         mem_cgroup_max: nested(["mem_cgroup", "memory"], ["page_counter", "max"]),
+        task_thread_pid: optional("task_struct", "thread_pid"),
+        pid_level: optional("pid", "level"),
+        pid_numbers: optional("pid", "numbers"),
+        // struct upid { int nr; struct pid_namespace *ns; }: ns is its last member, a pointer.
+        upid_size: match optional("upid", "ns") {
+            ABSENT => ABSENT,
+            ns => ns + 8,
+        },
         victim: VictimLayout {
             pid: required(&victim, "oom/mark_victim", "pid")?,
             comm: offset(&victim, "comm"),
