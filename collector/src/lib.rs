@@ -9,9 +9,12 @@
 pub mod cgroup;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod decode;
 pub mod escape;
+pub mod events;
 pub mod events_cmd;
+pub mod identify;
 pub mod metadata;
 pub mod mountinfo;
 pub mod output;

@@ -4,7 +4,8 @@ use std::{io::Write as _, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use collector::{
-    config::{self, CheckArgs},
+    config::{self, CheckArgs, RunArgs},
+    daemon,
     events_cmd::{self, EventsArgs},
     trace::{self, TraceArgs, TraceStats},
 };
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The daemon: turn container deaths into kubelet-style Events, a local journal and metrics.
+    Run(RunArgs),
     /// Stream what the kernel reports about every process on this node.
     Trace(TraceArgs),
     /// Show the events recorded on this node (reads the local journal).
@@ -47,11 +50,34 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(err) => return fail(&format!("cannot start the runtime: {err}")),
             };
-            match runtime.block_on(trace::run(args)) {
+            // The identity stage spawns local (not `Send`) metadata lookups.
+            let local = tokio::task::LocalSet::new();
+            match runtime.block_on(local.run_until(trace::run(args))) {
                 Ok(stats) => {
                     summarize(&stats);
                     ExitCode::SUCCESS
                 }
+                Err(err) => fail(&err.to_string()),
+            }
+        }
+        Command::Run(args) => {
+            let env = |name: &str| std::env::var(name).ok();
+            let config = match config::resolve(&args, &env) {
+                Ok(config) => config,
+                Err(problems) => {
+                    for problem in &problems {
+                        let _ = writeln!(std::io::stderr(), "collector: {problem}");
+                    }
+                    return ExitCode::from(config::EXIT_PROBLEMS);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(err) => return fail(&format!("cannot start the runtime: {err}")),
+            };
+            let local = tokio::task::LocalSet::new();
+            match runtime.block_on(local.run_until(daemon::run(config))) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(err) => fail(&err.to_string()),
             }
         }

@@ -12,7 +12,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroup::{CgroupError, CgroupTree, Resolver, registry::RegistryConfig},
+    config::HumanDuration,
     decode::decode,
+    identify::Identifier,
+    metadata::{CriSocket, MetadataCache, MetadataConfig, MetadataError},
     output::{Format, Output},
     probe::{KernelCounters, ProbeConfig, ProbeError, Probes},
     reader::RingReader,
@@ -38,10 +41,38 @@ pub struct TraceArgs {
     /// Only these process ids (comma separated). Default: all.
     #[arg(long, value_delimiter = ',', value_name = "PID")]
     pub pid: Vec<u32>,
+    /// Only records of pods in this namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Only records of this pod (by name).
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+    /// Only records of containers with this name.
+    #[arg(long, value_name = "NAME")]
+    pub container: Option<String>,
+    /// Only records of processes in containers.
+    #[arg(long)]
+    pub containers_only: bool,
     /// Ring buffer size in bytes, a power of two of at least 4096.
     #[arg(long, value_name = "BYTES", default_value_t = collector_common::DEFAULT_RING_BYTES,
           value_parser = parse_ring_bytes)]
     pub ring_buffer_bytes: u32,
+    /// The container runtime's CRI socket for pod and container names: `auto`
+    /// (containerd's, then CRI-O's, if present), `none`, or a path.
+    #[arg(long, value_name = "PATH", default_value = "auto", value_parser = parse_cri_socket)]
+    pub cri_socket: CriSocket,
+    /// How long a record may wait for its container's names before it is printed without them.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
+    pub metadata_wait: HumanDuration,
+}
+
+fn parse_cri_socket(value: &str) -> Result<CriSocket, String> {
+    value.parse().map_err(|err: std::convert::Infallible| err.to_string())
+}
+
+fn parse_wait(value: &str) -> Result<HumanDuration, String> {
+    let wait: HumanDuration = value.parse().map_err(|err| format!("{err}"))?;
+    if wait.0 > Duration::from_secs(60) { Err(format!("{value} is more than 1m")) } else { Ok(wait) }
 }
 
 /// Parses a ring buffer size: a power of two of at least one page.
@@ -63,6 +94,9 @@ pub enum TraceError {
     /// The cgroup trees could not be found.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// The container runtime's metadata source could not start.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
     /// Reading the ring buffer or writing output failed.
     #[error("I/O error while tracing: {0}")]
     Io(#[from] io::Error),
@@ -87,6 +121,10 @@ pub struct Filter {
     cgroup: Option<String>,
     types: HashSet<RecordType>,
     pids: HashSet<u32>,
+    namespace: Option<String>,
+    pod: Option<String>,
+    container: Option<String>,
+    containers_only: bool,
 }
 
 impl Filter {
@@ -96,6 +134,10 @@ impl Filter {
             cgroup: args.cgroup.as_ref().map(|p| p.trim_end_matches('/').to_owned()),
             types: args.types.iter().copied().collect(),
             pids: args.pid.iter().copied().collect(),
+            namespace: args.namespace.clone(),
+            pod: args.pod.clone(),
+            container: args.container.clone(),
+            containers_only: args.containers_only,
         }
     }
 
@@ -106,7 +148,13 @@ impl Filter {
 
     /// Whether `record` passes.
     pub fn accepts(&self, record: &Record) -> bool {
+        let identity = record.identity();
+        let matches = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
         self.wants(record.kind())
+            && (!self.containers_only || identity.container_id.is_some())
+            && matches(&self.namespace, &identity.namespace)
+            && matches(&self.pod, &identity.pod_name)
+            && matches(&self.container, &identity.container_name)
             && (self.pids.is_empty() || record.pid().is_some_and(|pid| self.pids.contains(&pid)))
             && self.cgroup.as_ref().is_none_or(|prefix| {
                 record.cgroup_path().is_some_and(|path| {
@@ -122,6 +170,7 @@ impl Filter {
 /// Kernel records to printed records.
 pub struct Pipeline<W: Write> {
     resolver: RecordResolver,
+    identifier: Identifier,
     filter: Filter,
     output: Output<W>,
     stats: TraceStats,
@@ -131,8 +180,8 @@ pub struct Pipeline<W: Write> {
 
 impl<W: Write> Pipeline<W> {
     /// A pipeline that prints to `output`.
-    pub fn new(resolver: RecordResolver, filter: Filter, output: Output<W>) -> Self {
-        Self { resolver, filter, output, stats: TraceStats::default(), failed: None }
+    pub fn new(resolver: RecordResolver, identifier: Identifier, filter: Filter, output: Output<W>) -> Self {
+        Self { resolver, identifier, filter, output, stats: TraceStats::default(), failed: None }
     }
 
     /// Decodes, resolves, filters and prints one ring buffer item.
@@ -147,14 +196,30 @@ impl<W: Write> Pipeline<W> {
         };
         self.stats.records += 1;
         // Resolved even when filtered out: cgroup records keep the registry current.
-        let Self { resolver, filter, output, stats, failed } = self;
-        resolver.resolve(&kernel, &mut |record| print(filter, output, stats, failed, &record));
+        let now = Instant::now();
+        let identifier = &mut self.identifier;
+        self.resolver.resolve(&kernel, &mut |record| identifier.push(record, now));
+        self.release(now, false);
+    }
+
+    /// Prints the records that are named or have waited long enough.
+    fn release(&mut self, now: Instant, flush: bool) {
+        while let Some(record) = self.identifier.pop_ready(now, flush) {
+            print(&self.filter, &mut self.output, &mut self.stats, &mut self.failed, &record);
+        }
+    }
+
+    /// When a record waiting for metadata must go out, if one waits.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.identifier.next_deadline()
     }
 
     /// Flushes output after a batch and re-reads the clock offset; fails once writing has failed.
     pub fn end_batch(&mut self) -> io::Result<()> {
-        let Self { resolver, filter, output, stats, failed } = self;
-        resolver.expire(Instant::now(), &mut |record| print(filter, output, stats, failed, &record));
+        let now = Instant::now();
+        let identifier = &mut self.identifier;
+        self.resolver.expire(now, &mut |record| identifier.push(record, now));
+        self.release(now, false);
         self.resolver.refresh_clock();
         if let Some(err) = self.failed.take() {
             return Err(err);
@@ -164,9 +229,16 @@ impl<W: Write> Pipeline<W> {
 
     /// Prints whatever still waits for a partner record (at shutdown).
     pub fn flush(&mut self) -> io::Result<()> {
-        let Self { resolver, filter, output, stats, failed } = self;
-        resolver.flush(&mut |record| print(filter, output, stats, failed, &record));
+        let now = Instant::now();
+        let identifier = &mut self.identifier;
+        self.resolver.flush(&mut |record| identifier.push(record, now));
+        self.release(now, true);
         self.end_batch()
+    }
+
+    /// Records that went out without the names they should have had.
+    pub const fn unresolved(&self) -> u64 {
+        self.identifier.unresolved
     }
 
     /// What the pipeline has counted.
@@ -213,11 +285,16 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
         cgroup_subtree,
         emit_signals: filter.wants(RecordType::Signal),
     };
+    let metadata = match args.cri_socket {
+        CriSocket::Off => None,
+        cri => Some(MetadataCache::start(MetadataConfig { cri, kube: false, ..MetadataConfig::default() }).await?),
+    };
+    let identifier = Identifier::new(metadata, args.metadata_wait.0);
     let (mut probes, ring) = Probes::load(&config)?;
     let mut reader = RingReader::new(ring)?;
     let mut output = Output::new(format, io::BufWriter::new(io::stdout().lock()));
     output.header()?;
-    let mut pipeline = Pipeline::new(resolver, filter, output);
+    let mut pipeline = Pipeline::new(resolver, identifier, filter, output);
     pipeline.end_batch()?;
     for missing in probes.missing() {
         log::warn!("{missing}");
@@ -226,6 +303,7 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
     writeln!(io::stderr(), "collector: tracing; SIGINT or SIGTERM stops")?;
 
     let result = loop {
+        let wait = tick(pipeline.next_deadline());
         tokio::select! {
             batch = reader.next_batch(|bytes| pipeline.handle(bytes)) => {
                 probes.flush_logs();
@@ -233,8 +311,9 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
                     break Err(err);
                 }
             }
-            // An OOM kill whose victim never exits must still go out.
-            () = tokio::time::sleep(Duration::from_millis(500)) => {
+            // An OOM kill whose victim never exits, or a record still waiting
+            // for its container's names, must still go out.
+            () = tokio::time::sleep(wait) => {
                 if let Err(err) = pipeline.end_batch() {
                     break Err(err);
                 }
@@ -255,6 +334,12 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(stats),
         Err(err) => Err(err.into()),
     }
+}
+
+/// How long to sleep before the next housekeeping pass.
+fn tick(deadline: Option<Instant>) -> Duration {
+    const IDLE: Duration = Duration::from_millis(500);
+    deadline.map_or(IDLE, |at| at.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), IDLE))
 }
 
 #[cfg(test)]
@@ -289,7 +374,13 @@ mod tests {
             cgroup: cgroup.map(str::to_owned),
             types: types.to_vec(),
             pid: pids.to_vec(),
+            namespace: None,
+            pod: None,
+            container: None,
+            containers_only: false,
             ring_buffer_bytes: 4096,
+            cri_socket: CriSocket::Off,
+            metadata_wait: HumanDuration(Duration::from_secs(2)),
         })
     }
 

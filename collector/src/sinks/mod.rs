@@ -3,6 +3,7 @@
 
 pub mod journal;
 pub mod kubernetes;
+pub mod stdout;
 #[cfg(test)]
 mod test_api;
 

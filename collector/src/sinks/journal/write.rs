@@ -155,7 +155,12 @@ impl Journal {
     /// Up to `limit` undelivered writes, oldest first. Rows that no longer decode are deleted
     /// and counted ([`JournalStats::malformed_outbox`]) so they cannot block the queue.
     pub fn outbox(&mut self, limit: usize) -> Result<Vec<Pending>, JournalError> {
-        let result = self.read_outbox(limit);
+        self.outbox_after(None, limit)
+    }
+
+    /// Like [`Self::outbox`], but only writes queued after the one with id `after`.
+    pub fn outbox_after(&mut self, after: Option<i64>, limit: usize) -> Result<Vec<Pending>, JournalError> {
+        let result = self.read_outbox(after.unwrap_or(0), limit);
         self.count(result)
     }
 
@@ -252,7 +257,7 @@ impl Journal {
         Ok(recorded)
     }
 
-    fn read_outbox(&mut self, limit: usize) -> Result<Vec<Pending>, JournalError> {
+    fn read_outbox(&mut self, after: i64, limit: usize) -> Result<Vec<Pending>, JournalError> {
         let path = &self.path;
         let fail = |source| schema::classify(path, "read the outbox", source);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -261,9 +266,9 @@ impl Journal {
         {
             let mut stmt = self
                 .conn
-                .prepare_cached("SELECT id, enqueued_at, write FROM outbox ORDER BY id LIMIT ?1")
+                .prepare_cached("SELECT id, enqueued_at, write FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2")
                 .map_err(fail)?;
-            let mut rows = stmt.query([limit]).map_err(fail)?;
+            let mut rows = stmt.query([after, limit]).map_err(fail)?;
             while let Some(row) = rows.next().map_err(fail)? {
                 let id: i64 = row.get(0).map_err(fail)?;
                 let enqueued_at: i64 = row.get(1).map_err(fail)?;

@@ -1,0 +1,428 @@
+//! `collector run`: the daemon. Kernel records flow through the same stages as
+//! `collector trace` (reader → decoder → resolver → identity), then become
+//! kubelet-style events (events → recorder) that go to the sinks: stdout, the
+//! local journal, and the API server through the journal's outbox.
+
+pub mod outbox;
+
+use std::{
+    io,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde_json::json;
+use thiserror::Error;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{Notify, watch},
+};
+
+use self::outbox::JournalOutbox;
+use crate::{
+    cgroup::{CgroupError, CgroupTree, Resolver, registry::RegistryConfig},
+    config::{CriSocket, RunConfig, Sink},
+    decode::{KernelRecord, decode},
+    events::{EventOptions, events_for},
+    identify::Identifier,
+    metadata::{self, MetadataCache, MetadataConfig, MetadataError},
+    probe::{ProbeConfig, ProbeError, Probes},
+    reader::RingReader,
+    record::Record,
+    recorder::{Decision, DropCause as RecorderDrop, EventType, Recorder, RecorderConfig, RecorderError, Timestamp},
+    resolve::RecordResolver,
+    sinks::{
+        ApiWrite,
+        journal::{self, EventContext, Journal, JournalError},
+        kubernetes::{self, Cluster, KubeSink, Runner, RunnerConfig, SinkConfig, StatsSnapshot},
+        stdout::StdoutSink,
+    },
+    telemetry::{
+        self, ApiStatus, ContainerRef, DropCause, KernelRecordType, Metrics, PruneReason, TelemetryError,
+        http::{MetricsServer, Readiness},
+    },
+};
+
+/// How often the journal is pruned and undeliverable old writes dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Writes older than the API server's default event TTL are not worth sending.
+const OUTBOX_MAX_AGE: Duration = journal::DEFAULT_OUTBOX_MAX_AGE;
+/// How long a stopping daemon lets the sink deliver what is queued.
+const DRAIN_ON_STOP: Duration = Duration::from_secs(5);
+
+/// Errors that stop the daemon.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The kubeconfig or in-cluster configuration is unusable.
+    #[error("cannot use the Kubernetes configuration: {0}")]
+    Cluster(#[source] kubernetes::Error),
+    /// The journal cannot be opened (a read-only or unwritable state dir, a corrupt file).
+    #[error("cannot open the journal in {dir}: {source}")]
+    Journal {
+        /// The state directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: JournalError,
+    },
+    /// The metrics endpoint cannot listen.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// The metadata source cannot start (an explicit CRI socket is missing).
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// The probes cannot be loaded.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// The cgroup trees cannot be found.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The recorder's configuration is invalid.
+    #[error(transparent)]
+    Recorder(#[from] RecorderError),
+    /// Reading the ring buffer or writing output failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let cluster = kubernetes::connect(config.kubeconfig.as_deref()).await.map_err(DaemonError::Cluster)?;
+    let client = match cluster {
+        Cluster::Api(client) => Some(client),
+        Cluster::NoCluster => None,
+    };
+    let sinks = config.sinks.resolve(client.is_some());
+    let to_api = sinks.contains(&Sink::Kubernetes);
+    // Writes to the API server wait in the journal's outbox: they outlive outages and restarts.
+    let journal = if sinks.contains(&Sink::Journal) || to_api {
+        let limits =
+            journal::JournalConfig { max_age: config.journal.max_age.0, max_bytes: config.journal.max_bytes.0 };
+        let journal = Journal::open(&config.state_dir, limits)
+            .map_err(|source| DaemonError::Journal { dir: config.state_dir.clone(), source })?;
+        Some(Arc::new(Mutex::new(journal)))
+    } else {
+        None
+    };
+
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+    let readiness = Readiness::new();
+    let server = MetricsServer::bind(config.metrics_addr, Arc::clone(&metrics), readiness.clone()).await?;
+    let metrics_addr = server.local_addr()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::task::spawn_local(server.serve(stopped(stop_rx.clone())));
+
+    let metadata = match &config.cri_socket {
+        CriSocket::Disabled => None,
+        cri => {
+            let cri = match cri {
+                CriSocket::Path(path) => metadata::CriSocket::Path(path.clone()),
+                _ => metadata::CriSocket::Auto,
+            };
+            let node_name = Some(config.node_name.clone());
+            let metadata_config = MetadataConfig {
+                cri,
+                node_name,
+                kube: client.is_some(),
+                tombstone_ttl: config.tombstone_ttl.0,
+                ..MetadataConfig::default()
+            };
+            Some(MetadataCache::start(metadata_config).await?)
+        }
+    };
+
+    let registry = RegistryConfig { tombstone_ttl: config.tombstone_ttl.0, ..RegistryConfig::default() };
+    let resolver =
+        RecordResolver::new(Resolver::new(CgroupTree::discover()?, registry)?, CgroupTree::discover_memory()?);
+    let probe_config = ProbeConfig { ring_bytes: config.ring_buffer_bytes, cgroup_subtree: None, emit_signals: false };
+    let (mut probes, ring) = Probes::load(&probe_config)?;
+    for missing in probes.missing() {
+        log::warn!("{missing}");
+    }
+    let mut reader = RingReader::new(ring)?;
+
+    let wake = Arc::new(Notify::new());
+    let sink = match (to_api, &client) {
+        (false, _) => None,
+        (true, _) if config.dry_run => Some(Arc::new(KubeSink::dry_run(Box::new(io::stdout()), SinkConfig::default()))),
+        (true, Some(client)) => Some(Arc::new(KubeSink::new(client.clone(), SinkConfig::default()))),
+        (true, None) => None,
+    };
+    if let (Some(sink), Some(journal)) = (&sink, &journal) {
+        let runner = Runner::new(Arc::clone(sink), RunnerConfig::default()).wake_on(Arc::clone(&wake));
+        let outbox = JournalOutbox::new(Arc::clone(journal));
+        let stop = stopped(stop_rx.clone());
+        tokio::task::spawn_local(async move { runner.run(&outbox, stop).await });
+    }
+
+    let mut engine = Engine {
+        resolver,
+        identifier: Identifier::new(metadata, config.metadata_wait.0),
+        recorder: Recorder::new(RecorderConfig::new(config.component.clone(), config.node_name.clone()))?,
+        options: EventOptions { node_name: config.node_name.clone(), emit_normal_exits: config.emit_normal_exits },
+        stdout: sinks.contains(&Sink::Stdout).then(|| StdoutSink::new(config.format, io::stdout())),
+        journal,
+        to_api: to_api && sink.is_some(),
+        metrics: Arc::clone(&metrics),
+        wake,
+        reported_unresolved: 0,
+        api_stats: StatsSnapshot::default(),
+    };
+    readiness.set_ready(true);
+    let names: Vec<String> = sinks.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
+    log::info!("collector: running on node {}; sinks {}; metrics on {metrics_addr}", config.node_name, names.join(","));
+    // Tests and scripts wait for this line.
+    eprintln_ready(&format!(
+        "collector: running; metrics on http://{metrics_addr}/metrics; sinks {}",
+        names.join(",")
+    ))?;
+
+    let mut last_prune = Instant::now();
+    let result = loop {
+        let wait = engine.tick();
+        tokio::select! {
+            batch = reader.next_batch(|bytes| engine.handle(bytes)) => {
+                probes.flush_logs();
+                if let Err(err) = batch {
+                    break Err(err);
+                }
+                engine.housekeeping(Instant::now(), false);
+            }
+            () = tokio::time::sleep(wait) => {
+                let now = Instant::now();
+                engine.housekeeping(now, false);
+                if let Ok(counters) = probes.counters() {
+                    metrics.set_kernel_counters(counters.ring_full(), counters.read_failed);
+                }
+                if let Some(sink) = &sink {
+                    engine.sync_api_stats(sink.stats());
+                }
+                if now.duration_since(last_prune) >= PRUNE_EVERY {
+                    engine.prune();
+                    last_prune = now;
+                }
+            }
+            _ = sigint.recv() => break Ok(()),
+            _ = sigterm.recv() => break Ok(()),
+        }
+    };
+    readiness.set_ready(false);
+    reader.drain_now(|bytes| engine.handle(bytes));
+    engine.housekeeping(Instant::now(), true);
+    if let Ok(counters) = probes.counters() {
+        metrics.set_kernel_counters(counters.ring_full(), counters.read_failed);
+    }
+    drop(probes);
+    if engine.to_api {
+        // Give queued writes a moment; what is left waits in the journal for the next start.
+        engine.wake.notify_one();
+        tokio::time::sleep(DRAIN_ON_STOP.min(Duration::from_millis(500))).await;
+    }
+    let _ = stop_tx.send(true);
+    tokio::task::yield_now().await;
+    result.map_err(DaemonError::from)
+}
+
+fn eprintln_ready(line: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    writeln!(io::stderr(), "{line}")
+}
+
+/// Resolves when the daemon is stopping.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Records to events to sinks.
+struct Engine {
+    resolver: RecordResolver,
+    identifier: Identifier,
+    recorder: Recorder,
+    options: EventOptions,
+    stdout: Option<StdoutSink<io::Stdout>>,
+    journal: Option<Arc<Mutex<Journal>>>,
+    to_api: bool,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    reported_unresolved: u64,
+    api_stats: StatsSnapshot,
+}
+
+impl Engine {
+    fn handle(&mut self, bytes: &[u8]) {
+        let kernel = match decode(bytes) {
+            Ok(kernel) => kernel,
+            Err(err) => {
+                self.metrics.record_malformed();
+                log::debug!("skipped a ring buffer item: {err}");
+                return;
+            }
+        };
+        self.metrics.kernel_record(kernel_type(&kernel));
+        let now = Instant::now();
+        let identifier = &mut self.identifier;
+        self.resolver.resolve(&kernel, &mut |record| identifier.push(record, now));
+        self.release(now, false);
+    }
+
+    /// How long until the next housekeeping pass.
+    fn tick(&self) -> Duration {
+        const IDLE: Duration = Duration::from_millis(500);
+        self.identifier
+            .next_deadline()
+            .map_or(IDLE, |at| at.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), IDLE))
+    }
+
+    /// Sends out OOM kills whose victim never exited and records that waited long enough.
+    fn housekeeping(&mut self, now: Instant, flush: bool) {
+        let identifier = &mut self.identifier;
+        if flush {
+            self.resolver.flush(&mut |record| identifier.push(record, now));
+        } else {
+            self.resolver.expire(now, &mut |record| identifier.push(record, now));
+        }
+        self.release(now, flush);
+        self.resolver.refresh_clock();
+    }
+
+    fn release(&mut self, now: Instant, flush: bool) {
+        while let Some(record) = self.identifier.pop_ready(now, flush) {
+            self.on_record(&record);
+        }
+        for _ in self.reported_unresolved..self.identifier.unresolved {
+            self.metrics.record_unresolved();
+        }
+        self.reported_unresolved = self.identifier.unresolved;
+    }
+
+    fn on_record(&mut self, record: &Record) {
+        count_container_deaths(&self.metrics, record);
+        for spec in events_for(record, &self.options) {
+            let now = Timestamp::from_system_time(SystemTime::now());
+            match self.recorder.record(spec, now) {
+                Decision::Write(write) => {
+                    let event = write.event();
+                    let kind = match event.event_type {
+                        EventType::Normal => telemetry::EventType::Normal,
+                        EventType::Warning => telemetry::EventType::Warning,
+                    };
+                    self.metrics.event_emitted(&event.reason, kind);
+                    if let Some(stdout) = &mut self.stdout
+                        && let Err(err) = stdout.write(&write)
+                    {
+                        log::warn!("stdout sink: {err}");
+                    }
+                    self.store(record, &write);
+                }
+                Decision::Dropped(RecorderDrop::SpamFilter) => self.metrics.event_dropped(DropCause::SpamFilter),
+            }
+        }
+    }
+
+    /// Journals the event with its record, and queues it for the API server.
+    fn store(&self, record: &Record, write: &crate::recorder::Write) {
+        let Some(journal) = &self.journal else { return };
+        let api = match ApiWrite::try_from(write) {
+            Ok(api) => api,
+            Err(err) => {
+                log::warn!("cannot encode an event: {err}");
+                return;
+            }
+        };
+        let records = json!([record]);
+        let context = EventContext { container: record.identity().container_name.as_deref(), records: &records };
+        let now = Timestamp::from_system_time(SystemTime::now());
+        let Ok(mut journal) = journal.lock() else {
+            self.metrics.journal_append_failed();
+            return;
+        };
+        let stored =
+            if self.to_api { journal.record(&api, &context, now) } else { journal.record_local(&api, &context, now) };
+        match stored {
+            Ok(_) => {
+                self.metrics.journal_appended();
+                if self.to_api {
+                    self.wake.notify_one();
+                }
+            }
+            Err(err) => {
+                self.metrics.journal_append_failed();
+                log::warn!("journal: {err}");
+            }
+        }
+        if let Ok(pending) = journal.outbox_len() {
+            self.metrics.set_outbox_pending(pending);
+        }
+    }
+
+    /// Keeps the journal within its limits and drops writes too old to matter.
+    fn prune(&self) {
+        let Some(journal) = &self.journal else { return };
+        let Ok(mut journal) = journal.lock() else { return };
+        let now = Timestamp::from_system_time(SystemTime::now());
+        match journal.prune(now) {
+            Ok(pruned) => {
+                self.metrics.journal_pruned(PruneReason::MaxAge, pruned.by_age);
+                self.metrics.journal_pruned(PruneReason::MaxBytes, pruned.by_size);
+            }
+            Err(err) => log::warn!("journal: {err}"),
+        }
+        match journal.drop_expired(OUTBOX_MAX_AGE, now) {
+            Ok(expired) => (0..expired).for_each(|_| self.metrics.event_dropped(DropCause::Expired)),
+            Err(err) => log::warn!("journal: {err}"),
+        }
+        if let Ok(bytes) = journal.used_bytes() {
+            self.metrics.set_journal_size(bytes);
+        }
+    }
+
+    /// Moves the sink's new request counts into the metrics.
+    fn sync_api_stats(&mut self, now: StatsSnapshot) {
+        for (&(verb, reply), &count) in &now.requests {
+            let before = self.api_stats.requests.get(&(verb, reply)).copied().unwrap_or(0);
+            let status = match reply {
+                kubernetes::Reply::Status(code) => ApiStatus::Code(code),
+                kubernetes::Reply::Error => ApiStatus::NoResponse,
+            };
+            (before..count).for_each(|_| self.metrics.api_request(verb, status));
+        }
+        (self.api_stats.retries..now.retries).for_each(|_| self.metrics.api_retry());
+        (self.api_stats.rejected..now.rejected).for_each(|_| self.metrics.event_dropped(DropCause::Rejected));
+        (self.api_stats.gave_up..now.gave_up).for_each(|_| self.metrics.event_dropped(DropCause::GaveUp));
+        self.api_stats = now;
+    }
+}
+
+/// OOM kills and non-zero exits per container, for the per-pod series.
+fn count_container_deaths(metrics: &Metrics, record: &Record) {
+    let identity = record.identity();
+    let (Some(namespace), Some(pod), Some(pod_uid), Some(container)) =
+        (&identity.namespace, &identity.pod_name, &identity.pod_uid, &identity.container_name)
+    else {
+        return;
+    };
+    let container = ContainerRef { namespace, pod, pod_uid, container };
+    match record {
+        Record::OomKill(_) => metrics.container_oom_kill(&container),
+        Record::Exit(exit) if exit.exit_code != 0 && !exit.oom_killed => metrics.container_nonzero_exit(&container),
+        _ => {}
+    }
+}
+
+const fn kernel_type(kernel: &KernelRecord) -> KernelRecordType {
+    match kernel {
+        KernelRecord::Exit(_) => KernelRecordType::Exit,
+        KernelRecord::OomKill(_) => KernelRecordType::OomKill,
+        KernelRecord::Signal(_) => KernelRecordType::Signal,
+        KernelRecord::CgroupMkdir(_) => KernelRecordType::CgroupMkdir,
+        KernelRecord::CgroupRmdir(_) => KernelRecordType::CgroupRmdir,
+        KernelRecord::CgroupAttach(_) => KernelRecordType::CgroupAttach,
+    }
+}

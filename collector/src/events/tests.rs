@@ -1,0 +1,547 @@
+use super::*;
+use crate::{
+    clock::Timestamp,
+    escape::escape_bytes,
+    record::{CgroupChange, Process, Signal},
+    recorder::{MAX_MESSAGE_BYTES, TRUNCATION_MARKER},
+};
+
+const UID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn options() -> EventOptions {
+    EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: false }
+}
+
+fn identity() -> Identity {
+    Identity {
+        container_id: Some(CID.to_owned()),
+        pod_uid: Some(UID.to_owned()),
+        pod_name: Some("web-0".to_owned()),
+        namespace: Some("shop".to_owned()),
+        container_name: Some("app".to_owned()),
+        init_container: Some(false),
+        sandbox: false,
+    }
+}
+
+fn app() -> ObjectReference {
+    ObjectReference::pod("shop", "web-0", UID).with_field_path("spec.containers{app}")
+}
+
+fn exit(main: Option<bool>, exit_code: u32, signal: Option<u32>) -> Exit {
+    Exit {
+        time: Timestamp(1_795_862_410_123_456_789),
+        pid: 4300,
+        ppid: 4200,
+        comm: "worker".to_owned(),
+        exit_code,
+        signal,
+        core_dumped: false,
+        cgroup_id: 5678,
+        cgroup_path: Some(format!("/kubepods/burstable/pod{UID}/{CID}")),
+        oom_killed: false,
+        sender: None,
+        identity: identity(),
+        main_process: main,
+    }
+}
+
+fn sender(pid: u32, comm: &str) -> Option<Process> {
+    Some(Process { pid, comm: comm.to_owned(), cgroup_path: None })
+}
+
+fn oom(scope: Option<OomScope>, main: Option<bool>) -> OomKill {
+    let (oom_cgroup_path, memory_limit_bytes) = match scope {
+        Some(OomScope::Container) => (Some(format!("/kubepods/burstable/pod{UID}/{CID}")), Some(32 << 20)),
+        Some(OomScope::Pod) => (Some(format!("/kubepods/burstable/pod{UID}")), Some(64 << 20)),
+        Some(OomScope::Cgroup) => (Some("/kubepods".to_owned()), Some(1 << 30)),
+        Some(OomScope::Node) | None => (None, None),
+    };
+    OomKill {
+        time: Timestamp(1_795_862_410_123_456_789),
+        pid: 4242,
+        comm: Some("dd".to_owned()),
+        cgroup_id: Some(5678),
+        cgroup_path: Some(format!("/kubepods/burstable/pod{UID}/{CID}")),
+        total_vm_kb: Some(70_000),
+        anon_rss_kb: Some(31_744),
+        file_rss_kb: Some(0),
+        shmem_rss_kb: Some(0),
+        oom_score_adj: Some(999),
+        trigger_pid: 4242,
+        trigger_comm: "dd".to_owned(),
+        oom_cgroup_path,
+        memory_limit_bytes,
+        scope_known: true,
+        identity: identity(),
+        main_process: main,
+        scope,
+    }
+}
+
+fn one(record: Record, options: &EventOptions) -> EventSpec {
+    let mut events = events_for(&record, options);
+    assert_eq!(events.len(), 1, "{events:?}");
+    events.remove(0)
+}
+
+fn warning(object: ObjectReference, reason: &str, message: &str) -> EventSpec {
+    EventSpec::new(object, EventType::Warning, reason, message)
+}
+
+#[test]
+fn oom_kill_of_a_child_under_the_container_limit_is_oomkilling_on_the_pod() {
+    assert_eq!(
+        one(Record::OomKill(oom(Some(OomScope::Container), Some(false))), &options()),
+        warning(
+            app(),
+            "OOMKilling",
+            "Memory cgroup out of memory: killed process 4242 (dd), a child of container app; container limit 32Mi; \
+             anon-rss 31744kB"
+        )
+    );
+}
+
+#[test]
+fn oom_kill_messages_name_the_role_and_the_limit_hit() {
+    let message = |oom: OomKill| one(Record::OomKill(oom), &options()).message;
+    assert_eq!(
+        message(oom(Some(OomScope::Pod), Some(true))),
+        "Memory cgroup out of memory: killed process 4242 (dd), the main process of container app; pod limit 64Mi; \
+         anon-rss 31744kB"
+    );
+    assert_eq!(
+        message(oom(Some(OomScope::Cgroup), None)),
+        "Memory cgroup out of memory: killed process 4242 (dd) in container app; limit 1Gi of cgroup /kubepods; \
+         anon-rss 31744kB"
+    );
+    // A kernel before 6.9 gives neither the name nor the sizes; the scope is unknown.
+    let mut bare = oom(None, Some(true));
+    bare.comm = None;
+    bare.anon_rss_kb = None;
+    assert_eq!(message(bare), "Out of memory: killed process 4242, the main process of container app");
+    let mut odd_limit = oom(Some(OomScope::Container), Some(false));
+    odd_limit.memory_limit_bytes = Some(100_000_000);
+    assert_eq!(
+        message(odd_limit),
+        "Memory cgroup out of memory: killed process 4242 (dd), a child of container app; container limit \
+         100000000; anon-rss 31744kB"
+    );
+}
+
+#[test]
+fn system_oom_gives_a_node_event_then_the_pod_event() {
+    let events = events_for(&Record::OomKill(oom(Some(OomScope::Node), Some(false))), &options());
+    assert_eq!(
+        events,
+        [
+            warning(
+                ObjectReference::node("node-1"),
+                "SystemOOM",
+                "System OOM encountered, victim process: dd, pid: 4242"
+            ),
+            warning(
+                app(),
+                "OOMKilling",
+                "System OOM: killed process 4242 (dd), a child of container app; anon-rss 31744kB"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn system_oom_outside_pods_is_on_the_node_only() {
+    let mut outside = oom(Some(OomScope::Node), None);
+    outside.identity = Identity::default();
+    outside.comm = None;
+    assert_eq!(
+        events_for(&Record::OomKill(outside.clone()), &options()),
+        [warning(ObjectReference::node("node-1"), "SystemOOM", "System OOM encountered")]
+    );
+    // No node name, no Node event.
+    let no_node = EventOptions { node_name: String::new(), emit_normal_exits: true };
+    assert_eq!(events_for(&Record::OomKill(outside), &no_node), []);
+}
+
+#[test]
+fn cgroup_oom_outside_pods_gives_nothing() {
+    let mut outside = oom(Some(OomScope::Cgroup), None);
+    outside.identity = Identity::default();
+    assert_eq!(events_for(&Record::OomKill(outside), &options()), []);
+}
+
+#[test]
+fn exits_of_oom_victims_give_nothing() {
+    for main in [Some(true), Some(false), None] {
+        let mut victim = exit(main, 137, Some(9));
+        victim.oom_killed = true;
+        assert_eq!(events_for(&Record::Exit(victim), &options()), [], "main {main:?}");
+    }
+}
+
+#[test]
+fn main_process_killed_by_a_sender_is_container_exited() {
+    let mut killed = exit(Some(true), 137, Some(9));
+    killed.sender = sender(812, "kubelet");
+    assert_eq!(
+        one(Record::Exit(killed), &options()),
+        warning(app(), "ContainerExited", "Container app exited with code 137: SIGKILL from pid 812 (kubelet)")
+    );
+}
+
+#[test]
+fn main_process_failing_is_container_exited() {
+    assert_eq!(
+        one(Record::Exit(exit(Some(true), 1, None)), &options()),
+        warning(app(), "ContainerExited", "Container app exited with code 1")
+    );
+    let mut segv = exit(Some(true), 139, Some(11));
+    segv.core_dumped = true;
+    assert_eq!(
+        one(Record::Exit(segv), &options()),
+        warning(app(), "ContainerExited", "Container app exited with code 139: SIGSEGV (core dumped)")
+    );
+    // abort() sends SIGABRT to itself: no "from".
+    let mut abort = exit(Some(true), 134, Some(6));
+    abort.sender = sender(4300, "worker");
+    assert_eq!(one(Record::Exit(abort), &options()).message, "Container app exited with code 134: SIGABRT");
+}
+
+#[test]
+fn normal_exit_is_an_event_only_when_asked_for() {
+    let ok = Record::Exit(exit(Some(true), 0, None));
+    assert_eq!(events_for(&ok, &options()), []);
+    let normal = EventOptions { emit_normal_exits: true, ..options() };
+    assert_eq!(
+        one(ok, &normal),
+        EventSpec::new(app(), EventType::Normal, "ContainerExited", "Container app exited with code 0")
+    );
+}
+
+#[test]
+fn init_container_exit_points_at_init_containers() {
+    let mut init = exit(Some(true), 2, None);
+    init.identity.container_name = Some("migrate".to_owned());
+    init.identity.init_container = Some(true);
+    assert_eq!(
+        one(Record::Exit(init), &options()),
+        warning(
+            ObjectReference::pod("shop", "web-0", UID).with_field_path("spec.initContainers{migrate}"),
+            "ContainerExited",
+            "Container migrate exited with code 2"
+        )
+    );
+}
+
+#[test]
+fn unknown_init_flag_means_a_regular_container_and_unknown_name_no_field_path() {
+    let mut unknown = exit(Some(true), 1, None);
+    unknown.identity.init_container = None;
+    assert_eq!(one(Record::Exit(unknown.clone()), &options()).involved_object, app());
+    unknown.identity.container_name = None;
+    assert_eq!(
+        one(Record::Exit(unknown), &options()),
+        warning(
+            ObjectReference::pod("shop", "web-0", UID),
+            "ContainerExited",
+            "Container 0123456789ab exited with code 1"
+        )
+    );
+}
+
+#[test]
+fn child_killed_by_a_crash_signal_is_process_crashed() {
+    for (signal, name) in [(4, "SIGILL"), (5, "SIGTRAP"), (6, "SIGABRT"), (7, "SIGBUS"), (8, "SIGFPE"), (31, "SIGSYS")]
+    {
+        assert_eq!(
+            one(Record::Exit(exit(Some(false), 128 + signal, Some(signal))), &options()),
+            warning(app(), "ProcessCrashed", &format!("Process 4300 (worker) of container app crashed: {name}"))
+        );
+    }
+    let mut segv = exit(Some(false), 139, Some(11));
+    assert_eq!(
+        one(Record::Exit(segv.clone()), &options()),
+        warning(app(), "ProcessCrashed", "Process 4300 (worker) of container app crashed: SIGSEGV")
+    );
+    segv.core_dumped = true;
+    assert_eq!(
+        one(Record::Exit(segv), &options()).message,
+        "Process 4300 (worker) of container app crashed: SIGSEGV (core dumped)"
+    );
+}
+
+#[test]
+fn child_killed_by_another_process_is_process_killed() {
+    let mut term = exit(Some(false), 143, Some(15));
+    term.sender = sender(77, "kill");
+    assert_eq!(
+        one(Record::Exit(term), &options()),
+        warning(
+            app(),
+            "ProcessKilled",
+            "Process 4300 (worker) of container app was killed: SIGTERM from pid 77 (kill)"
+        )
+    );
+    // A crash signal someone sent is a kill, not a crash.
+    let mut sent_segv = exit(Some(false), 139, Some(11));
+    sent_segv.sender = sender(77, "kill");
+    assert_eq!(
+        one(Record::Exit(sent_segv), &options()),
+        warning(
+            app(),
+            "ProcessKilled",
+            "Process 4300 (worker) of container app was killed: SIGSEGV from pid 77 (kill)"
+        )
+    );
+}
+
+#[test]
+fn other_child_deaths_give_nothing() {
+    // Exit codes of children, signals from the kernel, signals a process sent itself.
+    let mut quiet = vec![exit(Some(false), 1, None), exit(Some(false), 0, None), exit(Some(false), 137, Some(9))];
+    let mut own_term = exit(Some(false), 143, Some(15));
+    own_term.sender = sender(4300, "worker");
+    quiet.push(own_term);
+    for exit in quiet {
+        assert_eq!(events_for(&Record::Exit(exit.clone()), &options()), [], "{exit:?}");
+    }
+}
+
+#[test]
+fn unknown_main_process_is_treated_as_a_child() {
+    assert_eq!(events_for(&Record::Exit(exit(None, 1, None)), &options()), []);
+    assert_eq!(events_for(&Record::Exit(exit(None, 137, Some(9))), &options()), []);
+    assert_eq!(one(Record::Exit(exit(None, 139, Some(11))), &options()).reason, "ProcessCrashed");
+}
+
+#[test]
+fn records_without_a_named_pod_give_no_pod_event() {
+    let strip: [fn(&mut Identity); 4] =
+        [|i| *i = Identity::default(), |i| i.pod_name = None, |i| i.namespace = None, |i| i.pod_uid = None];
+    for strip in strip {
+        let mut failed = exit(Some(true), 1, None);
+        strip(&mut failed.identity);
+        assert_eq!(events_for(&Record::Exit(failed), &options()), []);
+        let mut killed = oom(Some(OomScope::Container), Some(true));
+        strip(&mut killed.identity);
+        assert_eq!(events_for(&Record::OomKill(killed), &options()), []);
+    }
+    // A pod name no API object can have.
+    let mut odd = exit(Some(true), 1, None);
+    odd.identity.pod_name = Some("web\n0".to_owned());
+    assert_eq!(events_for(&Record::Exit(odd), &options()), []);
+}
+
+#[test]
+fn sandbox_exits_give_nothing_but_its_oom_kills_do() {
+    let mut pause = exit(Some(true), 2, None);
+    pause.identity.sandbox = true;
+    pause.identity.container_name = Some("POD".to_owned());
+    assert_eq!(events_for(&Record::Exit(pause.clone()), &options()), []);
+    pause.main_process = Some(false);
+    pause.signal = Some(11);
+    assert_eq!(events_for(&Record::Exit(pause), &options()), []);
+
+    let mut killed = oom(Some(OomScope::Pod), Some(true));
+    killed.identity.sandbox = true;
+    killed.identity.container_name = Some("POD".to_owned());
+    killed.comm = Some("pause".to_owned());
+    assert_eq!(
+        one(Record::OomKill(killed), &options()),
+        warning(
+            ObjectReference::pod("shop", "web-0", UID),
+            "OOMKilling",
+            "Memory cgroup out of memory: killed process 4242 (pause), the main process of the pod sandbox; pod limit \
+             64Mi; anon-rss 31744kB"
+        )
+    );
+}
+
+#[test]
+fn signal_and_cgroup_records_give_nothing() {
+    let signal = Record::Signal(Signal {
+        time: Timestamp(0),
+        signal: 9,
+        signal_name: "SIGKILL".to_owned(),
+        code: 0,
+        sender: sender(1, "init"),
+        target_pid: 4300,
+        target_comm: "worker".to_owned(),
+        target_cgroup_path: None,
+        identity: identity(),
+        group: true,
+        result: "delivered",
+    });
+    assert_eq!(events_for(&signal, &options()), []);
+    let rmdir = Record::CgroupRmdir(CgroupChange {
+        time: Timestamp(0),
+        cgroup_id: 1,
+        cgroup_path: "/kubepods".to_owned(),
+        identity: identity(),
+    });
+    assert_eq!(events_for(&rmdir, &options()), []);
+}
+
+#[test]
+fn hostile_process_names_stay_escaped() {
+    // 15 bytes, the kernel's comm limit: newline, an ANSI clear-screen, a backslash.
+    let raw = b"a\nb\x1b[2J\\zzzzzzz";
+    assert_eq!(raw.len(), 15);
+    let comm = escape_bytes(raw);
+    assert_eq!(comm, "a\\x0ab\\x1b[2J\\\\zzzzzzz");
+    let mut crashed = exit(Some(false), 139, Some(11));
+    crashed.comm.clone_from(&comm);
+    assert_eq!(
+        one(Record::Exit(crashed), &options()).message,
+        "Process 4300 (a\\x0ab\\x1b[2J\\\\zzzzzzz) of container app crashed: SIGSEGV"
+    );
+    let mut killed = exit(Some(true), 137, Some(9));
+    killed.sender = sender(77, &comm);
+    assert_eq!(
+        one(Record::Exit(killed), &options()).message,
+        "Container app exited with code 137: SIGKILL from pid 77 (a\\x0ab\\x1b[2J\\\\zzzzzzz)"
+    );
+    let mut node = oom(Some(OomScope::Node), Some(false));
+    node.comm = Some(comm);
+    let events = events_for(&Record::OomKill(node), &options());
+    assert_eq!(events[0].message, "System OOM encountered, victim process: a\\x0ab\\x1b[2J\\\\zzzzzzz, pid: 4242");
+    // A raw control character that slipped past the resolver is escaped here; runtime names too.
+    let mut raw_comm = exit(Some(false), 139, Some(11));
+    raw_comm.comm = "x\u{1b}]0;pwned\u{7}".to_owned();
+    raw_comm.identity.container_name = Some("app\r".to_owned());
+    let spec = one(Record::Exit(raw_comm), &options());
+    assert_eq!(spec.message, "Process 4300 (x\\x1b]0;pwned\\x07) of container app\\x0d crashed: SIGSEGV");
+    assert_eq!(spec.involved_object, ObjectReference::pod("shop", "web-0", UID));
+}
+
+#[test]
+fn long_messages_are_cut_on_a_char_boundary() {
+    let mut long = oom(Some(OomScope::Cgroup), Some(false));
+    long.oom_cgroup_path = Some(format!("/{}", "é".repeat(2000)));
+    let message = one(Record::OomKill(long), &options()).message;
+    assert!(message.len() <= MAX_MESSAGE_BYTES, "{}", message.len());
+    assert!(message.len() >= MAX_MESSAGE_BYTES - 4, "{}", message.len());
+    assert!(message.starts_with(
+        "Memory cgroup out of memory: killed process 4242 (dd), a child of container app; limit 1Gi of cgroup /éé"
+    ));
+    assert!(message.ends_with(&format!("é{TRUNCATION_MARKER}")));
+
+    let mut named = exit(Some(true), 1, None);
+    named.identity.container_name = Some("c".repeat(3000));
+    let spec = one(Record::Exit(named), &options());
+    assert_eq!(spec.message.len(), MAX_MESSAGE_BYTES);
+    assert_eq!(spec.message, format!("Container {}{TRUNCATION_MARKER}", "c".repeat(MAX_MESSAGE_BYTES - 13)));
+}
+
+/// Random records of every shape: events_for never panics, and every event it makes is
+/// well-formed.
+#[test]
+fn random_records_never_panic() {
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let text = |rng: &mut fastrand::Rng| -> Option<String> {
+        if rng.u8(..4) == 0 {
+            return None;
+        }
+        let len = match rng.u8(..10) {
+            0 => rng.usize(..3000),
+            _ => rng.usize(..20),
+        };
+        let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        Some(match rng.u8(..3) {
+            0 => escape_bytes(&bytes),
+            1 => String::from_utf8_lossy(&bytes).into_owned(),
+            _ => (0..len).map(|_| rng.alphanumeric()).collect(),
+        })
+    };
+    let random_identity = |rng: &mut fastrand::Rng| Identity {
+        container_id: text(rng),
+        pod_uid: text(rng),
+        pod_name: text(rng),
+        namespace: text(rng),
+        container_name: text(rng),
+        init_container: [None, Some(true), Some(false)][rng.usize(..3)],
+        sandbox: rng.bool(),
+    };
+    let tri = |rng: &mut fastrand::Rng| [None, Some(true), Some(false)][rng.usize(..3)];
+    let mut made = 0;
+    for round in 0..10_000 {
+        let record = if rng.bool() {
+            let signal = [None, Some(rng.u32(..70))][rng.usize(..2)];
+            Record::Exit(Exit {
+                time: Timestamp(rng.i64(..)),
+                pid: rng.u32(..),
+                ppid: rng.u32(..),
+                comm: text(&mut rng).unwrap_or_default(),
+                exit_code: rng.u32(..),
+                signal,
+                core_dumped: rng.bool(),
+                cgroup_id: rng.u64(..),
+                cgroup_path: text(&mut rng),
+                oom_killed: rng.u8(..4) == 0,
+                sender: rng.bool().then(|| Process {
+                    pid: if rng.bool() { rng.u32(..) } else { 0 },
+                    comm: text(&mut rng).unwrap_or_default(),
+                    cgroup_path: text(&mut rng),
+                }),
+                identity: random_identity(&mut rng),
+                main_process: tri(&mut rng),
+            })
+        } else {
+            let maybe_u64 = |rng: &mut fastrand::Rng| rng.bool().then(|| rng.u64(..) >> rng.u32(..64));
+            Record::OomKill(OomKill {
+                time: Timestamp(rng.i64(..)),
+                pid: rng.u32(..),
+                comm: text(&mut rng),
+                cgroup_id: maybe_u64(&mut rng),
+                cgroup_path: text(&mut rng),
+                total_vm_kb: maybe_u64(&mut rng),
+                anon_rss_kb: maybe_u64(&mut rng),
+                file_rss_kb: maybe_u64(&mut rng),
+                shmem_rss_kb: maybe_u64(&mut rng),
+                oom_score_adj: rng.bool().then(|| rng.i32(..)),
+                trigger_pid: rng.u32(..),
+                trigger_comm: text(&mut rng).unwrap_or_default(),
+                oom_cgroup_path: text(&mut rng),
+                memory_limit_bytes: maybe_u64(&mut rng),
+                scope_known: rng.bool(),
+                identity: random_identity(&mut rng),
+                main_process: tri(&mut rng),
+                scope: [
+                    None,
+                    Some(OomScope::Container),
+                    Some(OomScope::Pod),
+                    Some(OomScope::Node),
+                    Some(OomScope::Cgroup),
+                ][rng.usize(..5)],
+            })
+        };
+        let options = EventOptions { node_name: text(&mut rng).unwrap_or_default(), emit_normal_exits: rng.bool() };
+        let events = events_for(&record, &options);
+        assert!(events.len() <= 2, "round {round}: {events:?}");
+        for event in events {
+            made += 1;
+            assert!(event.message.len() <= MAX_MESSAGE_BYTES, "round {round}");
+            assert!(!event.message.chars().any(char::is_control), "round {round}: {:?}", event.message);
+            assert!(
+                ["OOMKilling", "SystemOOM", "ContainerExited", "ProcessCrashed", "ProcessKilled"]
+                    .contains(&event.reason.as_str()),
+                "round {round}"
+            );
+            let object = &event.involved_object;
+            match object.kind.as_str() {
+                "Pod" => assert!(
+                    !object.name.is_empty() && !object.namespace.is_empty() && !object.uid.is_empty(),
+                    "round {round}: {object:?}"
+                ),
+                "Node" => assert_eq!(object.name, options.node_name, "round {round}"),
+                other => panic!("round {round}: kind {other}"),
+            }
+            if event.reason == "ContainerExited" && event.event_type == EventType::Normal {
+                assert!(options.emit_normal_exits, "round {round}");
+            }
+        }
+    }
+    // The loop must reach the rules, not only the early returns.
+    assert!(made > 500, "{made}");
+}

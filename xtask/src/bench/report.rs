@@ -1,0 +1,186 @@
+//! The results table, and the arithmetic behind its figures.
+
+use std::fmt::Write as _;
+
+/// One line of the results table.
+#[derive(Clone, Debug)]
+pub(super) struct Row {
+    /// What was measured.
+    pub measure: String,
+    /// The figure.
+    pub result: String,
+    /// The figure it is compared with, measured in the same run.
+    pub baseline: String,
+    /// The goal from the issue, if it sets one.
+    pub goal: &'static str,
+    /// A command that reproduces it.
+    pub command: String,
+}
+
+impl Row {
+    pub(super) fn new(measure: impl Into<String>, result: impl Into<String>, baseline: impl Into<String>) -> Self {
+        Self {
+            measure: measure.into(),
+            result: result.into(),
+            baseline: baseline.into(),
+            goal: "",
+            command: String::new(),
+        }
+    }
+
+    pub(super) const fn goal(mut self, goal: &'static str) -> Self {
+        self.goal = goal;
+        self
+    }
+
+    pub(super) fn command(mut self, command: impl Into<String>) -> Self {
+        self.command = command.into();
+        self
+    }
+}
+
+/// The rows as one markdown table.
+pub(super) fn table(rows: &[Row]) -> String {
+    let mut out =
+        String::from("| measurement | result | baseline (same run) | goal | reproduce |\n|---|---|---|---|---|\n");
+    for row in rows {
+        let command = if row.command.is_empty() { String::new() } else { format!("`{}`", row.command) };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(&row.measure),
+            cell(&row.result),
+            cell(&row.baseline),
+            cell(row.goal),
+            command.replace('|', "\\|")
+        );
+    }
+    out
+}
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// Nanoseconds since the Unix epoch of `2026-11-28T10:40:10.123456789Z` (UTC, 0-9 fraction digits).
+pub(super) fn parse_rfc3339(text: &str) -> Option<i64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(str::parse::<i64>);
+    let (year, month, day) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut hms = hms.splitn(3, ':').map(str::parse::<i64>);
+    let (h, m, s) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
+    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos =
+        if fraction.is_empty() { 0 } else { fraction.parse::<i64>().ok()? * 10_i64.pow(9 - fraction.len() as u32) };
+    let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s;
+    Some(secs * 1_000_000_000 + nanos)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+const fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+pub(super) fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => f64::midpoint(sorted[n / 2 - 1], sorted[n / 2]),
+    }
+}
+
+/// The nearest-rank `p`-th percentile (0 < p <= 100) of `values`, sorted in place; None for none.
+pub(super) fn percentile(values: &mut [i64], p: f64) -> Option<i64> {
+    values.sort_unstable();
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values.get(rank.clamp(1, values.len().max(1)) - 1).copied()
+}
+
+/// `1234567.8` as `1,234,568`.
+pub(super) fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Nanoseconds as `850 ns`, `12.3 µs` or `4.56 ms`.
+pub(super) fn duration_ns(ns: f64) -> String {
+    if ns.abs() < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns.abs() < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+/// Bytes as `12.3 MiB`.
+pub(super) fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_collectors_timestamps() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.000000000Z"), Some(0));
+        assert_eq!(parse_rfc3339("2026-11-28T10:40:10.123456789Z"), Some(1_795_862_410_123_456_789));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.5Z"), Some(951_782_400_500_000_000));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400_000_000_000));
+        assert_eq!(parse_rfc3339("2000-02-29 00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.1234567890Z"), None);
+    }
+
+    #[test]
+    fn statistics() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        let mut values: Vec<i64> = (1..=100).rev().collect();
+        assert_eq!(percentile(&mut values, 50.0), Some(50));
+        assert_eq!(percentile(&mut values, 99.0), Some(99));
+        assert_eq!(percentile(&mut [], 99.0), None);
+        assert_eq!(percentile(&mut [7], 1.0), Some(7));
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(duration_ns(850.0), "850 ns");
+        assert_eq!(duration_ns(12_345.0), "12.3 µs");
+        assert_eq!(duration_ns(4_560_000.0), "4.56 ms");
+        assert_eq!(mib(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn escapes_table_cells() {
+        let rows = [Row::new("a|b", "1", "2").goal("≥ 3").command("x | y")];
+        assert_eq!(
+            table(&rows),
+            "| measurement | result | baseline (same run) | goal | reproduce |\n|---|---|---|---|---|\n\
+             | a\\|b | 1 | 2 | ≥ 3 | `x \\| y` |\n"
+        );
+    }
+}
