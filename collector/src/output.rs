@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
-use crate::record::{Process, Record, signal_name};
+use crate::{
+    escape::escape_bytes,
+    record::{Process, Record, signal_name},
+};
 
 /// How records are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,7 +37,7 @@ impl<W: Write> Output<W> {
         }
         writeln!(
             self.out,
-            "{:<30} {:<6} {:>7} {:>7} {:<16} {:>4} {:<8} CGROUP",
+            "{:<30} {:<6} {:>7} {:>7} {:<16} {:>4} {:<8} WHERE",
             "TIME", "TYPE", "PID", "PPID", "COMM", "EXIT", "SIGNAL"
         )
     }
@@ -80,7 +83,20 @@ struct Line {
 impl Line {
     fn of(record: &Record) -> Self {
         let dash = || "-".to_owned();
-        let path = |p: Option<&str>| p.unwrap_or("?").to_owned();
+        // namespace/pod/container where the runtime named them, else the cgroup path.
+        let identity = record.identity();
+        let path = |p: Option<&str>| match (&identity.namespace, &identity.pod_name) {
+            (Some(namespace), Some(pod)) => {
+                let container = match (&identity.container_name, identity.sandbox) {
+                    (Some(name), _) => name.as_str(),
+                    (None, true) => "(sandbox)",
+                    (None, false) => "?",
+                };
+                let name = |s: &str| escape_bytes(s.as_bytes());
+                format!("{}/{}/{}", name(namespace), name(pod), name(container))
+            }
+            _ => p.unwrap_or("?").to_owned(),
+        };
         match record {
             Record::Exit(exit) => {
                 let mut details = String::new();
@@ -145,7 +161,7 @@ impl Line {
                 comm: dash(),
                 exit: dash(),
                 signal: dash(),
-                cgroup: change.cgroup_path.clone(),
+                cgroup: path(Some(&change.cgroup_path)),
                 details: format!(" [id {}]", change.cgroup_id),
             },
             Record::CgroupAttach(attach) => Self {
@@ -156,7 +172,7 @@ impl Line {
                 comm: attach.comm.clone(),
                 exit: dash(),
                 signal: dash(),
-                cgroup: attach.cgroup_path.clone(),
+                cgroup: path(Some(&attach.cgroup_path)),
                 details: format!(" [id {}]", attach.cgroup_id),
             },
         }
@@ -201,10 +217,23 @@ mod tests {
         let text = String::from_utf8(out.into_inner()).unwrap();
         assert_eq!(
             text,
-            "TIME                           TYPE       PID    PPID COMM             EXIT SIGNAL   CGROUP\n\
+            "TIME                           TYPE       PID    PPID COMM             EXIT SIGNAL   WHERE\n\
              2026-11-28T10:40:10.123456789Z exit      4242       1 a\\x1b[2Jb         137 SIGKILL  /x \
              [sent by pid 812 (kill) in /]\n"
         );
+    }
+
+    #[test]
+    fn pods_show_as_namespace_pod_container() {
+        let mut record = exit(7);
+        let identity = record.identity_mut();
+        identity.namespace = Some("shop".into());
+        identity.pod_name = Some("web-0".into());
+        identity.container_name = Some("app\n".into());
+        let mut out = Output::new(Format::Text, Vec::new());
+        out.write(&record).unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        assert!(text.contains(" SIGKILL  shop/web-0/app\\x0a [sent by"), "{text}");
     }
 
     #[test]
