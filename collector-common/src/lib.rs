@@ -379,6 +379,21 @@ impl Layout {
     };
 }
 
+impl SignalInfo {
+    /// No signal.
+    pub const NONE: Self = Self {
+        sender_cgroup_id: 0,
+        sig: 0,
+        code: 0,
+        sender_pid: 0,
+        target_pid: 0,
+        group: 0,
+        result: 0,
+        sender_comm: [0; COMM_LEN],
+        target_comm: [0; COMM_LEN],
+    };
+}
+
 impl Settings {
     /// Nothing recorded beyond exits.
     pub const DEFAULT: Self = Self { fatal_signals: 0, v2_hierarchy: 0, emit_signals: 0 };

@@ -9,19 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use collector_common::{ABSENT, COMM_LEN, ExitRecord, Header, SignalInfo, counter, exit_flags, kind};
 
-use crate::{EVENTS, LAYOUT, SIGNALS, count, filtered_out, read_field, tp_field};
-
-const NO_SIGNAL: SignalInfo = SignalInfo {
-    sender_cgroup_id: 0,
-    sig: 0,
-    code: 0,
-    sender_pid: 0,
-    target_pid: 0,
-    group: 0,
-    result: 0,
-    sender_comm: [0; COMM_LEN],
-    target_comm: [0; COMM_LEN],
-};
+use crate::{LAYOUT, SIGNALS, count, filtered_out, read_field, submit, tp_field};
 
 /// Fires once per exiting thread; emits a record only for the thread that ends its group.
 #[tracepoint]
@@ -107,7 +95,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
             flags |= exit_flags::SIGNAL_KNOWN;
             info
         }
-        None => NO_SIGNAL,
+        None => SignalInfo::NONE,
     };
     let record = ExitRecord {
         header: Header {
@@ -127,13 +115,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         _pad: 0,
         signal,
     };
-    match EVENTS.reserve::<ExitRecord>(0) {
-        Some(mut entry) => {
-            entry.write(record);
-            entry.submit(0);
-        }
-        None => count(counter::lost(kind::EXIT)),
-    }
+    submit(record, kind::EXIT);
     Ok(0)
 }
 

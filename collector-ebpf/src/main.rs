@@ -69,6 +69,18 @@ fn count(index: u32) {
     }
 }
 
+/// Hands a record to user space, or counts it as lost (by kind) when the ring is full.
+#[inline(always)]
+fn submit<T: 'static>(record: T, kind: u32) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(0);
+        }
+        None => count(counter::lost(kind)),
+    }
+}
+
 /// Reads a `T` at `base + offset` in kernel memory; `ABSENT` offsets fail.
 ///
 /// # Safety

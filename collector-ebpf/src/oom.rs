@@ -8,9 +8,9 @@ use aya_ebpf::{
     macros::{fentry, tracepoint},
     programs::{FEntryContext, TracePointContext},
 };
-use collector_common::{ABSENT, COMM_LEN, Header, OomRecord, OomScope, counter, kind, oom_flags};
+use collector_common::{ABSENT, COMM_LEN, Header, OomRecord, OomScope, kind, oom_flags};
 
-use crate::{EVENTS, LAYOUT, OOM_SCOPES, cgroup_id, count, read_field, tp_data_loc, tp_field};
+use crate::{LAYOUT, OOM_SCOPES, cgroup_id, read_field, submit, tp_data_loc, tp_field};
 
 /// `bool out_of_memory(struct oom_control *oc)`: for a memcg OOM `oc->memcg` is set.
 #[fentry(function = "out_of_memory")]
@@ -100,12 +100,6 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     if layout.comm != ABSENT {
         let _ = tp_data_loc(ctx, layout.comm, &mut record.victim_comm);
     }
-    match EVENTS.reserve::<OomRecord>(0) {
-        Some(mut entry) => {
-            entry.write(record);
-            entry.submit(0);
-        }
-        None => count(counter::lost(kind::OOM_KILL)),
-    }
+    submit(record, kind::OOM_KILL);
     Ok(0)
 }

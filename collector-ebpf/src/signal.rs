@@ -6,9 +6,9 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use collector_common::{COMM_LEN, Header, SignalInfo, SignalRecord, counter, kind};
+use collector_common::{COMM_LEN, Header, SignalInfo, SignalRecord, kind};
 
-use crate::{EVENTS, LAYOUT, SETTINGS, SIGNALS, count, tp_field};
+use crate::{LAYOUT, SETTINGS, SIGNALS, submit, tp_field};
 
 /// Fires for every signal generated; keeps only those that can end a process.
 #[tracepoint]
@@ -49,13 +49,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<u32, u32> {
             },
             info,
         };
-        match EVENTS.reserve::<SignalRecord>(0) {
-            Some(mut entry) => {
-                entry.write(record);
-                entry.submit(0);
-            }
-            None => count(counter::lost(kind::SIGNAL)),
-        }
+        submit(record, kind::SIGNAL);
     }
     Ok(0)
 }

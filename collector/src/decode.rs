@@ -96,17 +96,7 @@ pub(crate) mod tests {
             comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
             flags: 0,
             _pad: 0,
-            signal: collector_common::SignalInfo {
-                sender_cgroup_id: 0,
-                sig: 0,
-                code: 0,
-                sender_pid: 0,
-                target_pid: 0,
-                group: 0,
-                result: 0,
-                sender_comm: [0; 16],
-                target_comm: [0; 16],
-            },
+            signal: collector_common::SignalInfo::NONE,
         }
     }
 

@@ -74,6 +74,13 @@ impl Identifier {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.queue.front().map(|(deadline, _)| *deadline)
     }
+
+    /// How long the record loop may sleep before its next housekeeping pass:
+    /// until a waiting record's deadline, and never long (OOM kills wait too).
+    pub fn next_wakeup(&self, now: Instant) -> Duration {
+        const IDLE: Duration = Duration::from_millis(500);
+        self.next_deadline().map_or(IDLE, |at| at.saturating_duration_since(now).clamp(Duration::from_millis(5), IDLE))
+    }
 }
 
 /// The id to ask the runtime about, if the record names a container or pod the cache lacks.

@@ -209,9 +209,9 @@ impl<W: Write> Pipeline<W> {
         }
     }
 
-    /// When a record waiting for metadata must go out, if one waits.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.identifier.next_deadline()
+    /// How long the loop may sleep before the next housekeeping pass.
+    pub fn next_wakeup(&self) -> Duration {
+        self.identifier.next_wakeup(Instant::now())
     }
 
     /// Flushes output after a batch and re-reads the clock offset; fails once writing has failed.
@@ -303,7 +303,7 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
     writeln!(io::stderr(), "collector: tracing; SIGINT or SIGTERM stops")?;
 
     let result = loop {
-        let wait = tick(pipeline.next_deadline());
+        let wait = pipeline.next_wakeup();
         tokio::select! {
             batch = reader.next_batch(|bytes| pipeline.handle(bytes)) => {
                 probes.flush_logs();
@@ -334,12 +334,6 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(stats),
         Err(err) => Err(err.into()),
     }
-}
-
-/// How long to sleep before the next housekeeping pass.
-fn tick(deadline: Option<Instant>) -> Duration {
-    const IDLE: Duration = Duration::from_millis(500);
-    deadline.map_or(IDLE, |at| at.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), IDLE))
 }
 
 #[cfg(test)]

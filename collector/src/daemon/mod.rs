@@ -48,8 +48,9 @@ use crate::{
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Writes older than the API server's default event TTL are not worth sending.
 const OUTBOX_MAX_AGE: Duration = journal::DEFAULT_OUTBOX_MAX_AGE;
-/// How long a stopping daemon lets the sink deliver what is queued.
-const DRAIN_ON_STOP: Duration = Duration::from_secs(5);
+/// How long a stopping daemon lets the sink deliver what is queued; the rest
+/// waits in the journal for the next start.
+const DRAIN_ON_STOP: Duration = Duration::from_millis(500);
 
 /// Errors that stop the daemon.
 #[derive(Debug, Error)]
@@ -182,7 +183,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
 
     let mut last_prune = Instant::now();
     let result = loop {
-        let wait = engine.tick();
+        let wait = engine.identifier.next_wakeup(Instant::now());
         tokio::select! {
             batch = reader.next_batch(|bytes| engine.handle(bytes)) => {
                 probes.flush_logs();
@@ -219,7 +220,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     if engine.to_api {
         // Give queued writes a moment; what is left waits in the journal for the next start.
         engine.wake.notify_one();
-        tokio::time::sleep(DRAIN_ON_STOP.min(Duration::from_millis(500))).await;
+        tokio::time::sleep(DRAIN_ON_STOP).await;
     }
     let _ = stop_tx.send(true);
     tokio::task::yield_now().await;
@@ -270,14 +271,6 @@ impl Engine {
         let identifier = &mut self.identifier;
         self.resolver.resolve(&kernel, &mut |record| identifier.push(record, now));
         self.release(now, false);
-    }
-
-    /// How long until the next housekeeping pass.
-    fn tick(&self) -> Duration {
-        const IDLE: Duration = Duration::from_millis(500);
-        self.identifier
-            .next_deadline()
-            .map_or(IDLE, |at| at.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(5), IDLE))
     }
 
     /// Sends out OOM kills whose victim never exited and records that waited long enough.
