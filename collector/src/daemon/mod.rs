@@ -109,13 +109,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         None
     };
 
-    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
-    let readiness = Readiness::new();
-    let server = MetricsServer::bind(config.metrics_addr, Arc::clone(&metrics), readiness.clone()).await?;
-    let metrics_addr = server.local_addr()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::task::spawn_local(server.serve(stopped(stop_rx.clone())));
-
+    // Every input the configuration names is checked before anything listens.
     let metadata = match &config.cri_socket {
         CriSocket::Disabled => None,
         cri => {
@@ -134,6 +128,13 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             Some(MetadataCache::start(metadata_config).await?)
         }
     };
+
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+    let readiness = Readiness::new();
+    let server = MetricsServer::bind(config.metrics_addr, Arc::clone(&metrics), readiness.clone()).await?;
+    let metrics_addr = server.local_addr()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::task::spawn_local(server.serve(stopped(stop_rx.clone())));
 
     let registry = RegistryConfig { tombstone_ttl: config.tombstone_ttl.0, ..RegistryConfig::default() };
     let resolver =
