@@ -1,0 +1,93 @@
+//! Restart: a daemon killed with SIGKILL leaves no BPF program behind, its
+//! journal opens intact, and a new daemon is ready again within seconds.
+#![expect(clippy::unwrap_used, clippy::panic, reason = "the helpers are test steps: a failure fails the test")]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use collector_tests::{collector::binary, privileged};
+
+/// The collector's programs loaded in the kernel now (names are cut to 15 bytes).
+fn collector_programs() -> usize {
+    const NAMES: [&str; 3] = ["sched_process_e", "signal_generate", "cgroup_attach_t"];
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str().is_some_and(|name| NAMES.contains(&name)))
+        .count()
+}
+
+/// A `collector run` child; killed on drop.
+struct Daemon(Child);
+
+impl Daemon {
+    /// Starts the daemon and returns it with how long it took to say it is running.
+    fn start(state: &std::path::Path) -> (Self, Duration) {
+        let started = Instant::now();
+        let mut child = Command::new(binary().unwrap())
+            .args(["run", "--sink", "journal", "--cri-socket", "none", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--node-name", "test-node", "--state-dir"])
+            .arg(state)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut daemon = Self(child);
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("collector: running;") => break,
+                Some(Ok(_)) => {}
+                other => {
+                    let _ = daemon.0.kill();
+                    panic!("the daemon stopped before it was ready: {other:?}");
+                }
+            }
+        }
+        // Keep reading so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        (daemon, started.elapsed())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_killed_daemon_leaves_nothing_behind_and_restarts_quickly() {
+    if !privileged("a_killed_daemon_leaves_nothing_behind_and_restarts_quickly") {
+        return;
+    }
+    let state = std::env::temp_dir().join(format!("collector-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let before = collector_programs();
+
+    let (mut first, _) = Daemon::start(&state);
+    assert_eq!(collector_programs(), before + 3, "the exit, signal and cgroup-attach programs are loaded");
+    // Mid-storm: processes exit while the daemon dies.
+    let storm = Command::new("sh").args(["-c", "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done"]).spawn();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    storm.unwrap().wait().unwrap();
+    // The kernel frees programs, links and maps with the last file descriptor.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while collector_programs() != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(collector_programs(), before, "SIGKILL left a program behind");
+
+    let (second, ready) = Daemon::start(&state);
+    assert!(ready < Duration::from_secs(10), "ready again after {ready:?}");
+    let events = Command::new(binary().unwrap()).args(["events", "--state-dir"]).arg(&state).output().unwrap();
+    assert!(events.status.success(), "the journal opens intact: {}", String::from_utf8_lossy(&events.stderr));
+    drop(second);
+    let _ = std::fs::remove_dir_all(&state);
+}
