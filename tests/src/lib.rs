@@ -9,6 +9,7 @@ pub mod cgroupfs;
 pub mod collector;
 pub mod containerd;
 pub mod cri;
+pub mod daemon;
 pub mod image;
 pub mod kubelet;
 

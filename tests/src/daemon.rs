@@ -1,0 +1,287 @@
+//! A running `collector run` (the daemon), stopped (or killed) when the guard drops; its
+//! state dir; and `collector events`, the journal's reader.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::collector::binary;
+
+/// What the daemon prints on stderr once its probes, metadata and sinks are ready.
+const READY_PREFIX: &str = "collector: running; metrics on http://";
+/// Bound on the daemon coming up (probes load in well under a second; CI machines are slow).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on a graceful stop: the daemon drains the ring buffer and flushes the journal.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A state directory under `/tmp`, removed with everything in it when dropped.
+#[derive(Debug)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// A new empty directory named after `name`, this process and a sequence number.
+    pub fn new(name: &str) -> Result<Self> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "collector-state-{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What the daemon printed, once it stopped.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Every JSON Event object the stdout sink printed, in order.
+    pub events: Vec<Value>,
+    /// Its standard error.
+    pub stderr: String,
+    /// How it exited.
+    pub status: ExitStatus,
+}
+
+/// A `collector run` child process with the stdout sink in JSON.
+pub struct Daemon {
+    child: Child,
+    metrics_addr: SocketAddr,
+    events: Arc<Mutex<Vec<Value>>>,
+    stdout: Option<std::thread::JoinHandle<()>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts `collector run ARGS` and waits for its ready line. ARGS should include
+    /// `--sink stdout --format json`; pass `--metrics-addr 127.0.0.1:0` to get a free port,
+    /// which [`Self::metrics_addr`] then reports.
+    pub fn run(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(binary()?)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start `collector run`")?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().context("no stdout")?;
+        let sink = Arc::clone(&events);
+        let stdout = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|err| Value::String(format!("NOT JSON ({err}): {line}")));
+                sink.lock().map(|mut events| events.push(value)).ok();
+            }
+        });
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().context("no stderr")?;
+        let sink = Arc::clone(&stderr_text);
+        let stderr_thread = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix(READY_PREFIX) {
+                    let addr = rest.split('/').next().unwrap_or_default().to_owned();
+                    let _ = ready_tx.send(addr);
+                }
+                sink.lock().map(|mut text| text.push_str(&(line + "\n"))).ok();
+            }
+        });
+        let mut daemon = Self {
+            child,
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            events,
+            stdout: Some(stdout),
+            stderr: stderr_text,
+            stderr_thread: Some(stderr_thread),
+        };
+        let addr = match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = daemon.child.kill();
+                let _ = daemon.child.wait();
+                bail!("`collector run` did not become ready in {READY_TIMEOUT:?}; stderr:\n{}", daemon.stderr());
+            }
+        };
+        daemon.metrics_addr = addr.parse().with_context(|| format!("metrics address {addr:?} in the ready line"))?;
+        Ok(daemon)
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id().cast_signed()
+    }
+
+    /// Where /metrics is served.
+    pub const fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// What the daemon printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The Event objects printed so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `done` holds for the events printed so far.
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.events();
+            if done(&events) {
+                return Ok(events);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {timeout:?}; events so far:\n{events:#?}\nstderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The body of `GET /metrics` (Prometheus text format), over a plain TCP connection.
+    pub fn metrics(&self) -> Result<String> {
+        http_get(self.metrics_addr, "/metrics")
+    }
+
+    /// Sends SIGTERM and collects everything it printed.
+    pub fn stop(mut self) -> Result<Stopped> {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                bail!("`collector run` did not stop within {STOP_TIMEOUT:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for thread in [self.stdout.take(), self.stderr_thread.take()].into_iter().flatten() {
+            let _ = thread.join();
+        }
+        Ok(Stopped { events: self.events(), stderr: self.stderr(), status })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `GET path` on `addr` with HTTP/1.0 semantics (`Connection: close`); the body of a 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).with_context(|| format!("reading GET {path} from {addr}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").with_context(|| format!("no HTTP header end:\n{response}"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.starts_with("HTTP/1.1 200") && !status.starts_with("HTTP/1.0 200") {
+        bail!("GET {path}: {status}\n{body}");
+    }
+    if head.lines().any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked")) {
+        return dechunk(body);
+    }
+    Ok(body.to_owned())
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("truncated chunk size")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16)
+            .with_context(|| format!("bad chunk size {size:?}"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..size).context("truncated chunk")?;
+        out.push_str(chunk);
+        body = rest.get(size..).and_then(|r| r.strip_prefix("\r\n")).context("chunk without CRLF")?;
+    }
+}
+
+/// The samples of metric `name` in a Prometheus text exposition, as whole lines
+/// (`name{labels} value`), in the order served.
+pub fn samples<'a>(exposition: &'a str, name: &str) -> Vec<&'a str> {
+    exposition
+        .lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .collect()
+}
+
+/// `collector events --format json --state-dir DIR ARGS`: the journal's events, one object each.
+pub fn journal_events(state_dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
+    let output = Command::new(binary()?)
+        .args(["events", "--format", "json", "--state-dir"])
+        .arg(state_dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run `collector events`")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("`collector events` failed ({}): {}{stdout}", output.status, String::from_utf8_lossy(&output.stderr));
+    }
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("`collector events` printed {line:?}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk("5\r\nhello\r\n7;x=y\r\n world\n\r\n0\r\n\r\n").unwrap(), "hello world\n");
+        assert!(dechunk("5\r\nhel").is_err());
+        assert!(dechunk("zz\r\n").is_err());
+    }
+
+    #[test]
+    fn samples_match_the_whole_metric_name() {
+        let text = "# TYPE a counter\na_total{x=\"1\"} 2\na_total 3\na_total_created 4\nb_total{} 5\n";
+        assert_eq!(samples(text, "a_total"), ["a_total{x=\"1\"} 2", "a_total 3"]);
+        assert!(samples(text, "a").is_empty());
+    }
+}
