@@ -37,13 +37,15 @@ pub struct RecordResolver {
     /// The hierarchy memory limits live in: OOM kills name cgroups there.
     memory: CgroupTree,
     page_size: u64,
-    pending_ooms: VecDeque<(Instant, OomKill)>,
+    /// OOM kills waiting for their victim's exit, and signals whose target was
+    /// gone before its cgroup could be read, waiting for the target's exit.
+    waiting: VecDeque<(Instant, Record)>,
     /// Exits of OOM victims seen before their OOM record: (pid, cgroup id, path, comm).
     early_victims: VecDeque<(Instant, Exit)>,
     /// cgroup paths cut by the kernel, resolved from the tree instead.
     pub truncated_paths: u64,
-    /// OOM kills sent out without their victim's exit.
-    pub unjoined_ooms: u64,
+    /// OOM kills and signals sent out without the exit they waited for.
+    pub unjoined: u64,
 }
 
 impl RecordResolver {
@@ -56,10 +58,10 @@ impl RecordResolver {
             cgroups,
             memory,
             page_size,
-            pending_ooms: VecDeque::new(),
+            waiting: VecDeque::new(),
             early_victims: VecDeque::new(),
             truncated_paths: 0,
-            unjoined_ooms: 0,
+            unjoined: 0,
         }
     }
 
@@ -74,17 +76,16 @@ impl RecordResolver {
     }
 
     /// Resolves one kernel record into zero or more records, handed to `emit`
-    /// in the order things happened: an OOM kill waits for its victim's exit.
+    /// in the order things happened: an OOM kill waits for its victim's exit,
+    /// and a signal whose target is already gone waits for the target's exit,
+    /// which names its cgroup.
     pub fn resolve(&mut self, kernel: &KernelRecord, emit: &mut impl FnMut(Record)) {
         let now = Instant::now();
         let record = match kernel {
             KernelRecord::Exit(exit) => {
                 let exit = self.exit(exit);
-                if exit.oom_killed {
-                    self.join_victim(exit, now, emit);
-                    return;
-                }
-                Record::Exit(exit)
+                self.join_exit(exit, now, emit);
+                return;
             }
             KernelRecord::OomKill(oom) => {
                 let mut oom = self.oom(oom);
@@ -95,16 +96,20 @@ impl RecordResolver {
                         }
                     }
                     None => {
-                        if self.pending_ooms.len() >= PENDING_CAP {
-                            self.emit_oldest_oom(emit);
-                        }
-                        self.pending_ooms.push_back((now, oom));
+                        self.wait(now, Record::OomKill(oom), emit);
                         return;
                     }
                 }
                 Record::OomKill(oom)
             }
-            KernelRecord::Signal(signal) => Record::Signal(self.signal(signal.header.boot_ns, &signal.info)),
+            KernelRecord::Signal(signal) => {
+                let signal = self.signal(signal.header.boot_ns, &signal.info);
+                if signal.target_cgroup_path.is_none() {
+                    self.wait(now, Record::Signal(signal), emit);
+                    return;
+                }
+                Record::Signal(signal)
+            }
             KernelRecord::CgroupMkdir(change) => {
                 let change = self.change(change);
                 self.cgroups.created(change.cgroup_id, &change.cgroup_path);
@@ -130,10 +135,10 @@ impl RecordResolver {
         emit(record);
     }
 
-    /// Sends out OOM kills whose victim did not exit in time, and forgets old early exits.
+    /// Sends out records whose exit did not come in time, and forgets old early exits.
     pub fn expire(&mut self, now: Instant, emit: &mut impl FnMut(Record)) {
-        while self.pending_ooms.front().is_some_and(|(at, _)| now.duration_since(*at) >= OOM_EXIT_WAIT) {
-            self.emit_oldest_oom(emit);
+        while self.waiting.front().is_some_and(|(at, _)| now.duration_since(*at) >= OOM_EXIT_WAIT) {
+            self.emit_oldest(emit);
         }
         while self.early_victims.front().is_some_and(|(at, _)| now.duration_since(*at) >= OOM_EXIT_WAIT) {
             self.early_victims.pop_front();
@@ -142,15 +147,23 @@ impl RecordResolver {
 
     /// Sends out everything still waiting (at shutdown).
     pub fn flush(&mut self, emit: &mut impl FnMut(Record)) {
-        while !self.pending_ooms.is_empty() {
-            self.emit_oldest_oom(emit);
+        while !self.waiting.is_empty() {
+            self.emit_oldest(emit);
         }
     }
 
-    fn emit_oldest_oom(&mut self, emit: &mut impl FnMut(Record)) {
-        if let Some((_, oom)) = self.pending_ooms.pop_front() {
-            self.unjoined_ooms += 1;
-            emit(Record::OomKill(oom));
+    /// Holds `record` until its process's exit, within a bounded queue.
+    fn wait(&mut self, now: Instant, record: Record, emit: &mut impl FnMut(Record)) {
+        if self.waiting.len() >= PENDING_CAP {
+            self.emit_oldest(emit);
+        }
+        self.waiting.push_back((now, record));
+    }
+
+    fn emit_oldest(&mut self, emit: &mut impl FnMut(Record)) {
+        if let Some((_, record)) = self.waiting.pop_front() {
+            self.unjoined += 1;
+            emit(record);
         }
     }
 
@@ -179,21 +192,41 @@ impl RecordResolver {
         }
     }
 
-    /// An OOM victim's exit: completes its waiting OOM kill, or waits for it.
-    fn join_victim(&mut self, exit: Exit, now: Instant, emit: &mut impl FnMut(Record)) {
-        match self.pending_ooms.iter().position(|(_, oom)| oom.pid == exit.pid) {
-            Some(at) => {
-                if let Some((_, mut oom)) = self.pending_ooms.remove(at) {
-                    self.fill_victim(&mut oom, &exit);
-                    emit(Record::OomKill(oom));
-                }
+    /// An exit: completes what waited for it (its OOM kill, signals to it), then goes out itself.
+    fn join_exit(&mut self, exit: Exit, now: Instant, emit: &mut impl FnMut(Record)) {
+        let mut joined_oom = false;
+        let mut at = 0;
+        while at < self.waiting.len() {
+            let waits_for_this = match &self.waiting[at].1 {
+                Record::OomKill(oom) => exit.oom_killed && oom.pid == exit.pid,
+                Record::Signal(signal) => signal.target_pid == exit.pid,
+                _ => false,
+            };
+            if !waits_for_this {
+                at += 1;
+                continue;
             }
-            None => {
-                if self.early_victims.len() >= PENDING_CAP {
-                    self.early_victims.pop_front();
+            if let Some((_, mut record)) = self.waiting.remove(at) {
+                match &mut record {
+                    Record::OomKill(oom) => {
+                        self.fill_victim(oom, &exit);
+                        joined_oom = true;
+                    }
+                    Record::Signal(signal) => {
+                        signal.target_cgroup_path.clone_from(&exit.cgroup_path);
+                        signal.identity = exit.identity.clone();
+                    }
+                    _ => {}
                 }
-                self.early_victims.push_back((now, exit.clone()));
+                emit(record);
             }
+        }
+        if exit.oom_killed && !joined_oom {
+            // On another CPU the victim can exit before its OOM kill is reported.
+            if self.early_victims.len() >= PENDING_CAP {
+                self.early_victims.pop_front();
+            }
+            self.early_victims.push_back((now, exit.clone()));
         }
         emit(Record::Exit(exit));
     }

@@ -12,6 +12,7 @@ pub mod cri;
 pub mod daemon;
 pub mod image;
 pub mod kubelet;
+pub mod memcg;
 
 /// Whether privileged tests can run. Without root they are skipped on a
 /// developer's machine, but in CI (`CI` set) that is a failure, never a skip.
