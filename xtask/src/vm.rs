@@ -275,6 +275,8 @@ mnt cgroup2 cgroup2 /sys/fs/cgroup
 mnt tracefs tracefs /sys/kernel/tracing
 mnt bpf bpf /sys/fs/bpf
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+# The daemon's tests serve metrics on 127.0.0.1: bring loopback up (busybox ip).
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null
 # Controllers for the test cgroups (memory.max and memcg OOM kills), as on a pure v2 node.
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do
     echo "+$c" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
