@@ -199,7 +199,8 @@ fn a_main_process_oom_kill_is_oomkilling_only() {
     };
     let app = containerd.cri().create_and_start(&pod, spec).unwrap();
     let status = containerd.cri().wait_exit_status(&app, EVENT_TIMEOUT).unwrap();
-    assert_eq!((status.exit_code, status.reason.as_str()), (137, "OOMKilled"));
+    // containerd's reason (OOMKilled or Error) depends on a race in its shim; the code does not.
+    assert_eq!(status.exit_code, 137, "{status:?}");
     daemon.wait_for(EVENT_TIMEOUT, |events| !about(events, &pod).is_empty()).unwrap();
     // Its exit is the OOM kill's: no ContainerExited besides.
     std::thread::sleep(Duration::from_millis(500));
