@@ -350,3 +350,51 @@ fn the_journal_keeps_events_across_a_daemon_restart() {
     assert_eq!(journal_events(state.path(), &["--pod", "web-0"]).unwrap().len(), 1);
     assert!(journal_events(state.path(), &["--pod", "web-1"]).unwrap().is_empty());
 }
+
+#[test]
+fn a_removed_pods_metric_series_go_when_its_tombstone_expires() {
+    if !privileged("a_removed_pods_metric_series_go_when_its_tombstone_expires") {
+        return;
+    }
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("tombstone").unwrap();
+    let pod = web_0(&containerd);
+    let socket = containerd.address().display().to_string();
+    let dir = state.path().display().to_string();
+    let daemon = Daemon::run(&[
+        "--sink",
+        "journal",
+        "--state-dir",
+        &dir,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--node-name",
+        "test-node",
+        "--cri-socket",
+        &socket,
+        "--tombstone-ttl",
+        "3s",
+        "--metadata-wait",
+        "5s",
+    ])
+    .unwrap();
+    let script = "dd if=/dev/zero of=/dev/null bs=64M count=1; exit 0";
+    let spec = ContainerSpec { memory_limit_bytes: Some(LIMIT), ..ContainerSpec::shell("app", script) };
+    let app = containerd.cri().create_and_start(&pod, spec).unwrap();
+    assert_eq!(containerd.cri().wait_exit(&app, EVENT_TIMEOUT).unwrap(), 0);
+    let series = || samples(&daemon.metrics().unwrap(), "collector_container_oom_kills_total").len();
+    let deadline = Instant::now() + 2 * EVENT_TIMEOUT;
+    while series() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(series(), 1, "the OOM kill is counted for shop/web-0/app");
+
+    containerd.cri().remove_pod(&pod).unwrap();
+    let deadline = Instant::now() + 2 * EVENT_TIMEOUT;
+    while series() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(series(), 0, "the series went with the pod's 3 s tombstone:\n{}", daemon.metrics().unwrap());
+    let stopped = daemon.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}

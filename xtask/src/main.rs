@@ -3,6 +3,7 @@
 //! It orchestrates; it does not build. `collector/build.rs` builds the kernel
 //! programs, cargo builds everything else.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -53,6 +54,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure what the collector costs and whether it loses records (root); writes target/bench/results.md.
+    Bench {
+        /// Short runs: about 10 s of storm and fewer A/B rounds.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds of the main storm (default 60, or 10 with --quick).
+        #[arg(long, value_name = "SECS")]
+        duration: Option<u64>,
+    },
     /// `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`.
     Lint,
 }
@@ -85,6 +95,10 @@ fn main() -> Result<()> {
         Task::TestVm { kernel, timeout, args } => {
             setup::ensure(true)?;
             vm::run(&root, &vm::Options { kernel, timeout: std::time::Duration::from_secs(timeout), args })
+        }
+        Task::Bench { quick, duration } => {
+            setup::ensure(false)?;
+            bench::run(&root, &bench::Options { quick, duration })
         }
         Task::Lint => {
             setup::ensure(false)?;

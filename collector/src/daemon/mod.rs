@@ -6,6 +6,7 @@
 pub mod outbox;
 
 use std::{
+    collections::{HashMap, VecDeque},
     io,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -172,6 +173,9 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         wake,
         reported_unresolved: 0,
         api_stats: StatsSnapshot::default(),
+        tombstone_ttl: config.tombstone_ttl.0,
+        gone_pods: VecDeque::new(),
+        pods_with_series: HashMap::new(),
     };
     readiness.set_ready(true);
     let names: Vec<String> = sinks.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
@@ -255,6 +259,12 @@ struct Engine {
     wake: Arc<Notify>,
     reported_unresolved: u64,
     api_stats: StatsSnapshot,
+    tombstone_ttl: Duration,
+    /// Pods whose cgroup is gone: their metric series go when their tombstone does.
+    gone_pods: VecDeque<(Instant, String, String, String)>,
+    /// Namespace and name of each pod (by uid) that has per-container series,
+    /// so they can go even if the pod's removal is reported without names.
+    pods_with_series: HashMap<String, (String, String)>,
 }
 
 impl Engine {
@@ -284,6 +294,12 @@ impl Engine {
         }
         self.release(now, flush);
         self.resolver.refresh_clock();
+        while self.gone_pods.front().is_some_and(|(due, ..)| *due <= now) {
+            if let Some((_, namespace, pod, uid)) = self.gone_pods.pop_front() {
+                let removed = self.metrics.remove_pod(&namespace, &pod, &uid);
+                log::debug!("pod {namespace}/{pod} ({uid}): series removed: {removed}");
+            }
+        }
     }
 
     fn release(&mut self, now: Instant, flush: bool) {
@@ -297,7 +313,23 @@ impl Engine {
     }
 
     fn on_record(&mut self, record: &Record) {
-        count_container_deaths(&self.metrics, record);
+        if count_container_deaths(&self.metrics, record)
+            && let (Some(uid), Some(namespace), Some(pod)) =
+                (&record.identity().pod_uid, &record.identity().namespace, &record.identity().pod_name)
+            && !self.pods_with_series.contains_key(uid)
+            && self.pods_with_series.len() < telemetry::MAX_PODS_WITH_SERIES
+        {
+            self.pods_with_series.insert(uid.clone(), (namespace.clone(), pod.clone()));
+        }
+        if let Record::CgroupRmdir(change) = record
+            && change.identity.container_id.is_none()
+            && let Some(uid) = &change.identity.pod_uid
+            && let Some((namespace, pod)) = self.pods_with_series.remove(uid)
+        {
+            let due = Instant::now() + self.tombstone_ttl;
+            log::debug!("pod {namespace}/{pod} ({uid}) is gone; its series go in {:?}", self.tombstone_ttl);
+            self.gone_pods.push_back((due, namespace, pod, uid.clone()));
+        }
         for spec in events_for(record, &self.options) {
             let now = Timestamp::from_system_time(SystemTime::now());
             match self.recorder.record(spec, now) {
@@ -394,20 +426,21 @@ impl Engine {
     }
 }
 
-/// OOM kills and non-zero exits per container, for the per-pod series.
-fn count_container_deaths(metrics: &Metrics, record: &Record) {
+/// OOM kills and non-zero exits per container, for the per-pod series; whether one was counted.
+fn count_container_deaths(metrics: &Metrics, record: &Record) -> bool {
     let identity = record.identity();
     let (Some(namespace), Some(pod), Some(pod_uid), Some(container)) =
         (&identity.namespace, &identity.pod_name, &identity.pod_uid, &identity.container_name)
     else {
-        return;
+        return false;
     };
     let container = ContainerRef { namespace, pod, pod_uid, container };
     match record {
         Record::OomKill(_) => metrics.container_oom_kill(&container),
         Record::Exit(exit) if exit.exit_code != 0 && !exit.oom_killed => metrics.container_nonzero_exit(&container),
-        _ => {}
+        _ => return false,
     }
+    true
 }
 
 const fn kernel_type(kernel: &KernelRecord) -> KernelRecordType {

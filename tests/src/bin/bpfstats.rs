@@ -30,10 +30,9 @@ fn main() -> Result<()> {
         let field = |name: &str| {
             text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<u64>().ok())
         };
-        if let Some(id) = field("prog_id") {
-            let stats =
-                Stats { run_time_ns: field("run_time_ns").unwrap_or(0), run_cnt: field("run_cnt").unwrap_or(0) };
-            programs.insert(id, stats);
+        // Program descriptors carry run counters; link descriptors name a prog_id too, but no counters.
+        if let (Some(id), Some(run_cnt)) = (field("prog_id"), field("run_cnt")) {
+            programs.insert(id, Stats { run_time_ns: field("run_time_ns").unwrap_or(0), run_cnt });
         }
     }
     for (id, stats) in programs {

@@ -6,6 +6,7 @@
 mod phases;
 mod proc;
 mod report;
+mod storm;
 
 use std::{
     path::{Path, PathBuf},
@@ -92,7 +93,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     let pipeline = phases::pipeline(root, &plan)?;
     let overhead = phases::overhead(&bins, &plan, workers)?;
     let programs = phases::program_cost(&bins, &plan, workers, &v2, &overhead)?;
-    let storm = phases::storm(&bins, &plan, workers, &v2, &overhead)?;
+    let storm = storm::storm(&bins, &plan, workers, &v2, &overhead)?;
 
     let sections: [(&str, &[Row]); 6] = [
         ("Kernel overhead", &overhead.rows),
@@ -156,8 +157,10 @@ fn machine() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    let load = read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     format!(
-        "Measured {date} on {} CPUs ({}), {} MiB of memory, kernel {}.\n",
+        "Measured {date} on {} CPUs ({}), {} MiB of memory, kernel {}; load average {load} when the table was \
+         written (other work on the machine shares the cores).\n",
         cpus,
         cpu.unwrap_or_else(|| "unknown CPU".to_owned()),
         memory.and_then(|kb| kb.parse::<u64>().ok()).map_or(0, |kb| kb / 1024),

@@ -24,6 +24,8 @@ pub(super) enum Stdout {
 /// One record as the benchmark saw it arrive.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Arrival {
+    /// The record's `pid` (0 if absent).
+    pub pid: u32,
     /// The record's `ppid` (0 if absent).
     pub ppid: u32,
     /// Wall clock when the line was read minus the record's `time`, in nanoseconds.
@@ -164,8 +166,14 @@ fn read_records(pipe: std::process::ChildStdout, sink: &Mutex<Vec<Arrival>>) {
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(0));
         let time = field(&line, "\"time\":\"").and_then(|t| parse_rfc3339(t.split('"').next()?));
-        let ppid = field(&line, "\"ppid\":").and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
-        let arrival = Arrival { ppid: ppid.unwrap_or(0), latency_ns: time.map_or(i64::MIN, |t| now - t) };
+        let number = |key: &str| {
+            field(&line, key).and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or(0)
+        };
+        let arrival = Arrival {
+            pid: number("\"pid\":"),
+            ppid: number("\"ppid\":"),
+            latency_ns: time.map_or(i64::MIN, |t| now - t),
+        };
         if let Ok(mut sink) = sink.lock() {
             sink.push(arrival);
         }
@@ -202,7 +210,7 @@ impl Stopped {
 }
 
 /// Sends a signal by name with kill(1): xtask has no libc.
-fn signal(pid: u32, name: &str) -> Result<()> {
+pub(super) fn signal(pid: u32, name: &str) -> Result<()> {
     let status = Command::new("kill").args(["-s", name, &pid.to_string()]).status().context("cannot run kill")?;
     if !status.success() {
         bail!("kill -s {name} {pid} failed ({status})");
@@ -217,6 +225,8 @@ pub(super) struct LoopRun {
     pub ops: u64,
     /// Seconds it ran.
     pub secs: f64,
+    /// CPU seconds of the loop and its children (their exits, and the probes in them, included).
+    pub cpu_secs: f64,
     /// Its pid: the ppid of every child it forked.
     pub pid: u32,
 }
@@ -225,6 +235,11 @@ impl LoopRun {
     /// Operations per second.
     pub(super) fn rate(&self) -> f64 {
         self.ops as f64 / self.secs
+    }
+
+    /// Operations per CPU second: unlike the rate, hardly moved by other work on the machine.
+    pub(super) fn per_cpu_sec(&self) -> f64 {
+        self.ops as f64 / self.cpu_secs.max(1e-6)
     }
 }
 
@@ -245,7 +260,12 @@ pub(super) fn forkloop(bin: &Path, args: &[String]) -> Result<LoopRun> {
         serde_json::from_str(text.trim()).with_context(|| format!("forkloop said {text}"))?;
     let number =
         |key: &str| value.get(key).and_then(serde_json::Value::as_f64).with_context(|| format!("forkloop said {text}"));
-    Ok(LoopRun { ops: number("ops")? as u64, secs: number("secs")?, pid: number("pid")? as u32 })
+    Ok(LoopRun {
+        ops: number("ops")? as u64,
+        secs: number("secs")?,
+        cpu_secs: number("cpu_secs")?,
+        pid: number("pid")? as u32,
+    })
 }
 
 struct KillOnDrop(Option<Child>);

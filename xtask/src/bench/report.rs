@@ -13,7 +13,7 @@ pub(super) struct Row {
     pub baseline: String,
     /// The goal from the issue, if it sets one.
     pub goal: &'static str,
-    /// A command that reproduces it.
+    /// A command that reproduces it (wrapped in a code span unless it has its own).
     pub command: String,
 }
 
@@ -44,7 +44,12 @@ pub(super) fn table(rows: &[Row]) -> String {
     let mut out =
         String::from("| measurement | result | baseline (same run) | goal | reproduce |\n|---|---|---|---|---|\n");
     for row in rows {
-        let command = if row.command.is_empty() { String::new() } else { format!("`{}`", row.command) };
+        // A command with its own code spans is markdown already.
+        let command = if row.command.is_empty() || row.command.contains('`') {
+            row.command.clone()
+        } else {
+            format!("`{}`", row.command)
+        };
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} |",
