@@ -176,16 +176,13 @@ impl RecordResolver {
         if oom.comm.is_none() {
             oom.comm = Some(exit.comm.clone());
         }
+        // The trigger's cgroup could not tell: try the victim's, if it still exists.
         if !oom.scope_known
+            && oom.oom_cgroup_path.is_none()
+            && oom.scope.is_none()
             && let Some(path) = &exit.cgroup_path
         {
-            match infer_oom_cgroup(&self.memory, path) {
-                Some((at, limit)) => {
-                    oom.oom_cgroup_path = Some(at);
-                    oom.memory_limit_bytes = Some(limit);
-                }
-                None => oom.scope = Some(OomScope::Node),
-            }
+            self.apply_inference(oom, path);
         }
         if let Some(at) = &oom.oom_cgroup_path {
             oom.scope = Some(scope_of(at, &oom.identity));
@@ -283,7 +280,7 @@ impl RecordResolver {
         let stats = oom.flags & oom_flags::STATS != 0;
         let memcg = (oom.flags & oom_flags::MEMCG != 0).then_some(&oom.scope);
         let victim_comm = c_str(&oom.victim_comm);
-        OomKill {
+        let mut record = OomKill {
             time: self.clock.wall(oom.header.boot_ns),
             pid: oom.victim_pid,
             comm: (!victim_comm.is_empty()).then(|| escape_bytes(victim_comm)),
@@ -305,6 +302,26 @@ impl RecordResolver {
             main_process: None,
             scope: (oom.flags & oom_flags::SCOPE_KNOWN != 0 && oom.flags & oom_flags::MEMCG == 0)
                 .then_some(OomScope::Node),
+        };
+        // Without the kernel's word, infer now, while the cgroups still exist: the
+        // task whose allocation failed sits in the cgroup whose limit was hit.
+        if !record.scope_known
+            && let Some(path) = self.path(oom.trigger_cgroup_id)
+        {
+            self.apply_inference(&mut record, &path);
+        }
+        record
+    }
+
+    /// Sets the OOM cgroup, limit and (node-wide) scope that the memory hierarchy suggests.
+    fn apply_inference(&self, oom: &mut OomKill, path: &str) {
+        match infer_oom_cgroup(&self.memory, path) {
+            Inferred::Limit { path, limit } => {
+                oom.oom_cgroup_path = Some(path);
+                oom.memory_limit_bytes = Some(limit);
+            }
+            Inferred::NoLimit => oom.scope = Some(OomScope::Node),
+            Inferred::Unknown => {}
         }
     }
 
@@ -350,9 +367,12 @@ impl RecordResolver {
 /// kernel could not say: of the victim's cgroup and its ancestors in the
 /// memory hierarchy (runtimes use the same path in every hierarchy), the one
 /// with a limit and the least headroom. Killing the victim freed the same
-/// pages at every level, so the order of headroom survives the kill. None when
-/// no level has a limit: a node-wide OOM.
-pub fn infer_oom_cgroup(memory: &CgroupTree, victim_path: &str) -> Option<(String, u64)> {
+/// pages at every level, so the order of headroom survives the kill.
+pub fn infer_oom_cgroup(memory: &CgroupTree, victim_path: &str) -> Inferred {
+    // A cgroup already removed (the container ended) says nothing: that is not a node OOM.
+    if !memory.root().join(victim_path.trim_start_matches('/')).is_dir() {
+        return Inferred::Unknown;
+    }
     let mut path = victim_path.trim_end_matches('/').to_owned();
     let mut best: Option<(String, u64, u64)> = None;
     loop {
@@ -369,7 +389,23 @@ pub fn infer_oom_cgroup(memory: &CgroupTree, victim_path: &str) -> Option<(Strin
             _ => break,
         }
     }
-    best.map(|(path, limit, _)| (path, limit))
+    best.map_or(Inferred::NoLimit, |(path, limit, _)| Inferred::Limit { path, limit })
+}
+
+/// Where [`infer_oom_cgroup`] finds the limit an OOM kill hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inferred {
+    /// This cgroup's limit, in bytes.
+    Limit {
+        /// The cgroup, relative to the memory hierarchy's root.
+        path: String,
+        /// Its limit.
+        limit: u64,
+    },
+    /// No level has a limit: the node ran out of memory.
+    NoLimit,
+    /// The cgroup is gone; nothing can be said.
+    Unknown,
 }
 
 /// The record identity of a parsed cgroup path.
