@@ -161,8 +161,13 @@ impl RecordResolver {
     }
 
     fn emit_oldest(&mut self, emit: &mut impl FnMut(Record)) {
-        if let Some((_, record)) = self.waiting.pop_front() {
+        if let Some((_, mut record)) = self.waiting.pop_front() {
             self.unjoined += 1;
+            if let Record::OomKill(oom) = &mut record
+                && let Some(at) = &oom.oom_cgroup_path
+            {
+                oom.scope = Some(scope_of(at, &oom.identity));
+            }
             emit(record);
         }
     }
@@ -303,6 +308,14 @@ impl RecordResolver {
             scope: (oom.flags & oom_flags::SCOPE_KNOWN != 0 && oom.flags & oom_flags::MEMCG == 0)
                 .then_some(OomScope::Node),
         };
+        // The victim itself ran out: its cgroup is known now, before its exit
+        // (which may come late on a loaded node) completes the record.
+        if record.trigger_pid == record.pid {
+            let (path, identity) = self.place(oom.trigger_cgroup_id);
+            record.cgroup_id = Some(oom.trigger_cgroup_id);
+            record.cgroup_path = path;
+            record.identity = identity;
+        }
         // Without the kernel's word, infer now, while the cgroups still exist: the
         // task whose allocation failed sits in the cgroup whose limit was hit.
         if !record.scope_known

@@ -56,28 +56,7 @@ impl CgroupDir {
 
     /// A command whose process joins this cgroup before it execs.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        let procs = CString::new(self.dir.join("cgroup.procs").into_os_string().into_encoded_bytes())?;
-        let mut cmd = Command::new(program);
-        // SAFETY: the closure only makes async-signal-safe calls (open, write,
-        // close, setrlimit) on memory allocated before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                // No core files: the tests assert core_dumped = false.
-                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-                libc::setrlimit(libc::RLIMIT_CORE, &raw const no_core);
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if written != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+        command_in(program, &[&self.dir])
     }
 
     /// Pids still in the cgroup.
@@ -121,4 +100,36 @@ impl Drop for CgroupDir {
         }
         eprintln!("warning: could not remove cgroup {}", self.dir.display());
     }
+}
+
+/// A command whose process, after fork and before exec, joins every cgroup in
+/// `dirs` (one per hierarchy) and turns core dumps off, so that tests can
+/// assert `core_dumped: false`.
+pub fn command_in(program: impl AsRef<std::ffi::OsStr>, dirs: &[&Path]) -> Result<Command> {
+    let files = dirs
+        .iter()
+        .map(|dir| CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cmd = Command::new(program);
+    // SAFETY: the closure only makes async-signal-safe calls (open, write,
+    // close, setrlimit) on memory allocated before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &raw const no_core);
+            for file in &files {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
 }

@@ -55,13 +55,64 @@ impl Stopped {
     }
 }
 
+/// What a collector child prints, read by two threads: JSON lines on stdout, and stderr.
+pub struct ChildOutput {
+    json: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ChildOutput {
+    /// Starts reading `child`'s output. The rest of the first stderr line that
+    /// starts with `ready` is sent on the returned channel.
+    pub fn capture(child: &mut Child, ready: &'static str) -> Result<(Self, mpsc::Receiver<String>)> {
+        let json = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().context("no stdout")?;
+        let sink = Arc::clone(&json);
+        let stdout = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|err| Value::String(format!("NOT JSON ({err}): {line}")));
+                sink.lock().map(|mut values| values.push(value)).ok();
+            }
+        });
+        let text = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().context("no stderr")?;
+        let sink = Arc::clone(&text);
+        let stderr = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix(ready) {
+                    let _ = ready_tx.send(rest.to_owned());
+                }
+                sink.lock().map(|mut text| text.push_str(&(line + "\n"))).ok();
+            }
+        });
+        Ok((Self { json, stderr: text, threads: vec![stdout, stderr] }, ready_rx))
+    }
+
+    /// The JSON values printed so far.
+    pub fn json(&self) -> Vec<Value> {
+        self.json.lock().map(|values| values.clone()).unwrap_or_default()
+    }
+
+    /// Standard error so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|text| text.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the child closed its output (after it exited).
+    pub fn join(&mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A `collector trace --format json` child process.
 pub struct Collector {
     child: Child,
-    records: Arc<Mutex<Vec<Value>>>,
-    stdout: Option<std::thread::JoinHandle<()>>,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<std::thread::JoinHandle<()>>,
+    output: ChildOutput,
 }
 
 impl Collector {
@@ -74,35 +125,12 @@ impl Collector {
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot start the collector")?;
-        let records = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().context("no stdout")?;
-        let sink = Arc::clone(&records);
-        let stdout = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|err| Value::String(format!("NOT JSON ({err}): {line}")));
-                sink.lock().map(|mut records| records.push(value)).ok();
-            }
-        });
-        let stderr_text = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().context("no stderr")?;
-        let sink = Arc::clone(&stderr_text);
-        let stderr_thread = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.starts_with("collector: tracing") {
-                    let _ = ready_tx.send(());
-                }
-                sink.lock().map(|mut text| text.push_str(&(line + "\n"))).ok();
-            }
-        });
-        let mut collector =
-            Self { child, records, stdout: Some(stdout), stderr: stderr_text, stderr_thread: Some(stderr_thread) };
+        let (output, ready_rx) = ChildOutput::capture(&mut child, "collector: tracing")?;
+        let mut collector = Self { child, output };
         if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let _ = collector.child.kill();
             let _ = collector.child.wait();
-            let text = collector.stderr.lock().map(|t| t.clone()).unwrap_or_default();
-            bail!("the collector did not become ready in 30 s; stderr:\n{text}");
+            bail!("the collector did not become ready in 30 s; stderr:\n{}", collector.output.stderr());
         }
         Ok(collector)
     }
@@ -116,7 +144,7 @@ impl Collector {
     pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Result<Vec<Value>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
+            let records = self.output.json();
             if done(&records) {
                 return Ok(records);
             }
@@ -141,12 +169,8 @@ impl Collector {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        for thread in [self.stdout.take(), self.stderr_thread.take()].into_iter().flatten() {
-            let _ = thread.join();
-        }
-        let records = self.records.lock().map(|r| r.clone()).unwrap_or_default();
-        let stderr = self.stderr.lock().map(|t| t.clone()).unwrap_or_default();
-        Ok(Stopped { records, stderr, status })
+        self.output.join();
+        Ok(Stopped { records: self.output.json(), stderr: self.output.stderr(), status })
     }
 }
 

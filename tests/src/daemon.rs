@@ -2,22 +2,18 @@
 //! state dir; and `collector events`, the journal's reader.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-        mpsc,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::collector::binary;
+use crate::collector::{ChildOutput, binary};
 
 /// What the daemon prints on stderr once its probes, metadata and sinks are ready.
 const READY_PREFIX: &str = "collector: running; metrics on http://";
@@ -72,10 +68,7 @@ pub struct Stopped {
 pub struct Daemon {
     child: Child,
     metrics_addr: SocketAddr,
-    events: Arc<Mutex<Vec<Value>>>,
-    stdout: Option<std::thread::JoinHandle<()>>,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<std::thread::JoinHandle<()>>,
+    output: ChildOutput,
 }
 
 impl Daemon {
@@ -91,39 +84,10 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot start `collector run`")?;
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().context("no stdout")?;
-        let sink = Arc::clone(&events);
-        let stdout = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|err| Value::String(format!("NOT JSON ({err}): {line}")));
-                sink.lock().map(|mut events| events.push(value)).ok();
-            }
-        });
-        let stderr_text = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().context("no stderr")?;
-        let sink = Arc::clone(&stderr_text);
-        let stderr_thread = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix(READY_PREFIX) {
-                    let addr = rest.split('/').next().unwrap_or_default().to_owned();
-                    let _ = ready_tx.send(addr);
-                }
-                sink.lock().map(|mut text| text.push_str(&(line + "\n"))).ok();
-            }
-        });
-        let mut daemon = Self {
-            child,
-            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            events,
-            stdout: Some(stdout),
-            stderr: stderr_text,
-            stderr_thread: Some(stderr_thread),
-        };
+        let (output, ready_rx) = ChildOutput::capture(&mut child, READY_PREFIX)?;
+        let mut daemon = Self { child, metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)), output };
         let addr = match ready_rx.recv_timeout(READY_TIMEOUT) {
-            Ok(addr) => addr,
+            Ok(rest) => rest.split('/').next().unwrap_or_default().to_owned(),
             Err(_) => {
                 let _ = daemon.child.kill();
                 let _ = daemon.child.wait();
@@ -146,12 +110,12 @@ impl Daemon {
 
     /// What the daemon printed on stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().map(|t| t.clone()).unwrap_or_default()
+        self.output.stderr()
     }
 
     /// The Event objects printed so far.
     pub fn events(&self) -> Vec<Value> {
-        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+        self.output.json()
     }
 
     /// Waits until `done` holds for the events printed so far.
@@ -188,9 +152,7 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
-        for thread in [self.stdout.take(), self.stderr_thread.take()].into_iter().flatten() {
-            let _ = thread.join();
-        }
+        self.output.join();
         Ok(Stopped { events: self.events(), stderr: self.stderr(), status })
     }
 }

@@ -5,9 +5,8 @@
 //! Removed with its processes when the guard drops.
 
 use std::{
-    ffi::CString,
     fs,
-    os::unix::{fs::MetadataExt as _, process::CommandExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -97,31 +96,9 @@ impl MemCgroup {
     /// A command whose process joins this cgroup (in every hierarchy) before it execs,
     /// with core dumps off.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
-        let procs = |dir: &Path| CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes());
-        let v2 = procs(&self.v2)?;
-        let v1 = self.v1.as_deref().map(procs).transpose()?;
-        let mut cmd = Command::new(program);
-        // SAFETY: the closure only makes async-signal-safe calls (open, write,
-        // close, setrlimit) on memory allocated before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-                libc::setrlimit(libc::RLIMIT_CORE, &raw const no_core);
-                for file in std::iter::once(&v2).chain(v1.as_ref()) {
-                    let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if written != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+        let mut dirs = vec![self.v2.as_path()];
+        dirs.extend(self.v1.as_deref());
+        crate::cgroup::command_in(program, &dirs)
     }
 
     /// Pids in the cgroup (v2).

@@ -131,7 +131,9 @@ async fn server_errors_are_retried_then_delivered() {
 #[tokio::test]
 async fn refused_connections_are_retried_until_the_server_is_back() {
     let mut api = TestApi::start().await;
-    let sink = sink(&mut api, FAST).await;
+    // Full jitter can make 12 fast tries last less than the 150 ms outage: allow
+    // enough tries (each at most 40 ms apart) that giving up cannot come first.
+    let sink = sink(&mut api, SinkConfig { max_attempts: 1000, ..FAST }).await;
     api.stop().await;
     let delivery = tokio::spawn({
         let sink = Arc::clone(&sink);
