@@ -388,6 +388,27 @@ fn upsert(
     let (pod_name, pod_uid) = row.pod.unzip();
     // Update first: a PATCH is the common repeat, and this keeps the row id (and so the
     // row's place in pruning order by id) of the first occurrence.
+    // The same columns, in the same order, for the UPDATE and the INSERT.
+    let stored_at = now.unix_nanos();
+    let values = params![
+        row.namespace,
+        row.name,
+        row.reason,
+        row.event_type,
+        row.message,
+        row.object_kind,
+        row.object_name,
+        pod_name,
+        pod_uid,
+        row.container,
+        row.node,
+        row.count,
+        row.first_ts,
+        row.last_ts,
+        event,
+        records,
+        stored_at,
+    ];
     let updated = tx
         .prepare_cached(
             "UPDATE events SET reason = ?3, type = ?4, message = ?5, object_kind = ?6, \
@@ -395,27 +416,7 @@ fn upsert(
              count = ?12, first_ts = ?13, last_ts = ?14, event = ?15, records = ?16, \
              stored_at = ?17 WHERE namespace = ?1 AND name = ?2",
         )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                row.namespace,
-                row.name,
-                row.reason,
-                row.event_type,
-                row.message,
-                row.object_kind,
-                row.object_name,
-                pod_name,
-                pod_uid,
-                row.container,
-                row.node,
-                row.count,
-                row.first_ts,
-                row.last_ts,
-                event,
-                records,
-                now.unix_nanos(),
-            ])
-        })
+        .and_then(|mut stmt| stmt.execute(values))
         .map_err(fail)?;
     if updated > 0 {
         return Ok(RowChange::Updated);
@@ -426,27 +427,7 @@ fn upsert(
          stored_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
          ?16, ?17)",
     )
-    .and_then(|mut stmt| {
-        stmt.execute(params![
-            row.namespace,
-            row.name,
-            row.reason,
-            row.event_type,
-            row.message,
-            row.object_kind,
-            row.object_name,
-            pod_name,
-            pod_uid,
-            row.container,
-            row.node,
-            row.count,
-            row.first_ts,
-            row.last_ts,
-            event,
-            records,
-            now.unix_nanos(),
-        ])
-    })
+    .and_then(|mut stmt| stmt.execute(values))
     .map_err(fail)?;
     Ok(RowChange::Appended)
 }
