@@ -44,12 +44,7 @@ impl Identifier {
                 deadline = now + self.wait;
             }
         }
-        if self.queue.len() >= QUEUE_CAP {
-            // Bounded memory beats waiting: the oldest goes out as it is.
-            if let Some((_, oldest)) = self.queue.pop_front() {
-                self.queue.push_front((now, oldest));
-            }
-        }
+        // Beyond the cap, `pop_ready` lets the oldest go at once: bounded memory beats waiting.
         self.queue.push_back((deadline, record));
     }
 
