@@ -93,6 +93,19 @@ fn in_container(pod: &Pod, app: &Container, cgroup_id: u64, fields: Value) -> Va
     record
 }
 
+/// The exit record of a container's main `sh` that outlived an OOM-killed child and exited 0.
+fn main_exited_cleanly(pod: &Pod, app: &Container, main: &Main) -> Value {
+    in_container(
+        pod,
+        app,
+        main.cgroup_id,
+        json!({
+            "type": "exit", "pid": main.pid, "ppid": main.ppid, "comm": "sh", "exit_code": 0, "signal": null,
+            "core_dumped": false, "oom_killed": false, "sender": null, "main_process": true,
+        }),
+    )
+}
+
 /// Starts a collector of `types` in `pod`'s cgroup, without runtime metadata.
 fn trace(pod: &Pod, types: &str) -> Collector {
     Collector::trace(&["--cgroup", pod.cgroup(), "--type", types, "--cri-socket", "none"]).unwrap()
@@ -187,18 +200,7 @@ fn assert_child_oom_kill(limit_on_pod: bool) {
             })
         )
     );
-    assert_eq!(
-        take(records, "exit", "pid", &json!(main.pid), window),
-        in_container(
-            &pod,
-            &app,
-            main.cgroup_id,
-            json!({
-                "type": "exit", "pid": main.pid, "ppid": main.ppid, "comm": "sh", "exit_code": 0, "signal": null,
-                "core_dumped": false, "oom_killed": false, "sender": null, "main_process": true,
-            })
-        )
-    );
+    assert_eq!(take(records, "exit", "pid", &json!(main.pid), window), main_exited_cleanly(&pod, &app, &main));
     assert_eq!(records.iter().filter(|r| r["type"] == "oom_kill").count(), 1, "{records:#?}");
 }
 
@@ -243,18 +245,7 @@ fn the_containers_cgroup_is_created_and_removed_under_the_id_its_exits_carry() {
     // Every process of the container, the main one and its sleeps, exited in that cgroup.
     let exits: Vec<&Value> = records.iter().filter(|r| r["type"] == "exit").collect();
     assert!(exits.iter().all(|r| r["cgroup_id"] == main.cgroup_id && r["cgroup_path"] == path), "{records:#?}");
-    assert_eq!(
-        take(records, "exit", "pid", &json!(main.pid), window),
-        in_container(
-            &pod,
-            &app,
-            main.cgroup_id,
-            json!({
-                "type": "exit", "pid": main.pid, "ppid": main.ppid, "comm": "sh", "exit_code": 0, "signal": null,
-                "core_dumped": false, "oom_killed": false, "sender": null, "main_process": true,
-            })
-        )
-    );
+    assert_eq!(take(records, "exit", "pid", &json!(main.pid), window), main_exited_cleanly(&pod, &app, &main));
     // Nothing else was made or removed in the pod meanwhile.
     assert_eq!(records.len(), exits.len() + 2, "{records:#?}");
 }
