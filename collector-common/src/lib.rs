@@ -215,6 +215,12 @@ pub struct Settings {
     pub v2_hierarchy: u32,
     /// Non-zero: emit [`SignalRecord`]s (the exit probe uses them either way).
     pub emit_signals: u32,
+    /// Unread bytes in the ring at which a submit wakes the reader; below it the
+    /// reader finds records on its own timer, which spares a wake-up (an
+    /// inter-processor interrupt) on every process exit.
+    pub wakeup_bytes: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
 }
 
 /// Where the fields the probes read sit in this kernel's structures.
@@ -396,7 +402,7 @@ impl SignalInfo {
 
 impl Settings {
     /// Nothing recorded beyond exits.
-    pub const DEFAULT: Self = Self { fatal_signals: 0, v2_hierarchy: 0, emit_signals: 0 };
+    pub const DEFAULT: Self = Self { fatal_signals: 0, v2_hierarchy: 0, emit_signals: 0, wakeup_bytes: 0, _pad: 0 };
 }
 
 #[cfg(feature = "user")]
@@ -418,5 +424,5 @@ const _: () = assert!(size_of::<SignalRecord>() == 80);
 const _: () = assert!(size_of::<OomScope>() == 16);
 const _: () = assert!(size_of::<OomRecord>() == 120);
 const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
-const _: () = assert!(size_of::<Settings>() == 16);
+const _: () = assert!(size_of::<Settings>() == 24);
 const _: () = assert!(size_of::<Layout>() == 4 * (17 + 8 + 6 + 6 + 6));

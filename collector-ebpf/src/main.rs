@@ -69,13 +69,29 @@ fn count(index: u32) {
     }
 }
 
+/// `bpf_ringbuf_query`: bytes not yet consumed.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `bpf_ringbuf_submit`: do not wake the reader.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `bpf_ringbuf_submit`: wake the reader even if it is behind.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
 /// Hands a record to user space, or counts it as lost (by kind) when the ring is full.
+///
+/// The reader polls the ring on a short timer, so a submit wakes it only once
+/// `SETTINGS.wakeup_bytes` are waiting: a wake-up per record costs more than
+/// the rest of the exit probe together.
 #[inline(always)]
 fn submit<T: 'static>(record: T, kind: u32) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
-            entry.submit(0);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(SETTINGS.load().wakeup_bytes) {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags);
         }
         None => count(counter::lost(kind)),
     }

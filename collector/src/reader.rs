@@ -1,14 +1,27 @@
-//! Ring buffer reader: wakes when the kernel has submitted records and hands
-//! each one, as bytes, to the next stage.
+//! Ring buffer reader: hands each record the kernel submitted, as bytes, to the
+//! next stage.
+//!
+//! The probes wake the reader only when a good part of the ring is unread (see
+//! `probe::WAKEUP_FRACTION`): a wake-up on every record would cost more than
+//! the probe itself. So the reader also drains on a short timer, which bounds
+//! how long a record waits when the node is quiet.
 
-use std::io;
+use std::{io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::{Interval, MissedTickBehavior},
+};
+
+/// How often the reader looks for records the kernel did not wake it for:
+/// the most a record waits in the ring while the node is quiet.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Reads records from the probes' ring buffer.
 pub struct RingReader {
     ring: AsyncFd<RingBuf<MapData>>,
+    tick: Interval,
 }
 
 impl RingReader {
@@ -17,17 +30,34 @@ impl RingReader {
         // SAFETY: the RingBuf owns its map fd and keeps it open for as long
         // as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(io::Error::from)?;
-        Ok(Self { ring })
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        // After a stall, one drain catches up: a burst of ticks would find nothing more.
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Self { ring, tick })
     }
 
-    /// Waits until records arrive, then hands every available one to `handle`.
+    /// Waits until records arrive (a wake-up from the kernel or the next tick
+    /// that finds some), then hands every available one to `handle`.
     /// Returns how many were handled.
     pub async fn next_batch(&mut self, mut handle: impl FnMut(&[u8])) -> io::Result<usize> {
-        let mut guard = self.ring.readable_mut().await?;
-        let count = drain(guard.get_inner_mut(), &mut handle);
-        // Only now: records submitted while draining re-arm the readiness.
-        guard.clear_ready();
-        Ok(count)
+        loop {
+            let woken = tokio::select! {
+                guard = self.ring.readable_mut() => Some(guard?),
+                _ = self.tick.tick() => None,
+            };
+            let count = match woken {
+                Some(mut guard) => {
+                    let count = drain(guard.get_inner_mut(), &mut handle);
+                    // Only now: records submitted while draining re-arm the readiness.
+                    guard.clear_ready();
+                    count
+                }
+                None => drain(self.ring.get_mut(), &mut handle),
+            };
+            if count > 0 {
+                return Ok(count);
+            }
+        }
     }
 
     /// Hands every record already in the buffer to `handle`, without waiting.

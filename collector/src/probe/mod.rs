@@ -32,6 +32,10 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("cgroup", "cgroup_attach_task", "cgroup_attach_task"),
 ];
 
+/// The kernel wakes the reader once this fraction of the ring is unread; below
+/// it the reader's own timer (`reader::POLL_INTERVAL`) picks records up.
+const WAKEUP_FRACTION: u32 = 8;
+
 /// The kernel function whose entry names the cgroup an OOM kill happened in
 /// (`oom_kill_process`, which also knows the victim, is static and refuses fentry).
 const OOM_KILL_FUNCTION: &str = "out_of_memory";
@@ -153,6 +157,8 @@ impl Probes {
             // The default (v2) hierarchy is always hierarchy 0.
             v2_hierarchy: 0,
             emit_signals: u32::from(config.emit_signals),
+            wakeup_bytes: config.ring_bytes / WAKEUP_FRACTION,
+            _pad: 0,
         };
         log::debug!("kernel layout: {layout:?}");
 
