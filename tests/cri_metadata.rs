@@ -21,7 +21,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn config(containerd: &Containerd, ttl: Duration) -> MetadataConfig {
-    MetadataConfig { cri: CriSocket::Path(containerd.address()), kube: false, tombstone_ttl: ttl, ..Default::default() }
+    MetadataConfig { cri: CriSocket::Path(containerd.address()), kube: None, tombstone_ttl: ttl, ..Default::default() }
 }
 
 #[test]

@@ -287,7 +287,7 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
     };
     let metadata = match args.cri_socket {
         CriSocket::Off => None,
-        cri => Some(MetadataCache::start(MetadataConfig { cri, kube: false, ..MetadataConfig::default() }).await?),
+        cri => Some(MetadataCache::start(MetadataConfig { cri, kube: None, ..MetadataConfig::default() }).await?),
     };
     let identifier = Identifier::new(metadata, args.metadata_wait.0);
     let (mut probes, ring) = Probes::load(&config)?;

@@ -122,7 +122,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             let metadata_config = MetadataConfig {
                 cri,
                 node_name,
-                kube: client.is_some(),
+                kube: client.clone().map(metadata::KubeClient),
                 tombstone_ttl: config.tombstone_ttl.0,
                 ..MetadataConfig::default()
             };

@@ -98,19 +98,26 @@ fn runtime_id(s: &str) -> Option<&str> {
     (!id.is_empty()).then_some(id)
 }
 
-/// Connects to the cluster, checks that it answers, and starts the watch.
+/// The daemon's API client, shared with the pod watch so that `--kubeconfig`
+/// governs both.
+#[derive(Clone)]
+pub struct KubeClient(pub Client);
+
+impl std::fmt::Debug for KubeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeClient")
+    }
+}
+
+/// Checks that the cluster answers and starts the watch.
 /// An error means the API source stays off.
 pub(super) async fn spawn(
+    client: &KubeClient,
     node: &str,
     shared: Arc<Shared>,
     config: &MetadataConfig,
 ) -> Result<tokio::task::AbortHandle, MetadataError> {
-    let timeout = config.call_timeout;
-    let client = tokio::time::timeout(timeout, Client::try_default())
-        .await
-        .map_err(|_| MetadataError::KubeTimeout(timeout))?
-        .map_err(|e| MetadataError::Kube(Box::new(e)))?;
-    spawn_with(client, node, shared, timeout).await
+    spawn_with(client.0.clone(), node, shared, config.call_timeout).await
 }
 
 /// [`spawn`] with a given client.

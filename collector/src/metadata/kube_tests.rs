@@ -226,15 +226,21 @@ async fn the_watch_asks_for_this_nodes_pods_and_fills_the_cache_without_cri() {
     use std::time::Duration;
     let (url, requests) = fake_api_server();
     let client = Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
-    let cache = super::super::MetadataCache::empty(&MetadataConfig::default(), None);
-    let task = spawn_with(client, "node-1", Arc::clone(&cache.shared), Duration::from_secs(5)).await.unwrap();
+    // The client the daemon built from `--kubeconfig` is the one the watch uses.
+    let config = MetadataConfig {
+        cri: super::super::CriSocket::Off,
+        node_name: Some("node-1".to_owned()),
+        kube: Some(KubeClient(client)),
+        call_timeout: Duration::from_secs(5),
+        ..MetadataConfig::default()
+    };
+    let cache = super::super::MetadataCache::start(config).await.unwrap();
     let uid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
     let deadline = Instant::now() + Duration::from_secs(10);
     while cache.pod(uid).is_none() {
         assert!(Instant::now() < deadline, "pod never arrived");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    task.abort();
     let pod = cache.pod(uid).unwrap();
     assert_eq!(pod.owner.unwrap().kind, "ReplicaSet");
     assert_eq!(cache.container("cccc"), Some(container("cccc", "app", 1, false, ContainerState::Running)));

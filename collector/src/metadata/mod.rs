@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use self::cri::CriClient;
 pub use self::cri::{CONTAINERD_SOCKET, CRIO_SOCKET, SANDBOX_CONTAINER_NAME};
+pub use self::kube::KubeClient;
 use self::store::Store;
 pub use self::types::{ContainerMeta, ContainerState, MetadataStats, Owner, PodMeta};
 
@@ -99,8 +100,8 @@ pub struct MetadataConfig {
     /// This node's name; the API watch is off without it (watching every pod of
     /// the cluster is not this agent's business).
     pub node_name: Option<String>,
-    /// Whether to watch this node's pods in the Kubernetes API when a cluster is reachable.
-    pub kube: bool,
+    /// The cluster whose API to watch for this node's pods; none leaves the watch off.
+    pub kube: Option<KubeClient>,
     /// How long removed pods and containers still resolve.
     pub tombstone_ttl: Duration,
     /// Most pod entries kept, tombstones included.
@@ -116,7 +117,7 @@ impl Default for MetadataConfig {
         Self {
             cri: CriSocket::Auto,
             node_name: None,
-            kube: true,
+            kube: None,
             tombstone_ttl: Duration::from_secs(300),
             // The kubelet's default is 110 pods a node; this leaves room for churn.
             max_pods: 4096,
@@ -215,9 +216,9 @@ impl MetadataCache {
         {
             log::warn!("metadata: initial CRI listing failed: {e} (will retry on demand)");
         }
-        if config.kube {
+        if let Some(client) = &config.kube {
             match &config.node_name {
-                Some(node) => match kube::spawn(node, Arc::clone(&cache.shared), &config).await {
+                Some(node) => match kube::spawn(client, node, Arc::clone(&cache.shared), &config).await {
                     Ok(task) => *cache.kube.lock() = Some(task),
                     Err(e) => log::info!("metadata: Kubernetes API source off: {e}"),
                 },
@@ -463,14 +464,14 @@ mod tests {
     async fn a_missing_explicit_socket_is_an_error_and_none_turns_cri_off() {
         let missing = MetadataConfig {
             cri: CriSocket::Path(PathBuf::from("/nonexistent/cri.sock")),
-            kube: false,
+            kube: None,
             ..Default::default()
         };
         assert!(matches!(
             MetadataCache::start(missing).await,
             Err(MetadataError::SocketMissing(p)) if p == Path::new("/nonexistent/cri.sock")
         ));
-        let off = MetadataCache::start(MetadataConfig { cri: CriSocket::Off, kube: false, ..Default::default() })
+        let off = MetadataCache::start(MetadataConfig { cri: CriSocket::Off, kube: None, ..Default::default() })
             .await
             .unwrap();
         assert_eq!(off.cri_socket(), None);
@@ -492,7 +493,7 @@ mod tests {
         let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         let cache = MetadataCache::start(MetadataConfig {
             cri: CriSocket::Path(socket.clone()),
-            kube: false,
+            kube: None,
             call_timeout: Duration::from_millis(200),
             ..Default::default()
         })
