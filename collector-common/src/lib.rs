@@ -215,12 +215,15 @@ pub struct Settings {
     pub v2_hierarchy: u32,
     /// Non-zero: emit [`SignalRecord`]s (the exit probe uses them either way).
     pub emit_signals: u32,
-    /// Unread bytes in the ring at which a submit wakes the reader; below it the
-    /// reader finds records on its own timer, which spares a wake-up (an
-    /// inter-processor interrupt) on every process exit.
+    /// Unread bytes in the ring at which a submit always wakes the reader.
     pub wakeup_bytes: u32,
     /// Explicit padding, always zero.
     pub _pad: u32,
+    /// Below `wakeup_bytes`, a CPU wakes the reader at most once in this many
+    /// nanoseconds, and the reader finds the other records on its own timer:
+    /// a wake-up (an inter-processor interrupt) on every process exit costs
+    /// more than the rest of the exit probe.
+    pub wakeup_interval_ns: u64,
 }
 
 /// Where the fields the probes read sit in this kernel's structures.
@@ -402,7 +405,8 @@ impl SignalInfo {
 
 impl Settings {
     /// Nothing recorded beyond exits.
-    pub const DEFAULT: Self = Self { fatal_signals: 0, v2_hierarchy: 0, emit_signals: 0, wakeup_bytes: 0, _pad: 0 };
+    pub const DEFAULT: Self =
+        Self { fatal_signals: 0, v2_hierarchy: 0, emit_signals: 0, wakeup_bytes: 0, _pad: 0, wakeup_interval_ns: 0 };
 }
 
 #[cfg(feature = "user")]
@@ -424,5 +428,5 @@ const _: () = assert!(size_of::<SignalRecord>() == 80);
 const _: () = assert!(size_of::<OomScope>() == 16);
 const _: () = assert!(size_of::<OomRecord>() == 120);
 const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
-const _: () = assert!(size_of::<Settings>() == 24);
+const _: () = assert!(size_of::<Settings>() == 32);
 const _: () = assert!(size_of::<Layout>() == 4 * (17 + 8 + 6 + 6 + 6));

@@ -15,7 +15,7 @@ mod signal;
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::map,
     maps::{CgroupArray, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -28,6 +28,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// Per-CPU drop and failure counters, indexed by `collector_common::counter`.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// When this CPU last woke the ring's reader (boot-clock ns).
+#[map]
+static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// The last fatal signal generated for each target thread, until it exits.
 #[map]
@@ -77,24 +81,39 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 /// Hands a record to user space, or counts it as lost (by kind) when the ring is full.
-///
-/// The reader polls the ring on a short timer, so a submit wakes it only once
-/// `SETTINGS.wakeup_bytes` are waiting: a wake-up per record costs more than
-/// the rest of the exit probe together.
 #[inline(always)]
 fn submit<T: 'static>(record: T, kind: u32) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(SETTINGS.load().wakeup_bytes) {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            entry.submit(flags);
+            entry.submit(wakeup_flags());
         }
         None => count(counter::lost(kind)),
     }
+}
+
+/// Whether this submit wakes the reader. A quiet node's first record wakes
+/// it at once; within `wakeup_interval_ns` of this CPU's last wake-up only a
+/// filling ring does, and the reader's timer collects the rest.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let settings = SETTINGS.load();
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(settings.wakeup_bytes) {
+        return BPF_RB_FORCE_WAKEUP;
+    }
+    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the map owns the slot; per-CPU maps are not shared between CPUs.
+    unsafe {
+        if now.wrapping_sub(*last) < settings.wakeup_interval_ns {
+            return BPF_RB_NO_WAKEUP;
+        }
+        *last = now;
+    }
+    BPF_RB_FORCE_WAKEUP
 }
 
 /// Reads a `T` at `base + offset` in kernel memory; `ABSENT` offsets fail.

@@ -1,10 +1,10 @@
 //! Ring buffer reader: hands each record the kernel submitted, as bytes, to the
 //! next stage.
 //!
-//! The probes wake the reader only when a good part of the ring is unread (see
-//! `probe::WAKEUP_FRACTION`): a wake-up on every record would cost more than
-//! the probe itself. So the reader also drains on a short timer, which bounds
-//! how long a record waits when the node is quiet.
+//! A wake-up on every record would cost the kernel more than its probes, so
+//! each CPU wakes the reader only rarely (see `probe::WAKEUP_INTERVAL`) or when
+//! the ring fills, and the reader also drains every [`POLL_INTERVAL`]. A quiet
+//! node's record arrives at once; under load a record waits at most one period.
 
 use std::{io, time::Duration};
 
@@ -15,7 +15,7 @@ use tokio::{
 };
 
 /// How often the reader looks for records the kernel did not wake it for:
-/// the most a record waits in the ring while the node is quiet.
+/// the most a record waits in the ring.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Reads records from the probes' ring buffer.

@@ -32,9 +32,13 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("cgroup", "cgroup_attach_task", "cgroup_attach_task"),
 ];
 
-/// The kernel wakes the reader once this fraction of the ring is unread; below
-/// it the reader's own timer (`reader::POLL_INTERVAL`) picks records up.
+/// The kernel always wakes the reader once this fraction of the ring is unread.
 const WAKEUP_FRACTION: u32 = 8;
+
+/// Below that, each CPU wakes the reader at most this often, so the first
+/// record on a quiet node arrives at once; the reader's timer
+/// (`reader::POLL_INTERVAL`) bounds the wait of the others.
+const WAKEUP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The kernel function whose entry names the cgroup an OOM kill happened in
 /// (`oom_kill_process`, which also knows the victim, is static and refuses fentry).
@@ -159,6 +163,7 @@ impl Probes {
             emit_signals: u32::from(config.emit_signals),
             wakeup_bytes: config.ring_bytes / WAKEUP_FRACTION,
             _pad: 0,
+            wakeup_interval_ns: u64::try_from(WAKEUP_INTERVAL.as_nanos()).unwrap_or(u64::MAX),
         };
         log::debug!("kernel layout: {layout:?}");
 
