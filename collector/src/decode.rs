@@ -133,4 +133,227 @@ pub(crate) mod tests {
             let _ = decode(&bytes);
         }
     }
+
+    mod properties {
+        use collector_common::{COMM_LEN, OomScope, PATH_CAP, SignalInfo};
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+
+        /// The bytes of any record, whatever its type: valid because every record type is
+        /// `#[repr(C)]` with no implicit padding (checked by collector-common's size asserts).
+        fn raw_bytes<T: Pod>(record: &T) -> Vec<u8> {
+            // SAFETY: no padding, so all size_of::<T>() bytes are initialised.
+            unsafe { std::slice::from_raw_parts(std::ptr::from_ref(record).cast::<u8>(), size_of::<T>()) }.to_vec()
+        }
+
+        /// The bytes of a decoded record, to compare with what went in.
+        fn bytes_of_record(record: &KernelRecord) -> Vec<u8> {
+            match record {
+                KernelRecord::Exit(r) => raw_bytes(r),
+                KernelRecord::OomKill(r) => raw_bytes(r),
+                KernelRecord::Signal(r) => raw_bytes(r),
+                KernelRecord::CgroupMkdir(r) | KernelRecord::CgroupRmdir(r) | KernelRecord::CgroupAttach(r) => {
+                    raw_bytes(r)
+                }
+            }
+        }
+
+        /// Writes fields one by one, in declaration order and native byte order, as the kernel
+        /// program does: independent of the struct layout the decoder relies on.
+        #[derive(Default)]
+        struct Writer(Vec<u8>);
+        impl Writer {
+            fn u32(mut self, v: u32) -> Self {
+                self.0.extend(v.to_ne_bytes());
+                self
+            }
+            fn i32(mut self, v: i32) -> Self {
+                self.0.extend(v.to_ne_bytes());
+                self
+            }
+            fn u64(mut self, v: u64) -> Self {
+                self.0.extend(v.to_ne_bytes());
+                self
+            }
+            fn bytes(mut self, v: &[u8]) -> Self {
+                self.0.extend_from_slice(v);
+                self
+            }
+            fn header(self, h: &Header) -> Self {
+                self.u32(h.kind).u32(h._pad).u64(h.boot_ns)
+            }
+            fn signal(self, s: &SignalInfo) -> Self {
+                self.u64(s.sender_cgroup_id)
+                    .u32(s.sig)
+                    .i32(s.code)
+                    .u32(s.sender_pid)
+                    .u32(s.target_pid)
+                    .u32(s.group)
+                    .u32(s.result)
+                    .bytes(&s.sender_comm)
+                    .bytes(&s.target_comm)
+            }
+        }
+
+        fn header(kind: u32) -> impl Strategy<Value = Header> {
+            (any::<u32>(), any::<u64>()).prop_map(move |(_pad, boot_ns)| Header { kind, _pad, boot_ns })
+        }
+
+        fn signal_info() -> impl Strategy<Value = SignalInfo> {
+            let ids =
+                (any::<u64>(), any::<u32>(), any::<i32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>());
+            (ids, any::<[u8; COMM_LEN]>(), any::<[u8; COMM_LEN]>()).prop_map(
+                |((sender_cgroup_id, sig, code, sender_pid, target_pid, group, result), sender_comm, target_comm)| {
+                    SignalInfo {
+                        sender_cgroup_id,
+                        sig,
+                        code,
+                        sender_pid,
+                        target_pid,
+                        group,
+                        result,
+                        sender_comm,
+                        target_comm,
+                    }
+                },
+            )
+        }
+
+        /// Any record of a known kind with arbitrary field values, and its bytes written field by field.
+        fn record() -> impl Strategy<Value = (KernelRecord, Vec<u8>)> {
+            let exit = (header(kind::EXIT), any::<(u64, u32, u32, u32, u32)>(), any::<[u8; COMM_LEN]>())
+                .prop_flat_map(|parts| (Just(parts), any::<(u32, u32)>(), signal_info()))
+                .prop_map(|((header, (cgroup_id, pid, ppid, tid, exit_status), comm), (flags, _pad), signal)| {
+                    let r = ExitRecord { header, cgroup_id, pid, ppid, tid, exit_status, comm, flags, _pad, signal };
+                    let w = Writer::default().header(&header).u64(cgroup_id).u32(pid).u32(ppid).u32(tid);
+                    let w = w.u32(exit_status).bytes(&comm).u32(flags).u32(_pad).signal(&signal);
+                    (KernelRecord::Exit(r), w.0)
+                });
+            let signal = (header(kind::SIGNAL), signal_info()).prop_map(|(header, info)| {
+                let w = Writer::default().header(&header).signal(&info);
+                (KernelRecord::Signal(SignalRecord { header, info }), w.0)
+            });
+            let oom = (
+                header(kind::OOM_KILL),
+                any::<(u32, u32, u64, u64, u64, u64)>(),
+                any::<(i32, u32, u64, u64, u64)>(),
+                any::<([u8; COMM_LEN], [u8; COMM_LEN])>(),
+            )
+                .prop_map(
+                    |(
+                        header,
+                        (victim_pid, flags, total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb),
+                        (oom_score_adj, trigger_pid, trigger_cgroup_id, memcg_id, limit_pages),
+                        (trigger_comm, victim_comm),
+                    )| {
+                        let r = OomRecord {
+                            header,
+                            victim_pid,
+                            flags,
+                            total_vm_kb,
+                            anon_rss_kb,
+                            file_rss_kb,
+                            shmem_rss_kb,
+                            oom_score_adj,
+                            trigger_pid,
+                            trigger_cgroup_id,
+                            trigger_comm,
+                            victim_comm,
+                            scope: OomScope { memcg_id, limit_pages },
+                        };
+                        let w = Writer::default().header(&header).u32(victim_pid).u32(flags).u64(total_vm_kb);
+                        let w = w.u64(anon_rss_kb).u64(file_rss_kb).u64(shmem_rss_kb).i32(oom_score_adj);
+                        let w = w.u32(trigger_pid).u64(trigger_cgroup_id).bytes(&trigger_comm).bytes(&victim_comm);
+                        (KernelRecord::OomKill(r), w.u64(memcg_id).u64(limit_pages).0)
+                    },
+                );
+            let cgroup_kind =
+                prop_oneof![Just(kind::CGROUP_MKDIR), Just(kind::CGROUP_RMDIR), Just(kind::CGROUP_ATTACH)];
+            let cgroup = (
+                cgroup_kind.prop_flat_map(header),
+                any::<(u64, u32, u32, u32, u32)>(),
+                any::<[u8; COMM_LEN]>(),
+                vec(any::<u8>(), PATH_CAP),
+            )
+                .prop_map(|(header, (cgroup_id, level, pid, path_len, _pad), comm, path_bytes)| {
+                    let mut path = [0; PATH_CAP];
+                    path.copy_from_slice(&path_bytes);
+                    let r = CgroupRecord { header, cgroup_id, level, pid, path_len, _pad, comm, path };
+                    let w = Writer::default().header(&header).u64(cgroup_id).u32(level).u32(pid).u32(path_len);
+                    let w = w.u32(_pad).bytes(&comm).bytes(&path);
+                    let record = match header.kind {
+                        kind::CGROUP_MKDIR => KernelRecord::CgroupMkdir(r),
+                        kind::CGROUP_RMDIR => KernelRecord::CgroupRmdir(r),
+                        _ => KernelRecord::CgroupAttach(r),
+                    };
+                    (record, w.0)
+                });
+            prop_oneof![exit, signal, oom, cgroup]
+        }
+
+        /// What `decode` must say about `bytes`, from the sizes alone.
+        fn expected_error(bytes: &[u8]) -> Option<DecodeError> {
+            let Some(kind_bytes) = bytes.get(..16).and_then(|header| header.get(..4)) else {
+                return Some(DecodeError::Short { kind: 0, len: bytes.len(), expected: 16 });
+            };
+            let kind = u32::from_ne_bytes(kind_bytes.try_into().unwrap());
+            let expected = match kind {
+                kind::EXIT => 128,
+                kind::OOM_KILL => 120,
+                kind::SIGNAL => 80,
+                kind::CGROUP_MKDIR | kind::CGROUP_RMDIR | kind::CGROUP_ATTACH => 56 + PATH_CAP,
+                other => return Some(DecodeError::UnknownKind(other)),
+            };
+            (bytes.len() < expected).then_some(DecodeError::Short { kind, len: bytes.len(), expected })
+        }
+
+        /// Random bytes whose first word is usually a known kind (or a near one), so every branch
+        /// is reached, at every length up to a little past the largest record.
+        fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let kind = prop_oneof![4 => 0..=7_u32, 1 => any::<u32>()];
+            (kind, vec(any::<u8>(), 0..700), any::<bool>()).prop_map(|(kind, mut bytes, set_kind)| {
+                if set_kind && bytes.len() >= 4 {
+                    bytes[..4].copy_from_slice(&kind.to_ne_bytes());
+                }
+                bytes
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any bytes: no panic, and the outcome is exactly what the sizes and the kind dictate;
+            /// a record that decodes is a bit-for-bit copy of the front of the bytes.
+            #[test]
+            fn any_bytes_decode_or_fail_as_their_size_and_kind_say(bytes in hostile_bytes()) {
+                match decode(&bytes) {
+                    Ok(record) => {
+                        prop_assert_eq!(expected_error(&bytes), None);
+                        let front = bytes_of_record(&record);
+                        prop_assert_eq!(&bytes[..front.len()], &front[..]);
+                    }
+                    Err(err) => prop_assert_eq!(Some(err), expected_error(&bytes)),
+                }
+            }
+
+            /// A record written field by field decodes to exactly those fields, at any alignment
+            /// and with any bytes after it (ring buffer items are rounded up to 8 bytes).
+            #[test]
+            fn records_built_from_fields_decode_to_the_same_fields(
+                (record, bytes) in record(),
+                offset in 0..8_usize,
+                tail in vec(any::<u8>(), 0..16),
+            ) {
+                prop_assert_eq!(bytes.len(), bytes_of_record(&record).len());
+                let mut buf = vec![0xa5; offset];
+                buf.extend_from_slice(&bytes);
+                buf.extend_from_slice(&tail);
+                prop_assert_eq!(decode(&buf[offset..]), Ok(record));
+                // One byte short is never a record.
+                let short = &buf[offset..offset + bytes.len() - 1];
+                prop_assert_eq!(decode(short).map_err(|err| matches!(err, DecodeError::Short { .. })), Err(true));
+            }
+        }
+    }
 }

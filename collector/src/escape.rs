@@ -36,8 +36,45 @@ pub fn c_str(bytes: &[u8]) -> &[u8] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The inverse of `escape_bytes`, from its documented form: `\\` is a backslash, `\xNN`
+    /// one byte, anything else itself. `None` for text `escape_bytes` cannot produce.
+    pub(crate) fn unescape(text: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find('\\') {
+            out.extend_from_slice(&rest.as_bytes()[..at]);
+            let escape = &rest[at..];
+            if let Some(after) = escape.strip_prefix("\\\\") {
+                out.push(b'\\');
+                rest = after;
+            } else {
+                let hex = escape.strip_prefix("\\x")?.get(..2)?;
+                if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &escape[4..];
+            }
+        }
+        out.extend_from_slice(rest.as_bytes());
+        Some(out)
+    }
+
+    /// Bytes rich in what needs escaping: backslashes, `x`, hex digits, C0 and C1 controls,
+    /// DEL, multi-byte UTF-8, truncated and invalid sequences.
+    pub(crate) fn nasty_bytes(
+        len: impl Into<proptest::collection::SizeRange>,
+    ) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        let byte = proptest::prop_oneof![
+            2 => proptest::prelude::any::<u8>(),
+            1 => proptest::sample::select(b"\\x0aAfF\n\x1b\x7f\0 ".to_vec()),
+            1 => proptest::sample::select(vec![0xc2, 0x85, 0x9b, 0xe2, 0x80, 0xa8, 0xf0, 0x9f, 0xa6, 0x80, 0xff]),
+        ];
+        proptest::collection::vec(byte, len)
+    }
 
     #[test]
     fn keeps_printable_text() {
@@ -61,5 +98,49 @@ mod tests {
         assert_eq!(c_str(b"sh\0\0junk"), b"sh");
         assert_eq!(c_str(b"0123456789abcdef"), b"0123456789abcdef");
         assert_eq!(c_str(b"\0"), b"");
+    }
+
+    mod properties {
+        use proptest::{collection::vec, prelude::*};
+
+        use super::{super::*, nasty_bytes, unescape};
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Lossless: the escaped form reads back to exactly the original bytes.
+            #[test]
+            fn escaping_round_trips(bytes in nasty_bytes(0..48)) {
+                let escaped = escape_bytes(&bytes);
+                prop_assert_eq!(unescape(&escaped), Some(bytes));
+            }
+
+            /// Also for arbitrary Unicode text, the common case.
+            #[test]
+            fn escaping_text_round_trips(text in any::<String>()) {
+                let escaped = escape_bytes(text.as_bytes());
+                prop_assert_eq!(unescape(&escaped), Some(text.into_bytes()));
+            }
+
+            /// The output holds no control character (newline, ESC, C1 controls, DEL), and text
+            /// that needs no escaping is returned unchanged.
+            #[test]
+            fn output_is_printable_and_clean_text_is_unchanged(bytes in nasty_bytes(0..48)) {
+                let escaped = escape_bytes(&bytes);
+                prop_assert!(!escaped.chars().any(char::is_control), "{:?}", escaped);
+                let clean = std::str::from_utf8(&bytes)
+                    .is_ok_and(|text| !text.chars().any(|c| c.is_control() || c == '\\'));
+                prop_assert_eq!(escaped.as_bytes() == &bytes[..], clean);
+            }
+
+            /// `c_str` is the longest NUL-free prefix.
+            #[test]
+            fn c_str_stops_at_the_first_nul(bytes in vec(prop_oneof![3 => any::<u8>(), 1 => Just(0_u8)], 0..=16)) {
+                let cut = c_str(&bytes);
+                prop_assert!(!cut.contains(&0));
+                prop_assert_eq!(cut, &bytes[..cut.len()]);
+                prop_assert!(cut.len() == bytes.len() || bytes[cut.len()] == 0);
+            }
+        }
     }
 }

@@ -231,6 +231,9 @@ fn is_containerd_namespace(name: &str) -> bool {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use CgroupDriver::{Cgroupfs, Systemd};

@@ -562,4 +562,35 @@ mod tests {
         assert_eq!(s.lookups, s.hits + s.misses);
         assert!(s.hits > 1000 && s.evictions > 1000 && s.tombstones_expired > 100, "{s:?}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Through inserts, re-inserts with other paths, removals and evictions, an entry holds the
+        /// last path inserted for its id and exactly the identity `layout::parse` gives that path.
+        #[test]
+        fn entries_hold_the_last_path_and_its_identity(
+            odd in proptest::collection::vec(proptest::prelude::any::<String>(), 2),
+            ops in proptest::collection::vec((0..8_u64, 0..6_usize, 0..4_u8), 1..64),
+        ) {
+            let mut paths = vec![format!("/kubepods/burstable/pod{U}/{C}"), format!("/kubepods/pod{U}")];
+            paths.extend([format!("/default/{C}"), format!("/system.slice/docker-{C}.scope")]);
+            paths.extend(odd);
+            let (t0, mut r, mut last) = (Instant::now(), registry(4), HashMap::new());
+            for (id, path, op) in ops {
+                if op == 0 {
+                    r.remove(id, t0);
+                } else {
+                    r.insert(id, &paths[path], t0);
+                    last.insert(id, path);
+                }
+                let entry = r.get(id, t0);
+                proptest::prop_assert!(op == 0 || entry.is_some());
+                if let Some(entry) = entry {
+                    proptest::prop_assert_eq!(&entry.path, &paths[last[&id]]);
+                    proptest::prop_assert_eq!(&entry.identity, &layout::parse(&paths[last[&id]]));
+                }
+            }
+        }
+    }
 }

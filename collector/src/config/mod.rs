@@ -536,3 +536,6 @@ fn default_node_name(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -158,3 +158,6 @@ fn api_name(name: Option<&str>) -> Option<&str> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;
