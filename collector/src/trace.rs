@@ -14,6 +14,7 @@ use crate::{
     cgroup::{CgroupError, CgroupTree, Resolver, registry::RegistryConfig},
     config::HumanDuration,
     decode::decode,
+    escape::escape_bytes,
     identify::Identifier,
     metadata::{CriSocket, MetadataCache, MetadataConfig, MetadataError},
     output::{Format, Output},
@@ -32,6 +33,7 @@ pub struct TraceArgs {
     pub format: Format,
     /// Only records whose cgroup v2 path is PREFIX or lies below it (`/kubepods`
     /// matches `/kubepods/pod1`, not `/kubepods2`). For signals, the target's cgroup.
+    /// PREFIX is the path as on disk, not as records show it escaped.
     #[arg(long, value_name = "PREFIX")]
     pub cgroup: Option<String>,
     /// Only these record types (comma separated): exit, oom_kill, signal,
@@ -131,7 +133,8 @@ impl Filter {
     /// The filter the arguments ask for.
     pub fn from_args(args: &TraceArgs) -> Self {
         Self {
-            cgroup: args.cgroup.as_ref().map(|p| p.trim_end_matches('/').to_owned()),
+            // Records show paths escaped; the prefix names a directory as it is on disk.
+            cgroup: args.cgroup.as_ref().map(|p| escape_bytes(p.trim_end_matches('/').as_bytes())),
             types: args.types.iter().copied().collect(),
             pids: args.pid.iter().copied().collect(),
             namespace: args.namespace.clone(),
@@ -386,6 +389,14 @@ mod tests {
         assert!(!f.accepts(&exit(1, Some("/kubepods2"))));
         assert!(!f.accepts(&exit(1, None)));
         assert!(filter(Some("/"), &[], &[]).accepts(&exit(1, Some("/x"))));
+    }
+
+    #[test]
+    fn cgroup_prefix_is_the_raw_path_and_matches_the_escaped_one() {
+        // A directory named `a\b<ESC>` shows as `/a\\b\x1b` in records.
+        let f = filter(Some("/a\\b\u{1b}"), &[], &[]);
+        assert!(f.accepts(&exit(1, Some("/a\\\\b\\x1b/c"))));
+        assert!(!f.accepts(&exit(1, Some("/a\\b\u{1b}"))));
     }
 
     #[test]

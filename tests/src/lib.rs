@@ -10,6 +10,8 @@ pub mod collector;
 pub mod containerd;
 pub mod cri;
 pub mod daemon;
+pub mod exposition;
+pub mod hostile;
 pub mod image;
 pub mod kubelet;
 pub mod memcg;

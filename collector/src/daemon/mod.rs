@@ -28,7 +28,7 @@ use crate::{
     events::{EventOptions, events_for},
     identify::Identifier,
     metadata::{self, MetadataCache, MetadataConfig, MetadataError},
-    probe::{ProbeConfig, ProbeError, Probes},
+    probe::{KernelCounters, ProbeConfig, ProbeError, Probes},
     reader::RingReader,
     record::Record,
     recorder::{Decision, DropCause as RecorderDrop, EventType, Recorder, RecorderConfig, RecorderError, Timestamp},
@@ -47,6 +47,8 @@ use crate::{
 
 /// How often the journal is pruned and undeliverable old writes dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often the kernel's counters and the API sink's statistics are copied into the metrics.
+const SYNC_EVERY: Duration = Duration::from_millis(250);
 /// Writes older than the API server's default event TTL are not worth sending.
 const OUTBOX_MAX_AGE: Duration = journal::DEFAULT_OUTBOX_MAX_AGE;
 /// How long a stopping daemon lets the sink deliver what is queued; the rest
@@ -187,6 +189,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     ))?;
 
     let mut last_prune = Instant::now();
+    let mut last_sync = Instant::now();
     let result = loop {
         let wait = engine.identifier.next_wakeup(Instant::now());
         tokio::select! {
@@ -197,29 +200,32 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                 }
                 engine.housekeeping(Instant::now(), false);
             }
-            () = tokio::time::sleep(wait) => {
-                let now = Instant::now();
-                engine.housekeeping(now, false);
-                if let Ok(counters) = probes.counters() {
-                    metrics.set_kernel_counters(counters.ring_full(), counters.read_failed);
-                }
-                if let Some(sink) = &sink {
-                    engine.sync_api_stats(sink.stats());
-                }
-                if now.duration_since(last_prune) >= PRUNE_EVERY {
-                    engine.prune();
-                    last_prune = now;
-                }
-            }
+            () = tokio::time::sleep(wait) => engine.housekeeping(Instant::now(), false),
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
+        }
+        // Whichever branch woke: on a busy node records arrive more often than the sleep
+        // ends, so work left to the sleep alone would never run.
+        let now = Instant::now();
+        if now.duration_since(last_sync) >= SYNC_EVERY {
+            last_sync = now;
+            if let Ok(counters) = probes.counters() {
+                metrics.set_kernel_counters(lost_by_type(&counters), counters.read_failed);
+            }
+            if let Some(sink) = &sink {
+                engine.sync_api_stats(sink.stats());
+            }
+        }
+        if now.duration_since(last_prune) >= PRUNE_EVERY {
+            engine.prune();
+            last_prune = now;
         }
     };
     readiness.set_ready(false);
     reader.drain_now(|bytes| engine.handle(bytes));
     engine.housekeeping(Instant::now(), true);
     if let Ok(counters) = probes.counters() {
-        metrics.set_kernel_counters(counters.ring_full(), counters.read_failed);
+        metrics.set_kernel_counters(lost_by_type(&counters), counters.read_failed);
     }
     drop(probes);
     if engine.to_api {
@@ -441,6 +447,20 @@ fn count_container_deaths(metrics: &Metrics, record: &Record) -> bool {
         _ => return false,
     }
     true
+}
+
+/// The kernel's lost-record counters, by the metrics' record type.
+fn lost_by_type(counters: &KernelCounters) -> [(KernelRecordType, u64); 6] {
+    use collector_common::{counter::lost, kind};
+    let at = |kind: u32| counters.lost.get(lost(kind) as usize).copied().unwrap_or(0);
+    [
+        (KernelRecordType::Exit, at(kind::EXIT)),
+        (KernelRecordType::OomKill, at(kind::OOM_KILL)),
+        (KernelRecordType::Signal, at(kind::SIGNAL)),
+        (KernelRecordType::CgroupMkdir, at(kind::CGROUP_MKDIR)),
+        (KernelRecordType::CgroupRmdir, at(kind::CGROUP_RMDIR)),
+        (KernelRecordType::CgroupAttach, at(kind::CGROUP_ATTACH)),
+    ]
 }
 
 const fn kernel_type(kernel: &KernelRecord) -> KernelRecordType {

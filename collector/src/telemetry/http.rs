@@ -304,7 +304,7 @@ mod tests {
         let (addr, metrics, _) = server(true).await;
         metrics.kernel_record(crate::telemetry::KernelRecordType::OomKill);
         metrics.kernel_record(crate::telemetry::KernelRecordType::OomKill);
-        metrics.set_kernel_counters(7, 1);
+        metrics.set_kernel_counters([(crate::telemetry::KernelRecordType::Exit, 7)], 1);
         metrics.api_request("POST", crate::telemetry::ApiStatus::Code(201));
 
         let (status, headers, body) = get(addr, "/metrics?x=1").await;
@@ -318,7 +318,7 @@ mod tests {
             "# TYPE collector_kernel_records counter",
             "collector_kernel_records_total{type=\"oom_kill\"} 2",
             "# TYPE collector_kernel_records_lost counter",
-            "collector_kernel_records_lost_total 7",
+            "collector_kernel_records_lost_total{type=\"exit\"} 7",
             "collector_kernel_field_read_failures_total 1",
             "collector_api_requests_total{verb=\"POST\",status=\"201\"} 1",
             "collector_build_info{version=\"1.2.3\"} 1",

@@ -320,13 +320,16 @@ impl Metrics {
         self.kernel_records.get_or_create(&TypeLabel { r#type: kind }).inc();
     }
 
-    /// Stores the kernel programs' own counters, read from their map.
+    /// Stores the kernel programs' own counters, read from their map: records
+    /// lost to a full ring buffer, by type, and field reads that failed.
     ///
     /// They are totals kept by the kernel, so they are set, not added; a
     /// reload of the probes restarts them at zero, which Prometheus treats as
     /// a counter reset.
-    pub fn set_kernel_counters(&self, ring_full: u64, read_failed: u64) {
-        self.kernel.ring_full.store(ring_full, Ordering::Relaxed);
+    pub fn set_kernel_counters(&self, lost: impl IntoIterator<Item = (KernelRecordType, u64)>, read_failed: u64) {
+        for (kind, count) in lost {
+            self.kernel.lost[kind as usize].store(count, Ordering::Relaxed);
+        }
         self.kernel.read_failed.store(read_failed, Ordering::Relaxed);
     }
 
@@ -416,30 +419,33 @@ impl Metrics {
 /// Counters kept by the kernel programs, copied in by the daemon and read at scrape time.
 #[derive(Debug, Default)]
 struct KernelSnapshot {
-    ring_full: AtomicU64,
+    /// Records lost because the ring buffer was full, indexed by [`KernelRecordType`].
+    lost: [AtomicU64; KernelRecordType::ALL.len()],
     read_failed: AtomicU64,
 }
 
 impl Collector for KernelSnapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        let families = [
-            (
-                "kernel_records_lost",
-                "Records the kernel programs dropped because the ring buffer was full.",
-                &self.ring_full,
-            ),
-            (
-                "kernel_field_read_failures",
-                "Records the kernel programs sent with a field they could not read.",
-                &self.read_failed,
-            ),
-        ];
-        for (name, help, value) in families {
-            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
-            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric)?;
+        // By type, as `kernel_records` is: records delivered plus records lost is then what
+        // the kernel produced, type by type.
+        let mut metric = encoder.encode_descriptor(
+            "kernel_records_lost",
+            "Records the kernel programs dropped because the ring buffer was full, by record type.",
+            None,
+            MetricType::Counter,
+        )?;
+        for &kind in KernelRecordType::ALL {
+            let counter = ConstCounter::new(self.lost[kind as usize].load(Ordering::Relaxed));
+            counter.encode(metric.encode_family(&TypeLabel { r#type: kind })?)?;
         }
-        Ok(())
+        let counter = ConstCounter::new(self.read_failed.load(Ordering::Relaxed));
+        let metric = encoder.encode_descriptor(
+            "kernel_field_read_failures",
+            "Records the kernel programs sent with a field they could not read.",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
     }
 }
 

@@ -40,7 +40,7 @@ fn fresh_metrics_have_help_and_type_for_every_family() {
         assert!(out.contains(&format!("# HELP {family} ")), "no HELP for {family}");
     }
     assert!(out.contains("\ncollector_build_info{version=\"0.1.0\"} 1\n"));
-    assert!(out.contains("\ncollector_kernel_records_lost_total 0\n"));
+    assert!(out.contains("\ncollector_kernel_records_lost_total{type=\"exit\"} 0\n"));
     assert!(out.contains("\ncollector_records_malformed_total 0\n"));
     assert!(out.contains("\n# UNIT collector_journal_size_bytes bytes\n"));
     assert!(out.contains("\ncollector_kernel_records_total{type=\"cgroup_attach\"} 0\n"));
@@ -73,8 +73,8 @@ fn counters_show_exact_values() {
     metrics.journal_pruned(PruneReason::MaxAge, 12);
     metrics.set_journal_size(4096);
     metrics.set_outbox_pending(3);
-    metrics.set_kernel_counters(5, 0);
-    metrics.set_kernel_counters(9, 2);
+    metrics.set_kernel_counters([(KernelRecordType::Exit, 5)], 0);
+    metrics.set_kernel_counters([(KernelRecordType::Exit, 9), (KernelRecordType::CgroupAttach, 4)], 2);
     let out = scrape(&metrics);
     let mut kernel = samples(&out, "collector_kernel_records_total");
     kernel.sort_unstable();
@@ -102,7 +102,9 @@ fn counters_show_exact_values() {
         ]
     );
     for line in [
-        "collector_kernel_records_lost_total 9",
+        "collector_kernel_records_lost_total{type=\"exit\"} 9",
+        "collector_kernel_records_lost_total{type=\"cgroup_attach\"} 4",
+        "collector_kernel_records_lost_total{type=\"signal\"} 0",
         "collector_kernel_field_read_failures_total 2",
         "collector_records_malformed_total 1",
         "collector_records_unresolved_total 2",
