@@ -2,10 +2,18 @@
 //!
 //! Anyone can name a process `\x1b[2J` or put a newline in a cgroup name.
 //! Every output escapes the same way, losslessly: printable UTF-8 stays as it
-//! is; a backslash becomes `\\`; control characters and bytes that are not
-//! UTF-8 become `\xNN` (one per byte).
+//! is; a backslash becomes `\\`; control characters, the invisible characters
+//! that reorder or break lines (bidirectional overrides such as U+202E, U+2028),
+//! and bytes that are not UTF-8 become `\xNN` (one per byte).
 
-use std::fmt::Write as _;
+use std::{borrow::Cow, fmt::Write as _};
+
+/// Whether `c` is escaped: a control character, or one that changes how the
+/// text around it is laid out (so a name could disguise what follows it).
+pub fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
 
 /// The escaped form of `bytes`.
 pub fn escape_bytes(bytes: &[u8]) -> String {
@@ -14,12 +22,7 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
         for c in chunk.valid().chars() {
             match c {
                 '\\' => out.push_str("\\\\"),
-                c if c.is_control() => {
-                    let mut buf = [0; 4];
-                    for b in c.encode_utf8(&mut buf).bytes() {
-                        let _ = write!(out, "\\x{b:02x}");
-                    }
-                }
+                c if needs_escape(c) => push_hex(&mut out, c),
                 c => out.push(c),
             }
         }
@@ -28,6 +31,32 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
         }
     }
     out
+}
+
+/// Text that [`escape_bytes`] already escaped, made safe again in case a
+/// character that needs escaping slipped in since; backslashes are left alone
+/// so the escaping is not doubled (`\x1b` stays four characters).
+pub fn scrub(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            push_hex(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Appends `c` as `\xNN` per UTF-8 byte.
+fn push_hex(out: &mut String, c: char) {
+    let mut buf = [0; 4];
+    for b in c.encode_utf8(&mut buf).bytes() {
+        let _ = write!(out, "\\x{b:02x}");
+    }
 }
 
 /// The bytes of a NUL-padded C string, up to the first NUL.
@@ -77,6 +106,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn escapes_characters_that_reorder_or_break_lines() {
+        // U+202E would show `exe.txt` for `txt.exe`; U+2028 starts a new line in some viewers.
+        assert_eq!(escape_bytes("a\u{202e}txt.exe".as_bytes()), "a\\xe2\\x80\\xaetxt.exe");
+        assert_eq!(escape_bytes("x\u{2028}y\u{2066}".as_bytes()), "x\\xe2\\x80\\xa8y\\xe2\\x81\\xa6");
+        assert_eq!(scrub("\\x1b ok \u{200f}"), "\\x1b ok \\xe2\\x80\\x8f");
+        assert_eq!(escape_bytes("é🦀".as_bytes()), "é🦀");
+    }
+
+    #[test]
     fn keeps_printable_text() {
         assert_eq!(escape_bytes(b"sh"), "sh");
         assert_eq!(escape_bytes("kworker/0:1-évènement".as_bytes()), "kworker/0:1-évènement");
@@ -122,14 +160,15 @@ pub(crate) mod tests {
                 prop_assert_eq!(unescape(&escaped), Some(text.into_bytes()));
             }
 
-            /// The output holds no control character (newline, ESC, C1 controls, DEL), and text
+            /// The output holds no control character (newline, ESC, C1 controls, DEL) or layout
+            /// character (bidirectional overrides, line separators), and text
             /// that needs no escaping is returned unchanged.
             #[test]
             fn output_is_printable_and_clean_text_is_unchanged(bytes in nasty_bytes(0..48)) {
                 let escaped = escape_bytes(&bytes);
-                prop_assert!(!escaped.chars().any(char::is_control), "{:?}", escaped);
+                prop_assert!(!escaped.chars().any(needs_escape), "{:?}", escaped);
                 let clean = std::str::from_utf8(&bytes)
-                    .is_ok_and(|text| !text.chars().any(|c| c.is_control() || c == '\\'));
+                    .is_ok_and(|text| !text.chars().any(|c| needs_escape(c) || c == '\\'));
                 prop_assert_eq!(escaped.as_bytes() == &bytes[..], clean);
             }
 

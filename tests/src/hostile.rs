@@ -1,6 +1,7 @@
 //! Hostile process and cgroup names, as set and as every output of the collector must show
 //! them: escaped the one documented way (`collector::escape`), printable UTF-8 as it is, `\`
-//! as `\\`, control characters and bytes that are not UTF-8 as `\xNN` per byte.
+//! as `\\`, control characters, layout characters (U+202E and the like) and bytes that are not
+//! UTF-8 as `\xNN` per byte.
 
 /// A process name as set (`namer` sets it with `PR_SET_NAME`), and as outputs show it.
 #[derive(Debug)]
@@ -12,7 +13,7 @@ pub struct Name {
 }
 
 /// The names under test.
-pub const NAMES: [Name; 8] = [
+pub const NAMES: [Name; 9] = [
     Name { raw: b"new\nline", shown: "new\\x0aline" },
     Name { raw: b"q\"uo\\te", shown: "q\"uo\\\\te" },
     Name { raw: b"\x1b[31mred\x1b[0m", shown: "\\x1b[31mred\\x1b[0m" },
@@ -26,6 +27,8 @@ pub const NAMES: [Name; 8] = [
     Name { raw: b"longer-than-fifteen", shown: "longer-than-fif" },
     // ... even in the middle of a UTF-8 character: its first byte is left, not UTF-8.
     Name { raw: b"fourteen-bytes\xc3\xa9", shown: "fourteen-bytes\\xc3" },
+    // A right-to-left override would show `gpj.exe` as `exe.jpg`.
+    Name { raw: "rtl\u{202e}gpj.exe".as_bytes(), shown: "rtl\\xe2\\x80\\xaegpj.exe" },
 ];
 
 /// The mix of everything: [`NAMES`]`[5]`.

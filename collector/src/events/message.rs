@@ -189,26 +189,7 @@ pub(super) fn quantity(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// Text from a record, which the resolver already escaped with `escape_bytes`: control
-/// characters are escaped again in case one slipped through, but backslashes are left alone so
-/// the escaping is not doubled (`\x1b` stays four characters).
-pub(super) fn scrub(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
-            let mut buf = [0; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                let _ = write!(out, "\\x{b:02x}");
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
+pub(super) use crate::escape::scrub;
 
 /// Cuts a message to [`MAX_MESSAGE_BYTES`] on a char boundary, ending it with
 /// [`TRUNCATION_MARKER`].

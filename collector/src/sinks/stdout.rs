@@ -3,7 +3,11 @@
 
 use std::io::{self, Write};
 
-use crate::{config::OutputFormat, escape::escape_bytes, recorder::Write as EventWrite};
+use crate::{
+    config::OutputFormat,
+    escape::{escape_bytes, scrub},
+    recorder::Write as EventWrite,
+};
 
 /// Prints event writes.
 pub struct StdoutSink<W: Write> {
@@ -44,10 +48,47 @@ impl<W: Write> StdoutSink<W> {
                     event.event_type.as_str(),
                     escape_bytes(event.reason.as_bytes()),
                     object,
-                    escape_bytes(event.message.as_bytes()),
+                    // Messages are built from escaped names: escaping again would double backslashes.
+                    scrub(&event.message),
                 )?;
             }
         }
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recorder::{
+        Decision, EventSpec, EventType, ObjectReference, Recorder, RecorderConfig, Timestamp, Write as EventWrite,
+    };
+
+    fn write(message: &str) -> EventWrite {
+        let mut recorder = Recorder::new(RecorderConfig::new("collector", "node-1")).unwrap();
+        let pod = ObjectReference::pod("shop", "web-0", "1b4e28ba-2fa1-11d2-883f-0016d3cca427");
+        let at = Timestamp::from_unix_secs(1_795_862_410);
+        match recorder.record(EventSpec::new(pod, EventType::Warning, "ProcessCrashed", message), at) {
+            Decision::Write(write) => write,
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    fn text(message: &str) -> String {
+        let mut sink = StdoutSink::new(OutputFormat::Text, Vec::new());
+        sink.write(&write(message)).unwrap();
+        String::from_utf8(sink.out).unwrap()
+    }
+
+    #[test]
+    fn text_shows_escaped_names_once_and_escapes_what_slipped_through() {
+        // The message holds an escaped process name: shown as it is, not as `\\x1b`.
+        let out = text("Process 7 (\\x1b[2J) of container app crashed: SIGSEGV");
+        let line = out.lines().nth(1).unwrap();
+        assert!(line.ends_with(" Process 7 (\\x1b[2J) of container app crashed: SIGSEGV"), "{line}");
+        // A raw newline or bidirectional override never reaches the terminal.
+        let out = text("a\nb\u{202e}c");
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.ends_with(" a\\x0ab\\xe2\\x80\\xaec\n"), "{out}");
     }
 }
