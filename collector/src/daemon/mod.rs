@@ -429,6 +429,14 @@ impl Engine {
         (self.api_stats.rejected..now.rejected).for_each(|_| self.metrics.event_dropped(DropCause::Rejected));
         (self.api_stats.gave_up..now.gave_up).for_each(|_| self.metrics.event_dropped(DropCause::GaveUp));
         self.api_stats = now;
+        // Deliveries shrink the outbox as appends grow it: without this the gauge keeps its
+        // value from the last append, e.g. the peak of an API outage long after it drained.
+        if let Some(journal) = &self.journal
+            && let Ok(journal) = journal.lock()
+            && let Ok(pending) = journal.outbox_len()
+        {
+            self.metrics.set_outbox_pending(pending);
+        }
     }
 }
 

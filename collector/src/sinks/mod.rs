@@ -4,8 +4,8 @@
 pub mod journal;
 pub mod kubernetes;
 pub mod stdout;
-#[cfg(test)]
-mod test_api;
+#[cfg(any(test, feature = "test-api"))]
+pub mod test_api;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

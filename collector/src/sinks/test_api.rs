@@ -12,6 +12,14 @@
 //!
 //! It is no model of the API server beyond that: no auth, no resourceVersion,
 //! no field validation, and PATCH is a shallow merge of top-level keys.
+//!
+//! Compiled for the collector's unit tests and, with the `test-api` feature, for the
+//! end-to-end tests crate; never part of the daemon.
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test double: failing to bind or write its kubeconfig is a failure of the test using it"
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,22 +34,22 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// One request as the double received it.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Recorded {
+pub struct Recorded {
     /// `POST`, `PATCH`, ...
-    pub(crate) method: String,
+    pub method: String,
     /// The request target, e.g. `/api/v1/namespaces/default/events`.
-    pub(crate) path: String,
+    pub path: String,
     /// The `Content-Type` header, if any.
-    pub(crate) content_type: Option<String>,
+    pub content_type: Option<String>,
     /// The body parsed as JSON (`Null` when empty or not JSON).
-    pub(crate) body: Value,
+    pub body: Value,
     /// The status code the double answered (or was about to answer).
-    pub(crate) status: u16,
+    pub status: u16,
 }
 
 /// A scripted answer, applied to the next `times` requests it matches.
 #[derive(Clone, Debug)]
-pub(crate) struct Rule {
+pub struct Rule {
     method: Option<&'static str>,
     path_contains: Option<String>,
     status: Option<u16>,
@@ -52,7 +60,7 @@ pub(crate) struct Rule {
 
 impl Rule {
     /// Answer with `status` (forever, until limited by [`Rule::times`]).
-    pub(crate) fn status(status: u16) -> Self {
+    pub fn status(status: u16) -> Self {
         Self {
             method: None,
             path_contains: None,
@@ -64,30 +72,30 @@ impl Rule {
     }
 
     /// Behave normally, but only after `delay`.
-    pub(crate) fn slow(delay: Duration) -> Self {
+    pub fn slow(delay: Duration) -> Self {
         Self { status: None, delay, ..Self::status(0) }
     }
 
     /// Only for requests with this method.
-    pub(crate) fn on(mut self, method: &'static str) -> Self {
+    pub fn on(mut self, method: &'static str) -> Self {
         self.method = Some(method);
         self
     }
 
     /// Only for requests whose path or body contains this text.
-    pub(crate) fn matching(mut self, text: &str) -> Self {
+    pub fn matching(mut self, text: &str) -> Self {
         self.path_contains = Some(text.to_owned());
         self
     }
 
     /// Apply to this many matching requests only.
-    pub(crate) fn times(mut self, times: usize) -> Self {
+    pub fn times(mut self, times: usize) -> Self {
         self.times = times;
         self
     }
 
     /// Send `Retry-After: secs` with the answer.
-    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
+    pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self
     }
@@ -108,7 +116,7 @@ struct State {
 }
 
 /// The running double. Dropping it stops it.
-pub(crate) struct TestApi {
+pub struct TestApi {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     accept: Option<JoinHandle<()>>,
@@ -117,7 +125,7 @@ pub(crate) struct TestApi {
 
 impl TestApi {
     /// Listen on a fresh loopback port.
-    pub(crate) async fn start() -> Self {
+    pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State::default()));
@@ -126,12 +134,12 @@ impl TestApi {
     }
 
     /// `http://127.0.0.1:PORT`.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// Write a kubeconfig (no auth, plain HTTP) pointing at the double and return its path.
-    pub(crate) fn kubeconfig(&mut self) -> PathBuf {
+    pub fn kubeconfig(&mut self) -> PathBuf {
         let path =
             std::env::temp_dir().join(format!("collector-test-api-{}-{}.yaml", std::process::id(), self.addr.port()));
         let yaml = format!(
@@ -146,41 +154,41 @@ impl TestApi {
     }
 
     /// A `kube::Client` for the double, built through the kubeconfig path.
-    pub(crate) async fn client(&mut self) -> kube::Client {
+    pub async fn client(&mut self) -> kube::Client {
         let path = self.kubeconfig();
-        match super::kubernetes::connect(Some(&path)).await.expect("connect") {
-            super::kubernetes::Cluster::Api(client) => client,
-            super::kubernetes::Cluster::NoCluster => panic!("a kubeconfig must give a cluster"),
+        match crate::sinks::kubernetes::connect(Some(&path)).await.expect("connect") {
+            crate::sinks::kubernetes::Cluster::Api(client) => client,
+            crate::sinks::kubernetes::Cluster::NoCluster => panic!("a kubeconfig must give a cluster"),
         }
     }
 
     /// Add a scripted answer; earlier rules win.
-    pub(crate) fn script(&self, rule: Rule) {
+    pub fn script(&self, rule: Rule) {
         lock(&self.state).rules.push(rule);
     }
 
     /// Drop all scripted answers.
-    pub(crate) fn clear_script(&self) {
+    pub fn clear_script(&self) {
         lock(&self.state).rules.clear();
     }
 
     /// Every request received so far, in arrival order.
-    pub(crate) fn requests(&self) -> Vec<Recorded> {
+    pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state).requests.clone()
     }
 
     /// The stored event, if any.
-    pub(crate) fn stored(&self, namespace: &str, name: &str) -> Option<Value> {
+    pub fn stored(&self, namespace: &str, name: &str) -> Option<Value> {
         lock(&self.state).events.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 
     /// Forget a stored event, as the API server does when its TTL expires.
-    pub(crate) fn forget(&self, namespace: &str, name: &str) {
+    pub fn forget(&self, namespace: &str, name: &str) {
         lock(&self.state).events.remove(&(namespace.to_owned(), name.to_owned()));
     }
 
     /// Stop listening and close every open connection: new connections are refused.
-    pub(crate) async fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         if let Some(accept) = self.accept.take() {
             accept.abort();
             let _ = accept.await;
@@ -188,7 +196,7 @@ impl TestApi {
     }
 
     /// Listen again on the same port.
-    pub(crate) async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         self.stop().await;
         let listener = TcpListener::bind(self.addr).await.expect("rebind the same port");
         self.accept = Some(tokio::spawn(accept_loop(listener, Arc::clone(&self.state))));
