@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    metadata::{ContainerMeta, MetadataCache},
+    metadata::{ContainerMeta, MetadataCache, MetadataStats},
     record::{Identity, Record},
 };
 
@@ -32,6 +32,11 @@ impl Identifier {
     /// An identifier over `metadata` (none: names stay unknown, nothing waits).
     pub fn new(metadata: Option<MetadataCache>, wait: Duration) -> Self {
         Self { metadata, wait, queue: VecDeque::new(), unresolved: 0 }
+    }
+
+    /// The metadata cache's counters, if there is a cache.
+    pub fn metadata_stats(&self) -> Option<MetadataStats> {
+        self.metadata.as_ref().map(MetadataCache::stats)
     }
 
     /// Takes a record; [`Self::pop_ready`] hands it back, named, in order.

@@ -215,6 +215,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             if let Some(sink) = &sink {
                 engine.sync_api_stats(sink.stats());
             }
+            engine.sync_cache_stats();
         }
         if now.duration_since(last_prune) >= PRUNE_EVERY {
             engine.prune();
@@ -415,6 +416,14 @@ impl Engine {
         }
     }
 
+    /// Copies the cgroup registry's and the metadata cache's counters into the metrics.
+    fn sync_cache_stats(&self) {
+        self.metrics.set_cgroup_cache(self.resolver.cgroups().stats());
+        if let Some(stats) = self.identifier.metadata_stats() {
+            self.metrics.set_metadata_cache(stats);
+        }
+    }
+
     /// Moves the sink's new request counts into the metrics.
     fn sync_api_stats(&mut self, now: StatsSnapshot) {
         for (&(verb, reply), &count) in &now.requests {
@@ -427,7 +436,8 @@ impl Engine {
         }
         (self.api_stats.retries..now.retries).for_each(|_| self.metrics.api_retry());
         (self.api_stats.rejected..now.rejected).for_each(|_| self.metrics.event_dropped(DropCause::Rejected));
-        (self.api_stats.gave_up..now.gave_up).for_each(|_| self.metrics.event_dropped(DropCause::GaveUp));
+        // Not a drop: the write stays in the outbox and a later pass sends it.
+        (self.api_stats.gave_up..now.gave_up).for_each(|_| self.metrics.api_write_deferred());
         self.api_stats = now;
         // Deliveries shrink the outbox as appends grow it: without this the gauge keeps its
         // value from the last append, e.g. the peak of an API outage long after it drained.

@@ -8,6 +8,7 @@
 //! per-container families live in a map so a pod's series can be removed when
 //! its tombstone expires (a `Family` cannot remove "every series of a pod").
 
+mod caches;
 pub mod http;
 
 use std::{
@@ -105,8 +106,6 @@ label_values! {
         Rejected => "rejected",
         /// It waited in the outbox longer than an event is worth sending.
         Expired => "expired",
-        /// Every retry failed.
-        GaveUp => "gave_up",
     }
 }
 
@@ -205,6 +204,8 @@ pub struct Metrics {
     events_dropped: Family<CauseLabel, Counter>,
     api_requests: Family<ApiLabels, Counter>,
     api_retries: Counter,
+    api_deferred: Counter,
+    caches: Arc<caches::CacheSnapshot>,
     containers: Arc<ContainerSeries>,
     journal_appends: Counter,
     journal_append_errors: Counter,
@@ -234,6 +235,8 @@ impl Metrics {
             events_dropped: Family::default(),
             api_requests: Family::default(),
             api_retries: Counter::default(),
+            api_deferred: Counter::default(),
+            caches: Arc::default(),
             containers: Arc::default(),
             journal_appends: Counter::default(),
             journal_append_errors: Counter::default(),
@@ -280,7 +283,7 @@ impl Metrics {
         );
         registry.register(
             "events_dropped",
-            "Events not delivered, by cause: spam_filter, queue_full, rejected, expired, gave_up",
+            "Events not delivered, by cause: spam_filter, queue_full, rejected, expired",
             metrics.events_dropped.clone(),
         );
         registry.register(
@@ -289,6 +292,12 @@ impl Metrics {
             metrics.api_requests.clone(),
         );
         registry.register("api_retries", "Kubernetes API writes retried after a failure", metrics.api_retries.clone());
+        registry.register(
+            "api_writes_deferred",
+            "Kubernetes API writes that ran out of attempts and wait in the outbox for a later pass",
+            metrics.api_deferred.clone(),
+        );
+        registry.register_collector(Box::new(Arc::clone(&metrics.caches)));
         registry.register_collector(Box::new(Arc::clone(&metrics.containers)));
         registry.register("journal_appends", "Entries appended to the journal", metrics.journal_appends.clone());
         registry.register(
@@ -313,6 +322,21 @@ impl Metrics {
             metrics.journal_outbox_pending.clone(),
         );
         metrics
+    }
+
+    /// Stores the cgroup registry's counters (totals: set, not added).
+    pub fn set_cgroup_cache(&self, stats: crate::cgroup::registry::RegistryStats) {
+        self.caches.set_cgroups(stats);
+    }
+
+    /// Stores the metadata cache's counters and sizes (totals: set, not added).
+    pub fn set_metadata_cache(&self, stats: crate::metadata::MetadataStats) {
+        self.caches.set_metadata(stats);
+    }
+
+    /// Counts an API write put back in the outbox after its last attempt failed.
+    pub fn api_write_deferred(&self) {
+        self.api_deferred.inc();
     }
 
     /// Counts a record the kernel delivered.

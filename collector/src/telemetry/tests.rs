@@ -23,6 +23,10 @@ fn fresh_metrics_have_help_and_type_for_every_family() {
         ("collector_records_unresolved", "counter"),
         ("collector_events_dropped", "counter"),
         ("collector_api_retries", "counter"),
+        ("collector_api_writes_deferred", "counter"),
+        ("collector_cgroup_cache_lookups", "counter"),
+        ("collector_cgroup_cache_evictions", "counter"),
+        ("collector_cgroup_cache_tombstones_expired", "counter"),
         ("collector_container_oom_kills", "counter"),
         ("collector_container_nonzero_exits", "counter"),
         ("collector_container_series_dropped", "counter"),
@@ -63,8 +67,9 @@ fn counters_show_exact_values() {
     metrics.record_unresolved();
     metrics.event_emitted("OOMKilling", EventType::Warning);
     metrics.event_dropped(DropCause::SpamFilter);
-    metrics.event_dropped(DropCause::GaveUp);
-    metrics.event_dropped(DropCause::GaveUp);
+    metrics.event_dropped(DropCause::Expired);
+    metrics.api_write_deferred();
+    metrics.api_write_deferred();
     metrics.api_request("PATCH", ApiStatus::Code(404));
     metrics.api_request("POST", ApiStatus::NoResponse);
     metrics.api_retry();
@@ -94,8 +99,7 @@ fn counters_show_exact_values() {
     assert_eq!(
         dropped,
         [
-            "collector_events_dropped_total{cause=\"expired\"} 0",
-            "collector_events_dropped_total{cause=\"gave_up\"} 2",
+            "collector_events_dropped_total{cause=\"expired\"} 1",
             "collector_events_dropped_total{cause=\"queue_full\"} 0",
             "collector_events_dropped_total{cause=\"rejected\"} 0",
             "collector_events_dropped_total{cause=\"spam_filter\"} 1",
@@ -106,6 +110,7 @@ fn counters_show_exact_values() {
         "collector_kernel_records_lost_total{type=\"cgroup_attach\"} 4",
         "collector_kernel_records_lost_total{type=\"signal\"} 0",
         "collector_kernel_field_read_failures_total 2",
+        "collector_api_writes_deferred_total 2",
         "collector_records_malformed_total 1",
         "collector_records_unresolved_total 2",
         "collector_events_total{reason=\"OOMKilling\",type=\"Warning\"} 1",
@@ -207,9 +212,50 @@ fn pods_beyond_the_cap_are_counted_not_stored() {
 }
 
 #[test]
+fn cache_counters_show_the_latest_totals() {
+    use crate::{cgroup::registry::RegistryStats, metadata::MetadataStats};
+    let metrics = Metrics::new("0.1.0");
+    // No metadata cache (`--cri-socket none`): its families are absent, not zero.
+    assert!(!scrape(&metrics).contains("collector_metadata_"));
+    let cgroups =
+        RegistryStats { lookups: 9, hits: 7, misses: 2, evictions: 3, tombstones_expired: 4, ..Default::default() };
+    metrics.set_cgroup_cache(RegistryStats { hits: 1, ..cgroups });
+    metrics.set_cgroup_cache(cgroups);
+    metrics.set_metadata_cache(MetadataStats {
+        hits: 11,
+        misses: 5,
+        refreshes: 6,
+        cri_errors: 1,
+        kube_errors: 2,
+        dropped: 8,
+        pods: 100,
+        containers: 250,
+        ..Default::default()
+    });
+    let out = scrape(&metrics);
+    for line in [
+        "collector_cgroup_cache_lookups_total{result=\"hit\"} 7",
+        "collector_cgroup_cache_lookups_total{result=\"miss\"} 2",
+        "collector_cgroup_cache_evictions_total 3",
+        "collector_cgroup_cache_tombstones_expired_total 4",
+        "collector_metadata_lookups_total{result=\"hit\"} 11",
+        "collector_metadata_lookups_total{result=\"miss\"} 5",
+        "collector_metadata_refreshes_total 6",
+        "collector_metadata_errors_total{source=\"cri\"} 1",
+        "collector_metadata_errors_total{source=\"kube\"} 2",
+        "collector_metadata_evictions_total 8",
+        "collector_metadata_entries{kind=\"pod\"} 100",
+        "collector_metadata_entries{kind=\"container\"} 250",
+    ] {
+        assert!(out.contains(&format!("\n{line}\n")), "missing {line}:\n{out}");
+    }
+    assert!(out.contains("# TYPE collector_metadata_entries gauge\n"), "{out}");
+}
+
+#[test]
 fn label_spellings_are_stable() {
     let kinds: Vec<&str> = KernelRecordType::ALL.iter().map(|k| k.as_str()).collect();
     assert_eq!(kinds, ["exit", "oom_kill", "signal", "cgroup_mkdir", "cgroup_rmdir", "cgroup_attach"]);
     let causes: Vec<&str> = DropCause::ALL.iter().map(|c| c.as_str()).collect();
-    assert_eq!(causes, ["spam_filter", "queue_full", "rejected", "expired", "gave_up"]);
+    assert_eq!(causes, ["spam_filter", "queue_full", "rejected", "expired"]);
 }
