@@ -213,25 +213,8 @@ fn an_api_outage_during_a_burst_loses_nothing_and_writes_each_event_once() {
     let mut double = Double::start();
     let kubeconfig = double.api.kubeconfig();
     let socket = containerd.address().display().to_string();
-    let daemon = Daemon::run(&[
-        "--sink",
-        "kubernetes",
-        "--sink",
-        "stdout",
-        "--format",
-        "json",
-        "--kubeconfig",
-        &kubeconfig.display().to_string(),
-        "--state-dir",
-        &state.path().display().to_string(),
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--node-name",
-        "test-node",
-        "--cri-socket",
-        &socket,
-    ])
-    .unwrap();
+    let kubeconfig = kubeconfig.display().to_string();
+    let daemon = Daemon::start(&state, &["kubernetes", "stdout"], &socket, &["--kubeconfig", &kubeconfig]).unwrap();
     let web = containerd
         .cri()
         .run_pod(PodSpec { name: "web-0".to_owned(), namespace: "shop".to_owned(), ..PodSpec::unique("web") })

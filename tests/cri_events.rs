@@ -32,24 +32,7 @@ fn web_0(containerd: &Containerd) -> Pod {
 /// through the test's containerd.
 fn daemon(containerd: &Containerd, state: &StateDir) -> Daemon {
     let socket = containerd.address().display().to_string();
-    let state = state.path().display().to_string();
-    Daemon::run(&[
-        "--sink",
-        "stdout",
-        "--sink",
-        "journal",
-        "--format",
-        "json",
-        "--state-dir",
-        &state,
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--node-name",
-        "test-node",
-        "--cri-socket",
-        &socket,
-    ])
-    .unwrap()
+    Daemon::start(state, &["stdout", "journal"], &socket, &[]).unwrap()
 }
 
 /// The events about `pod` (other tests' pods are not named by this daemon's containerd, but

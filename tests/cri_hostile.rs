@@ -47,24 +47,7 @@ fn cri_hostile_process_names_stay_escaped_in_events_journal_and_metrics() {
     let spec = PodSpec { name: "web-0".to_owned(), namespace: "shop".to_owned(), ..PodSpec::unique("hostile") };
     let pod = containerd.cri().run_pod(spec).unwrap();
     let socket = containerd.address().display().to_string();
-    let state_arg = state.path().display().to_string();
-    let daemon = Daemon::run(&[
-        "--sink",
-        "stdout",
-        "--sink",
-        "journal",
-        "--format",
-        "json",
-        "--state-dir",
-        &state_arg,
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--node-name",
-        "test-node",
-        "--cri-socket",
-        &socket,
-    ])
-    .unwrap();
+    let daemon = Daemon::start(&state, &["stdout", "journal"], &socket, &[]).unwrap();
     let app = containerd.cri().create_and_start(&pod, ContainerSpec::shell("app", "sleep 1000")).unwrap();
     // Processes join the container's cgroup from the host: the collector knows a container's
     // processes by their cgroup, and a host binary can take any name.

@@ -282,24 +282,7 @@ fn hostile_names_and_paths_keep_the_daemons_outputs_well_formed() {
         return;
     }
     let state = StateDir::new("hostile").unwrap();
-    let state_arg = state.path().display().to_string();
-    let daemon = Daemon::run(&[
-        "--sink",
-        "stdout",
-        "--sink",
-        "journal",
-        "--format",
-        "json",
-        "--state-dir",
-        &state_arg,
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--node-name",
-        "test-node",
-        "--cri-socket",
-        "none",
-    ])
-    .unwrap();
+    let daemon = Daemon::start(&state, &["stdout", "journal"], "none", &[]).unwrap();
     let before = delivered_exits(&daemon);
     let cgroups: Vec<CgroupDir> = CGROUP_NAMES.iter().map(|(raw, _)| CgroupDir::new(raw).unwrap()).collect();
     let mut runs = 0;

@@ -98,6 +98,21 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// Starts the daemon as most tests want it: events as JSON to `sinks` (`stdout` among
+    /// them), its journal in `state`, metrics on a free loopback port, node `test-node`, names
+    /// from `cri_socket` (`none`: no runtime); then `extra` flags.
+    pub fn start(state: &StateDir, sinks: &[&str], cri_socket: &str, extra: &[&str]) -> Result<Self> {
+        let state = state.path().display().to_string();
+        let mut args = Vec::new();
+        for sink in sinks {
+            args.extend(["--sink", sink]);
+        }
+        args.extend(["--format", "json", "--state-dir", &state, "--metrics-addr", "127.0.0.1:0"]);
+        args.extend(["--node-name", "test-node", "--cri-socket", cri_socket]);
+        args.extend(extra);
+        Self::run(&args)
+    }
+
     /// The daemon's pid.
     pub fn pid(&self) -> i32 {
         self.child.id().cast_signed()
