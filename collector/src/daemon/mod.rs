@@ -47,7 +47,7 @@ use crate::{
 
 /// How often the journal is pruned and undeliverable old writes dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// How often the kernel's counters and the API sink's statistics are copied into the metrics.
+/// How often the kernel's counters, the API sink's and the caches' statistics are copied into the metrics.
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 /// Writes older than the API server's default event TTL are not worth sending.
 const OUTBOX_MAX_AGE: Duration = journal::DEFAULT_OUTBOX_MAX_AGE;
