@@ -333,3 +333,42 @@ fn the_journal_keeps_events_across_a_daemon_restart() {
     assert_eq!(journal_events(state.path(), &["--pod", "web-0"]).unwrap().len(), 1);
     assert!(journal_events(state.path(), &["--pod", "web-1"]).unwrap().is_empty());
 }
+
+/// The pod's per-container series go when its tombstone does. The metadata wait is longer than
+/// the tombstone on purpose: the OOM record may wait in line behind other tests' containers,
+/// which this daemon's runtime cannot name, after its own container's tombstone has run out.
+#[test]
+fn a_removed_pods_metric_series_go_when_its_tombstone_expires() {
+    if !privileged("a_removed_pods_metric_series_go_when_its_tombstone_expires") {
+        return;
+    }
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("tombstone").unwrap();
+    let pod = web_0(&containerd);
+    let socket = containerd.address().display().to_string();
+    let extra = ["--tombstone-ttl", "3s", "--metadata-wait", "5s"];
+    let daemon = Daemon::start(&state, &["journal"], &socket, &extra).unwrap();
+    let script = "dd if=/dev/zero of=/dev/null bs=64M count=1; exit 0";
+    let spec = ContainerSpec { memory_limit_bytes: Some(LIMIT), ..ContainerSpec::shell("app", script) };
+    let app = containerd.cri().create_and_start(&pod, spec).unwrap();
+    assert_eq!(containerd.cri().wait_exit(&app, EVENT_TIMEOUT).unwrap(), 0);
+    let series = || samples(&daemon.metrics().unwrap(), "collector_container_oom_kills_total").len();
+    let deadline = Instant::now() + 2 * EVENT_TIMEOUT;
+    while series() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if series() != 1 {
+        let stopped = daemon.stop().unwrap();
+        let events = journal_events(state.path(), &[]).unwrap();
+        panic!("the OOM kill is not counted for shop/web-0/app; events: {events:#?}\n{}", stopped.stderr);
+    }
+
+    containerd.cri().remove_pod(&pod).unwrap();
+    let deadline = Instant::now() + 2 * EVENT_TIMEOUT;
+    while series() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = series();
+    let stopped = daemon.stop().unwrap();
+    assert_eq!(left, 0, "the series went with the pod's 3 s tombstone:\n{}", stopped.stderr);
+}

@@ -19,11 +19,18 @@ use crate::{
 /// At most this many records wait for metadata; beyond it the oldest goes out unresolved.
 const QUEUE_CAP: usize = 4096;
 
+/// A record in line: named already, or waiting for its names until `deadline`.
+struct Waiting {
+    deadline: Instant,
+    record: Record,
+    named: bool,
+}
+
 /// Adds pod and container names to records. Use it inside a `tokio::task::LocalSet`.
 pub struct Identifier {
     metadata: Option<MetadataCache>,
     wait: Duration,
-    queue: VecDeque<(Instant, Record)>,
+    queue: VecDeque<Waiting>,
     /// Records that went out without the names they should have had.
     pub unresolved: u64,
 }
@@ -40,29 +47,39 @@ impl Identifier {
     }
 
     /// Takes a record; [`Self::pop_ready`] hands it back, named, in order.
-    pub fn push(&mut self, record: Record, now: Instant) {
+    ///
+    /// A record whose names are known now takes them now: it may wait behind
+    /// others for longer than its container's tombstone lasts.
+    pub fn push(&mut self, mut record: Record, now: Instant) {
         let mut deadline = now;
+        let mut named = true;
         if let Some(metadata) = &self.metadata {
-            track_lifecycle(metadata, &record);
-            if let Some(id) = missing(metadata, record.identity()) {
-                refresh(metadata, id);
-                deadline = now + self.wait;
+            track_lifecycle(metadata, &record, self.wait);
+            match missing(metadata, record.identity()) {
+                Some(id) => {
+                    refresh(metadata, id, self.wait);
+                    deadline = now + self.wait;
+                    named = false;
+                }
+                None => name(metadata, &mut record),
             }
         }
         // Beyond the cap, `pop_ready` lets the oldest go at once: bounded memory beats waiting.
-        self.queue.push_back((deadline, record));
+        self.queue.push_back(Waiting { deadline, record, named });
     }
 
     /// The next record, once it is named or has waited long enough (or at once with `flush`).
     pub fn pop_ready(&mut self, now: Instant, flush: bool) -> Option<Record> {
-        let (deadline, record) = self.queue.front()?;
-        let known = self.metadata.as_ref().is_none_or(|m| missing(m, record.identity()).is_none());
-        if !(known || flush || now >= *deadline || self.queue.len() > QUEUE_CAP) {
+        let head = self.queue.front()?;
+        let known = head.named || self.metadata.as_ref().is_none_or(|m| missing(m, head.record.identity()).is_none());
+        if !(known || flush || now >= head.deadline || self.queue.len() > QUEUE_CAP) {
             return None;
         }
-        let (_, mut record) = self.queue.pop_front()?;
-        if let Some(metadata) = &self.metadata {
-            if !known && missing(metadata, record.identity()).is_some() {
+        let Waiting { mut record, named, .. } = self.queue.pop_front()?;
+        if let Some(metadata) = &self.metadata
+            && !named
+        {
+            if missing(metadata, record.identity()).is_some() {
                 self.unresolved += 1;
             }
             name(metadata, &mut record);
@@ -72,7 +89,7 @@ impl Identifier {
 
     /// When the oldest waiting record's wait ends, if any is waiting.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queue.front().map(|(deadline, _)| *deadline)
+        self.queue.front().map(|w| w.deadline)
     }
 
     /// How long the record loop may sleep before its next housekeeping pass:
@@ -97,30 +114,36 @@ enum Lookup {
     Pod(String),
 }
 
-/// Asks the runtime in the background; concurrent asks for one id share a call.
+/// Asks the runtime in the background, again and again for at most `wait`:
+/// a container's cgroup appears (and its first processes may die) before the
+/// runtime has recorded the container, so one early answer of "unknown" must
+/// not decide. Concurrent asks for one id share a call.
 ///
 /// Runs on the caller's `LocalSet`: the metadata client's futures are not
 /// provably `Send`, and the collector's loops are single-threaded anyway.
-fn refresh(metadata: &MetadataCache, lookup: Lookup) {
-    tokio::task::spawn_local(refresh_task(metadata.clone(), lookup));
-}
-
-async fn refresh_task(metadata: MetadataCache, lookup: Lookup) {
-    let result = match lookup {
-        Lookup::Container(id) => metadata.refresh_container(&id).await.map(drop),
-        Lookup::Pod(uid) => metadata.refresh_pod(&uid).await.map(drop),
-    };
-    if let Err(err) = result {
-        log::debug!("metadata refresh failed: {err}");
-    }
+fn refresh(metadata: &MetadataCache, lookup: Lookup, wait: Duration) {
+    let metadata = metadata.clone();
+    tokio::task::spawn_local(async move {
+        let found = match &lookup {
+            Lookup::Container(id) => metadata.resolve_container(id, wait).await.is_some(),
+            Lookup::Pod(uid) => metadata.resolve_pod(uid, wait).await.is_some(),
+        };
+        if !found {
+            let (what, id) = match &lookup {
+                Lookup::Container(id) => ("container", id),
+                Lookup::Pod(uid) => ("pod", uid),
+            };
+            log::debug!("metadata: the runtime did not name {what} {id} within {wait:?}");
+        }
+    });
 }
 
 /// A new container cgroup warms the cache before its first exit; a removed one starts its tombstone.
-fn track_lifecycle(metadata: &MetadataCache, record: &Record) {
+fn track_lifecycle(metadata: &MetadataCache, record: &Record, wait: Duration) {
     match record {
         Record::CgroupMkdir(change) => {
             if let Some(id) = &change.identity.container_id {
-                refresh(metadata, Lookup::Container(id.clone()));
+                refresh(metadata, Lookup::Container(id.clone()), wait);
             }
         }
         Record::CgroupRmdir(change) => match (&change.identity.container_id, &change.identity.pod_uid) {
@@ -166,4 +189,97 @@ fn apply_container(identity: &mut Identity, meta: &ContainerMeta) {
     identity.init_container = meta.init_container;
     // The sandbox is not a container of the pod spec: it has no name there.
     identity.container_name = (!meta.is_sandbox).then(|| meta.container_name.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::Timestamp,
+        metadata::ContainerState,
+        record::{CgroupChange, Exit},
+    };
+
+    const KNOWN: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const UNKNOWN: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    fn in_container(id: &str) -> Identity {
+        Identity { container_id: Some(id.to_owned()), pod_uid: Some("uid-1".to_owned()), ..Identity::default() }
+    }
+
+    fn change(id: &str) -> CgroupChange {
+        CgroupChange {
+            time: Timestamp(0),
+            cgroup_id: 1,
+            cgroup_path: format!("/kubepods/pod-uid-1/{id}"),
+            identity: in_container(id),
+        }
+    }
+
+    fn exit(id: &str) -> Record {
+        Record::Exit(Exit {
+            time: Timestamp(0),
+            pid: 7,
+            ppid: 1,
+            comm: "dd".to_owned(),
+            exit_code: 137,
+            signal: Some(9),
+            core_dumped: false,
+            cgroup_id: 1,
+            cgroup_path: None,
+            oom_killed: true,
+            sender: None,
+            identity: in_container(id),
+            main_process: None,
+        })
+    }
+
+    /// A record behind one that waits for its names keeps the names it had when it came,
+    /// even if its container's tombstone runs out while it waits.
+    #[tokio::test]
+    async fn a_record_waiting_in_line_keeps_names_its_container_had_when_it_came() {
+        let app = ContainerMeta {
+            container_id: KNOWN.to_owned(),
+            container_name: "app".to_owned(),
+            pod_uid: "uid-1".to_owned(),
+            pod_name: "web-0".to_owned(),
+            namespace: "shop".to_owned(),
+            restart_count: 0,
+            image: "busybox".to_owned(),
+            is_sandbox: false,
+            pid: Some(1),
+            init_container: Some(false),
+            sandbox_id: None,
+            state: ContainerState::Running,
+        };
+        let tombstone = Duration::from_millis(20);
+        let metadata = MetadataCache::holding(vec![app], tombstone);
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut identifier = Identifier::new(Some(metadata), Duration::from_secs(1));
+                let now = Instant::now();
+                identifier.push(Record::CgroupMkdir(change(UNKNOWN)), now);
+                identifier.push(exit(KNOWN), now);
+                identifier.push(Record::CgroupRmdir(change(KNOWN)), now);
+                assert!(identifier.pop_ready(now, false).is_none(), "the unknown container's record waits");
+                std::thread::sleep(3 * tombstone);
+
+                let later = now + Duration::from_secs(2);
+                let first = identifier.pop_ready(later, false).unwrap();
+                assert_eq!(first.identity().container_name, None);
+                for record in [identifier.pop_ready(later, false).unwrap(), identifier.pop_ready(later, false).unwrap()]
+                {
+                    let identity = record.identity();
+                    assert_eq!(identity.container_name.as_deref(), Some("app"), "{record:?}");
+                    assert_eq!(
+                        (identity.pod_name.as_deref(), identity.namespace.as_deref()),
+                        (Some("web-0"), Some("shop"))
+                    );
+                }
+                assert!(identifier.pop_ready(later, false).is_none());
+                assert_eq!(identifier.unresolved, 1, "only the unknown container's record went out unnamed");
+            })
+            .await;
+    }
 }

@@ -228,6 +228,20 @@ impl MetadataCache {
         Ok(cache)
     }
 
+    /// A cache without sources that holds `containers` (and their pods), for tests
+    /// of the stages that read it.
+    #[cfg(test)]
+    pub(crate) fn holding(containers: Vec<ContainerMeta>, tombstone_ttl: Duration) -> Self {
+        let cache = Self::empty(&MetadataConfig { cri: CriSocket::Off, tombstone_ttl, ..Default::default() }, None);
+        let now = Instant::now();
+        let mut store = cache.shared.write();
+        for meta in containers {
+            let _ = store.put_container(meta, store::Source::Cri, now);
+        }
+        drop(store);
+        cache
+    }
+
     /// A cache with sources resolved but nothing listed yet.
     fn empty(config: &MetadataConfig, socket: Option<PathBuf>) -> Self {
         let cri = socket.as_deref().map(|s| CriClient::lazy(s, config.call_timeout));
