@@ -390,9 +390,6 @@ impl Engine {
                 log::warn!("journal: {err}");
             }
         }
-        if let Ok(pending) = journal.outbox_len() {
-            self.metrics.set_outbox_pending(pending);
-        }
     }
 
     /// Keeps the journal within its limits and drops writes too old to matter.
@@ -439,8 +436,8 @@ impl Engine {
         // Not a drop: the write stays in the outbox and a later pass sends it.
         (self.api_stats.gave_up..now.gave_up).for_each(|_| self.metrics.api_write_deferred());
         self.api_stats = now;
-        // Deliveries shrink the outbox as appends grow it: without this the gauge keeps its
-        // value from the last append, e.g. the peak of an API outage long after it drained.
+        // Appends grow the outbox and deliveries shrink it: one count here, every SYNC_EVERY,
+        // keeps the gauge current without a count on every append.
         if let Some(journal) = &self.journal
             && let Ok(journal) = journal.lock()
             && let Ok(pending) = journal.outbox_len()
