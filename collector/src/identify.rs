@@ -124,15 +124,11 @@ enum Lookup {
 fn refresh(metadata: &MetadataCache, lookup: Lookup, wait: Duration) {
     let metadata = metadata.clone();
     tokio::task::spawn_local(async move {
-        let found = match &lookup {
-            Lookup::Container(id) => metadata.resolve_container(id, wait).await.is_some(),
-            Lookup::Pod(uid) => metadata.resolve_pod(uid, wait).await.is_some(),
+        let (found, what, id) = match &lookup {
+            Lookup::Container(id) => (metadata.resolve_container(id, wait).await.is_some(), "container", id),
+            Lookup::Pod(uid) => (metadata.resolve_pod(uid, wait).await.is_some(), "pod", uid),
         };
         if !found {
-            let (what, id) = match &lookup {
-                Lookup::Container(id) => ("container", id),
-                Lookup::Pod(uid) => ("pod", uid),
-            };
             log::debug!("metadata: the runtime did not name {what} {id} within {wait:?}");
         }
     });
