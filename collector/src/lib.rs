@@ -4,13 +4,15 @@
 //! programs, [`reader`] takes their records off the ring buffer, [`decode`]
 //! types them, [`cgroup`] resolves where they happened, and [`trace`] filters
 //! and prints them. [`recorder`] decides which Kubernetes Events to write, with
-//! the kubelet's client-go semantics.
+//! the kubelet's client-go semantics. [`doctor`] checks what the node gives
+//! the collector, for `collector doctor` and when the daemon starts.
 
 pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod decode;
+pub mod doctor;
 pub mod escape;
 pub mod events;
 pub mod events_cmd;

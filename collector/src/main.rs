@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use collector::{
     config::{self, CheckArgs, RunArgs},
     daemon,
+    doctor::{self, DoctorArgs},
     events_cmd::{self, EventsArgs},
     trace::{self, TraceArgs, TraceStats},
 };
@@ -30,6 +31,12 @@ enum Command {
     Trace(TraceArgs),
     /// Show the events recorded on this node (reads the local journal).
     Events(EventsArgs),
+    /// Check that this node gives the collector what it needs, and say how to fix what is missing.
+    ///
+    /// Checks capabilities, the kernel, BTF, tracefs, bpf(), cgroups, the CRI socket, and the API
+    /// server with RBAC, as `collector run` would use them. Exit status: 0 if nothing failed, 1
+    /// otherwise, 2 for a bad configuration.
+    Doctor(DoctorArgs),
     /// Work with the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -61,23 +68,24 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            let env = |name: &str| std::env::var(name).ok();
-            let config = match config::resolve(&args, &env) {
-                Ok(config) => config,
-                Err(problems) => {
-                    for problem in &problems {
-                        let _ = writeln!(std::io::stderr(), "collector: {problem}");
-                    }
-                    return ExitCode::from(config::EXIT_PROBLEMS);
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(err) => return fail(&format!("cannot start the runtime: {err}")),
+            let (config, runtime) = match resolve_and_start(&args) {
+                Ok(ready) => ready,
+                Err(code) => return code,
             };
             let local = tokio::task::LocalSet::new();
             match runtime.block_on(local.run_until(daemon::run(config))) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail(&err.to_string()),
+            }
+        }
+        Command::Doctor(args) => {
+            let (config, runtime) = match resolve_and_start(&args.run_args()) {
+                Ok(ready) => ready,
+                Err(code) => return code,
+            };
+            match runtime.block_on(doctor::doctor(&config, args.format, &mut std::io::stdout())) {
+                Ok(report) if report.failed() => ExitCode::FAILURE,
+                Ok(_) => ExitCode::SUCCESS,
                 Err(err) => fail(&err.to_string()),
             }
         }
@@ -113,4 +121,21 @@ fn summarize(stats: &TraceStats) {
 fn fail(message: &str) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "collector: {message}");
     ExitCode::FAILURE
+}
+
+/// The effective configuration (flags, environment, file) and a runtime for it, or the exit
+/// code after every configuration problem is printed.
+fn resolve_and_start(args: &RunArgs) -> Result<(config::RunConfig, tokio::runtime::Runtime), ExitCode> {
+    let env = |name: &str| std::env::var(name).ok();
+    let config = config::resolve(args, &env).map_err(|problems| {
+        for problem in &problems {
+            let _ = writeln!(std::io::stderr(), "collector: {problem}");
+        }
+        ExitCode::from(config::EXIT_PROBLEMS)
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| fail(&format!("cannot start the runtime: {err}")))?;
+    Ok((config, runtime))
 }

@@ -5,7 +5,7 @@ use std::{io, path::PathBuf};
 
 use clap::Args;
 
-use super::{RunArgs, resolve};
+use super::{ConfigFileArgs, RunArgs, resolve};
 
 /// Options of `collector config check`.
 #[derive(Args, Clone, Debug, Default)]
@@ -28,7 +28,7 @@ pub fn check(
     out: &mut impl io::Write,
     err: &mut impl io::Write,
 ) -> io::Result<u8> {
-    let run_args = RunArgs { config: args.file.clone(), ..RunArgs::default() };
+    let run_args = RunArgs { file: ConfigFileArgs { config: args.file.clone() }, ..RunArgs::default() };
     match resolve(&run_args, env) {
         Ok(config) => match toml::to_string(&config) {
             Ok(text) => {

@@ -130,6 +130,16 @@ pub enum CriSocket {
     Path(PathBuf),
 }
 
+impl From<&CriSocket> for crate::metadata::CriSocket {
+    fn from(socket: &CriSocket) -> Self {
+        match socket {
+            CriSocket::Auto => Self::Auto,
+            CriSocket::Disabled => Self::Off,
+            CriSocket::Path(path) => Self::Path(path.clone()),
+        }
+    }
+}
+
 impl Serialize for CriSocket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -231,9 +241,9 @@ impl Default for RunConfig {
 /// problem is reported at once; each flag's variable is named in its help.
 #[derive(Args, Clone, Debug, Default)]
 pub struct RunArgs {
-    /// TOML configuration file [env: COLLECTOR_CONFIG].
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    /// The configuration file.
+    #[command(flatten)]
+    pub file: ConfigFileArgs,
     /// Where events go: kubernetes, stdout, journal (repeatable or comma separated), or auto:
     /// kubernetes+journal when a cluster is reachable, else stdout+journal
     /// [env: COLLECTOR_SINK] [default: auto].
@@ -264,12 +274,9 @@ pub struct RunArgs {
     /// source.component of the events [env: COLLECTOR_COMPONENT] [default: collector].
     #[arg(long, value_name = "NAME")]
     pub component: Option<String>,
-    /// kubeconfig file [env: COLLECTOR_KUBECONFIG] [default: in-cluster credentials].
-    #[arg(long, value_name = "FILE")]
-    pub kubeconfig: Option<String>,
-    /// CRI socket: a path, auto or none [env: COLLECTOR_CRI_SOCKET] [default: auto].
-    #[arg(long, value_name = "PATH|auto|none")]
-    pub cri_socket: Option<String>,
+    /// The cluster and the container runtime.
+    #[command(flatten)]
+    pub sources: SourceArgs,
     /// Kernel ring buffer size: a power of two of at least 4096, e.g. 1MiB
     /// [env: COLLECTOR_RING_BUFFER_BYTES] [default: 1MiB].
     #[arg(long, value_name = "BYTES")]
@@ -290,6 +297,26 @@ pub struct RunArgs {
     pub journal_max_bytes: Option<String>,
 }
 
+/// `--config`, shared by `collector run` and `collector doctor`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigFileArgs {
+    /// TOML configuration file [env: COLLECTOR_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Where the daemon finds the cluster and the container runtime; shared by
+/// `collector run` and `collector doctor`, which checks what `run` would use.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SourceArgs {
+    /// kubeconfig file [env: COLLECTOR_KUBECONFIG] [default: in-cluster credentials].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<String>,
+    /// CRI socket: a path, auto or none [env: COLLECTOR_CRI_SOCKET] [default: auto].
+    #[arg(long, value_name = "PATH|auto|none")]
+    pub cri_socket: Option<String>,
+}
+
 impl RunArgs {
     /// The value a flag gave `field`, if any.
     fn raw(&self, field: Field) -> Option<Raw<'_>> {
@@ -306,8 +333,8 @@ impl RunArgs {
             Field::DryRun => self.dry_run.map(Raw::Bool),
             Field::EmitNormalExits => self.emit_normal_exits.map(Raw::Bool),
             Field::Component => text(&self.component),
-            Field::Kubeconfig => text(&self.kubeconfig),
-            Field::CriSocket => text(&self.cri_socket),
+            Field::Kubeconfig => text(&self.sources.kubeconfig),
+            Field::CriSocket => text(&self.sources.cri_socket),
             Field::RingBufferBytes => text(&self.ring_buffer_bytes),
             Field::MetadataWait => text(&self.metadata_wait),
             Field::TombstoneTtl => text(&self.tombstone_ttl),
@@ -490,7 +517,7 @@ fn resolve_with(
     let mut config = RunConfig::default();
     let mut problems = Vec::new();
 
-    if let Some(path) = args.config.clone().or_else(|| env(CONFIG_ENV).map(PathBuf::from)) {
+    if let Some(path) = args.file.config.clone().or_else(|| env(CONFIG_ENV).map(PathBuf::from)) {
         file::apply_file(&path, &mut config, &mut problems);
     }
     for field in Field::ALL {

@@ -313,8 +313,12 @@ fn check_prints_the_effective_config_as_toml_that_reads_back() {
          cri_socket = \"auto\"\nring_buffer_bytes = 1048576\nmetadata_wait = \"1s500ms\"\n\
          tombstone_ttl = \"5m\"\n\n[journal]\nmax_age = \"1d\"\nmax_bytes = \"2MiB\"\n"
     );
-    let expected =
-        resolve_with(&RunArgs { config: Some(file.path.clone()), ..RunArgs::default() }, &env, no_host).unwrap();
+    let expected = resolve_with(
+        &RunArgs { file: ConfigFileArgs { config: Some(file.path.clone()) }, ..RunArgs::default() },
+        &env,
+        no_host,
+    )
+    .unwrap();
     // The printed form reads back the same, through serde and through the file layer.
     assert_eq!(toml::from_str::<RunConfig>(&text).unwrap(), expected);
     let (reread, problems) = from_text(&text);
@@ -457,7 +461,7 @@ fn random_flag_and_env_values_never_panic() {
     for _ in 0..2000 {
         let mut pick = || Some(texts[(noise.next() % texts.len() as u64) as usize].to_owned());
         let flags = RunArgs {
-            config: None,
+            file: ConfigFileArgs { config: None },
             sinks: vec![pick().unwrap()],
             format: pick(),
             node_name: pick(),
@@ -466,8 +470,7 @@ fn random_flag_and_env_values_never_panic() {
             dry_run: None,
             emit_normal_exits: Some(true),
             component: pick(),
-            kubeconfig: pick(),
-            cri_socket: pick(),
+            sources: SourceArgs { kubeconfig: pick(), cri_socket: pick() },
             ring_buffer_bytes: pick(),
             metadata_wait: pick(),
             tombstone_ttl: pick(),

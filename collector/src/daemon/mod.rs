@@ -25,6 +25,7 @@ use crate::{
     cgroup::{CgroupError, CgroupTree, Resolver, registry::RegistryConfig},
     config::{CriSocket, RunConfig, Sink},
     decode::{KernelRecord, decode},
+    doctor::{self, DoctorError},
     events::{EventOptions, events_for},
     identify::Identifier,
     metadata::{self, MetadataCache, MetadataConfig, MetadataError},
@@ -58,6 +59,9 @@ const DRAIN_ON_STOP: Duration = Duration::from_millis(500);
 /// Errors that stop the daemon.
 #[derive(Debug, Error)]
 pub enum DaemonError {
+    /// A check the daemon cannot run without failed (capabilities, BTF, tracefs, bpf()).
+    #[error(transparent)]
+    Startup(#[from] DoctorError),
     /// The kubeconfig or in-cluster configuration is unusable.
     #[error("cannot use the Kubernetes configuration: {0}")]
     Cluster(#[source] kubernetes::Error),
@@ -99,6 +103,14 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         Cluster::Api(client) => Some(client),
         Cluster::NoCluster => None,
     };
+    // What `collector doctor` checks, before anything else starts: every problem is
+    // logged with its fix, and one the probes cannot load with stops the daemon here.
+    let api = client.as_ref().map_or(doctor::ApiTarget::Skip, doctor::ApiTarget::Client);
+    let report = doctor::check(&doctor::Inputs { cri: (&config.cri_socket).into(), api }).await;
+    report.log();
+    if let Some(blocker) = report.into_blocker() {
+        return Err(DaemonError::Startup(blocker));
+    }
     let sinks = config.sinks.resolve(client.is_some());
     let to_api = sinks.contains(&Sink::Kubernetes);
     // Writes to the API server wait in the journal's outbox: they outlive outages and restarts.

@@ -15,13 +15,13 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     Container, ContainerFilter, ContainerStatusRequest, ContainerStatusResponse, ListContainersRequest,
     ListPodSandboxRequest, PodSandbox, PodSandboxFilter, PodSandboxState, PodSandboxStatusRequest,
-    PodSandboxStatusResponse,
+    PodSandboxStatusResponse, VersionRequest,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::store::without_kubelet_labels;
-use super::{ContainerMeta, ContainerState, MetadataError, PodMeta};
+use super::{ContainerMeta, ContainerState, MetadataError, PodMeta, RuntimeVersion};
 
 /// Label with the pod's name, on sandboxes and containers.
 pub(crate) const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
@@ -277,6 +277,25 @@ impl CriClient {
         let mut c = self.runtime.clone();
         let req = ContainerStatusRequest { container_id: id.to_owned(), verbose: true };
         self.call("ContainerStatus", c.container_status(req)).await
+    }
+
+    /// The runtime's name and version. Unlike the lookups, a NotFound answer is an error here.
+    pub(crate) async fn version(&self) -> Result<RuntimeVersion, MetadataError> {
+        let mut c = self.runtime.clone();
+        // The kubelet sends its own CRI version; runtimes answer with theirs whatever it is.
+        let req = VersionRequest { version: "v1".to_owned() };
+        match tokio::time::timeout(self.timeout, c.version(req)).await {
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                Ok(RuntimeVersion {
+                    name: resp.runtime_name,
+                    version: resp.runtime_version,
+                    api_version: resp.runtime_api_version,
+                })
+            }
+            Ok(Err(status)) => Err(MetadataError::Cri { call: "Version", source: Box::new(status) }),
+            Err(_) => Err(MetadataError::CriTimeout { call: "Version", after: self.timeout }),
+        }
     }
 
     /// Verbose PodSandboxStatus; `None` when the runtime does not know the id.

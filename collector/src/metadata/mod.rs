@@ -92,6 +92,33 @@ impl FromStr for CriSocket {
     }
 }
 
+/// The socket `cri` designates: none when CRI is off or `auto` finds none; an
+/// explicit socket that does not exist is an error.
+pub fn find_cri_socket(cri: &CriSocket) -> Result<Option<PathBuf>, MetadataError> {
+    match cri {
+        CriSocket::Off => Ok(None),
+        CriSocket::Auto => Ok(cri::detect_socket(&[Path::new(CONTAINERD_SOCKET), Path::new(CRIO_SOCKET)])),
+        CriSocket::Path(p) if p.exists() => Ok(Some(p.clone())),
+        CriSocket::Path(p) => Err(MetadataError::SocketMissing(p.clone())),
+    }
+}
+
+/// What a container runtime says about itself (CRI `Version`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeVersion {
+    /// `containerd`, `cri-o`.
+    pub name: String,
+    /// The runtime's own version, e.g. `1.6.20~ds1`.
+    pub version: String,
+    /// The CRI version it serves, e.g. `v1`.
+    pub api_version: String,
+}
+
+/// Asks the runtime on `socket` for its name and version, within `timeout`.
+pub async fn runtime_version(socket: &Path, timeout: Duration) -> Result<RuntimeVersion, MetadataError> {
+    CriClient::lazy(socket, timeout).version().await
+}
+
 /// How the cache finds its sources and how much it keeps.
 #[derive(Clone, Debug)]
 pub struct MetadataConfig {
@@ -204,12 +231,7 @@ impl MetadataCache {
     /// answer yet is counted in `cri_errors` and retried by later refreshes, and
     /// an unreachable cluster turns the API source off.
     pub async fn start(config: MetadataConfig) -> Result<Self, MetadataError> {
-        let socket = match &config.cri {
-            CriSocket::Off => None,
-            CriSocket::Auto => cri::detect_socket(&[Path::new(CONTAINERD_SOCKET), Path::new(CRIO_SOCKET)]),
-            CriSocket::Path(p) if p.exists() => Some(p.clone()),
-            CriSocket::Path(p) => return Err(MetadataError::SocketMissing(p.clone())),
-        };
+        let socket = find_cri_socket(&config.cri)?;
         let cache = Self::empty(&config, socket);
         if cache.shared.cri.is_some()
             && let Err(e) = cache.sync().await

@@ -23,7 +23,7 @@ use self::{btf::Btf, tracefs::Tracefs};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
 
 /// The tracepoints the probes attach to: (category, name, program).
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched", "sched_process_exit", "sched_process_exit"),
     ("signal", "signal_generate", "signal_generate"),
     ("oom", "mark_victim", "mark_victim"),

@@ -7,9 +7,12 @@ use thiserror::Error;
 
 use super::btf::VMLINUX_BTF;
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+/// Stands in for [`CAP_BPF`] and [`CAP_PERFMON`], which split it in kernel 5.8.
+pub const CAP_SYS_ADMIN: u32 = 21;
+/// Needed to open perf events (tracepoint attachment) and read kernel memory from BPF.
+pub const CAP_PERFMON: u32 = 38;
+/// Needed to create BPF maps and load BPF programs.
+pub const CAP_BPF: u32 = 39;
 
 /// What the environment lacks.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -27,7 +30,7 @@ pub enum PreflightError {
 /// Checks privileges and BTF.
 pub fn check() -> Result<(), PreflightError> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if !may_load_bpf(effective_caps(&status)) {
+    if !may_load_bpf(effective_caps(&status).unwrap_or(0)) {
         return Err(PreflightError::NotPermitted);
     }
     if !Path::new(VMLINUX_BTF).exists() {
@@ -36,13 +39,12 @@ pub fn check() -> Result<(), PreflightError> {
     Ok(())
 }
 
-/// The `CapEff` mask of a `/proc/PID/status` text; none if it cannot be read.
-fn effective_caps(status: &str) -> u64 {
+/// The `CapEff` mask of a `/proc/PID/status` text; `None` if it has none that parses.
+pub fn effective_caps(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0)
 }
 
 /// Tracepoints with BPF need CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN on kernels before 5.8.
@@ -58,8 +60,9 @@ mod tests {
     #[test]
     fn reads_the_effective_capability_mask() {
         let status = "Name:\tx\nCapPrm:\t000001ffffffffff\nCapEff:\t000000c000000000\n";
-        assert_eq!(effective_caps(status), 0xc0_0000_0000);
-        assert_eq!(effective_caps("Name:\tx\n"), 0);
+        assert_eq!(effective_caps(status), Some(0xc0_0000_0000));
+        assert_eq!(effective_caps("Name:\tx\n"), None);
+        assert_eq!(effective_caps("CapEff:\tnot-hex\n"), None);
     }
 
     #[test]

@@ -114,11 +114,21 @@ pub struct Tracefs {
 impl Tracefs {
     /// Finds tracefs in the mount table, mounting it at [`DEFAULT_MOUNT`] if it is absent.
     pub fn find_or_mount() -> Result<Self, TracefsError> {
-        if let Some(root) = mounted() {
-            return Ok(Self { root });
+        if let Some(found) = Self::find() {
+            return Ok(found);
         }
         mount_default().map_err(|source| TracefsError::Mount { source })?;
         Ok(Self { root: PathBuf::from(DEFAULT_MOUNT) })
+    }
+
+    /// Finds tracefs in the mount table; mounts nothing.
+    pub fn find() -> Option<Self> {
+        mounted().map(|root| Self { root })
+    }
+
+    /// Where it is mounted.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Reads the format of `category/name`.

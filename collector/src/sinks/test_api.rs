@@ -10,6 +10,9 @@
 //! port. [`TestApi::kubeconfig`] writes a kubeconfig that points a real
 //! `kube::Client` at it, so tests exercise kube's own HTTP stack.
 //!
+//! It also answers `GET /version` and SelfSubjectAccessReviews (allowed,
+//! unless [`TestApi::deny`] said otherwise), for `collector doctor`'s checks.
+//!
 //! It is no model of the API server beyond that: no auth, no resourceVersion,
 //! no field validation, and PATCH is a shallow merge of top-level keys.
 //!
@@ -113,6 +116,8 @@ struct State {
     rules: Vec<Rule>,
     /// Stored events by (namespace, name).
     events: HashMap<(String, String), Value>,
+    /// (verb, resource) pairs a SelfSubjectAccessReview is denied.
+    denied: Vec<(String, String)>,
 }
 
 /// The running double. Dropping it stops it.
@@ -165,6 +170,11 @@ impl TestApi {
     /// Add a scripted answer; earlier rules win.
     pub fn script(&self, rule: Rule) {
         lock(&self.state).rules.push(rule);
+    }
+
+    /// Answer SelfSubjectAccessReviews of `verb` on `resource` with `allowed: false`.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        lock(&self.state).denied.push((verb.to_owned(), resource.to_owned()));
     }
 
     /// Drop all scripted answers.
@@ -336,7 +346,12 @@ fn answer(state: &Mutex<State>, request: &Request) -> Answer {
             (status, headers, status_body(status, "Scripted", "scripted by the test"))
         }
         None => {
-            let (status, reply) = events_api(&mut state.events, &request.method, &request.path, &body);
+            let path = request.path.split('?').next().unwrap_or_default();
+            let (status, reply) = match (request.method.as_str(), path) {
+                ("GET", "/version") => (200, version()),
+                ("POST", ACCESS_REVIEWS) => (201, access_review(&state.denied, &body)),
+                _ => events_api(&mut state.events, &request.method, &request.path, &body),
+            };
             (status, Vec::new(), reply)
         }
     };
@@ -379,6 +394,27 @@ fn events_api(events: &mut HashMap<(String, String), Value>, method: &str, path:
         }
         _ => (404, status_body(404, "NotFound", "the server could not find the requested resource")),
     }
+}
+
+const ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+
+/// `GET /version` of a made-up 1.33 server.
+fn version() -> Value {
+    json!({
+        "major": "1", "minor": "33", "gitVersion": "v1.33.0-test", "gitCommit": "0", "gitTreeState": "clean",
+        "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64",
+    })
+}
+
+/// The review with its status: allowed unless its verb and resource were denied.
+fn access_review(denied: &[(String, String)], body: &Value) -> Value {
+    let attribute = |name: &str| body.pointer(&format!("/spec/resourceAttributes/{name}")).and_then(Value::as_str);
+    let (verb, resource) = (attribute("verb").unwrap_or_default(), attribute("resource").unwrap_or_default());
+    let deny = denied.iter().any(|(v, r)| v == verb && r == resource);
+    let mut review = body.clone();
+    review["status"] =
+        if deny { json!({"allowed": false, "reason": "denied by the test"}) } else { json!({"allowed": true}) };
+    review
 }
 
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
