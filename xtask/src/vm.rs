@@ -29,9 +29,10 @@ use initramfs::{Archive, shell_quote};
 
 /// Integration tests of `collector-tests` (by `[[test]]` name) that need
 /// containerd, runc and an image, which the VM does not have: they run on the
-/// host only. The convention is a `cri_` or `containerd_` prefix; the list
+/// host only, as do the `cluster_` tests, which need the test cluster. The
+/// convention is a `cri_`, `containerd_` or `cluster_` prefix; the list
 /// holds the ones named before the convention. Everything else runs in the VM.
-const HOST_ONLY_PREFIXES: &[&str] = &["cri_", "containerd_"];
+const HOST_ONLY_PREFIXES: &[&str] = &["cri_", "containerd_", "cluster_"];
 const HOST_ONLY_TESTS: &[&str] = &[];
 
 const VERDICT: &str = "VM-VERDICT: ";
@@ -226,14 +227,14 @@ fn assemble(stage: &Path, collector: &Path, built: &Built, args: &[String]) -> R
     let mut libraries = Vec::new();
     for (index, binary) in binaries.iter().enumerate() {
         archive.file(binary, &initramfs::stripped(binary, stage, index))?;
-        libraries.extend(initramfs::shared_libraries(binary)?);
+        libraries.extend(crate::command::shared_libraries(binary)?);
     }
 
     // busybox is the shell, sleep, true, mount and poweroff the tests and /init call.
-    let busybox = assets::on_path("busybox")
+    let busybox = crate::command::which("busybox")
         .context("busybox is not installed (`cargo xtask setup --tests` installs busybox-static)")?;
     archive.file("/bin/busybox", &busybox)?;
-    libraries.extend(initramfs::shared_libraries(&busybox)?);
+    libraries.extend(crate::command::shared_libraries(&busybox)?);
     let applets = Command::new(&busybox).arg("--list-full").output().context("cannot run busybox --list-full")?;
     for applet in String::from_utf8_lossy(&applets.stdout).lines() {
         let path = Path::new("/").join(applet.trim());

@@ -56,12 +56,14 @@ pub(crate) fn kernel(cache: &Path, series: &str) -> Result<Kernel> {
     let tmp = fresh_dir(&cache.join(format!("kernel-{series}.tmp")))?;
     let deb = download(std::slice::from_ref(&package), &tmp)?.pop().context("no .deb")?;
     // Only /boot: the modules are of no use without a disk, and four times the size.
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" ./boot"#)
-        .arg("sh")
-        .arg(&deb)
-        .arg(&tmp))?;
+    crate::command::run(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" ./boot"#)
+            .arg("sh")
+            .arg(&deb)
+            .arg(&tmp),
+    )?;
     std::fs::remove_file(&deb).ok();
     std::fs::write(tmp.join("package"), &package)?;
     publish(&tmp, &dir)?;
@@ -88,7 +90,7 @@ fn newest_kernel_package(series: &str) -> Result<String> {
     let mut names = kernel_packages()?;
     if names.is_empty() {
         // apt-cache finds nothing before the first `apt-get update`.
-        run(Command::new("apt-get").args(["update", "-q"]))?;
+        crate::command::run(Command::new("apt-get").args(["update", "-q"]))?;
         names = kernel_packages()?;
     }
     let mut matching: Vec<(Vec<u64>, String)> = names
@@ -170,7 +172,7 @@ impl Qemu {
 
 /// The host's `qemu-system-x86_64` if installed, else Debian's unpacked into the cache.
 pub(crate) fn qemu(cache: &Path) -> Result<(Qemu, String)> {
-    if let Some(binary) = on_path(QEMU_BINARY) {
+    if let Some(binary) = crate::command::which(QEMU_BINARY) {
         let qemu = Qemu { binary, unpacked: None };
         let version = qemu.version()?;
         return Ok((qemu, version));
@@ -190,7 +192,7 @@ pub(crate) fn qemu(cache: &Path) -> Result<(Qemu, String)> {
     let debs = tmp.join(".debs");
     std::fs::create_dir(&debs)?;
     for deb in download(&packages, &debs)? {
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+        crate::command::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
     }
     std::fs::remove_dir_all(&debs).ok();
     if dir.exists() {
@@ -214,7 +216,7 @@ fn qemu_packages() -> Result<Vec<String>> {
     };
     let mut output = simulate()?;
     if !output.status.success() {
-        run(Command::new("apt-get").args(["update", "-q"]))?;
+        crate::command::run(Command::new("apt-get").args(["update", "-q"]))?;
         output = simulate()?;
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -251,10 +253,12 @@ fn library_dirs(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 fn download(packages: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
     // As root, apt drops to the _apt user to download, which cannot write to
     // the cache; downloading as root is what apt falls back to anyway.
-    run(Command::new("apt-get")
-        .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
-        .args(packages)
-        .current_dir(dir))?;
+    crate::command::run(
+        Command::new("apt-get")
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+            .args(packages)
+            .current_dir(dir),
+    )?;
     let mut debs = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         debs.push(entry?.path());
@@ -286,20 +290,6 @@ fn fresh_dir(dir: &Path) -> Result<PathBuf> {
 /// Moves a completed download into place, so a run that was interrupted never leaves half a cache.
 fn publish(tmp: &Path, dir: &Path) -> Result<()> {
     std::fs::rename(tmp, dir).with_context(|| format!("cannot move {} to {}", tmp.display(), dir.display()))
-}
-
-pub(crate) fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
-    if !status.success() {
-        bail!("{shown} failed ({status})");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 const S_IFDIR: u32 = 0o040_000;
 const S_IFREG: u32 = 0o100_000;
@@ -190,42 +190,6 @@ impl CpioWriter {
     }
 }
 
-/// The shared libraries (and the dynamic loader) that `binary` needs, as `ldd` resolves them.
-/// Empty for a static binary.
-pub(crate) fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let output = Command::new("ldd").arg(binary).output().context("cannot run ldd")?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        if stdout.contains("not a dynamic executable") || stderr.contains("not a dynamic executable") {
-            return Ok(Vec::new());
-        }
-        bail!("ldd {} failed: {stderr}", binary.display());
-    }
-    parse_ldd(&stdout).with_context(|| format!("ldd {}", binary.display()))
-}
-
-fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
-    let mut libs = Vec::new();
-    for line in text.lines().map(str::trim) {
-        let path = match line.split_once("=>") {
-            Some((name, rest)) => {
-                let rest = rest.trim();
-                if rest.starts_with("not found") {
-                    bail!("{} is not found", name.trim());
-                }
-                rest.split(" (").next().unwrap_or_default()
-            }
-            // The loader: "/lib64/ld-linux-x86-64.so.2 (0x...)"; vdso lines have no path.
-            None => line.split(" (").next().unwrap_or_default(),
-        };
-        if path.starts_with('/') {
-            libs.push(PathBuf::from(path));
-        }
-    }
-    Ok(libs)
-}
-
 /// A copy of `binary` without debug info in `stage`, or the binary itself if
 /// `strip` is missing: debug info only makes the archive (in guest RAM) bigger.
 pub(crate) fn stripped(binary: &Path, stage: &Path, index: usize) -> PathBuf {
@@ -249,25 +213,6 @@ pub(crate) fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ldd_output_gives_libraries_and_loader() {
-        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
-                    \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f9b)\n\
-                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f9b)\n\
-                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f9b)\n";
-        assert_eq!(
-            parse_ldd(text).unwrap(),
-            ["/lib/x86_64-linux-gnu/libgcc_s.so.1", "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
-                .map(PathBuf::from)
-        );
-    }
-
-    #[test]
-    fn a_missing_library_is_an_error() {
-        let err = parse_ldd("\tlibfoo.so.1 => not found\n").unwrap_err();
-        assert_eq!(err.to_string(), "libfoo.so.1 is not found");
-    }
 
     #[test]
     fn shell_quote_survives_single_quotes() {
