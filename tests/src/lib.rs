@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod cgroupfs;
+pub mod cluster;
 pub mod collector;
 pub mod containerd;
 pub mod cri;

@@ -4,6 +4,9 @@
 //! programs, cargo builds everything else.
 
 mod bench;
+mod cluster;
+mod command;
+mod image;
 mod setup;
 mod vm;
 
@@ -36,6 +39,21 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the collector's OCI image without a container engine: target/image/collector.tar,
+    /// named docker.io/local/collector:<version> (the Dockerfile builds the same image with one).
+    Image {
+        /// Tag the image TAG instead of the collector's version (e.g. a second image for a rollout).
+        #[arg(long, value_name = "TAG")]
+        tag: Option<String>,
+        /// Also import the image into the `k8s.io` namespace of the containerd at this socket.
+        #[arg(long, value_name = "SOCKET")]
+        import: Option<PathBuf>,
+    },
+    /// A real single-node Kubernetes for tests (built from the Go module proxy): `up` or `down`.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Run every test: unit tests and the privileged end-to-end tests.
     Test {
         /// Arguments for `cargo test` (e.g. a test name filter).
@@ -67,30 +85,54 @@ enum Task {
     Lint,
 }
 
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Build (cached) and start etcd, the control plane, a kubelet and containerd; returns once the node is Ready.
+    Up,
+    /// Stop everything `up` started and remove its state (also after a failed `up`).
+    Down,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.command {
         Task::Setup { tests } => setup::run(tests),
         Task::Run { args } => {
-            setup::ensure(false)?;
-            cargo(&root, &["build", "--release", "--package", "collector"])?;
+            let bin = build_release(&root)?;
             let args = if args.is_empty() { vec!["trace".to_owned()] } else { args };
-            let bin = root.join("target/release/collector");
             let status =
                 Command::new(&bin).args(&args).status().with_context(|| format!("cannot run {}", bin.display()))?;
             // The collector's own exit code (2 for usage errors) passes through.
             std::process::exit(status.code().unwrap_or(1));
         }
+        Task::Image { tag, import } => {
+            let built = image::build(&root, tag.as_deref())?;
+            if let Some(address) = import {
+                image::import(&address, &built.tarball, &built.name)?;
+            }
+            // Last, alone on its line, for scripts.
+            println!("{}", built.name);
+            Ok(())
+        }
+        Task::Cluster { action: ClusterAction::Up } => cluster::up(&root),
+        Task::Cluster { action: ClusterAction::Down } => cluster::down(&root),
         Task::Test { args } => {
             setup::ensure(true)?;
             // The end-to-end tests run the collector binary, which cargo only
             // builds for its own package's tests.
             cargo(&root, &["build", "--package", "collector", "--bins"])?;
+            // The `cluster_` tests run against a real cluster with the
+            // collector's image; one that was already up is left up.
+            let was_up = cluster::is_up(&root);
+            cluster::up(&root)?;
             // The kernel programs only build for the bpf target (build.rs does that).
             let mut test = vec!["test", "--workspace", "--exclude", "collector-ebpf"];
             test.extend(args.iter().map(String::as_str));
-            cargo(&root, &test)
+            let kubeconfig = cluster::Paths::new(&root).kubeconfig();
+            let tested = cargo_with_env(&root, &test, &[("COLLECTOR_TEST_KUBECONFIG", kubeconfig.as_os_str())]);
+            let stopped = if was_up { Ok(()) } else { cluster::down(&root) };
+            tested.and(stopped)
         }
         Task::TestVm { kernel, timeout, args } => {
             setup::ensure(true)?;
@@ -115,10 +157,27 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// Sets up what the build needs if anything is missing, builds the collector
+/// in release mode, and gives the binary's path (for `run` and `image`).
+fn build_release(root: &Path) -> Result<PathBuf> {
+    setup::ensure(false)?;
+    cargo(root, &["build", "--release", "--package", "collector"])?;
+    Ok(root.join("target/release/collector"))
+}
+
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    cargo_with_env(root, args, &[])
+}
+
+fn cargo_with_env(root: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     println!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(cargo).args(args).current_dir(root).status().context("cannot run cargo")?;
+    let status = Command::new(cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root)
+        .status()
+        .context("cannot run cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }

@@ -7,7 +7,7 @@
 
 use std::{path::Path, process::Command};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 /// The rustup toolchain name that `collector/build.rs` looks for first.
 const LINKED_TOOLCHAIN: &str = "collector-ebpf";
@@ -17,9 +17,13 @@ const TOOLCHAIN_PACKAGES: &[&str] =
 /// protoc builds the collector's CRI API client (k8s-cri).
 const PROTOC_PACKAGES: &[&str] = &["protobuf-compiler"];
 /// What the end-to-end tests run: a real containerd with runc, a busybox
-/// image built from Debian's static busybox, and protoc for the CRI API.
-const TEST_PACKAGES: &[&str] = &["containerd", "runc", "busybox-static"];
-const TEST_COMMANDS: &[&str] = &["containerd", "ctr", "runc", "busybox"];
+/// image built from Debian's static busybox, and, for the test cluster, the
+/// CNI plugins (bridge, host-local, loopback) and iproute2 for its network
+/// namespace.
+const TEST_PACKAGES: &[&str] = &["containerd", "runc", "busybox-static", "containernetworking-plugins", "iproute2"];
+const TEST_COMMANDS: &[&str] = &["containerd", "ctr", "runc", "busybox", "ip", "nsenter"];
+/// The CNI plugins' directory in Debian's package.
+const CNI_BRIDGE: &str = "/usr/lib/cni/bridge";
 
 /// Installs whatever is missing, saying what it does.
 pub(crate) fn run(tests: bool) -> Result<()> {
@@ -32,7 +36,7 @@ pub(crate) fn run(tests: bool) -> Result<()> {
         apt_install(TOOLCHAIN_PACKAGES, &mut apt_updated)?;
         if !toolchain_has_src(LINKED_TOOLCHAIN) {
             step(&format!("eBPF toolchain: linking /usr as rustup toolchain `{LINKED_TOOLCHAIN}`"));
-            run_cmd(Command::new("rustup").args(["toolchain", "link", LINKED_TOOLCHAIN, "/usr"]))?;
+            crate::command::run(Command::new("rustup").args(["toolchain", "link", LINKED_TOOLCHAIN, "/usr"]))?;
         }
     }
     if bpf_linker_works() {
@@ -42,7 +46,7 @@ pub(crate) fn run(tests: bool) -> Result<()> {
         apt_install(TOOLCHAIN_PACKAGES, &mut apt_updated)?;
         step(&format!("bpf-linker: building {BPF_LINKER_VERSION} against LLVM 22 (about 90 s)"));
         let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
-        run_cmd(
+        crate::command::run(
             Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
                 .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
                 .args(["--no-default-features", "--features", "llvm-22"])
@@ -58,13 +62,19 @@ pub(crate) fn run(tests: bool) -> Result<()> {
         apt_install(PROTOC_PACKAGES, &mut apt_updated)?;
     }
     if tests {
-        if TEST_COMMANDS.iter().all(|c| on_path(c)) {
-            step("test dependencies (containerd, runc, busybox): present");
+        if has_test_dependencies() {
+            step("test dependencies (containerd, runc, busybox, CNI plugins, iproute2): present");
         } else {
             require_debian(TEST_PACKAGES)?;
-            step("test dependencies: installing containerd, runc, busybox-static");
+            step(&format!("test dependencies: installing {}", TEST_PACKAGES.join(", ")));
             apt_install(TEST_PACKAGES, &mut apt_updated)?;
         }
+        // Not Debian packages on Debian 12: the machine must bring them.
+        crate::cluster::which_go()?;
+        if !on_path("kubectl") {
+            bail!("kubectl is missing: install kubectl 1.32 or newer (it drives the test cluster)");
+        }
+        step("go, kubectl: present");
     }
     step("setup complete");
     Ok(())
@@ -75,8 +85,12 @@ pub(crate) fn ensure(tests: bool) -> Result<()> {
     let ready = has_kernel_toolchain()
         && bpf_linker_works()
         && on_path("protoc")
-        && (!tests || TEST_COMMANDS.iter().all(|c| on_path(c)));
+        && (!tests || (has_test_dependencies() && crate::cluster::which_go().is_ok() && on_path("kubectl")));
     if ready { Ok(()) } else { run(tests) }
+}
+
+fn has_test_dependencies() -> bool {
+    TEST_COMMANDS.iter().all(|c| on_path(c)) && Path::new(CNI_BRIDGE).is_file()
 }
 
 fn step(message: &str) {
@@ -101,7 +115,7 @@ fn bpf_linker_works() -> bool {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+    crate::command::which(program).is_some()
 }
 
 /// Stops with the exact list of what to install where apt cannot do it.
@@ -126,19 +140,10 @@ fn require_debian(packages: &[&str]) -> Result<()> {
 
 fn apt_install(packages: &[&str], updated: &mut bool) -> Result<()> {
     if !*updated {
-        run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+        crate::command::run(Command::new("apt-get").args(["update", "-q"]))?;
         *updated = true;
     }
-    run_cmd(
+    crate::command::run(
         Command::new("apt-get").args(["install", "-y", "-q"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"),
     )
-}
-
-fn run_cmd(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
-    if !status.success() {
-        bail!("{shown} failed ({status})");
-    }
-    Ok(())
 }

@@ -1,0 +1,319 @@
+//! The collector installed from `deploy/` as a DaemonSet on the real cluster
+//! of `cargo xtask cluster up`, judged as an operator would judge it:
+//! it rolls out; a child OOM kill and a SIGKILL from another process become
+//! Events that `kubectl` shows on the right pod and container; its
+//! ServiceAccount can do exactly what the daemon needs; without CAP_PERFMON it
+//! never becomes Ready and says why; and a rolling update loses no death.
+//!
+//! One test, in steps: every step needs the DaemonSet, and two of them change it.
+#![expect(clippy::unwrap_used, reason = "test steps: a failure fails the test")]
+#![expect(clippy::print_stderr, reason = "progress of a long end-to-end test")]
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use collector_tests::cluster::{Applied, Cluster, NODE_NAME, Namespace};
+use serde_json::Value;
+
+const SERVICE_ACCOUNT: &str = "system:serviceaccount:collector:collector";
+/// How long an Event may take from the kernel to the API server: the daemon
+/// answers within a second; the rest is a loaded 2-core CI machine.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+const ROLLOUT_TIMEOUT: &str = "--timeout=180s";
+/// The image `deploy/` names, which `cargo xtask cluster up` imports.
+const IMAGE: &str = "docker.io/local/collector:0.1.0";
+/// What the daemon logs when the DaemonSet does not add CAP_PERFMON.
+const NO_PERFMON: &str =
+    "missing capability CAP_PERFMON: attaching tracepoints (perf_event_open) and reading kernel memory fail without it";
+const ROLLOUT_IMAGE: &str = "docker.io/local/collector:rollout";
+
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+#[test]
+fn daemonset_from_deploy_reports_deaths_with_least_privilege() {
+    let Some(cluster) = Cluster::find("daemonset_from_deploy_reports_deaths_with_least_privilege") else { return };
+    eprintln!("step 1: kubectl apply -k deploy/");
+    let installed = Applied::kustomization(&cluster, deploy_dir()).unwrap();
+    rollout(&cluster).unwrap();
+
+    let ns = cluster.namespace("e2e").unwrap();
+    eprintln!("step 2: a child OOM kill in {}", ns.name);
+    child_oom_kill_becomes_an_event(&cluster, &ns).unwrap();
+    eprintln!("step 3: SIGKILL from another process");
+    sigkill_names_its_sender(&cluster, &ns).unwrap();
+    eprintln!("step 4: the ServiceAccount's permissions");
+    service_account_can_do_exactly_what_the_daemon_needs(&cluster).unwrap();
+    eprintln!("step 5: without CAP_PERFMON");
+    without_perfmon_it_is_never_ready_and_says_why(&cluster).unwrap();
+    eprintln!("step 6: a rolling update");
+    rolling_update_loses_no_death(&cluster, &ns).unwrap();
+    drop(ns);
+    drop(installed);
+}
+
+fn rollout(cluster: &Cluster) -> Result<()> {
+    cluster.kubectl(&["-n", "collector", "rollout", "status", "ds/collector", ROLLOUT_TIMEOUT]).map(drop)
+}
+
+/// The pod manifest for a busybox pod with one container `app` running `script`.
+fn pod(namespace: &str, name: &str, script: &str, memory_limit: Option<&str>) -> String {
+    let resources = memory_limit.map_or(String::new(), |limit| {
+        format!("\n    resources:\n      limits:\n        memory: {limit}\n      requests:\n        memory: {limit}")
+    });
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: docker.io/local/busybox:1
+    command: ["/bin/sh", "-c", {script}]{resources}
+"#,
+        script = serde_json::to_string(script).unwrap(),
+    )
+}
+
+fn run_pod(cluster: &Cluster, manifest: &str, namespace: &str, name: &str) -> Result<Value> {
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(manifest))?;
+    cluster.kubectl(&["-n", namespace, "wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=120s"])?;
+    cluster.json(&["-n", namespace, "get", "pod", name])
+}
+
+/// Waits for exactly one Event of `reason` on the pod and returns it.
+fn one_event(cluster: &Cluster, namespace: &str, pod: &str, reason: &str) -> Result<Value> {
+    cluster.wait(&format!("a {reason} Event on pod {namespace}/{pod}"), EVENT_TIMEOUT, || {
+        let events = cluster.events_for(namespace, "Pod", pod)?;
+        let matching: Vec<Value> = events.into_iter().filter(|e| e["reason"] == reason).collect();
+        match matching.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one.clone())),
+            many => bail!("{} {reason} Events, expected one: {many:?}", many.len()),
+        }
+    })
+}
+
+/// The involved object, source and type every collector Event on a container has.
+fn assert_pod_event(event: &Value, pod: &Value, container: &str) {
+    let object = &event["involvedObject"];
+    assert_eq!(object["kind"], "Pod", "{event}");
+    assert_eq!(object["name"], pod["metadata"]["name"], "{event}");
+    assert_eq!(object["namespace"], pod["metadata"]["namespace"], "{event}");
+    assert_eq!(object["uid"], pod["metadata"]["uid"], "{event}");
+    assert_eq!(object["fieldPath"], format!("spec.containers{{{container}}}"), "{event}");
+    assert_eq!(event["source"]["component"], "collector", "{event}");
+    assert_eq!(event["source"]["host"], NODE_NAME, "{event}");
+    assert_eq!(event["type"], "Warning", "{event}");
+}
+
+/// The words of `message` that are numbers replaced by `N`, so a message with
+/// kernel pids and sizes compares exactly.
+fn shape(message: &str) -> String {
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in message.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn child_oom_kill_becomes_an_event(cluster: &Cluster, ns: &Namespace) -> Result<()> {
+    // dd's 64 MiB buffer cannot fit under 32Mi: the OOM killer takes dd, the
+    // shell (the container's main process) lives on, and the kubelet says nothing.
+    let script = "dd if=/dev/zero of=/dev/null bs=64M count=1; echo dd-exited-$?; exec sleep 3600";
+    let pod = run_pod(cluster, &pod(&ns.name, "oom", script, Some("32Mi")), &ns.name, "oom")?;
+    let event = one_event(cluster, &ns.name, "oom", "OOMKilling")?;
+    assert_pod_event(&event, &pod, "app");
+    let message = event["message"].as_str().context("no message")?;
+    // The kubelet gives the pod cgroup the sum of its containers' limits, and the
+    // sandbox's few pages count there too: the pod's 32Mi is usually hit first.
+    let shapes = ["container", "pod"].map(|scope| {
+        format!("Memory cgroup out of memory: killed process N (dd), a child of container app; {scope} limit NMi; anon-rss NkB")
+    });
+    assert!(shapes.contains(&shape(message)), "{message}");
+    assert!(message.contains(" limit 32Mi;"), "{message}");
+    // The main process lives on: the pod still runs, and dd died by SIGKILL.
+    let logs = cluster.kubectl(&["-n", &ns.name, "logs", "oom"])?;
+    assert!(logs.contains("dd-exited-137"), "{logs}");
+    let phase = cluster.json(&["-n", &ns.name, "get", "pod", "oom"])?["status"]["phase"].clone();
+    assert_eq!(phase, "Running");
+    let describe = cluster.kubectl(&["-n", &ns.name, "describe", "pod", "oom"])?;
+    assert!(
+        describe.lines().any(|l| l.contains("Warning") && l.contains("OOMKilling") && l.contains("collector")),
+        "kubectl describe pod shows no OOMKilling from collector:\n{describe}"
+    );
+    Ok(())
+}
+
+/// The host pid of the container's main process, from its cgroup in the v2 tree.
+fn main_pid(pod: &Value) -> Result<u32> {
+    let id = pod["status"]["containerStatuses"][0]["containerID"].as_str().context("no containerID")?;
+    let id = id.strip_prefix("containerd://").context("not a containerd id")?;
+    let qos = pod["status"]["qosClass"].as_str().context("no qosClass")?.to_lowercase();
+    let uid = pod["metadata"]["uid"].as_str().context("no uid")?;
+    let parent = if qos == "guaranteed" { String::new() } else { format!("/{qos}") };
+    let procs = format!("/sys/fs/cgroup/unified/kubepods{parent}/pod{uid}/{id}/cgroup.procs");
+    let text = std::fs::read_to_string(&procs).with_context(|| format!("reading {procs}"))?;
+    let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    match pids.as_slice() {
+        [pid] => Ok(*pid),
+        other => bail!("{procs} lists {other:?}, expected the main process alone"),
+    }
+}
+
+fn sigkill_names_its_sender(cluster: &Cluster, ns: &Namespace) -> Result<()> {
+    let pod = run_pod(cluster, &pod(&ns.name, "victim", "exec sleep 3600", None), &ns.name, "victim")?;
+    let target = main_pid(&pod)?;
+    let kill = Command::new("kill").args(["-KILL", &target.to_string()]).spawn().context("running kill")?;
+    let sender = kill.id();
+    let status = kill.wait_with_output()?.status;
+    assert!(status.success(), "kill -KILL {target}: {status}");
+    let event = one_event(cluster, &ns.name, "victim", "ContainerExited")?;
+    assert_pod_event(&event, &pod, "app");
+    assert_eq!(event["message"], format!("Container app exited with code 137: SIGKILL from pid {sender} (kill)"));
+    Ok(())
+}
+
+fn can_i(cluster: &Cluster, verb: &str, resource: &str) -> Result<bool> {
+    // `auth can-i` exits 1 for "no": read its answer, not its status.
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(["auth", "can-i", verb, resource, "--all-namespaces"])
+        .args(["--as", SERVICE_ACCOUNT])
+        .output()?;
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        other => bail!("kubectl auth can-i {verb} {resource}: {other:?} {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+fn service_account_can_do_exactly_what_the_daemon_needs(cluster: &Cluster) -> Result<()> {
+    let allowed = [
+        ("create", "events"),
+        ("patch", "events"),
+        ("get", "pods"),
+        ("list", "pods"),
+        ("watch", "pods"),
+        ("get", "nodes"),
+    ];
+    let denied = [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("delete", "pods"),
+        ("create", "pods"),
+        ("update", "pods"),
+        ("patch", "nodes"),
+        ("list", "nodes"),
+        ("update", "events"),
+        ("delete", "events"),
+        ("get", "configmaps"),
+        ("create", "pods/exec"),
+        ("*", "*"),
+    ];
+    for (verb, resource) in allowed {
+        assert!(can_i(cluster, verb, resource)?, "{SERVICE_ACCOUNT} cannot {verb} {resource}");
+    }
+    for (verb, resource) in denied {
+        assert!(!can_i(cluster, verb, resource)?, "{SERVICE_ACCOUNT} can {verb} {resource}");
+    }
+    Ok(())
+}
+
+fn without_perfmon_it_is_never_ready_and_says_why(cluster: &Cluster) -> Result<()> {
+    let patch = r#"[{"op":"replace","path":"/spec/template/spec/containers/0/securityContext/capabilities/add","value":["BPF"]}]"#;
+    cluster.kubectl(&["-n", "collector", "patch", "ds/collector", "--type=json", "-p", patch])?;
+    let result = (|| -> Result<()> {
+        // The new pod (no CAP_PERFMON) starts, fails its start-up checks and is never Ready.
+        let name = cluster.wait("the pod without CAP_PERFMON", Duration::from_secs(120), || {
+            let pods = cluster.json(&["-n", "collector", "get", "pods", "-l", "app.kubernetes.io/name=collector"])?;
+            let pods = pods["items"].as_array().cloned().unwrap_or_default();
+            Ok(pods.into_iter().find_map(|p| {
+                let adds = &p["spec"]["containers"][0]["securityContext"]["capabilities"]["add"];
+                let restarted = p["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0) > 0;
+                (adds == &serde_json::json!(["BPF"]) && restarted)
+                    .then(|| p["metadata"]["name"].as_str().map(str::to_owned))?
+            }))
+        })?;
+        let pod = cluster.json(&["-n", "collector", "get", "pod", &name])?;
+        let status = &pod["status"]["containerStatuses"][0];
+        assert_eq!(status["ready"], false, "{pod}");
+        // FallbackToLogsOnError puts the log's tail in the status, where
+        // `kubectl describe pod` shows it.
+        let terminated = &status["lastState"]["terminated"];
+        assert_eq!(terminated["exitCode"], 1, "{pod}");
+        let message = terminated["message"].as_str().unwrap_or_default();
+        assert!(message.contains(NO_PERFMON), "the termination message does not name CAP_PERFMON:\n{message}");
+        Ok(())
+    })();
+    // Put it back whatever happened, and wait for it to be Ready again.
+    let restore = r#"[{"op":"replace","path":"/spec/template/spec/containers/0/securityContext/capabilities/add","value":["BPF","PERFMON"]}]"#;
+    cluster.kubectl(&["-n", "collector", "patch", "ds/collector", "--type=json", "-p", restore])?;
+    rollout(cluster)?;
+    result
+}
+
+fn rolling_update_loses_no_death(cluster: &Cluster, ns: &Namespace) -> Result<()> {
+    // Pods that each exit 3 at their own second, spread over the rollout.
+    const PODS: u64 = 12;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let start = now + 20;
+    let mut manifests = String::new();
+    for i in 0..PODS {
+        let at = start + i;
+        let script = format!("while [ $(date +%s) -lt {at} ]; do usleep 100000; done; exit 3");
+        manifests.push_str(&pod(&ns.name, &format!("exit-{i}"), &script, None));
+        manifests.push_str("---\n");
+    }
+    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(&manifests))?;
+    cluster.kubectl(&["-n", &ns.name, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=120s"]).or_else(
+        |err| {
+            if SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() >= start { Ok(String::new()) } else { Err(err) }
+        },
+    )?;
+    // The new image: the same image under another tag, so the pod template changes.
+    let ctr = Command::new("ctr")
+        .args(["--address", "/run/containerd/containerd.sock", "--namespace", "k8s.io", "image", "tag", "--force"])
+        .args([IMAGE, ROLLOUT_IMAGE])
+        .output()?;
+    assert!(ctr.status.success(), "ctr image tag: {}", String::from_utf8_lossy(&ctr.stderr));
+    let wait = start.saturating_sub(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs()).saturating_sub(2);
+    std::thread::sleep(Duration::from_secs(wait));
+    cluster.kubectl(&["-n", "collector", "set", "image", "ds/collector", &format!("collector={ROLLOUT_IMAGE}")])?;
+    rollout(cluster)?;
+    let mut duplicated = 0;
+    for i in 0..PODS {
+        let name = format!("exit-{i}");
+        let events = cluster.wait(&format!("ContainerExited on {name}"), EVENT_TIMEOUT, || {
+            let events = cluster.events_for(&ns.name, "Pod", &name)?;
+            let exits: Vec<Value> = events.into_iter().filter(|e| e["reason"] == "ContainerExited").collect();
+            Ok((!exits.is_empty()).then_some(exits))
+        })?;
+        for event in &events {
+            assert_eq!(event["message"], "Container app exited with code 3", "{name}");
+        }
+        // While the old and the new daemon overlap (maxSurge), both report a death.
+        duplicated += events.len() - 1;
+    }
+    eprintln!("rolling update: {PODS} deaths, each reported; {duplicated} reported twice during the overlap");
+    Ok(())
+}
