@@ -47,6 +47,17 @@ impl Record {
         }
     }
 
+    /// When the kernel reported it, as wall time.
+    pub const fn time(&self) -> Timestamp {
+        match self {
+            Self::Exit(exit) => exit.time,
+            Self::OomKill(oom) => oom.time,
+            Self::Signal(signal) => signal.time,
+            Self::CgroupMkdir(change) | Self::CgroupRmdir(change) => change.time,
+            Self::CgroupAttach(attach) => attach.time,
+        }
+    }
+
     /// The pod and container the record is about.
     pub const fn identity(&self) -> &Identity {
         match self {

@@ -122,17 +122,28 @@ fn main() -> Result<()> {
             // The end-to-end tests run the collector binary, which cargo only
             // builds for its own package's tests.
             cargo(&root, &["build", "--package", "collector", "--bins"])?;
-            // The `cluster_` tests run against a real cluster with the
-            // collector's image; one that was already up is left up.
+            // The cluster's kubelet removes pod cgroups under /kubepods that it
+            // did not make, where the other end-to-end tests run their
+            // containers: those run with no cluster, then the cluster tests.
             let was_up = cluster::is_up(&root);
-            cluster::up(&root)?;
+            if was_up {
+                println!(
+                    "xtask: stopping the test cluster while the other tests run (its kubelet would remove their pods)"
+                );
+            }
+            cluster::down(&root)?;
             // The kernel programs only build for the bpf target (build.rs does that).
-            let mut test = vec!["test", "--workspace", "--exclude", "collector-ebpf"];
+            let mut test = vec!["test", "--workspace", "--exclude", "collector-ebpf", "--exclude", CLUSTER_TESTS];
             test.extend(args.iter().map(String::as_str));
-            let kubeconfig = cluster::Paths::new(&root).kubeconfig();
-            let tested = cargo_with_env(&root, &test, &[("COLLECTOR_TEST_KUBECONFIG", kubeconfig.as_os_str())]);
+            let tested = cargo(&root, &test);
+            let on_cluster = cluster::up(&root).and_then(|()| {
+                let mut test = vec!["test", "--package", CLUSTER_TESTS];
+                test.extend(args.iter().map(String::as_str));
+                let kubeconfig = cluster::Paths::new(&root).kubeconfig();
+                cargo_with_env(&root, &test, &[("COLLECTOR_TEST_KUBECONFIG", kubeconfig.as_os_str())])
+            });
             let stopped = if was_up { Ok(()) } else { cluster::down(&root) };
-            tested.and(stopped)
+            tested.and(on_cluster).and(stopped)
         }
         Task::TestVm { kernel, timeout, args } => {
             setup::ensure(true)?;
@@ -152,6 +163,9 @@ fn main() -> Result<()> {
         }
     }
 }
+
+/// The package of the tests that need the test cluster.
+const CLUSTER_TESTS: &str = "collector-cluster-tests";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)

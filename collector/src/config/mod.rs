@@ -34,7 +34,7 @@ use fields::{Field, Raw};
 /// Default `state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/collector";
 /// Default `metrics_addr`: loopback, so pod names are not exposed to the network
-/// unless asked for; a DaemonSet sets `COLLECTOR_METRICS_ADDR=0.0.0.0:9835` so
+/// unless asked for; the DaemonSet in deploy/ passes `--metrics-addr 0.0.0.0:9835` so
 /// Prometheus and the kubelet's probes reach it.
 pub const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9835);
 /// Default `component`: the `source.component` of every event (what

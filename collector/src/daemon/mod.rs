@@ -3,6 +3,7 @@
 //! kubelet-style events (events → recorder) that go to the sinks: stdout, the
 //! local journal, and the API server through the journal's outbox.
 
+mod handover;
 pub mod outbox;
 
 use std::{
@@ -20,7 +21,10 @@ use tokio::{
     sync::{Notify, watch},
 };
 
-use self::outbox::JournalOutbox;
+use self::{
+    handover::{Handover, Owner},
+    outbox::JournalOutbox,
+};
 use crate::{
     cgroup::{CgroupError, CgroupTree, Resolver, registry::RegistryConfig},
     config::{CriSocket, RunConfig, Sink},
@@ -65,6 +69,16 @@ pub enum DaemonError {
     /// The kubeconfig or in-cluster configuration is unusable.
     #[error("cannot use the Kubernetes configuration: {0}")]
     Cluster(#[source] kubernetes::Error),
+    /// The state dir cannot hold the lock and handover files that keep two daemons on one node
+    /// from reporting a death twice.
+    #[error("cannot use {dir} for the handover between daemons: {source}")]
+    Handover {
+        /// The state directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The journal cannot be opened (a read-only or unwritable state dir, a corrupt file).
     #[error("cannot open the journal in {dir}: {source}")]
     Journal {
@@ -156,6 +170,16 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         RecordResolver::new(Resolver::new(CgroupTree::discover()?, registry)?, CgroupTree::discover_memory()?);
     let probe_config = ProbeConfig { ring_bytes: config.ring_buffer_bytes, cgroup_subtree: None, emit_signals: false };
     let (mut probes, ring) = Probes::load(&probe_config)?;
+    // Now that the probes are attached, a daemon still running here (a rolling
+    // update) may hand over: from now on the deaths are this one's to report.
+    let started = crate::clock::Timestamp::now();
+    let me = format!("pid {} started {}", std::process::id(), started.0);
+    let handover = std::fs::create_dir_all(&config.state_dir)
+        .and_then(|()| Handover::start(&config.state_dir, me, started))
+        .map_err(|source| DaemonError::Handover { dir: config.state_dir.clone(), source })?;
+    if handover.took_over() {
+        log::info!("collector: another collector runs on this node; this one reports deaths from now on");
+    }
     for missing in probes.missing() {
         log::warn!("{missing}");
     }
@@ -190,6 +214,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         tombstone_ttl: config.tombstone_ttl.0,
         gone_pods: VecDeque::new(),
         pods_with_series: HashMap::new(),
+        handover,
     };
     readiness.set_ready(true);
     let names: Vec<String> = sinks.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
@@ -228,6 +253,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                 engine.sync_api_stats(sink.stats());
             }
             engine.sync_cache_stats();
+            engine.handover.poll();
         }
         if now.duration_since(last_prune) >= PRUNE_EVERY {
             engine.prune();
@@ -284,6 +310,8 @@ struct Engine {
     /// Namespace and name of each pod (by uid) that has per-container series,
     /// so they can go even if the pod's removal is reported without names.
     pods_with_series: HashMap<String, (String, String)>,
+    /// Who reports which death while an old and a new daemon overlap.
+    handover: Handover,
 }
 
 impl Engine {
@@ -349,7 +377,13 @@ impl Engine {
             log::debug!("pod {namespace}/{pod} ({uid}) is gone; its series go in {:?}", self.tombstone_ttl);
             self.gone_pods.push_back((due, namespace, pod, uid.clone()));
         }
-        for spec in events_for(record, &self.options) {
+        let specs = events_for(record, &self.options);
+        // Asked only for records that would become events: most records do not.
+        if !specs.is_empty() && self.handover.owner(record.time()) != Owner::Me {
+            self.metrics.record_handed_over();
+            return;
+        }
+        for spec in specs {
             let now = Timestamp::from_system_time(SystemTime::now());
             match self.recorder.record(spec, now) {
                 Decision::Write(write) => {

@@ -200,6 +200,7 @@ pub struct Metrics {
     kernel: Arc<KernelSnapshot>,
     records_malformed: Counter,
     records_unresolved: Counter,
+    records_handed_over: Counter,
     events: Family<EventLabels, Counter>,
     events_dropped: Family<CauseLabel, Counter>,
     api_requests: Family<ApiLabels, Counter>,
@@ -231,6 +232,7 @@ impl Metrics {
             kernel: Arc::default(),
             records_malformed: Counter::default(),
             records_unresolved: Counter::default(),
+            records_handed_over: Counter::default(),
             events: Family::default(),
             events_dropped: Family::default(),
             api_requests: Family::default(),
@@ -275,6 +277,11 @@ impl Metrics {
             "records_unresolved",
             "Records that could not be tied to a pod and container within the metadata wait",
             metrics.records_unresolved.clone(),
+        );
+        registry.register(
+            "records_handed_over",
+            "Records of a death left to another collector on this node during a rolling update's overlap",
+            metrics.records_handed_over.clone(),
         );
         registry.register(
             "events",
@@ -365,6 +372,11 @@ impl Metrics {
     /// Counts a record that could not be tied to a pod and container.
     pub fn record_unresolved(&self) {
         self.records_unresolved.inc();
+    }
+
+    /// Counts a record that another collector on this node reports (a rolling update's overlap).
+    pub fn record_handed_over(&self) {
+        self.records_handed_over.inc();
     }
 
     /// Counts an emitted event. `reason` comes from the collector's own code

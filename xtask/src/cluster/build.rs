@@ -32,7 +32,7 @@ pub(super) fn kube_binary(root: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     println!(
         "xtask cluster: building Kubernetes {KUBERNETES_VERSION} and etcd from the Go module proxy \
-         (one binary; about 20 min on 2 cores when Go's build cache is cold)"
+         (one binary; about 6 min on 2 cores when Go's build cache is cold)"
     );
     let (major, minor) = major_minor(KUBERNETES_VERSION)?;
     let version_pkg = "k8s.io/component-base/version";

@@ -255,8 +255,13 @@ pub(crate) fn down(root: &Path) -> Result<()> {
         procs::stop(&paths, name);
     }
     let pod_netns = procs::kill_containers(&paths);
+    // The standard socket path is ours only while our containerd is recorded.
+    let our_socket = paths.pids().join("containerd").exists();
     procs::stop(&paths, "containerd");
-    procs::kill_matching(&format!("-address {}", paths.containerd_socket.display()));
+    if our_socket {
+        // Shims outlive containerd; theirs name its socket.
+        procs::kill_matching(&format!("-address {}", paths.containerd_socket.display()));
+    }
     for name in ["kube-apiserver", "etcd"] {
         procs::stop(&paths, name);
     }
@@ -266,8 +271,11 @@ pub(crate) fn down(root: &Path) -> Result<()> {
     for ns in &pod_netns {
         let _ = fs::remove_file(ns);
     }
+    procs::remove_qos_cgroups();
     let mut problems = net::delete();
-    let _ = fs::remove_file(&paths.containerd_socket);
+    if our_socket {
+        let _ = fs::remove_file(&paths.containerd_socket);
+    }
     for dir in [&paths.state, &paths.run, &paths.target] {
         if dir.exists()
             && let Err(err) = fs::remove_dir_all(dir)

@@ -132,6 +132,19 @@ pub(super) fn kill_containers(paths: &Paths) -> Vec<PathBuf> {
     netns
 }
 
+/// Removes the kubelet's QoS cgroups (`/kubepods/{burstable,besteffort}` and
+/// `/kubepods`) in every hierarchy, where they are empty: rmdir fails on a
+/// cgroup that still holds pods, such as the tests' own.
+pub(super) fn remove_qos_cgroups() {
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else { return };
+    for hierarchy in hierarchies.flatten() {
+        let kubepods = hierarchy.path().join("kubepods");
+        for dir in [kubepods.join("burstable"), kubepods.join("besteffort"), kubepods] {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
 /// Kills processes whose command line contains `needle` (containerd's shims
 /// name its socket).
 pub(super) fn kill_matching(needle: &str) {
