@@ -67,13 +67,24 @@ fn read<T: Copy + Pod>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
-/// Records that are valid for any bytes: integers and byte arrays, no padding.
-trait Pod {}
-impl Pod for Header {}
-impl Pod for ExitRecord {}
-impl Pod for OomRecord {}
-impl Pod for SignalRecord {}
-impl Pod for CgroupRecord {}
+/// Types that are valid for any bytes, which [`read`] relies on.
+///
+/// # Safety
+///
+/// Implement it only for `#[repr(C)]` types made of integers and byte arrays,
+/// with every padding byte an explicit field: any bit pattern is then a value.
+unsafe trait Pod {}
+// SAFETY: collector-common's records are `#[repr(C)]`, integers and byte arrays
+// only, with explicit `_pad` fields; its size assertions check the layout.
+unsafe impl Pod for Header {}
+// SAFETY: as above.
+unsafe impl Pod for ExitRecord {}
+// SAFETY: as above.
+unsafe impl Pod for OomRecord {}
+// SAFETY: as above.
+unsafe impl Pod for SignalRecord {}
+// SAFETY: as above.
+unsafe impl Pod for CgroupRecord {}
 
 #[cfg(test)]
 pub(crate) mod tests {

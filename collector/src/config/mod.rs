@@ -31,8 +31,9 @@ pub use values::{ByteSize, DurationSyntax, HumanDuration, SizeSyntax};
 
 use fields::{Field, Raw};
 
-/// Default `state_dir`.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/collector";
+use crate::sinks::journal;
+/// Default `state_dir`: the journal's.
+pub use crate::sinks::journal::DEFAULT_STATE_DIR;
 /// Default `metrics_addr`: loopback, so pod names are not exposed to the network
 /// unless asked for; the DaemonSet in deploy/ passes `--metrics-addr 0.0.0.0:9835` so
 /// Prometheus and the kubelet's probes reach it.
@@ -45,9 +46,9 @@ pub const DEFAULT_METADATA_WAIT: HumanDuration = HumanDuration::from_secs(2);
 /// Default `tombstone_ttl`.
 pub const DEFAULT_TOMBSTONE_TTL: HumanDuration = HumanDuration::from_secs(5 * 60);
 /// Default `journal.max_age`.
-pub const DEFAULT_JOURNAL_MAX_AGE: HumanDuration = HumanDuration::from_secs(24 * 3600);
+pub const DEFAULT_JOURNAL_MAX_AGE: HumanDuration = HumanDuration(journal::DEFAULT_MAX_AGE);
 /// Default `journal.max_bytes`.
-pub const DEFAULT_JOURNAL_MAX_BYTES: ByteSize = ByteSize(64 << 20);
+pub const DEFAULT_JOURNAL_MAX_BYTES: ByteSize = ByteSize(journal::DEFAULT_MAX_BYTES);
 /// The variable that names the configuration file.
 pub const CONFIG_ENV: &str = "COLLECTOR_CONFIG";
 

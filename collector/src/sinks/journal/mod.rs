@@ -30,9 +30,12 @@ pub use write::{EventContext, Journal, Pending, Pruned, Recorded, RowChange};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/collector";
 /// File name of the journal inside the state directory.
 pub const JOURNAL_FILE: &str = "journal.db";
-/// Events whose last occurrence is older than this are pruned: a week of history.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Pages in use beyond this many bytes are pruned, oldest events first.
+/// Events whose last occurrence is older than this are pruned: a day of history, 24 times
+/// the API server's default event TTL, in 64 MiB at most ([`DEFAULT_MAX_BYTES`]). The one
+/// default of `journal.max_age`.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Pages in use beyond this many bytes are pruned, oldest events first. The one default of
+/// `journal.max_bytes`.
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Undelivered writes older than this are dropped: the API server's default `--event-ttl`
 /// would expire them anyway.
