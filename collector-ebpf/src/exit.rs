@@ -45,37 +45,37 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: a helper with no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let mut failed = false;
-    // SAFETY (all reads below): `task` is the current task_struct; offsets come from the kernel's BTF.
-    let exit_status: i32 = unsafe { read_field(task, layout.task_exit_code) }.unwrap_or_else(|_| {
+    // Offsets in `task` (the current task_struct) come from the running kernel's BTF.
+    let exit_status: i32 = read_field(task, layout.task_exit_code).unwrap_or_else(|_| {
         failed = true;
         0
     });
-    let ppid = unsafe { read_field::<*const u8>(task, layout.task_real_parent) }
-        .and_then(|parent| unsafe { read_field::<u32>(parent, layout.task_tgid) })
+    let ppid = read_field::<*const u8>(task, layout.task_real_parent)
+        .and_then(|parent| read_field::<u32>(parent, layout.task_tgid))
         .unwrap_or_else(|_| {
             failed = true;
             0
         });
     // The leader's name names the process; a worker thread may have renamed itself.
-    let comm = unsafe { read_field::<*const u8>(task, layout.task_group_leader) }
-        .and_then(|leader| unsafe { read_field::<[u8; COMM_LEN]>(leader, layout.task_comm) })
+    let comm = read_field::<*const u8>(task, layout.task_group_leader)
+        .and_then(|leader| read_field::<[u8; COMM_LEN]>(leader, layout.task_comm))
         .unwrap_or_else(|_| {
             failed = true;
             [0; COMM_LEN]
         });
     // mark_oom_victim() sets signal->oom_mm for the whole thread group.
-    let oom_mm = unsafe { read_field::<*const u8>(task, layout.task_signal) }
-        .and_then(|sig| unsafe { read_field::<u64>(sig, layout.signal_oom_mm) })
+    let oom_mm = read_field::<*const u8>(task, layout.task_signal)
+        .and_then(|sig| read_field::<u64>(sig, layout.signal_oom_mm))
         .unwrap_or(0);
     // The main process of a container is pid 1 in the container's own pid namespace.
-    let ns_init = unsafe { read_field::<*const u8>(task, layout.task_thread_pid) }
+    let ns_init = read_field::<*const u8>(task, layout.task_thread_pid)
         .and_then(|pid| {
-            let level = unsafe { read_field::<u32>(pid, layout.pid_level) }?;
+            let level = read_field::<u32>(pid, layout.pid_level)?;
             if level == 0 || level > 32 || layout.upid_size == ABSENT || layout.pid_numbers == ABSENT {
                 return Ok(false);
             }
             let nr_offset = layout.pid_numbers + level * layout.upid_size;
-            Ok(unsafe { read_field::<u32>(pid, nr_offset) }? == 1)
+            Ok(read_field::<u32>(pid, nr_offset)? == 1)
         })
         .unwrap_or(false);
     if failed {

@@ -116,24 +116,45 @@ fn wakeup_flags() -> u64 {
     BPF_RB_FORCE_WAKEUP
 }
 
-/// Reads a `T` at `base + offset` in kernel memory; `ABSENT` offsets fail.
+/// Types for which any bytes are a value: what [`read_field`] may copy out of kernel memory.
 ///
 /// # Safety
-/// `base` must be a kernel pointer to a structure that has a `T` at `offset`.
+///
+/// Only for integers, raw pointers and arrays of them: no `bool`, no enum, no reference.
+unsafe trait Plain {}
+// SAFETY: integers, raw pointers and byte arrays take any bit pattern.
+unsafe impl Plain for u8 {}
+// SAFETY: as above.
+unsafe impl Plain for u32 {}
+// SAFETY: as above.
+unsafe impl Plain for i32 {}
+// SAFETY: as above.
+unsafe impl Plain for i16 {}
+// SAFETY: as above.
+unsafe impl Plain for u64 {}
+// SAFETY: as above.
+unsafe impl Plain for *const u8 {}
+// SAFETY: as above.
+unsafe impl<const N: usize> Plain for [u8; N] {}
+
+/// Reads a `T` at `base + offset` in kernel memory; `ABSENT` offsets, NULL and
+/// unreadable addresses fail. Safe for any `base`: the read goes through the
+/// kernel's fault-handling copy, never a plain load.
 #[inline(always)]
-unsafe fn read_field<T>(base: *const u8, offset: u32) -> Result<T, i64> {
+fn read_field<T: Plain>(base: *const u8, offset: u32) -> Result<T, i64> {
     if offset == ABSENT || base.is_null() {
         return Err(-1);
     }
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.map_err(i64::from)
+    // SAFETY: bpf_probe_read_kernel copies with the kernel's fault handling (a bad
+    // address is an error, not a fault), and any bytes are a `T: Plain`.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.map_err(i64::from)
 }
 
 /// Reads a tracepoint field of type `T` at `offset` in the record.
 #[inline(always)]
-fn tp_field<T, C: aya_ebpf::EbpfContext>(ctx: &C, offset: u32) -> Result<T, i64> {
-    // SAFETY: the offset comes from this tracepoint's format file.
-    unsafe { read_field(ctx.as_ptr().cast::<u8>().cast_const(), offset) }
+fn tp_field<T: Plain, C: aya_ebpf::EbpfContext>(ctx: &C, offset: u32) -> Result<T, i64> {
+    // The offset comes from this tracepoint's format file.
+    read_field(ctx.as_ptr().cast::<u8>().cast_const(), offset)
 }
 
 /// Copies a tracepoint's `__data_loc` string at `loc_offset` into `dest`;
@@ -149,17 +170,11 @@ fn tp_data_loc<C: aya_ebpf::EbpfContext>(ctx: &C, loc_offset: u32, dest: &mut [u
     Ok((copied.len() as u32).max(len.saturating_sub(1)))
 }
 
-/// The id of a `struct cgroup`: its kernfs node's id (the directory's inode).
-///
-/// # Safety
-/// `cgroup` must point to a `struct cgroup`.
+/// The id of a `struct cgroup` at `cgroup`: its kernfs node's id (the directory's inode).
 #[inline(always)]
-unsafe fn cgroup_id(cgroup: *const u8, layout: &Layout) -> Result<u64, i64> {
-    // SAFETY: as above.
-    unsafe {
-        let kn = read_field::<*const u8>(cgroup, layout.cgroup_kn)?;
-        read_field::<u64>(kn, layout.kernfs_node_id)
-    }
+fn cgroup_id(cgroup: *const u8, layout: &Layout) -> Result<u64, i64> {
+    let kn = read_field::<*const u8>(cgroup, layout.cgroup_kn)?;
+    read_field::<u64>(kn, layout.kernfs_node_id)
 }
 
 #[cfg(not(test))]

@@ -23,17 +23,17 @@ fn out_of_memory(ctx: FEntryContext) -> u32 {
 fn try_out_of_memory(ctx: &FEntryContext) -> Result<u32, u32> {
     let layout = LAYOUT.load();
     let oc: *const u8 = ctx.arg(0);
-    // SAFETY (all reads below): pointers from the function's arguments, offsets from BTF.
+    // Pointers from the function's arguments, offsets from BTF.
     // NULL for a node-wide OOM.
-    let memcg = unsafe { read_field::<*const u8>(oc, layout.oom_control_memcg) }.unwrap_or(core::ptr::null());
+    let memcg = read_field::<*const u8>(oc, layout.oom_control_memcg).unwrap_or_default();
     let scope = if memcg.is_null() {
         OomScope { memcg_id: 0, limit_pages: 0 }
     } else {
         OomScope {
-            memcg_id: unsafe { read_field::<*const u8>(memcg, layout.mem_cgroup_cgroup) }
-                .and_then(|cgroup| unsafe { cgroup_id(cgroup, &layout) })
+            memcg_id: read_field::<*const u8>(memcg, layout.mem_cgroup_cgroup)
+                .and_then(|cgroup| cgroup_id(cgroup, &layout))
                 .unwrap_or(0),
-            limit_pages: unsafe { read_field::<u64>(memcg, layout.mem_cgroup_max) }.unwrap_or(0),
+            limit_pages: read_field::<u64>(memcg, layout.mem_cgroup_max).unwrap_or(0),
         }
     };
     // mark_victim fires in this same task; the thread id pairs them.

@@ -81,7 +81,7 @@ enum Task {
         #[arg(long, value_name = "SECS")]
         duration: Option<u64>,
     },
-    /// `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`.
+    /// `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`, and clippy on the kernel programs.
     Lint,
 }
 
@@ -159,6 +159,20 @@ fn main() -> Result<()> {
             cargo(
                 &root,
                 &["clippy", "--workspace", "--exclude", "collector-ebpf", "--all-targets", "--", "-D", "warnings"],
+            )?;
+            // The kernel programs, for their own target, as aya's clippy.sh does.
+            setup::ensure_kernel_clippy()?;
+            let target_dir = root.join("target/ebpf-clippy");
+            println!("xtask: clippy on collector-ebpf (bpfel-unknown-none)");
+            command::run(
+                Command::new("rustup")
+                    .args(["run", setup::kernel_toolchain(), "cargo", "clippy", "--package", "collector-ebpf"])
+                    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+                    .arg(&target_dir)
+                    .args(["--", "-D", "warnings"])
+                    // build-std needs unstable flags on the stable-channel toolchain Debian ships.
+                    .env("RUSTC_BOOTSTRAP", "1")
+                    .current_dir(&root),
             )
         }
     }

@@ -14,6 +14,8 @@ const LINKED_TOOLCHAIN: &str = "collector-ebpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const TOOLCHAIN_PACKAGES: &[&str] =
     &["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// Clippy for the kernel toolchain, for `cargo xtask lint`.
+const CLIPPY_PACKAGES: &[&str] = &["rust-web-clippy"];
 /// protoc builds the collector's CRI API client (k8s-cri).
 const PROTOC_PACKAGES: &[&str] = &["protobuf-compiler"];
 /// What the end-to-end tests run: a real containerd with runc, a busybox
@@ -78,6 +80,32 @@ pub(crate) fn run(tests: bool) -> Result<()> {
     }
     step("setup complete");
     Ok(())
+}
+
+/// The rustup toolchain that builds (and lints) the kernel programs, as `collector/build.rs` picks it.
+pub(crate) fn kernel_toolchain() -> &'static str {
+    if toolchain_has_src(LINKED_TOOLCHAIN) { LINKED_TOOLCHAIN } else { "nightly" }
+}
+
+/// Makes sure the kernel toolchain has clippy: Debian's rustc-web ships it separately.
+pub(crate) fn ensure_kernel_clippy() -> Result<()> {
+    let toolchain = kernel_toolchain();
+    let works = |toolchain: &str| {
+        Command::new("rustup")
+            .args(["run", toolchain, "cargo", "clippy", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(toolchain) {
+        return Ok(());
+    }
+    if toolchain != LINKED_TOOLCHAIN {
+        bail!("the {toolchain} toolchain has no clippy: `rustup component add clippy --toolchain {toolchain}`");
+    }
+    require_debian(CLIPPY_PACKAGES)?;
+    step("kernel toolchain: installing Debian's clippy for rustc-web (lints the kernel programs)");
+    let mut updated = false;
+    apt_install(CLIPPY_PACKAGES, &mut updated)
 }
 
 /// Runs setup only if something is missing, so that `run` and `test` work on a fresh machine.
