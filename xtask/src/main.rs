@@ -133,11 +133,20 @@ fn main() -> Result<()> {
             }
             cluster::down(&root)?;
             // The kernel programs only build for the bpf target (build.rs does that).
-            let mut test = vec!["test", "--workspace", "--exclude", "collector-ebpf", "--exclude", CLUSTER_TESTS];
+            // --no-fail-fast: one run shows every failing test binary, not the first.
+            let mut test = vec![
+                "test",
+                "--no-fail-fast",
+                "--workspace",
+                "--exclude",
+                "collector-ebpf",
+                "--exclude",
+                CLUSTER_TESTS,
+            ];
             test.extend(args.iter().map(String::as_str));
             let tested = cargo(&root, &test);
             let on_cluster = cluster::up(&root).and_then(|()| {
-                let mut test = vec!["test", "--package", CLUSTER_TESTS];
+                let mut test = vec!["test", "--no-fail-fast", "--package", CLUSTER_TESTS];
                 test.extend(args.iter().map(String::as_str));
                 let kubeconfig = cluster::Paths::new(&root).kubeconfig();
                 cargo_with_env(&root, &test, &[("COLLECTOR_TEST_KUBECONFIG", kubeconfig.as_os_str())])
