@@ -27,7 +27,12 @@ fn collector(args: &[&str], drop_caps: bool) -> Output {
     } else {
         Command::new(binary().unwrap())
     };
-    command.args(args).env("COLLECTOR_LOG", "warn").env_remove("KUBERNETES_SERVICE_HOST");
+    // A node name of its own: the qemu VM's hostname, "(none)", is no valid one.
+    command
+        .args(args)
+        .env("COLLECTOR_LOG", "warn")
+        .env("NODE_NAME", "doctor-test")
+        .env_remove("KUBERNETES_SERVICE_HOST");
     for name in ["COLLECTOR_CONFIG", "COLLECTOR_KUBECONFIG", "COLLECTOR_CRI_SOCKET"] {
         command.env_remove(name);
     }

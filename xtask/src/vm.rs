@@ -35,6 +35,8 @@ use initramfs::{Archive, shell_quote};
 const HOST_ONLY_PREFIXES: &[&str] = &["cri_", "containerd_", "cluster_"];
 const HOST_ONLY_TESTS: &[&str] = &[];
 
+/// util-linux's setpriv, always on Debian.
+const SETPRIV: &str = "/usr/bin/setpriv";
 const VERDICT: &str = "VM-VERDICT: ";
 const INIT_UP: &str = "VM-INIT: up";
 
@@ -229,6 +231,11 @@ fn assemble(stage: &Path, collector: &Path, built: &Built, args: &[String]) -> R
         archive.file(binary, &initramfs::stripped(binary, stage, index))?;
         libraries.extend(crate::command::shared_libraries(binary)?);
     }
+
+    // util-linux's setpriv (busybox's lacks --bounding-set): the tests drop capabilities with it.
+    let setpriv = Path::new(SETPRIV);
+    archive.file(setpriv, setpriv)?;
+    libraries.extend(crate::command::shared_libraries(setpriv)?);
 
     // busybox is the shell, sleep, true, mount and poweroff the tests and /init call.
     let busybox = crate::command::which("busybox")
