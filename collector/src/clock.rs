@@ -40,10 +40,37 @@ pub struct BootClock {
     offset_ns: i64,
 }
 
+/// A change of offset smaller than this is measurement noise, not a clock step.
+const STEP_NS: i64 = 1_000_000;
+
 impl BootClock {
-    /// Measures the offset now; call again to follow clock steps (NTP, suspend).
+    /// Measures the offset now, to within a microsecond or so: the wall clock is read
+    /// between two boot-clock readings, and of a few tries the tightest pair wins (a
+    /// preemption between two plain reads would skew it by its length).
     pub fn now() -> Self {
-        Self { offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME) }
+        let mut best: Option<(i64, i64)> = None;
+        for _ in 0..5 {
+            let before = clock_ns(libc::CLOCK_BOOTTIME);
+            let wall = clock_ns(libc::CLOCK_REALTIME);
+            let after = clock_ns(libc::CLOCK_BOOTTIME);
+            let width = after - before;
+            let offset = wall - (before + width / 2);
+            if best.is_none_or(|(best_width, _)| width < best_width) {
+                best = Some((width, offset));
+            }
+        }
+        Self { offset_ns: best.map_or(0, |(_, offset)| offset) }
+    }
+
+    /// Follows a clock step (NTP, suspend) but not measurement noise, so that records
+    /// converted before and after a refresh stay in the order they happened.
+    #[must_use]
+    pub fn refreshed(self) -> Self {
+        self.follow(Self::now())
+    }
+
+    fn follow(self, measured: Self) -> Self {
+        if (measured.offset_ns - self.offset_ns).abs() >= STEP_NS { measured } else { self }
     }
 
     /// A clock with a given offset, for tests.
@@ -80,6 +107,23 @@ pub(crate) const fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::BootClock;
+
+    #[test]
+    fn a_refresh_follows_a_clock_step_but_not_noise() {
+        let clock = BootClock::with_offset(1_000_000_000);
+        assert_eq!(clock.follow(BootClock::with_offset(1_000_065_000)).offset_ns, 1_000_000_000);
+        assert_eq!(clock.follow(BootClock::with_offset(999_500_000)).offset_ns, 1_000_000_000);
+        assert_eq!(clock.follow(BootClock::with_offset(1_001_000_000)).offset_ns, 1_001_000_000);
+        assert_eq!(clock.follow(BootClock::with_offset(-5)).offset_ns, -5);
+    }
+
+    #[test]
+    fn the_measured_offset_is_stable_to_well_under_a_millisecond() {
+        let (a, b) = (BootClock::now(), BootClock::now());
+        assert!((a.offset_ns - b.offset_ns).abs() < 1_000_000, "{a:?} {b:?}");
+    }
+
     use super::*;
 
     #[test]

@@ -67,7 +67,7 @@ impl RecordResolver {
 
     /// Re-reads the boot-to-wall clock offset (it moves with NTP steps and suspend).
     pub fn refresh_clock(&mut self) {
-        self.clock = BootClock::now();
+        self.clock = self.clock.refreshed();
     }
 
     /// The cgroup registry.
