@@ -20,6 +20,10 @@ pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
 /// Bytes of a cgroup path carried in a record; longer paths are cut and flagged.
 pub const PATH_CAP: usize = 512;
 
+/// Bytes of an executable's file name carried in a signal record, NUL padded;
+/// longer names are cut. Enough for `containerd-shim-runc-v2`, which `comm` cuts at 15.
+pub const EXE_LEN: usize = 32;
+
 /// The kind of a record, the first field of every record.
 pub mod kind {
     /// A process (thread group) ended: [`super::ExitRecord`].
@@ -138,6 +142,10 @@ pub struct SignalRecord {
     pub header: Header,
     /// The signal.
     pub info: SignalInfo,
+    /// The file name of the sending task's executable (`mm->exe_file`), NUL
+    /// padded; empty for kernel threads. Tells a container runtime (`runc`,
+    /// `containerd-shim-runc-v2`) from a process that merely took its name.
+    pub sender_exe: [u8; EXE_LEN],
 }
 
 /// What `out_of_memory` knows on entry: which cgroup's limit was hit.
@@ -268,6 +276,14 @@ pub struct Layout {
     pub pid_numbers: u32,
     /// The size of `struct upid`.
     pub upid_size: u32,
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.exe_file`.
+    pub mm_exe_file: u32,
+    /// `file.f_path` + `path.dentry`: the executable's dentry pointer.
+    pub file_dentry: u32,
+    /// `dentry.d_name` + `qstr.name`: the pointer to its file name.
+    pub dentry_name: u32,
     /// `oom/mark_victim` fields; all but `pid` are [`ABSENT`] before 6.9 (and 6.1.130).
     pub victim: VictimLayout,
     /// `signal/signal_generate` fields.
@@ -381,6 +397,10 @@ impl Layout {
         pid_level: ABSENT,
         pid_numbers: ABSENT,
         upid_size: ABSENT,
+        task_mm: ABSENT,
+        mm_exe_file: ABSENT,
+        file_dentry: ABSENT,
+        dentry_name: ABSENT,
         victim: VictimLayout::UNSET,
         signal: SignalLayout::UNSET,
         mkdir: CgroupLayout::UNSET,
@@ -424,9 +444,9 @@ mod user {
 const _: () = assert!(size_of::<Header>() == 16);
 const _: () = assert!(size_of::<SignalInfo>() == 64);
 const _: () = assert!(size_of::<ExitRecord>() == 128);
-const _: () = assert!(size_of::<SignalRecord>() == 80);
+const _: () = assert!(size_of::<SignalRecord>() == 80 + EXE_LEN);
 const _: () = assert!(size_of::<OomScope>() == 16);
 const _: () = assert!(size_of::<OomRecord>() == 120);
 const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
 const _: () = assert!(size_of::<Settings>() == 32);
-const _: () = assert!(size_of::<Layout>() == 4 * (17 + 8 + 6 + 6 + 6));
+const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 6 + 6 + 6));

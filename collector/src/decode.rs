@@ -146,7 +146,7 @@ pub(crate) mod tests {
     }
 
     mod properties {
-        use collector_common::{COMM_LEN, OomScope, PATH_CAP, SignalInfo};
+        use collector_common::{COMM_LEN, EXE_LEN, OomScope, PATH_CAP, SignalInfo};
         use proptest::{collection::vec, prelude::*};
 
         use super::*;
@@ -241,10 +241,11 @@ pub(crate) mod tests {
                     let w = w.u32(exit_status).bytes(&comm).u32(flags).u32(_pad).signal(&signal);
                     (KernelRecord::Exit(r), w.0)
                 });
-            let signal = (header(kind::SIGNAL), signal_info()).prop_map(|(header, info)| {
-                let w = Writer::default().header(&header).signal(&info);
-                (KernelRecord::Signal(SignalRecord { header, info }), w.0)
-            });
+            let signal =
+                (header(kind::SIGNAL), signal_info(), any::<[u8; EXE_LEN]>()).prop_map(|(header, info, sender_exe)| {
+                    let w = Writer::default().header(&header).signal(&info).bytes(&sender_exe);
+                    (KernelRecord::Signal(SignalRecord { header, info, sender_exe }), w.0)
+                });
             let oom = (
                 header(kind::OOM_KILL),
                 any::<(u32, u32, u64, u64, u64, u64)>(),
@@ -312,7 +313,7 @@ pub(crate) mod tests {
             let expected = match kind {
                 kind::EXIT => 128,
                 kind::OOM_KILL => 120,
-                kind::SIGNAL => 80,
+                kind::SIGNAL => 112,
                 kind::CGROUP_MKDIR | kind::CGROUP_RMDIR | kind::CGROUP_ATTACH => 56 + PATH_CAP,
                 other => return Some(DecodeError::UnknownKind(other)),
             };

@@ -227,6 +227,8 @@ mod tests {
             sender: None,
             identity: in_container(id),
             main_process: None,
+            stop: None,
+            stop_request: None,
         })
     }
 

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use crate::{
     escape::escape_bytes,
-    record::{Process, Record, signal_name},
+    record::{Process, Record, Stop, signal_name},
 };
 
 /// How records are printed.
@@ -109,6 +109,14 @@ impl Line {
                 if let Some(sender) = &exit.sender {
                     details.push_str(&format!(" [sent by {}]", describe(sender)));
                 }
+                if let Some(request) = &exit.stop_request {
+                    let how = match exit.stop {
+                        Some(Stop::Requested) => "stop requested",
+                        Some(Stop::GraceExceeded) => "grace period exceeded",
+                        None => "ended during a requested stop",
+                    };
+                    details.push_str(&format!(" [{how}: {} by {}]", request.signal_name, describe(&request.sender)));
+                }
                 Self {
                     time: exit.time.to_string(),
                     kind: "exit",
@@ -203,9 +211,11 @@ mod tests {
             cgroup_id: 7,
             cgroup_path: Some("/x".into()),
             oom_killed: false,
-            sender: Some(Process { pid: 812, comm: "kill".into(), cgroup_path: Some("/".into()) }),
+            sender: Some(Process { pid: 812, comm: "kill".into(), exe: None, cgroup_path: Some("/".into()) }),
             identity: Identity::default(),
             main_process: None,
+            stop: None,
+            stop_request: None,
         })
     }
 

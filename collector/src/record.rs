@@ -183,6 +183,41 @@ pub struct Exit {
     pub identity: Identity,
     /// Whether it was its container's main process; none outside containers or when unknown.
     pub main_process: Option<bool>,
+    /// Whether the container runtime was asked to stop it: `requested` when it
+    /// ended after the runtime's stop signal (or the runtime's SIGKILL alone),
+    /// `grace_exceeded` when the runtime had to follow its stop signal with
+    /// SIGKILL; none when the runtime signalled it not at all.
+    pub stop: Option<Stop>,
+    /// The runtime's first signal to it, when `stop` is set.
+    pub stop_request: Option<StopRequest>,
+}
+
+/// How a stop the container runtime was asked for ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// It ended after the runtime's stop signal, without needing a later SIGKILL.
+    Requested,
+    /// It outlived the stop signal and the runtime killed it with SIGKILL.
+    GraceExceeded,
+}
+
+/// The container runtime's signals to a process it was asked to stop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StopRequest {
+    /// When the runtime sent its first signal.
+    pub time: Timestamp,
+    /// That signal: SIGTERM, the image's STOPSIGNAL, or SIGKILL for a stop with no grace.
+    pub signal: u32,
+    /// Its name.
+    pub signal_name: String,
+    /// Whether the kernel ignored it: the process has no handler for it and its
+    /// default action does nothing here (a container's PID 1), or it set SIG_IGN.
+    pub ignored: bool,
+    /// When the runtime followed it with SIGKILL, if it did.
+    pub kill_time: Option<Timestamp>,
+    /// The runtime process that sent the first signal.
+    pub sender: Process,
 }
 
 /// A process named as the sender of a signal.
@@ -192,6 +227,9 @@ pub struct Process {
     pub pid: u32,
     /// Process name, escaped.
     pub comm: String,
+    /// The file name of its executable, escaped (`runc`, `containerd-shim-runc-v2`);
+    /// none when unknown (a kernel thread, or a signal record that was not seen).
+    pub exe: Option<String>,
     /// Its cgroup v2 path; none if unknown.
     pub cgroup_path: Option<String>,
 }
@@ -440,10 +478,12 @@ mod tests {
             sender: None,
             identity: Identity::default(),
             main_process: None,
+            stop: None,
+            stop_request: None,
         });
         assert_eq!(
             serde_json::to_string(&record).unwrap(),
-            r#"{"type":"exit","time":"2026-11-28T10:40:10.123456789Z","pid":4242,"ppid":4200,"comm":"sh","exit_code":7,"signal":null,"core_dumped":false,"cgroup_id":5678,"cgroup_path":"/some/cgroup","oom_killed":false,"sender":null,"container_id":null,"pod_uid":null,"pod_name":null,"namespace":null,"container_name":null,"main_process":null}"#
+            r#"{"type":"exit","time":"2026-11-28T10:40:10.123456789Z","pid":4242,"ppid":4200,"comm":"sh","exit_code":7,"signal":null,"core_dumped":false,"cgroup_id":5678,"cgroup_path":"/some/cgroup","oom_killed":false,"sender":null,"container_id":null,"pod_uid":null,"pod_name":null,"namespace":null,"container_name":null,"main_process":null,"stop":null,"stop_request":null}"#
         );
     }
 

@@ -286,7 +286,8 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
     let config = ProbeConfig {
         ring_bytes: args.ring_buffer_bytes,
         cgroup_subtree,
-        emit_signals: filter.wants(RecordType::Signal),
+        // Exits need them too: the runtime's signals tell a requested stop (`stop`).
+        emit_signals: filter.wants(RecordType::Signal) || filter.wants(RecordType::Exit),
     };
     let metadata = match args.cri_socket {
         CriSocket::Off => None,
@@ -362,6 +363,8 @@ mod tests {
             sender: None,
             identity: Identity::default(),
             main_process: None,
+            stop: None,
+            stop_request: None,
         })
     }
 

@@ -35,6 +35,8 @@ pub struct PodSpec {
     pub uid: String,
     /// The pod's cgroup, e.g. `/kubepods/burstable/pod<uid>`.
     pub cgroup_parent: String,
+    /// `shareProcessNamespace`: one pid namespace for the pod, whose PID 1 is the sandbox.
+    pub share_process_namespace: bool,
 }
 
 impl PodSpec {
@@ -49,6 +51,7 @@ impl PodSpec {
             namespace: "collector-test".to_owned(),
             cgroup_parent: format!("/kubepods/burstable/pod{uid}"),
             uid,
+            share_process_namespace: false,
         }
     }
 }
@@ -161,7 +164,7 @@ impl Cri {
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: spec.cgroup_parent.clone(),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(host_network()),
+                    namespace_options: Some(host_network(spec.share_process_namespace)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -217,7 +220,7 @@ impl Cri {
             linux: Some(LinuxContainerConfig {
                 resources: Some(LinuxContainerResources { memory_limit_in_bytes, ..Default::default() }),
                 security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(host_network()),
+                    namespace_options: Some(host_network(pod.spec.share_process_namespace)),
                     ..Default::default()
                 }),
             }),
@@ -381,12 +384,12 @@ impl Cri {
     }
 }
 
-/// Host network, a pid namespace per container, the pod's IPC namespace: the kubelet's
-/// choice for a `hostNetwork: true` pod.
-fn host_network() -> NamespaceOption {
+/// Host network, a pid namespace per container (or the pod's, if `shared_pid`), the pod's IPC
+/// namespace: the kubelet's choice for a `hostNetwork: true` pod.
+fn host_network(shared_pid: bool) -> NamespaceOption {
     NamespaceOption {
         network: NamespaceMode::Node.into(),
-        pid: NamespaceMode::Container.into(),
+        pid: if shared_pid { NamespaceMode::Pod } else { NamespaceMode::Container }.into(),
         ipc: NamespaceMode::Pod.into(),
         ..Default::default()
     }

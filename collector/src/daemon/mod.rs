@@ -168,7 +168,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let registry = RegistryConfig { tombstone_ttl: config.tombstone_ttl.0, ..RegistryConfig::default() };
     let resolver =
         RecordResolver::new(Resolver::new(CgroupTree::discover()?, registry)?, CgroupTree::discover_memory()?);
-    let probe_config = ProbeConfig { ring_bytes: config.ring_buffer_bytes, cgroup_subtree: None, emit_signals: false };
+    // Signal records tell the container runtime's stop signals from other senders' (see resolve::stop).
+    let probe_config = ProbeConfig { ring_bytes: config.ring_buffer_bytes, cgroup_subtree: None, emit_signals: true };
     let (mut probes, ring) = Probes::load(&probe_config)?;
     // Now that the probes are attached, a daemon still running here (a rolling
     // update) may hand over: from now on the deaths are this one's to report.
@@ -210,6 +211,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         metrics: Arc::clone(&metrics),
         wake,
         reported_unresolved: 0,
+        reported_stops_evicted: 0,
         api_stats: StatsSnapshot::default(),
         tombstone_ttl: config.tombstone_ttl.0,
         gone_pods: VecDeque::new(),
@@ -305,6 +307,7 @@ struct Engine {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     reported_unresolved: u64,
+    reported_stops_evicted: u64,
     api_stats: StatsSnapshot,
     tombstone_ttl: Duration,
     /// Pods whose cgroup is gone: their metric series go when their tombstone does.
@@ -359,6 +362,9 @@ impl Engine {
             self.metrics.record_unresolved();
         }
         self.reported_unresolved = self.identifier.unresolved;
+        let evicted = self.resolver.stops_evicted();
+        (self.reported_stops_evicted..evicted).for_each(|_| self.metrics.stop_request_evicted());
+        self.reported_stops_evicted = evicted;
     }
 
     fn on_record(&mut self, record: &Record) {

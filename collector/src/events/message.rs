@@ -3,8 +3,9 @@
 use std::{borrow::Cow, fmt::Write as _};
 
 use crate::{
+    clock::Timestamp,
     escape::escape_bytes,
-    record::{Exit, Identity, OomKill, OomScope, Process, signal_name},
+    record::{Exit, Identity, OomKill, OomScope, Process, StopRequest, signal_name},
     recorder::{MAX_MESSAGE_BYTES, TRUNCATION_MARKER},
 };
 
@@ -121,6 +122,46 @@ pub(super) fn container_exited(exit: &Exit, container: &Container) -> String {
     finish(out)
 }
 
+/// GracePeriodExceeded: `Container sidecar did not exit within 2 s of SIGTERM and was killed
+/// (SIGKILL from the runtime); it ignores SIGTERM`.
+pub(super) fn grace_period_exceeded(exit: &Exit, request: &StopRequest, container: &Container) -> String {
+    let grace = request.kill_time.unwrap_or(exit.time);
+    let mut out = format!(
+        "{} did not exit within {} s of {} and was killed (SIGKILL from the runtime)",
+        container.subject(),
+        grace_seconds(request.time, grace),
+        request.signal_name
+    );
+    if request.ignored {
+        push(&mut out, &["; it ignores ", &request.signal_name]);
+    }
+    finish(out)
+}
+
+/// ContainerStopped: `Container app stopped on request: exited with code 143, 0.4 s after SIGTERM`.
+pub(super) fn container_stopped(exit: &Exit, request: &StopRequest, container: &Container) -> String {
+    let mut out = format!("{} stopped on request: exited with code {}", container.subject(), exit.exit_code);
+    if let Some(signal) = exit.signal {
+        push(&mut out, &[" (", &signal_name(signal), ")"]);
+    }
+    push(&mut out, &[", ", &seconds(request.time, exit.time), " s after ", &request.signal_name]);
+    finish(out)
+}
+
+/// A grace period as measured from the stop signal to the SIGKILL: whole seconds, cut down, from
+/// one second up (grace periods are whole seconds and the runtime's SIGKILL comes a few
+/// milliseconds late, so this is the configured one); tenths below.
+fn grace_seconds(from: Timestamp, to: Timestamp) -> String {
+    let nanos = to.0.saturating_sub(from.0).max(0);
+    if nanos >= 1_000_000_000 { (nanos / 1_000_000_000).to_string() } else { format!("0.{}", nanos / 100_000_000) }
+}
+
+/// The time from `from` to `to` in seconds with one decimal, `.0` left out: `2`, `0.4`.
+fn seconds(from: Timestamp, to: Timestamp) -> String {
+    let tenths = (to.0.saturating_sub(from.0).max(0) + 50_000_000) / 100_000_000;
+    if tenths % 10 == 0 { (tenths / 10).to_string() } else { format!("{}.{}", tenths / 10, tenths % 10) }
+}
+
 /// ProcessCrashed: `Process 4300 (worker) of container app crashed: SIGSEGV (core dumped)`.
 pub(super) fn process_crashed(exit: &Exit, container: &Container) -> String {
     let mut out = process(exit, container);
@@ -208,6 +249,27 @@ pub(super) fn finish(mut message: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_have_one_decimal_and_drop_a_zero_one() {
+        let at = |ms: i64| Timestamp(ms * 1_000_000);
+        assert_eq!(seconds(at(1000), at(3000)), "2");
+        assert_eq!(seconds(at(1000), at(3049)), "2");
+        assert_eq!(seconds(at(1000), at(3050)), "2.1");
+        assert_eq!(seconds(at(0), at(400)), "0.4");
+        assert_eq!(seconds(at(0), at(0)), "0");
+        assert_eq!(seconds(at(5000), at(0)), "0");
+    }
+
+    #[test]
+    fn grace_periods_are_the_whole_seconds_before_the_kill() {
+        let at = |ms: i64| Timestamp(ms * 1_000_000);
+        assert_eq!(grace_seconds(at(1000), at(3000)), "2");
+        assert_eq!(grace_seconds(at(1000), at(3999)), "2");
+        assert_eq!(grace_seconds(at(0), at(30_020)), "30");
+        assert_eq!(grace_seconds(at(0), at(950)), "0.9");
+        assert_eq!(grace_seconds(at(0), at(0)), "0.0");
+    }
 
     #[test]
     fn quantities_use_the_largest_exact_binary_suffix() {

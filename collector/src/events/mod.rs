@@ -8,10 +8,16 @@
 //! | ... with no memory limit hit (scope Node)                          | SystemOOM       | Warning | Node ¹ |
 //! | a container's main process ended with a non-zero code or a signal  | ContainerExited | Warning | Pod    |
 //! | a container's main process exited 0 (if `emit_normal_exits`)       | ContainerExited | Normal  | Pod    |
+//! | ... outlived the runtime's stop signal and was killed by it        | GracePeriodExceeded | Warning | Pod |
+//! | ... ended after the runtime's stop signal (if `emit_normal_exits`) | ContainerStopped | Normal | Pod    |
 //! | another process was killed by a signal another process sent        | ProcessKilled   | Warning | Pod    |
 //! | another process died of a crash signal it was not sent             | ProcessCrashed  | Warning | Pod    |
 //!
 //! ¹ first, then OOMKilling on the Pod if the victim is in one.
+//!
+//! A stop the kubelet asked for (`Exit::stop`, see [`crate::resolve::stop`]) is not a failure:
+//! the main process's end gives no Warning unless it needed the runtime's SIGKILL, whatever its
+//! exit code (Java exits 143 on SIGTERM), and the other processes the runtime ends give nothing.
 //!
 //! Decisions the table leaves open:
 //! - One death gives one event: the exit record of an OOM victim gives none, its `oom_kill` record
@@ -36,7 +42,7 @@ mod message;
 
 use crate::{
     escape::escape_bytes,
-    record::{Exit, Identity, OomKill, OomScope, Record},
+    record::{Exit, Identity, OomKill, OomScope, Record, Stop},
     recorder::{EventSpec, EventType, ObjectReference},
 };
 
@@ -52,6 +58,10 @@ pub const REASON_CONTAINER_EXITED: &str = "ContainerExited";
 pub const REASON_PROCESS_CRASHED: &str = "ProcessCrashed";
 /// Reason of a death of another process of a container by a signal another process sent, on the Pod.
 pub const REASON_PROCESS_KILLED: &str = "ProcessKilled";
+/// Reason of a main process that outlived the runtime's stop signal and was killed, on the Pod.
+pub const REASON_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
+/// Reason of a main process that ended on the runtime's stop signal, on the Pod (Normal).
+pub const REASON_CONTAINER_STOPPED: &str = "ContainerStopped";
 
 /// Signals a process gets for its own fault: SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGSYS.
 pub const CRASH_SIGNALS: [u32; 7] = [4, 5, 6, 7, 8, 11, 31];
@@ -104,6 +114,19 @@ fn exit_event(exit: &Exit, options: &EventOptions) -> Option<EventSpec> {
     let pod = pod_reference(&exit.identity)?;
     let container = Container::of(&exit.identity);
     if exit.main_process == Some(true) {
+        match (exit.stop, &exit.stop_request) {
+            (Some(Stop::GraceExceeded), Some(request)) => {
+                let message = message::grace_period_exceeded(exit, request, &container);
+                return Some(EventSpec::new(pod, EventType::Warning, REASON_GRACE_PERIOD_EXCEEDED, message));
+            }
+            (Some(Stop::Requested), Some(request)) => {
+                return options.emit_normal_exits.then(|| {
+                    let message = message::container_stopped(exit, request, &container);
+                    EventSpec::new(pod, EventType::Normal, REASON_CONTAINER_STOPPED, message)
+                });
+            }
+            _ => {}
+        }
         let event_type = if exit.exit_code != 0 || exit.signal.is_some() {
             EventType::Warning
         } else if options.emit_normal_exits {
@@ -119,6 +142,10 @@ fn exit_event(exit: &Exit, options: &EventOptions) -> Option<EventSpec> {
         ));
     }
     let signal = exit.signal?;
+    // The runtime ended it on request (a shared pid namespace, or `kill --all` at sandbox stop).
+    if exit.stop.is_some() {
+        return None;
+    }
     if exit.sender.as_ref().is_some_and(|sender| sender.pid != exit.pid) {
         Some(EventSpec::new(pod, EventType::Warning, REASON_PROCESS_KILLED, message::process_killed(exit, &container)))
     } else if is_crash_signal(signal) {

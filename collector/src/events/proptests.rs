@@ -115,6 +115,7 @@ proptest! {
         let sender = sender.map(|(sender_pid, comm)| Process {
             pid: sender_pid,
             comm: resolved(&comm),
+            exe: None,
             cgroup_path: None,
         });
         let exit = Exit {
@@ -131,6 +132,8 @@ proptest! {
             sender: sender.clone(),
             identity: identity(Some(container_name.clone())),
             main_process: Some(false),
+            stop: None,
+            stop_request: None,
         };
         let events = events_for(&Record::Exit(exit.clone()), &EventOptions::default());
         let head = format!("Process {pid}{} of {}", in_parens(&exit.comm), noun(&container_name));
@@ -172,7 +175,7 @@ proptest! {
         container_name in text(),
         emit_normal_exits in any::<bool>(),
     ) {
-        let sender = sender.map(|(sender_pid, comm)| Process { pid: sender_pid, comm: resolved(&comm), cgroup_path: None });
+        let sender = sender.map(|(sender_pid, comm)| Process { pid: sender_pid, comm: resolved(&comm), exe: None, cgroup_path: None });
         let exit = Exit {
             time: Timestamp(0),
             pid: if sender.as_ref().is_some_and(|s| s.pid == 7) { 7 } else { pid },
@@ -187,6 +190,8 @@ proptest! {
             sender: sender.clone(),
             identity: identity(Some(container_name.clone())),
             main_process: Some(true),
+            stop: None,
+            stop_request: None,
         };
         let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits };
         let events = events_for(&Record::Exit(exit.clone()), &options);
@@ -304,9 +309,11 @@ proptest! {
             cgroup_id: 1,
             cgroup_path: path.clone(),
             oom_killed: false,
-            sender: Some(Process { pid: sender_pid, comm: sender_comm.clone(), cgroup_path: path.clone() }),
+            sender: Some(Process { pid: sender_pid, comm: sender_comm.clone(), exe: None, cgroup_path: path.clone() }),
             identity: identity.clone(),
             main_process,
+            stop: None,
+            stop_request: None,
         };
         let oom = OomKill {
             time: Timestamp(0),

@@ -44,11 +44,13 @@ fn exit(main: Option<bool>, exit_code: u32, signal: Option<u32>) -> Exit {
         sender: None,
         identity: identity(),
         main_process: main,
+        stop: None,
+        stop_request: None,
     }
 }
 
 fn sender(pid: u32, comm: &str) -> Option<Process> {
-    Some(Process { pid, comm: comm.to_owned(), cgroup_path: None })
+    Some(Process { pid, comm: comm.to_owned(), exe: None, cgroup_path: None })
 }
 
 fn oom(scope: Option<OomScope>, main: Option<bool>) -> OomKill {
@@ -480,12 +482,15 @@ fn random_records_never_panic() {
                 cgroup_path: text(&mut rng),
                 oom_killed: rng.u8(..4) == 0,
                 sender: rng.bool().then(|| Process {
+                    exe: None,
                     pid: if rng.bool() { rng.u32(..) } else { 0 },
                     comm: text(&mut rng).unwrap_or_default(),
                     cgroup_path: text(&mut rng),
                 }),
                 identity: random_identity(&mut rng),
                 main_process: tri(&mut rng),
+                stop: None,
+                stop_request: None,
             })
         } else {
             let maybe_u64 = |rng: &mut fastrand::Rng| rng.bool().then(|| rng.u64(..) >> rng.u32(..64));
@@ -544,4 +549,89 @@ fn random_records_never_panic() {
     }
     // The loop must reach the rules, not only the early returns.
     assert!(made > 500, "{made}");
+}
+
+/// `exit` after the runtime's `signal` at 1.000 s (`ignored` by the kernel), killed at `kill_ms`.
+fn stopped(mut exit: Exit, stop: Option<Stop>, signal: u32, ignored: bool, kill_ms: Option<i64>) -> Exit {
+    let at = |ms: i64| Timestamp(1_795_862_400_000_000_000 + ms * 1_000_000);
+    exit.time = at(kill_ms.map_or(1_400, |ms| ms + 1));
+    exit.stop = stop;
+    exit.stop_request = Some(crate::record::StopRequest {
+        time: at(1_000),
+        signal,
+        signal_name: crate::record::signal_name(signal),
+        ignored,
+        kill_time: kill_ms.map(at),
+        sender: Process { pid: 900, comm: "runc".into(), exe: Some("runc".into()), cgroup_path: Some("/".into()) },
+    });
+    exit
+}
+
+#[test]
+fn a_main_process_that_outlived_its_grace_period_is_grace_period_exceeded() {
+    let mut killed = stopped(exit(Some(true), 137, Some(9)), Some(Stop::GraceExceeded), 15, true, Some(3_000));
+    killed.sender = sender(901, "runc");
+    assert_eq!(
+        one(Record::Exit(killed.clone()), &options()),
+        warning(
+            app(),
+            "GracePeriodExceeded",
+            "Container app did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime); it ignores \
+             SIGTERM"
+        )
+    );
+    // A handler that did not finish in time: no "ignores".
+    let mut slow = killed;
+    slow.stop_request.as_mut().unwrap().ignored = false;
+    assert_eq!(
+        one(Record::Exit(slow), &options()).message,
+        "Container app did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime)"
+    );
+}
+
+#[test]
+fn a_requested_stop_is_no_warning_and_normal_container_stopped_only_when_asked_for() {
+    let normal = EventOptions { emit_normal_exits: true, ..options() };
+    // Java's convention: exit 143 on SIGTERM.
+    let java = stopped(exit(Some(true), 143, None), Some(Stop::Requested), 15, false, None);
+    assert_eq!(events_for(&Record::Exit(java.clone()), &options()), []);
+    assert_eq!(
+        one(Record::Exit(java), &normal),
+        EventSpec::new(
+            app(),
+            EventType::Normal,
+            "ContainerStopped",
+            "Container app stopped on request: exited with code 143, 0.4 s after SIGTERM"
+        )
+    );
+    let by_signal = stopped(exit(Some(true), 143, Some(15)), Some(Stop::Requested), 15, false, None);
+    assert_eq!(
+        one(Record::Exit(by_signal), &normal).message,
+        "Container app stopped on request: exited with code 143 (SIGTERM), 0.4 s after SIGTERM"
+    );
+    // The runtime's SIGKILL with no grace (sandbox stop) is a requested stop too.
+    let mut sigkill = stopped(exit(Some(true), 137, Some(9)), Some(Stop::Requested), 9, false, None);
+    sigkill.sender = sender(900, "runc");
+    assert_eq!(events_for(&Record::Exit(sigkill), &options()), []);
+}
+
+#[test]
+fn other_processes_the_runtime_ends_give_nothing() {
+    for (code, signal) in [(137, 9), (143, 15)] {
+        let mut child = stopped(exit(Some(false), code, Some(signal)), Some(Stop::Requested), signal, false, None);
+        child.sender = sender(900, "runc");
+        assert_eq!(events_for(&Record::Exit(child), &options()), [], "{signal}");
+    }
+    let mut unknown = stopped(exit(None, 137, Some(9)), Some(Stop::GraceExceeded), 15, false, Some(3_000));
+    unknown.sender = sender(901, "runc");
+    assert_eq!(events_for(&Record::Exit(unknown), &options()), []);
+}
+
+#[test]
+fn a_crash_during_a_requested_stop_is_still_a_failure() {
+    let crash = stopped(exit(Some(true), 139, Some(11)), None, 15, false, None);
+    assert_eq!(
+        one(Record::Exit(crash), &options()),
+        warning(app(), "ContainerExited", "Container app exited with code 139: SIGSEGV")
+    );
 }

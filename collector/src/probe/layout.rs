@@ -45,6 +45,11 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError>
             ABSENT => ABSENT,
             ns => ns + 8,
         },
+        // Only the signal probe's sender executable needs these: without them it stays empty.
+        task_mm: optional("task_struct", "mm"),
+        mm_exe_file: optional("mm_struct", "exe_file"),
+        file_dentry: nested(["file", "f_path"], ["path", "dentry"]),
+        dentry_name: nested(["dentry", "d_name"], ["qstr", "name"]),
         victim: VictimLayout {
             pid: required(&victim, "oom/mark_victim", "pid")?,
             comm: offset(&victim, "comm"),

@@ -201,6 +201,7 @@ pub struct Metrics {
     records_malformed: Counter,
     records_unresolved: Counter,
     records_handed_over: Counter,
+    stop_requests_evicted: Counter,
     events: Family<EventLabels, Counter>,
     events_dropped: Family<CauseLabel, Counter>,
     api_requests: Family<ApiLabels, Counter>,
@@ -233,6 +234,7 @@ impl Metrics {
             records_malformed: Counter::default(),
             records_unresolved: Counter::default(),
             records_handed_over: Counter::default(),
+            stop_requests_evicted: Counter::default(),
             events: Family::default(),
             events_dropped: Family::default(),
             api_requests: Family::default(),
@@ -282,6 +284,11 @@ impl Metrics {
             "records_handed_over",
             "Records of a death left to another collector on this node during a rolling update's overlap",
             metrics.records_handed_over.clone(),
+        );
+        registry.register(
+            "stop_requests_evicted",
+            "Container runtime stop signals forgotten before the exit they asked for (too many pending)",
+            metrics.stop_requests_evicted.clone(),
         );
         registry.register(
             "events",
@@ -377,6 +384,11 @@ impl Metrics {
     /// Counts a record that another collector on this node reports (a rolling update's overlap).
     pub fn record_handed_over(&self) {
         self.records_handed_over.inc();
+    }
+
+    /// Counts a stop request the resolver forgot before its exit came.
+    pub fn stop_request_evicted(&self) {
+        self.stop_requests_evicted.inc();
     }
 
     /// Counts an emitted event. `reason` comes from the collector's own code

@@ -1,7 +1,10 @@
 //! Resolver and correlator: kernel records to records with wall time,
 //! decoded statuses, escaped names and cgroup paths. It keeps the cgroup
-//! registry current from the kernel's own mkdir and rmdir reports, and joins
-//! an OOM kill with its victim's exit, which names the victim's cgroup.
+//! registry current from the kernel's own mkdir and rmdir reports, joins
+//! an OOM kill with its victim's exit, which names the victim's cgroup, and
+//! tells a stop the container runtime was asked for ([`stop`]) from a failure.
+
+pub mod stop;
 
 use std::{
     collections::VecDeque,
@@ -9,6 +12,8 @@ use std::{
 };
 
 use collector_common::{CgroupRecord, ExitRecord, OomRecord, PATH_CAP, SignalInfo, exit_flags, oom_flags};
+
+use self::stop::StopTracker;
 
 use crate::{
     cgroup::{CgroupTree, Resolver},
@@ -42,6 +47,8 @@ pub struct RecordResolver {
     waiting: VecDeque<(Instant, Record)>,
     /// Exits of OOM victims seen before their OOM record: (pid, cgroup id, path, comm).
     early_victims: VecDeque<(Instant, Exit)>,
+    /// The container runtime's signals, until the exits they asked for.
+    stops: StopTracker,
     /// cgroup paths cut by the kernel, resolved from the tree instead.
     pub truncated_paths: u64,
     /// OOM kills and signals sent out without the exit they waited for.
@@ -60,6 +67,7 @@ impl RecordResolver {
             page_size,
             waiting: VecDeque::new(),
             early_victims: VecDeque::new(),
+            stops: StopTracker::default(),
             truncated_paths: 0,
             unjoined: 0,
         }
@@ -68,6 +76,11 @@ impl RecordResolver {
     /// Re-reads the boot-to-wall clock offset (it moves with NTP steps and suspend).
     pub fn refresh_clock(&mut self) {
         self.clock = self.clock.refreshed();
+    }
+
+    /// Stop requests forgotten before their exit came ([`stop::STOP_REQUESTS_CAP`] were pending).
+    pub const fn stops_evicted(&self) -> u64 {
+        self.stops.evicted
     }
 
     /// The cgroup registry.
@@ -82,8 +95,9 @@ impl RecordResolver {
     pub fn resolve(&mut self, kernel: &KernelRecord, emit: &mut impl FnMut(Record)) {
         let now = Instant::now();
         let record = match kernel {
-            KernelRecord::Exit(exit) => {
-                let exit = self.exit(exit);
+            KernelRecord::Exit(record) => {
+                let mut exit = self.exit(record);
+                self.stops.exit(&mut exit, record.tid);
                 self.join_exit(exit, now, emit);
                 return;
             }
@@ -102,8 +116,11 @@ impl RecordResolver {
                 }
                 Record::OomKill(oom)
             }
-            KernelRecord::Signal(signal) => {
-                let signal = self.signal(signal.header.boot_ns, &signal.info);
+            KernelRecord::Signal(record) => {
+                let exe = c_str(&record.sender_exe);
+                let signal = self.signal(record.header.boot_ns, &record.info, (!exe.is_empty()).then_some(exe));
+                // Before the wait below: the exit the signal asked for may be next.
+                self.stops.signal(&signal);
                 if signal.target_cgroup_path.is_none() {
                     self.wait(now, Record::Signal(signal), emit);
                     return;
@@ -250,7 +267,7 @@ impl RecordResolver {
         // The last fatal signal names the sender only if it is the one that killed.
         let sender = match status.signal {
             Some(sig) if exit.flags & exit_flags::SIGNAL_KNOWN != 0 && exit.signal.sig == sig => {
-                self.sender(&exit.signal)
+                self.sender(&exit.signal, None)
             }
             _ => None,
         };
@@ -270,13 +287,17 @@ impl RecordResolver {
             // Pid 1 of a pid namespace below the root is a container's main process.
             main_process: identity.container_id.is_some().then_some(exit.flags & exit_flags::NS_INIT != 0),
             identity,
+            stop: None,
+            stop_request: None,
         }
     }
 
-    fn sender(&mut self, info: &SignalInfo) -> Option<Process> {
+    /// The process that sent a signal, with its executable's name where the kernel gave it.
+    fn sender(&mut self, info: &SignalInfo, exe: Option<&[u8]>) -> Option<Process> {
         sent_by_process(info.code).then(|| Process {
             pid: info.sender_pid,
             comm: escape_bytes(c_str(&info.sender_comm)),
+            exe: exe.map(escape_bytes),
             cgroup_path: self.path(info.sender_cgroup_id),
         })
     }
@@ -338,7 +359,7 @@ impl RecordResolver {
         }
     }
 
-    fn signal(&mut self, boot_ns: u64, info: &SignalInfo) -> Signal {
+    fn signal(&mut self, boot_ns: u64, info: &SignalInfo, exe: Option<&[u8]>) -> Signal {
         let target_cgroup_path = proc_cgroup(info.target_pid);
         let target_cgroup_path_identity =
             identity_of(target_cgroup_path.as_deref().and_then(crate::cgroup::layout::parse).as_ref());
@@ -347,7 +368,7 @@ impl RecordResolver {
             signal: info.sig,
             signal_name: signal_name(info.sig),
             code: info.code,
-            sender: self.sender(info),
+            sender: self.sender(info, exe),
             target_pid: info.target_pid,
             target_comm: escape_bytes(c_str(&info.target_comm)),
             target_cgroup_path,
