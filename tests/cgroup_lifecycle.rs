@@ -117,7 +117,7 @@ fn mkdir_attach_exit_and_rmdir_carry_the_directorys_inode() {
             json!({
                 "type": "exit", "pid": pid, "ppid": std::process::id(), "comm": "sh", "exit_code": 4,
                 "signal": null, "core_dumped": false, "cgroup_id": id, "cgroup_path": path,
-                "oom_killed": false, "sender": null, "main_process": null,
+                "oom_killed": false, "sender": null, "main_process": null, "stop": null, "stop_request": null,
                 "container_id": null, "pod_uid": null, "pod_name": null, "namespace": null, "container_name": null,
             }),
             outside_pods(json!({"type": "cgroup_rmdir", "cgroup_id": id, "cgroup_path": path})),

@@ -102,6 +102,7 @@ fn main_exited_cleanly(pod: &Pod, app: &Container, main: &Main) -> Value {
         json!({
             "type": "exit", "pid": main.pid, "ppid": main.ppid, "comm": "sh", "exit_code": 0, "signal": null,
             "core_dumped": false, "oom_killed": false, "sender": null, "main_process": true,
+            "stop": null, "stop_request": null,
         }),
     )
 }
@@ -137,6 +138,7 @@ fn a_containers_exit_carries_its_cgroup_and_code() {
                 "core_dumped": false, "oom_killed": false, "sender": null,
                 // pid 1 of the container's pid namespace.
                 "main_process": true,
+                "stop": null, "stop_request": null,
             })
         )
     );
@@ -196,7 +198,7 @@ fn assert_child_oom_kill(limit_on_pod: bool) {
                 "type": "exit", "pid": dd, "ppid": main.pid, "comm": "dd", "exit_code": 137, "signal": 9,
                 "core_dumped": false, "oom_killed": true, "main_process": false,
                 // The OOM killer is the kernel: no process sent the SIGKILL.
-                "sender": null,
+                "sender": null, "stop": null, "stop_request": null,
             })
         )
     );

@@ -1,13 +1,14 @@
 //! `collector run` with a real containerd: container deaths become kubelet-style Events on
 //! the Pod, printed on stdout, kept in the journal (also across a restart) and counted in the
-//! metrics; the spam filter caps a crash storm at client-go's burst.
+//! metrics; the spam filter caps a crash storm at client-go's burst, and the journal keeps
+//! every death of an OOM storm.
 #![expect(clippy::unwrap_used, clippy::panic, reason = "the helpers are test steps: a failure fails the test")]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use collector_tests::containerd::Containerd;
-use collector_tests::daemon::{Daemon, StateDir, journal_events, samples};
+use collector_tests::daemon::{Daemon, StateDir, journal_events, journal_occurrences, journal_summary, samples};
 use collector_tests::kubelet::{Container, ContainerSpec, Pod, PodSpec};
 use collector_tests::privileged;
 use serde_json::{Value, json};
@@ -296,8 +297,66 @@ fn a_crash_storm_is_capped_by_the_spam_filter() {
         );
     }
     let journal = journal_events(state.path(), &["--pod", "web-0"]).unwrap();
-    // The journal keeps an event per name: the 9 singles and the combined one at its last count.
+    // The API events: one per name, the 9 singles and the combined one at its last count.
     assert_eq!(journal.len(), AGGREGATE_MAX, "{journal:#?}");
+    // The node's history: every crash, once, the filtered ones too.
+    let occurrences = journal_occurrences(state.path(), &["--pod", "web-0"]).unwrap();
+    assert_eq!(occurrences.len(), CRASHES, "{occurrences:#?}");
+    let stopped = daemon.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+#[test]
+fn an_oom_storm_keeps_every_kill_in_the_journal_while_the_api_gets_at_most_the_burst() {
+    if !privileged("an_oom_storm_keeps_every_kill_in_the_journal_while_the_api_gets_at_most_the_burst") {
+        return;
+    }
+    const KILLS: usize = 40;
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("oom-storm").unwrap();
+    let pod = web_0(&containerd);
+    let daemon = daemon(&containerd, &state);
+    // One child after another outgrows the limit; the shell, small, survives them all.
+    let script =
+        format!("i=0; while [ $i -lt {KILLS} ]; do dd if=/dev/zero of=/dev/null bs=64M count=1; i=$((i+1)); done");
+    let spec = ContainerSpec { memory_limit_bytes: Some(LIMIT), ..ContainerSpec::shell("app", &script) };
+    let app = containerd.cri().create_and_start(&pod, spec).unwrap();
+    assert_eq!(containerd.cri().wait_exit(&app, Duration::from_secs(60)).unwrap(), 0);
+    let kills = |metrics: &str| {
+        sample(metrics, "collector_container_oom_kills_total", "namespace=\"shop\",pod=\"web-0\",container=\"app\"")
+    };
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut metrics = daemon.metrics().unwrap();
+    while kills(&metrics) < KILLS as u64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        metrics = daemon.metrics().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = daemon.metrics().unwrap();
+    assert_eq!(kills(&metrics), KILLS as u64, "{metrics}");
+    // What the API server would get: client-go's burst, no more.
+    let events = daemon.events();
+    assert_eq!(about(&events, &pod).len(), SPAM_BURST, "{events:#?}");
+
+    // The journal: every kill once, with its own message and kernel record.
+    let occurrences = journal_occurrences(state.path(), &["--pod", "web-0"]).unwrap();
+    assert_eq!(occurrences.len(), KILLS, "{occurrences:#?}");
+    let mut pids = std::collections::HashSet::new();
+    for (i, occurrence) in occurrences.iter().enumerate() {
+        assert_eq!((&occurrence["reason"], &occurrence["container"]), (&json!("OOMKilling"), &json!("app")));
+        let outcome = if i < SPAM_BURST { "local" } else { "spam_filtered" };
+        assert_eq!(occurrence["api"]["outcome"], outcome, "{i}: {occurrence:#}");
+        let pid = oom_victim(occurrence["message"].as_str().unwrap(), "a child of container app");
+        assert_eq!(occurrence["records"][0]["pid"], pid, "{occurrence:#}");
+        assert!(pids.insert(pid), "pid {pid} twice");
+    }
+    let summary = journal_summary(state.path(), &["--pod", "web-0"]).unwrap();
+    assert_eq!(summary.len(), 1, "{summary:#?}");
+    assert_eq!(
+        (&summary[0]["reason"], &summary[0]["count"], &summary[0]["spamFiltered"]),
+        (&json!("OOMKilling"), &json!(KILLS), &json!(KILLS - SPAM_BURST)),
+        "{summary:#?}"
+    );
     let stopped = daemon.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }

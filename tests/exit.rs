@@ -41,7 +41,7 @@ fn expected(pid: u32, ppid: u32, comm: &str, code: u32, signal: Option<u32>, cgr
     json!({
         "type": "exit", "pid": pid, "ppid": ppid, "comm": comm, "exit_code": code, "signal": signal,
         "core_dumped": false, "cgroup_id": cgroup.id(), "cgroup_path": cgroup.path(),
-        "oom_killed": false, "sender": null, "main_process": null,
+        "oom_killed": false, "sender": null, "main_process": null, "stop": null, "stop_request": null,
         // A plain cgroup names no pod or container.
         "container_id": null, "pod_uid": null, "pod_name": null, "namespace": null, "container_name": null,
     })
@@ -53,13 +53,14 @@ fn killed_by(mut record: Value, sender: Value) -> Value {
     record
 }
 
-/// This test thread as a signal sender: the process's pid, the thread's name
-/// (the kernel names the sending task) and the cgroup v2 path.
+/// This test thread as the sender an exit record names: the process's pid, the thread's name
+/// (the kernel names the sending task) and the cgroup v2 path; an exit record does not carry
+/// the sender's executable (signal records do).
 fn this_thread() -> Value {
     let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_owned();
-    json!({"pid": std::process::id(), "comm": comm.trim_end(), "cgroup_path": path})
+    json!({"pid": std::process::id(), "comm": comm.trim_end(), "exe": null, "cgroup_path": path})
 }
 
 /// Runs `cmd` to completion in the cgroup; returns its pid and the time window around it.
@@ -124,7 +125,7 @@ fn death_by_sigabrt_is_134_and_signal_6() {
     let records = trace(&cgroup, 1, || run = Some(run_to_end(cgroup.command(VICTIM).unwrap().arg("abort"))));
     let (pid, before, after) = run.unwrap();
     // abort() raises SIGABRT with tgkill on itself: the process ended itself.
-    let itself = json!({"pid": pid, "comm": "victim", "cgroup_path": cgroup.path()});
+    let itself = json!({"pid": pid, "comm": "victim", "exe": null, "cgroup_path": cgroup.path()});
     assert_eq!(
         record_of(&records, pid, before, after),
         killed_by(expected(pid, std::process::id(), "victim", 134, Some(6), &cgroup), itself)

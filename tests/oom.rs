@@ -98,7 +98,7 @@ fn assert_oom_kill(run: &Run, cgroup: &MemCgroup, limited: &MemCgroup) {
             "oom_killed": oom_killed,
             // The OOM killer is the kernel: no process sent the SIGKILL.
             "sender": null,
-            "main_process": null,
+            "main_process": null, "stop": null, "stop_request": null,
             "container_id": null, "pod_uid": null, "pod_name": null, "namespace": null, "container_name": null,
         })
     };

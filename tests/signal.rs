@@ -62,7 +62,7 @@ fn exit(pid: u32, comm: &str, code: u32, signal: Option<u32>, sender: Value, cgr
     json!({
         "type": "exit", "pid": pid, "ppid": std::process::id(), "comm": comm, "exit_code": code, "signal": signal,
         "core_dumped": false, "cgroup_id": cgroup.id(), "cgroup_path": cgroup.path(), "oom_killed": false,
-        "sender": sender, "main_process": null,
+        "sender": sender, "main_process": null, "stop": null, "stop_request": null,
         // A plain cgroup names no pod or container.
         "container_id": null, "pod_uid": null, "pod_name": null, "namespace": null, "container_name": null,
     })
@@ -78,13 +78,29 @@ fn wait_for_comm(pid: u32, comm: &str) {
     }
 }
 
-/// This test thread as a signal sender: the process's pid, the thread's name
-/// (the kernel names the sending task) and the cgroup v2 path.
+/// This test thread as a signal record's sender: the process's pid, the thread's name (the
+/// kernel names the sending task), its executable's file name and the cgroup v2 path.
 fn this_thread() -> Value {
     let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let path = cgroup.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_owned();
-    json!({"pid": std::process::id(), "comm": comm.trim_end(), "cgroup_path": path})
+    let exe = std::env::current_exe().unwrap().file_name().unwrap().to_str().unwrap().to_owned();
+    json!({"pid": std::process::id(), "comm": comm.trim_end(), "exe": exe, "cgroup_path": path})
+}
+
+/// `sender` with `exe` replaced.
+fn with_exe(sender: &Value, exe: Value) -> Value {
+    let mut sender = sender.clone();
+    sender["exe"] = exe;
+    sender
+}
+
+/// The file name of the executable `command` runs from `PATH`, links followed (`/bin/sh` is
+/// `dash` on Debian, `busybox` in the VM): what the kernel's `mm->exe_file` names.
+fn exe_of(command: &str) -> String {
+    let path = std::env::var_os("PATH").unwrap();
+    let found = std::env::split_paths(&path).map(|dir| dir.join(command)).find(|p| p.is_file()).unwrap();
+    std::fs::canonicalize(found).unwrap().file_name().unwrap().to_str().unwrap().to_owned()
 }
 
 #[test]
@@ -107,7 +123,7 @@ fn sigterm_from_another_process_names_the_killer() {
     assert_eq!(target.wait().unwrap().signal(), Some(libc::SIGTERM));
     assert_eq!(records.len(), 3, "{records:#?}");
 
-    let killer = json!({"pid": killer_pid, "comm": "sh", "cgroup_path": cgroup.path()});
+    let killer = json!({"pid": killer_pid, "comm": "sh", "exe": exe_of("sh"), "cgroup_path": cgroup.path()});
     assert_eq!(
         take(&records, "signal", "target_pid", target_pid, window),
         json!({
@@ -120,7 +136,8 @@ fn sigterm_from_another_process_names_the_killer() {
     );
     assert_eq!(
         take(&records, "exit", "pid", target_pid, window),
-        exit(target_pid, "sleep", 143, Some(15), killer, &cgroup)
+        // An exit record's sender has no executable: the kernel's exit record does not carry it.
+        exit(target_pid, "sleep", 143, Some(15), with_exe(&killer, json!(null)), &cgroup)
     );
     assert_eq!(
         take(&records, "exit", "pid", killer_pid, window),

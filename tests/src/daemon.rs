@@ -225,8 +225,24 @@ pub fn samples<'a>(exposition: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// `collector events --format json --state-dir DIR ARGS`: the journal's events, one object each.
+/// `collector events --api --format json --state-dir DIR ARGS`: the events as written to the API
+/// server (aggregated, deduplicated, spam-filtered), one object each.
 pub fn journal_events(state_dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
+    journal(state_dir, &[&["--api"], args].concat())
+}
+
+/// `collector events --format json ARGS`: every occurrence (each event the kernel caused,
+/// before the spam filter), one JSON object each.
+pub fn journal_occurrences(state_dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
+    journal(state_dir, args)
+}
+
+/// `collector events --summary --format json ARGS`: counts per object, container and reason.
+pub fn journal_summary(state_dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
+    journal(state_dir, &[&["--summary"], args].concat())
+}
+
+fn journal(state_dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
     let output = Command::new(binary()?)
         .args(["events", "--format", "json", "--state-dir"])
         .arg(state_dir)

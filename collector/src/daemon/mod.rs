@@ -36,11 +36,13 @@ use crate::{
     probe::{KernelCounters, ProbeConfig, ProbeError, Probes},
     reader::RingReader,
     record::Record,
-    recorder::{Decision, DropCause as RecorderDrop, EventType, Recorder, RecorderConfig, RecorderError, Timestamp},
+    recorder::{
+        Decision, DropCause as RecorderDrop, EventSpec, EventType, Recorder, RecorderConfig, RecorderError, Timestamp,
+    },
     resolve::RecordResolver,
     sinks::{
         ApiWrite,
-        journal::{self, EventContext, Journal, JournalError},
+        journal::{self, EventContext, Journal, JournalError, Occurrence},
         kubernetes::{self, Cluster, KubeSink, Runner, RunnerConfig, SinkConfig, StatsSnapshot},
         stdout::StdoutSink,
     },
@@ -393,7 +395,7 @@ impl Engine {
         }
         for spec in specs {
             let now = Timestamp::from_system_time(SystemTime::now());
-            match self.recorder.record(spec, now) {
+            match self.recorder.record(spec.clone(), now) {
                 Decision::Write(write) => {
                     let event = write.event();
                     let kind = match event.event_type {
@@ -406,17 +408,21 @@ impl Engine {
                     {
                         log::warn!("stdout sink: {err}");
                     }
-                    self.store(record, &write);
+                    self.store(record, &spec, Some(&write));
                 }
-                Decision::Dropped(RecorderDrop::SpamFilter) => self.metrics.event_dropped(DropCause::SpamFilter),
+                Decision::Dropped(RecorderDrop::SpamFilter) => {
+                    self.metrics.event_dropped(DropCause::SpamFilter);
+                    // Dropped on its way to the API server, not from the node's history.
+                    self.store(record, &spec, None);
+                }
             }
         }
     }
 
-    /// Journals the event with its record, and queues it for the API server.
-    fn store(&self, record: &Record, write: &crate::recorder::Write) {
+    /// Journals the occurrence with its record and, for a write, queues it for the API server.
+    fn store(&self, record: &Record, spec: &EventSpec, write: Option<&crate::recorder::Write>) {
         let Some(journal) = &self.journal else { return };
-        let api = match ApiWrite::try_from(write) {
+        let api = match write.map(ApiWrite::try_from).transpose() {
             Ok(api) => api,
             Err(err) => {
                 log::warn!("cannot encode an event: {err}");
@@ -425,17 +431,16 @@ impl Engine {
         };
         let records = json!([record]);
         let context = EventContext { container: record.identity().container_name.as_deref(), records: &records };
+        let occurrence = Occurrence { time: Timestamp::from_unix_nanos(record.time().0), spec, context };
         let now = Timestamp::from_system_time(SystemTime::now());
         let Ok(mut journal) = journal.lock() else {
             self.metrics.journal_append_failed();
             return;
         };
-        let stored =
-            if self.to_api { journal.record(&api, &context, now) } else { journal.record_local(&api, &context, now) };
-        match stored {
-            Ok(_) => {
+        match journal.record_occurrence(&occurrence, api.as_ref(), self.to_api, now) {
+            Ok(recorded) => {
                 self.metrics.journal_appended();
-                if self.to_api {
+                if recorded.is_some_and(|recorded| recorded.outbox_id.is_some()) {
                     self.wake.notify_one();
                 }
             }

@@ -313,7 +313,11 @@ impl Metrics {
         );
         registry.register_collector(Box::new(Arc::clone(&metrics.caches)));
         registry.register_collector(Box::new(Arc::clone(&metrics.containers)));
-        registry.register("journal_appends", "Entries appended to the journal", metrics.journal_appends.clone());
+        registry.register(
+            "journal_appends",
+            "Occurrences (events the kernel caused, before the spam filter) appended to the journal",
+            metrics.journal_appends.clone(),
+        );
         registry.register(
             "journal_append_errors",
             "Journal appends that failed; the entry was not stored",
@@ -321,7 +325,7 @@ impl Metrics {
         );
         registry.register(
             "journal_pruned",
-            "Journal entries removed, by reason: max_age or max_bytes",
+            "Journal occurrences removed, by reason: max_age or max_bytes",
             metrics.journal_pruned.clone(),
         );
         registry.register_with_unit(

@@ -155,12 +155,45 @@ fn a_newer_schema_is_refused() {
     drop(open(&dir));
     {
         let conn = rusqlite::Connection::open(dir.db()).unwrap();
-        conn.execute("UPDATE schema_version SET version = 2", []).unwrap();
+        conn.execute("UPDATE schema_version SET version = 3", []).unwrap();
     }
     let err = Journal::open(dir.path(), JournalConfig::default()).err().unwrap();
-    assert!(matches!(err, JournalError::UnsupportedSchema { found: 2, .. }), "{err:?}");
+    assert!(matches!(err, JournalError::UnsupportedSchema { found: 3, .. }), "{err:?}");
     let err = JournalReader::open(dir.path()).err().unwrap();
-    assert!(matches!(err, JournalError::UnsupportedSchema { found: 2, .. }), "{err:?}");
+    assert!(matches!(err, JournalError::UnsupportedSchema { found: 3, .. }), "{err:?}");
+}
+
+#[test]
+fn a_version_1_journal_is_upgraded_by_the_daemon_and_keeps_its_events() {
+    let dir = TempDir::new("v1");
+    {
+        let mut journal = open(&dir);
+        let mut rec = recorder();
+        let spec = EventSpec::new(pod("shop", "web-0"), EventType::Warning, "OOMKilling", "m");
+        journal.record(&write(&mut rec, spec, at(0)), &EventContext::NONE, at(0)).unwrap();
+    }
+    {
+        // What version 1 had: no occurrences table.
+        let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.execute_batch("DROP TABLE occurrences; UPDATE schema_version SET version = 1").unwrap();
+    }
+    let err = JournalReader::open(dir.path()).err().unwrap();
+    assert!(matches!(err, JournalError::OldSchema { found: 1, .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .ends_with("has schema version 1; the collector daemon of this version upgrades it to 2 when it starts"),
+        "{err}"
+    );
+    drop(open(&dir));
+    let reader = JournalReader::open(dir.path()).unwrap();
+    let mut reasons = Vec::new();
+    reader
+        .scan(&Query::default(), |event| {
+            reasons.push(event.reason);
+            Ok::<_, JournalError>(())
+        })
+        .unwrap();
+    assert_eq!(reasons, ["OOMKilling"]);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! The local event journal: every event the collector decides to write, kept on the node in
+//! The local event journal: every event the kernel caused (an occurrence, before client-go's
+//! aggregation and spam filter) and every event written to the API server, kept on the node in
 //! SQLite long after the API server's one-hour event TTL, plus the outbox of API writes that
 //! the Kubernetes sink has not delivered yet.
 //!
@@ -13,6 +14,7 @@
 //! corrupts the file. `FULL` would fsync the WAL on every event, which costs an order of
 //! magnitude in insert rate exactly when events come in bursts (OOM storms).
 
+mod occurrence;
 mod read;
 mod schema;
 mod time;
@@ -23,6 +25,7 @@ pub(crate) mod tests;
 
 use std::{io, path::PathBuf, time::Duration};
 
+pub use occurrence::{ApiOutcome, Occurrence, StoredOccurrence, SummaryRow, records_of};
 pub use read::{JournalReader, Query, StoredEvent};
 pub use write::{EventContext, Journal, Pending, Pruned, Recorded, RowChange};
 
@@ -41,7 +44,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// would expire them anyway.
 pub const DEFAULT_OUTBOX_MAX_AGE: Duration = Duration::from_secs(3600);
 /// The schema this code writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `<state_dir>/journal.db`.
 pub fn journal_path(state_dir: &std::path::Path) -> PathBuf {
@@ -80,7 +83,9 @@ pub struct JournalStats {
     pub delivered: u64,
     /// Outbox writes dropped undelivered because they outlived the API server's TTL.
     pub expired_undelivered: u64,
-    /// Event rows deleted by pruning (age or size).
+    /// Occurrences stored.
+    pub occurrences: u64,
+    /// Occurrence and event rows deleted by pruning (age or size).
     pub pruned_rows: u64,
     /// Outbox rows that no longer decoded and were deleted rather than blocking the queue.
     pub malformed_outbox: u64,
@@ -164,6 +169,19 @@ pub enum JournalError {
         SCHEMA_VERSION
     )]
     UnsupportedSchema {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: i64,
+    },
+    /// A reader found a journal of an older schema, which only the daemon upgrades.
+    #[error(
+        "the event journal {} has schema version {found}; the collector daemon of this version \
+         upgrades it to {} when it starts",
+        path.display(),
+        SCHEMA_VERSION
+    )]
+    OldSchema {
         /// The file.
         path: PathBuf,
         /// The version found.

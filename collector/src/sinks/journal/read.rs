@@ -87,6 +87,11 @@ impl JournalReader {
         Ok(Self { conn: schema::open_reader(path)?, path: path.to_owned() })
     }
 
+    /// The connection, for the other read modules.
+    pub(super) const fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The journal file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -46,6 +46,28 @@ CREATE TABLE outbox (
 );
 ";
 
+/// Version 2: every event the kernel caused, one row each, before client-go's aggregation and
+/// spam filter; `api` says what became of it and `event_name` names its row in `events`.
+const SCHEMA_V2: &str = "
+CREATE TABLE occurrences (
+    id          INTEGER PRIMARY KEY,
+    ts          INTEGER NOT NULL,
+    namespace   TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    object_kind TEXT NOT NULL,
+    object_name TEXT NOT NULL,
+    object      TEXT NOT NULL,
+    container   TEXT,
+    api         TEXT NOT NULL,
+    event_name  TEXT,
+    records     TEXT NOT NULL,
+    stored_at   INTEGER NOT NULL
+);
+CREATE INDEX occurrences_by_time ON occurrences (ts, id);
+";
+
 /// Maps an SQLite error to [`JournalError::Corrupt`] when it says the file is damaged.
 pub(super) fn classify(path: &Path, operation: &'static str, source: rusqlite::Error) -> JournalError {
     match source.sqlite_error_code() {
@@ -107,8 +129,11 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, JournalError> {
     if application_id == 0 && tables == 0 {
         return Err(JournalError::Empty { path: path.to_owned() });
     }
-    check(&conn, path, application_id)?;
-    Ok(conn)
+    // A reader cannot upgrade: the daemon of this version does, when it opens the journal.
+    match check(&conn, path, application_id)? {
+        SCHEMA_VERSION => Ok(conn),
+        found => Err(JournalError::OldSchema { path: path.to_owned(), found }),
+    }
 }
 
 /// `PRAGMA quick_check`: O(pages) but catches truncated and damaged files before the daemon
@@ -131,7 +156,9 @@ fn identity(conn: &Connection, path: &Path) -> Result<(i32, i64), JournalError> 
     Ok((application_id, tables))
 }
 
-fn check(conn: &Connection, path: &Path, application_id: i32) -> Result<(), JournalError> {
+/// Checks that the file is a journal this code can read, and returns its schema version: the
+/// current one, or an older one that [`init_or_check`] upgrades.
+fn check(conn: &Connection, path: &Path, application_id: i32) -> Result<i64, JournalError> {
     if application_id != APPLICATION_ID {
         return Err(JournalError::Foreign { path: path.to_owned(), application_id });
     }
@@ -139,11 +166,11 @@ fn check(conn: &Connection, path: &Path, application_id: i32) -> Result<(), Jour
         .query_row("SELECT max(version) FROM schema_version", [], |row| row.get::<_, Option<i64>>(0))
         .map_err(|source| classify(path, "read the schema version", source))?
         .unwrap_or(0);
-    // Version 1 is the first; a future version adds its migrations here.
-    if found != SCHEMA_VERSION {
-        return Err(JournalError::UnsupportedSchema { path: path.to_owned(), found });
+    match found {
+        SCHEMA_VERSION => Ok(found),
+        1 => Ok(found),
+        _ => Err(JournalError::UnsupportedSchema { path: path.to_owned(), found }),
     }
-    Ok(())
 }
 
 fn init_or_check(conn: &Connection, path: &Path) -> Result<(), JournalError> {
@@ -155,10 +182,14 @@ fn init_or_check(conn: &Connection, path: &Path) -> Result<(), JournalError> {
     if application_id == 0 && tables == 0 {
         tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(fail("set application_id"))?;
         tx.execute_batch(SCHEMA_V1).map_err(fail("create the schema"))?;
+        tx.execute_batch(SCHEMA_V2).map_err(fail("create the schema"))?;
         tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])
             .map_err(fail("record the schema version"))?;
-    } else {
-        check(&tx, path, application_id)?;
+    } else if check(&tx, path, application_id)? == 1 {
+        // Version 1 kept only what reached the API server; its rows stay as they are.
+        tx.execute_batch(SCHEMA_V2).map_err(fail("upgrade the schema to version 2"))?;
+        tx.execute("UPDATE schema_version SET version = ?1", [SCHEMA_VERSION])
+            .map_err(fail("record the schema version"))?;
     }
     tx.commit().map_err(fail("commit the schema"))
 }

@@ -307,7 +307,7 @@ fn prune_by_age_deletes_events_older_than_max_age() {
         journal.record(&w, &EventContext::NONE, at(secs)).unwrap();
     }
     let pruned = journal.prune(at(0)).unwrap();
-    assert_eq!(pruned, Pruned { by_age: 2, by_size: 0 });
+    assert_eq!(pruned, Pruned { events_by_age: 2, ..Pruned::default() });
     assert_eq!(journal.stats().pruned_rows, 2);
     let reader = JournalReader::open(dir.path()).unwrap();
     let pods: Vec<_> = all(&reader).into_iter().map(|e| e.object_name).collect();
@@ -331,12 +331,12 @@ fn prune_by_size_deletes_oldest_first_until_it_fits() {
     }
     assert!(journal.used_bytes().unwrap() > 3 * max_bytes);
     let pruned = journal.prune(at(total)).unwrap();
-    assert_eq!(pruned.by_age, 0);
+    assert_eq!((pruned.by_age, pruned.by_size, pruned.events_by_age), (0, 0, 0));
     let used = journal.used_bytes().unwrap();
     assert!(used <= max_bytes, "{used} > {max_bytes}");
     let reader = JournalReader::open(dir.path()).unwrap();
     let left = all(&reader);
-    assert_eq!(pruned.by_size, total as u64 - left.len() as u64);
+    assert_eq!(pruned.events_by_size, total as u64 - left.len() as u64);
     // Not far below the bound: whole batches are not overshooting.
     assert!(used > max_bytes * 3 / 4, "{used}");
     // The survivors are exactly the newest ones.
@@ -416,3 +416,59 @@ impl Journal {
 
 #[path = "durability_tests.rs"]
 mod durability;
+
+/// Every occurrence of `n` OOM kills of one container, one second apart from `start`, the
+/// spam filter's rejections included.
+fn storm(journal: &mut Journal, rec: &mut Recorder, start: i64, n: i64, message: &str) -> (u64, u64) {
+    let (mut written, mut filtered) = (0, 0);
+    for i in 0..n {
+        let records = exit_records(u32::try_from(i).unwrap());
+        let spec = oom(pod("shop", "web-0"), &format!("{message} {i}"));
+        let context = EventContext { container: Some("app"), records: &records };
+        let occurrence = Occurrence { time: at(start + i), spec: &spec, context };
+        let write = match rec.record(spec.clone(), at(start + i)) {
+            Decision::Write(write) => Some(ApiWrite::try_from(&write).unwrap()),
+            Decision::Dropped(_) => None,
+        };
+        let recorded = journal.record_occurrence(&occurrence, write.as_ref(), true, at(start + i)).unwrap();
+        assert_eq!(recorded.is_some(), write.is_some());
+        if write.is_some() { written += 1 } else { filtered += 1 }
+    }
+    (written, filtered)
+}
+
+#[test]
+fn every_occurrence_is_kept_while_the_spam_filter_caps_the_writes() {
+    let dir = TempDir::new("storm");
+    let mut journal = open(&dir);
+    let (written, filtered) = storm(&mut journal, &mut recorder(), 0, 60, "killed");
+    assert_eq!((written, filtered), (25, 35));
+    assert_eq!(journal.outbox_len().unwrap(), 25);
+    assert_eq!(journal.stats().occurrences, 60);
+    let reader = JournalReader::open(dir.path()).unwrap();
+    let mut outcomes = Vec::new();
+    reader
+        .scan_occurrences(&Query::default(), |o| {
+            outcomes.push((o.api, o.event_name.is_some()));
+            Ok::<_, JournalError>(())
+        })
+        .unwrap();
+    assert_eq!(outcomes.len(), 60);
+    assert!(outcomes[..25].iter().all(|o| *o == ("queued".to_owned(), true)), "{outcomes:?}");
+    assert!(outcomes[25..].iter().all(|o| *o == ("spam_filtered".to_owned(), false)), "{outcomes:?}");
+    let summary = reader.summary(&Query::default()).unwrap();
+    assert_eq!(summary.iter().map(|row| (row.count, row.spam_filtered)).collect::<Vec<_>>(), [(60, 35)]);
+}
+
+#[test]
+fn prune_removes_old_occurrences_and_counts_them() {
+    let dir = TempDir::new("prune-occurrences");
+    let mut journal = open(&dir);
+    let day = 86_400;
+    storm(&mut journal, &mut recorder(), -2 * day, 5, "old");
+    storm(&mut journal, &mut recorder(), 0, 3, "new");
+    let pruned = journal.prune(at(10)).unwrap();
+    assert_eq!(pruned, Pruned { by_age: 5, events_by_age: 5, ..Pruned::default() });
+    let reader = JournalReader::open(dir.path()).unwrap();
+    assert_eq!(reader.summary(&Query::default()).unwrap()[0].count, 3);
+}

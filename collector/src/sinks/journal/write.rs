@@ -66,10 +66,22 @@ pub struct Pending {
 /// What [`Journal::prune`] deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
-    /// Event rows last seen before `now - max_age`.
+    /// Occurrences from before `now - max_age`.
     pub by_age: u64,
-    /// Further event rows, oldest first, deleted to fit `max_bytes`.
+    /// Further occurrences, oldest first, deleted to fit `max_bytes`.
     pub by_size: u64,
+    /// API event rows last seen before `now - max_age`.
+    pub events_by_age: u64,
+    /// Further API event rows, oldest first, deleted to fit `max_bytes`.
+    pub events_by_size: u64,
+}
+
+/// An API write checked and encoded, ready for [`Journal::store_prepared`].
+pub(super) struct Prepared<'a> {
+    row: Row<'a>,
+    event: String,
+    records: String,
+    write: &'a ApiWrite,
 }
 
 /// The writer. One per journal file: the daemon owns it; readers use [`super::JournalReader`].
@@ -78,7 +90,7 @@ pub struct Journal {
     pub(super) conn: Connection,
     path: PathBuf,
     config: JournalConfig,
-    stats: JournalStats,
+    pub(super) stats: JournalStats,
 }
 
 /// The columns the journal indexes, taken from the event JSON.
@@ -199,12 +211,13 @@ impl Journal {
         Ok(dropped)
     }
 
-    /// Deletes events last seen before `now - max_age`, then the oldest events until the pages
-    /// in use fit `max_bytes`, and returns freed pages to the file system.
+    /// Deletes occurrences and API events from before `now - max_age`, then the oldest of either
+    /// until the pages in use fit `max_bytes`, and returns freed pages to the file system.
     pub fn prune(&mut self, now: Timestamp) -> Result<Pruned, JournalError> {
         let result = self.prune_inner(now);
         let pruned = self.count(result)?;
-        self.stats.pruned_rows = self.stats.pruned_rows.saturating_add(pruned.by_age).saturating_add(pruned.by_size);
+        let rows = [pruned.by_age, pruned.by_size, pruned.events_by_age, pruned.events_by_size];
+        self.stats.pruned_rows = rows.into_iter().fold(self.stats.pruned_rows, u64::saturating_add);
         Ok(pruned)
     }
 
@@ -213,14 +226,14 @@ impl Journal {
         used_bytes(&self.conn, &self.path)
     }
 
-    fn count<T>(&mut self, result: Result<T, JournalError>) -> Result<T, JournalError> {
+    pub(super) fn count<T>(&mut self, result: Result<T, JournalError>) -> Result<T, JournalError> {
         if result.is_err() {
             self.stats.write_errors = self.stats.write_errors.saturating_add(1);
         }
         result
     }
 
-    fn transaction<T>(
+    pub(super) fn transaction<T>(
         &mut self,
         operation: &'static str,
         body: impl FnOnce(&Transaction<'_>, &Path) -> Result<T, JournalError>,
@@ -239,14 +252,39 @@ impl Journal {
         now: Timestamp,
         enqueue: bool,
     ) -> Result<Recorded, JournalError> {
-        let row = Row::of(write, context)?;
-        let event = encode(&write.name, &write.event)?;
-        let records = encode(&write.name, context.records)?;
-        let recorded = self.transaction("store event", |tx, path| {
-            let row = upsert(tx, path, &row, &event, &records, now)?;
-            let outbox_id = if enqueue { Some(insert_outbox(tx, path, write, now)?) } else { None };
-            Ok(Recorded { row, outbox_id })
-        })?;
+        let prepared = Self::prepare(write, context)?;
+        let recorded =
+            self.transaction("store event", |tx, path| Self::store_prepared(tx, path, &prepared, now, enqueue))?;
+        self.note(recorded);
+        Ok(recorded)
+    }
+
+    /// Checks and encodes `write` before a transaction begins.
+    pub(super) fn prepare<'a>(write: &'a ApiWrite, context: &EventContext<'a>) -> Result<Prepared<'a>, JournalError> {
+        Ok(Prepared {
+            row: Row::of(write, context)?,
+            event: encode(&write.name, &write.event)?,
+            records: encode(&write.name, context.records)?,
+            write,
+        })
+    }
+
+    /// Stores the event of a prepared write (a repeat updates its row) and, if `enqueue`, puts
+    /// the write in the outbox, inside the caller's transaction.
+    pub(super) fn store_prepared(
+        tx: &Transaction<'_>,
+        path: &Path,
+        prepared: &Prepared<'_>,
+        now: Timestamp,
+        enqueue: bool,
+    ) -> Result<Recorded, JournalError> {
+        let row = upsert(tx, path, &prepared.row, &prepared.event, &prepared.records, now)?;
+        let outbox_id = if enqueue { Some(insert_outbox(tx, path, prepared.write, now)?) } else { None };
+        Ok(Recorded { row, outbox_id })
+    }
+
+    /// Counts a committed store.
+    pub(super) fn note(&mut self, recorded: Recorded) {
         match recorded.row {
             RowChange::Appended => self.stats.appended = self.stats.appended.saturating_add(1),
             RowChange::Updated => self.stats.updated = self.stats.updated.saturating_add(1),
@@ -254,7 +292,6 @@ impl Journal {
         if recorded.outbox_id.is_some() {
             self.stats.enqueued = self.stats.enqueued.saturating_add(1);
         }
-        Ok(recorded)
     }
 
     fn read_outbox(&mut self, after: i64, limit: usize) -> Result<Vec<Pending>, JournalError> {
@@ -293,20 +330,31 @@ impl Journal {
     fn prune_inner(&mut self, now: Timestamp) -> Result<Pruned, JournalError> {
         let path = self.path.as_path();
         let fail = |operation| move |source| schema::classify(path, operation, source);
-        let by_age = self
-            .conn
-            .execute("DELETE FROM events WHERE last_ts < ?1", [before(now, self.config.max_age)])
-            .map_err(fail("prune by age"))?;
-        let mut by_size = 0_u64;
+        let cutoff = before(now, self.config.max_age);
+        let mut pruned = Pruned {
+            by_age: to_u64(
+                self.conn.execute("DELETE FROM occurrences WHERE ts < ?1", [cutoff]).map_err(fail("prune by age"))?,
+            ),
+            events_by_age: to_u64(
+                self.conn.execute("DELETE FROM events WHERE last_ts < ?1", [cutoff]).map_err(fail("prune by age"))?,
+            ),
+            ..Pruned::default()
+        };
         loop {
             let used = used_bytes(&self.conn, path)?;
             if used <= self.config.max_bytes {
                 break;
             }
-            let rows: i64 = self
+            // The older of the two tables' oldest rows goes first, so both keep the same window.
+            let (rows, oldest_occurrence, oldest_event): (i64, Option<i64>, Option<i64>) = self
                 .conn
-                .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
-                .map_err(fail("count events"))?;
+                .query_row(
+                    "SELECT (SELECT count(*) FROM occurrences) + (SELECT count(*) FROM events), \
+                     (SELECT min(ts) FROM occurrences), (SELECT min(last_ts) FROM events)",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .map_err(fail("count rows"))?;
             if rows == 0 {
                 // Only the outbox and the schema are left; drop_expired bounds the outbox.
                 break;
@@ -315,20 +363,28 @@ impl Journal {
             let excess = used - self.config.max_bytes;
             let share = u128::from(excess) * u128::from(u64::try_from(rows).unwrap_or(0)) / u128::from(used);
             let batch = i64::try_from(share).unwrap_or(PRUNE_BATCH).clamp(1, PRUNE_BATCH);
-            let deleted = self
-                .conn
-                .execute(
-                    "DELETE FROM events WHERE id IN \
-                     (SELECT id FROM events ORDER BY last_ts, id LIMIT ?1)",
-                    [batch],
+            let occurrences_first = match (oldest_occurrence, oldest_event) {
+                (Some(occurrence), Some(event)) => occurrence <= event,
+                (occurrence, _) => occurrence.is_some(),
+            };
+            let (sql, count) = if occurrences_first {
+                (
+                    "DELETE FROM occurrences WHERE id IN (SELECT id FROM occurrences ORDER BY ts, id LIMIT ?1)",
+                    &mut pruned.by_size,
                 )
-                .map_err(fail("prune by size"))?;
-            by_size = by_size.saturating_add(to_u64(deleted));
+            } else {
+                (
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY last_ts, id LIMIT ?1)",
+                    &mut pruned.events_by_size,
+                )
+            };
+            let deleted = self.conn.execute(sql, [batch]).map_err(fail("prune by size"))?;
+            *count = count.saturating_add(to_u64(deleted));
         }
-        if by_age > 0 || by_size > 0 {
+        if pruned != Pruned::default() {
             incremental_vacuum(&self.conn).map_err(fail("vacuum"))?;
         }
-        Ok(Pruned { by_age: to_u64(by_age), by_size })
+        Ok(pruned)
     }
 }
 
