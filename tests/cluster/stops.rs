@@ -1,0 +1,138 @@
+//! Rollouts on the real cluster, with the collector installed from `deploy/`: the kubelet stops
+//! the old pods' containers (CRI StopContainer with the pod's grace period, then
+//! StopPodSandbox). A Deployment whose containers shut down on SIGTERM gives no Warning at all;
+//! one whose containers ignore it gives exactly one `GracePeriodExceeded` per container.
+
+use std::{path::PathBuf, time::Duration};
+
+use collector_tests::cluster::{Applied, Cluster};
+use serde_json::Value;
+
+/// Rollouts, deletions and the collector's writes, on a loaded CI machine.
+const TIMEOUT: Duration = Duration::from_secs(180);
+/// How long to wait for Events that must not come.
+const QUIET: Duration = Duration::from_secs(5);
+
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+/// A Deployment of one pod running `command` in each of `containers`.
+fn deployment(namespace: &str, name: &str, grace: u32, containers: &[&str], command: &str) -> String {
+    let containers: Vec<String> = containers
+        .iter()
+        .map(|c| {
+            format!(
+                r#"{{"name":"{c}","image":"docker.io/local/busybox:1","imagePullPolicy":"Never",
+"command":["/bin/sh","-c",{}]}}"#,
+                serde_json::to_string(command).unwrap_or_default()
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}","namespace":"{namespace}"}},
+"spec":{{"replicas":1,"selector":{{"matchLabels":{{"app":"{name}"}}}},
+"template":{{"metadata":{{"labels":{{"app":"{name}"}}}},
+"spec":{{"terminationGracePeriodSeconds":{grace},"containers":[{}]}}}}}}}}"#,
+        containers.join(",")
+    )
+}
+
+/// The names of the pods of Deployment `name`.
+fn pods(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
+    let list = cluster.json(&["-n", namespace, "get", "pods", "-l", &format!("app={name}")]).unwrap_or_default();
+    list["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// The collector's Events in `namespace`.
+fn collector_events(cluster: &Cluster, namespace: &str) -> Vec<Value> {
+    let list = cluster.json(&["get", "events", "-n", namespace]).unwrap_or_default();
+    list["items"]
+        .as_array()
+        .map(|items| items.iter().filter(|e| e["source"]["component"] == "collector").cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_rollout_gives_no_warning_unless_a_container_outlives_its_grace_period() {
+    let Some(cluster) = Cluster::find("a_rollout_gives_no_warning_unless_a_container_outlives_its_grace_period") else {
+        return;
+    };
+    let _installed = Applied::kustomization(&cluster, deploy_dir()).unwrap();
+    cluster.kubectl(&["-n", "collector", "rollout", "status", "ds/collector", "--timeout=180s"]).unwrap();
+    let ns = cluster.namespace("e2e-stops").unwrap();
+    // Shuts down on SIGTERM, as a well-behaved server does.
+    let polite = deployment(&ns.name, "polite", 30, &["app"], "trap 'exit 0' TERM; sleep 1000 & wait");
+    // `sleep` as PID 1 has no handler: SIGTERM does nothing and only the SIGKILL ends it.
+    let stubborn = deployment(&ns.name, "stubborn", 2, &["app", "sidecar"], "exec sleep 1000");
+    for manifest in [&polite, &stubborn] {
+        cluster.kubectl_stdin(&["apply", "-f", "-"], Some(manifest)).unwrap();
+    }
+    for name in ["polite", "stubborn"] {
+        let deployment = format!("deployment/{name}");
+        cluster.kubectl(&["-n", &ns.name, "rollout", "status", &deployment, "--timeout=180s"]).unwrap();
+    }
+    let old_polite = pods(&cluster, &ns.name, "polite");
+    let old_stubborn = pods(&cluster, &ns.name, "stubborn");
+    assert_eq!((old_polite.len(), old_stubborn.len()), (1, 1), "{old_polite:?} {old_stubborn:?}");
+
+    cluster.kubectl(&["-n", &ns.name, "rollout", "restart", "deployment/polite", "deployment/stubborn"]).unwrap();
+    for name in ["polite", "stubborn"] {
+        let deployment = format!("deployment/{name}");
+        cluster.kubectl(&["-n", &ns.name, "rollout", "status", &deployment, "--timeout=180s"]).unwrap();
+    }
+    // The old pods are gone once their containers are.
+    cluster
+        .wait("the old pods to be deleted", TIMEOUT, || {
+            let left: Vec<String> = [("polite", &old_polite), ("stubborn", &old_stubborn)]
+                .into_iter()
+                .flat_map(|(name, old)| pods(&cluster, &ns.name, name).into_iter().filter(|p| old.contains(p)))
+                .collect();
+            Ok(left.is_empty().then_some(()))
+        })
+        .unwrap();
+    let events = cluster
+        .wait("two GracePeriodExceeded events", TIMEOUT, || {
+            let events = collector_events(&cluster, &ns.name);
+            Ok((events.iter().filter(|e| e["reason"] == "GracePeriodExceeded").count() >= 2).then_some(()))
+        })
+        .map(|()| {
+            std::thread::sleep(QUIET);
+            collector_events(&cluster, &ns.name)
+        })
+        .unwrap();
+
+    // Exactly the two containers that ignore SIGTERM, once each, and nothing else.
+    let mut seen: Vec<(String, String, String, String)> = events
+        .iter()
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                text(&e["involvedObject"]["name"]),
+                text(&e["involvedObject"]["fieldPath"]),
+                text(&e["type"]),
+                text(&e["message"]),
+            )
+        })
+        .collect();
+    seen.sort();
+    let old = &old_stubborn[0];
+    let grace = |container: &str| {
+        (
+            old.clone(),
+            format!("spec.containers{{{container}}}"),
+            "Warning".to_owned(),
+            format!(
+                "Container {container} did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime); \
+                 it ignores SIGTERM"
+            ),
+        )
+    };
+    assert_eq!(seen, [grace("app"), grace("sidecar")], "{events:#?}");
+    for event in &events {
+        assert_eq!((&event["reason"], &event["count"]), (&Value::from("GracePeriodExceeded"), &Value::from(1)));
+    }
+}
