@@ -4,7 +4,11 @@ use std::{
     io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -60,16 +64,32 @@ pub struct ChildOutput {
     json: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// While set, stdout is not read: the child's writes fill the pipe and then block.
+    stalled: Arc<AtomicBool>,
 }
 
 impl ChildOutput {
     /// Starts reading `child`'s output. The rest of the first stderr line that
     /// starts with `ready` is sent on the returned channel.
     pub fn capture(child: &mut Child, ready: &'static str) -> Result<(Self, mpsc::Receiver<String>)> {
+        Self::capture_stalled(child, ready, false)
+    }
+
+    /// [`Self::capture`], with stdout left unread until [`Self::resume_stdout`] if `stalled`.
+    pub fn capture_stalled(
+        child: &mut Child,
+        ready: &'static str,
+        stalled: bool,
+    ) -> Result<(Self, mpsc::Receiver<String>)> {
         let json = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().context("no stdout")?;
         let sink = Arc::clone(&json);
+        let stalled = Arc::new(AtomicBool::new(stalled));
+        let wait = Arc::clone(&stalled);
         let stdout = std::thread::spawn(move || {
+            while wait.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let value = serde_json::from_str(&line)
                     .unwrap_or_else(|err| Value::String(format!("NOT JSON ({err}): {line}")));
@@ -88,7 +108,12 @@ impl ChildOutput {
                 sink.lock().map(|mut text| text.push_str(&(line + "\n"))).ok();
             }
         });
-        Ok((Self { json, stderr: text, threads: vec![stdout, stderr] }, ready_rx))
+        Ok((Self { json, stderr: text, threads: vec![stdout, stderr], stalled }, ready_rx))
+    }
+
+    /// Starts reading stdout after [`Self::capture_stalled`].
+    pub fn resume_stdout(&self) {
+        self.stalled.store(false, Ordering::Relaxed);
     }
 
     /// The JSON values printed so far.

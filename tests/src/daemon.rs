@@ -76,6 +76,12 @@ impl Daemon {
     /// `--sink stdout --format json`; pass `--metrics-addr 127.0.0.1:0` to get a free port,
     /// which [`Self::metrics_addr`] then reports.
     pub fn run(args: &[&str]) -> Result<Self> {
+        Self::run_stalled(args, false)
+    }
+
+    /// [`Self::run`]; if `stalled`, nothing reads the daemon's stdout, a pipe of one page,
+    /// until [`Self::resume_stdout`]: a handful of events fill it and its writes block.
+    pub fn run_stalled(args: &[&str], stalled: bool) -> Result<Self> {
         let mut child = Command::new(binary()?)
             .arg("run")
             .args(args)
@@ -84,7 +90,15 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .context("cannot start `collector run`")?;
-        let (output, ready_rx) = ChildOutput::capture(&mut child, READY_PREFIX)?;
+        if stalled && let Some(stdout) = &child.stdout {
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: fcntl on a pipe this process owns; no memory is passed.
+            let size = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+            if size < 0 {
+                bail!("cannot shrink the daemon's stdout pipe: {}", std::io::Error::last_os_error());
+            }
+        }
+        let (output, ready_rx) = ChildOutput::capture_stalled(&mut child, READY_PREFIX, stalled)?;
         let mut daemon = Self { child, metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)), output };
         let addr = match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(rest) => rest.split('/').next().unwrap_or_default().to_owned(),
@@ -102,6 +116,17 @@ impl Daemon {
     /// them), its journal in `state`, metrics on a free loopback port, node `test-node`, names
     /// from `cri_socket` (`none`: no runtime); then `extra` flags.
     pub fn start(state: &StateDir, sinks: &[&str], cri_socket: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_stalled(state, sinks, cri_socket, extra, false)
+    }
+
+    /// [`Self::start`], with stdout stalled as [`Self::run_stalled`] says if `stalled`.
+    pub fn start_stalled(
+        state: &StateDir,
+        sinks: &[&str],
+        cri_socket: &str,
+        extra: &[&str],
+        stalled: bool,
+    ) -> Result<Self> {
         let state = state.path().display().to_string();
         let mut args = Vec::new();
         for sink in sinks {
@@ -110,7 +135,12 @@ impl Daemon {
         args.extend(["--format", "json", "--state-dir", &state, "--metrics-addr", "127.0.0.1:0"]);
         args.extend(["--node-name", "test-node", "--cri-socket", cri_socket]);
         args.extend(extra);
-        Self::run(&args)
+        Self::run_stalled(&args, stalled)
+    }
+
+    /// Starts reading a stalled daemon's stdout.
+    pub fn resume_stdout(&self) {
+        self.output.resume_stdout();
     }
 
     /// The daemon's pid.
@@ -167,6 +197,8 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         };
+        // A stalled stdout is read now, to its end.
+        self.output.resume_stdout();
         self.output.join();
         Ok(Stopped { events: self.events(), stderr: self.stderr(), status })
     }

@@ -1,7 +1,8 @@
 //! `collector run`: the daemon. Kernel records flow through the same stages as
 //! `collector trace` (reader → decoder → resolver → identity), then become
-//! kubelet-style events (events → recorder) that go to the sinks: stdout, the
-//! local journal, and the API server through the journal's outbox.
+//! kubelet-style events (events → recorder) that go to the registered handlers
+//! (stdout, the local journal), each on its own thread, and from the journal's
+//! outbox to the API server.
 
 mod handover;
 pub mod outbox;
@@ -14,7 +15,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use serde_json::json;
 use thiserror::Error;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -36,30 +36,24 @@ use crate::{
     probe::{KernelCounters, ProbeConfig, ProbeError, Probes},
     reader::RingReader,
     record::Record,
-    recorder::{
-        Decision, DropCause as RecorderDrop, EventSpec, EventType, Recorder, RecorderConfig, RecorderError, Timestamp,
-    },
+    recorder::{Decision, DropCause as RecorderDrop, EventType, Recorder, RecorderConfig, RecorderError, Timestamp},
     resolve::RecordResolver,
     sinks::{
-        ApiWrite,
-        journal::{self, EventContext, Journal, JournalError, Occurrence},
+        handler::{DEFAULT_QUEUE_CAPACITY, Decided, Dispatch, Handlers},
+        journal::{self, Journal, JournalError, JournalHandler},
         kubernetes::{self, Cluster, KubeSink, Runner, RunnerConfig, SinkConfig, StatsSnapshot},
         stdout::StdoutSink,
     },
     telemetry::{
-        self, ApiStatus, ContainerRef, DropCause, KernelRecordType, Metrics, PruneReason, TelemetryError,
+        self, ApiStatus, ContainerRef, DropCause, KernelRecordType, Metrics, TelemetryError,
         http::{MetricsServer, Readiness},
     },
 };
 
-/// How often the journal is pruned and undeliverable old writes dropped.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often the kernel's counters, the API sink's and the caches' statistics are copied into the metrics.
 const SYNC_EVERY: Duration = Duration::from_millis(250);
-/// Writes older than the API server's default event TTL are not worth sending.
-const OUTBOX_MAX_AGE: Duration = journal::DEFAULT_OUTBOX_MAX_AGE;
-/// How long a stopping daemon lets the sink deliver what is queued; the rest
-/// waits in the journal for the next start.
+/// How long a stopping daemon lets the handlers work through their queues, then the API sink
+/// deliver what is queued; the rest waits in the journal for the next start.
 const DRAIN_ON_STOP: Duration = Duration::from_millis(500);
 
 /// Errors that stop the daemon.
@@ -202,14 +196,24 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         tokio::task::spawn_local(async move { runner.run(&outbox, stop).await });
     }
 
+    // Every destination is a handler on its own thread behind its own queue: the loop below
+    // never waits for a disk or a pipe.
+    let mut handlers = Handlers::new(Arc::clone(&metrics));
+    if sinks.contains(&Sink::Stdout) {
+        handlers.register(Box::new(StdoutSink::new(config.format, io::stdout())), DEFAULT_QUEUE_CAPACITY)?;
+    }
+    let to_api = to_api && sink.is_some();
+    if let Some(journal) = &journal {
+        let handler = JournalHandler::new(Arc::clone(journal), to_api, Arc::clone(&wake), Arc::clone(&metrics));
+        handlers.register(Box::new(handler), DEFAULT_QUEUE_CAPACITY)?;
+    }
     let mut engine = Engine {
         resolver,
         identifier: Identifier::new(metadata, config.metadata_wait.0),
         recorder: Recorder::new(RecorderConfig::new(config.component.clone(), config.node_name.clone()))?,
         options: EventOptions { node_name: config.node_name.clone(), emit_normal_exits: config.emit_normal_exits },
-        stdout: sinks.contains(&Sink::Stdout).then(|| StdoutSink::new(config.format, io::stdout())),
-        journal,
-        to_api: to_api && sink.is_some(),
+        handlers,
+        to_api,
         metrics: Arc::clone(&metrics),
         wake,
         reported_unresolved: 0,
@@ -229,7 +233,6 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         names.join(",")
     ))?;
 
-    let mut last_prune = Instant::now();
     let mut last_sync = Instant::now();
     let result = loop {
         // At most SYNC_EVERY: an idle loop still copies the kernel's counters that often,
@@ -261,10 +264,6 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             engine.sync_cache_stats();
             engine.handover.poll();
         }
-        if now.duration_since(last_prune) >= PRUNE_EVERY {
-            engine.prune();
-            last_prune = now;
-        }
     };
     readiness.set_ready(false);
     reader.drain_now(|bytes| engine.handle(bytes));
@@ -273,9 +272,16 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         metrics.set_kernel_counters(lost_by_type(&counters), counters.read_failed);
     }
     drop(probes);
-    if engine.to_api {
+    let Engine { handlers, to_api, wake, .. } = engine;
+    // The handlers work through their queues (the journal commits what the kernel reported
+    // last); one that is stuck (a stdout nobody reads) is left behind.
+    let stuck = tokio::task::spawn_blocking(move || handlers.stop(DRAIN_ON_STOP)).await.unwrap_or_default();
+    for name in stuck {
+        log::warn!("collector: the {name} handler did not finish its queue within {DRAIN_ON_STOP:?}");
+    }
+    if to_api {
         // Give queued writes a moment; what is left waits in the journal for the next start.
-        engine.wake.notify_one();
+        wake.notify_one();
         tokio::time::sleep(DRAIN_ON_STOP).await;
     }
     let _ = stop_tx.send(true);
@@ -303,8 +309,8 @@ struct Engine {
     identifier: Identifier,
     recorder: Recorder,
     options: EventOptions,
-    stdout: Option<StdoutSink<io::Stdout>>,
-    journal: Option<Arc<Mutex<Journal>>>,
+    /// Where the events go.
+    handlers: Handlers,
     to_api: bool,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
@@ -393,6 +399,7 @@ impl Engine {
             self.metrics.record_handed_over();
             return;
         }
+        let mut events = Vec::with_capacity(specs.len());
         for spec in specs {
             let now = Timestamp::from_system_time(SystemTime::now());
             match self.recorder.record(spec.clone(), now) {
@@ -403,72 +410,17 @@ impl Engine {
                         EventType::Warning => telemetry::EventType::Warning,
                     };
                     self.metrics.event_emitted(&event.reason, kind);
-                    if let Some(stdout) = &mut self.stdout
-                        && let Err(err) = stdout.write(&write)
-                    {
-                        log::warn!("stdout sink: {err}");
-                    }
-                    self.store(record, &spec, Some(&write));
+                    events.push(Decided { spec, write: Some(write) });
                 }
                 Decision::Dropped(RecorderDrop::SpamFilter) => {
                     self.metrics.event_dropped(DropCause::SpamFilter);
                     // Dropped on its way to the API server, not from the node's history.
-                    self.store(record, &spec, None);
+                    events.push(Decided { spec, write: None });
                 }
             }
         }
-    }
-
-    /// Journals the occurrence with its record and, for a write, queues it for the API server.
-    fn store(&self, record: &Record, spec: &EventSpec, write: Option<&crate::recorder::Write>) {
-        let Some(journal) = &self.journal else { return };
-        let api = match write.map(ApiWrite::try_from).transpose() {
-            Ok(api) => api,
-            Err(err) => {
-                log::warn!("cannot encode an event: {err}");
-                return;
-            }
-        };
-        let records = json!([record]);
-        let context = EventContext { container: record.identity().container_name.as_deref(), records: &records };
-        let occurrence = Occurrence { time: Timestamp::from_unix_nanos(record.time().0), spec, context };
-        let now = Timestamp::from_system_time(SystemTime::now());
-        let Ok(mut journal) = journal.lock() else {
-            self.metrics.journal_append_failed();
-            return;
-        };
-        match journal.record_occurrence(&occurrence, api.as_ref(), self.to_api, now) {
-            Ok(recorded) => {
-                self.metrics.journal_appended();
-                if recorded.is_some_and(|recorded| recorded.outbox_id.is_some()) {
-                    self.wake.notify_one();
-                }
-            }
-            Err(err) => {
-                self.metrics.journal_append_failed();
-                log::warn!("journal: {err}");
-            }
-        }
-    }
-
-    /// Keeps the journal within its limits and drops writes too old to matter.
-    fn prune(&self) {
-        let Some(journal) = &self.journal else { return };
-        let Ok(mut journal) = journal.lock() else { return };
-        let now = Timestamp::from_system_time(SystemTime::now());
-        match journal.prune(now) {
-            Ok(pruned) => {
-                self.metrics.journal_pruned(PruneReason::MaxAge, pruned.by_age);
-                self.metrics.journal_pruned(PruneReason::MaxBytes, pruned.by_size);
-            }
-            Err(err) => log::warn!("journal: {err}"),
-        }
-        match journal.drop_expired(OUTBOX_MAX_AGE, now) {
-            Ok(expired) => (0..expired).for_each(|_| self.metrics.event_dropped(DropCause::Expired)),
-            Err(err) => log::warn!("journal: {err}"),
-        }
-        if let Ok(bytes) = journal.used_bytes() {
-            self.metrics.set_journal_size(bytes);
+        if !events.is_empty() {
+            self.handlers.dispatch(Dispatch { record: record.clone(), events });
         }
     }
 
@@ -495,14 +447,6 @@ impl Engine {
         // Not a drop: the write stays in the outbox and a later pass sends it.
         (self.api_stats.gave_up..now.gave_up).for_each(|_| self.metrics.api_write_deferred());
         self.api_stats = now;
-        // Appends grow the outbox and deliveries shrink it: one count here, every SYNC_EVERY,
-        // keeps the gauge current without a count on every append.
-        if let Some(journal) = &self.journal
-            && let Ok(journal) = journal.lock()
-            && let Ok(pending) = journal.outbox_len()
-        {
-            self.metrics.set_outbox_pending(pending);
-        }
     }
 }
 

@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::sinks::{
     ApiWrite,
-    journal::{Journal, JournalError},
+    journal::{Journal, JournalError, lock},
     kubernetes::{Outbox, Outcome},
 };
 
@@ -16,9 +16,9 @@ pub enum OutboxError {
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] JournalError),
-    /// A previous holder of the journal's lock panicked.
-    #[error("the journal's lock is poisoned")]
-    Poisoned,
+    /// The blocking read of the outbox panicked.
+    #[error("reading the outbox panicked")]
+    Panicked,
 }
 
 /// The journal, shared between the record loop (which writes) and the sink (which delivers).
@@ -37,14 +37,16 @@ impl JournalOutbox {
 impl Outbox for JournalOutbox {
     type Error = OutboxError;
 
+    /// Read off the event loop: the journal handler may hold the journal for a commit.
     async fn next_batch(&self, after: Option<i64>, limit: usize) -> Result<Vec<(i64, ApiWrite)>, Self::Error> {
-        let mut journal = self.journal.lock().map_err(|_| OutboxError::Poisoned)?;
-        Ok(journal.outbox_after(after, limit)?.into_iter().map(|pending| (pending.id, pending.write)).collect())
+        let journal = Arc::clone(&self.journal);
+        let read = tokio::task::spawn_blocking(move || lock(&journal).outbox_after(after, limit));
+        let pending = read.await.map_err(|_| OutboxError::Panicked)??;
+        Ok(pending.into_iter().map(|pending| (pending.id, pending.write)).collect())
     }
 
     fn mark_done(&self, id: i64, _outcome: Outcome) -> Result<(), Self::Error> {
-        let mut journal = self.journal.lock().map_err(|_| OutboxError::Poisoned)?;
-        journal.mark_delivered(id)?;
+        lock(&self.journal).mark_delivered(id)?;
         Ok(())
     }
 }

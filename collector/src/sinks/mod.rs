@@ -1,6 +1,8 @@
 //! Sinks: where the recorder's decisions go (the API server, stdout, the
-//! local journal) and the form in which a write waits for delivery.
+//! local journal), the one [`handler::Handler`] interface they are registered
+//! through, and the form in which a write waits for delivery.
 
+pub mod handler;
 pub mod journal;
 pub mod kubernetes;
 pub mod stdout;

@@ -7,6 +7,7 @@ use crate::{
     config::OutputFormat,
     escape::{escape_bytes, scrub},
     recorder::Write as EventWrite,
+    sinks::handler::{Dispatch, Handler},
 };
 
 /// Prints event writes.
@@ -14,12 +15,14 @@ pub struct StdoutSink<W: Write> {
     format: OutputFormat,
     out: W,
     header: bool,
+    /// Writes that failed; the first and every power of two is logged, not each.
+    failed: u64,
 }
 
 impl<W: Write> StdoutSink<W> {
     /// A sink writing `format` to `out`.
     pub const fn new(format: OutputFormat, out: W) -> Self {
-        Self { format, out, header: false }
+        Self { format, out, header: false, failed: 0 }
     }
 
     /// Prints one write (a POST or a PATCH) and flushes, so each event shows at once.
@@ -54,6 +57,24 @@ impl<W: Write> StdoutSink<W> {
             }
         }
         self.out.flush()
+    }
+}
+
+/// On its own thread, so a stdout nobody reads stalls only this handler.
+impl<W: Write + Send + 'static> Handler for StdoutSink<W> {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn handle(&mut self, dispatch: &Dispatch) {
+        for write in dispatch.events.iter().filter_map(|decided| decided.write.as_ref()) {
+            if let Err(err) = self.write(write) {
+                self.failed += 1;
+                if self.failed.is_power_of_two() {
+                    log::warn!("stdout sink: {err} ({} writes failed so far)", self.failed);
+                }
+            }
+        }
     }
 }
 

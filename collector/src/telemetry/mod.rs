@@ -100,7 +100,7 @@ label_values! {
     DropCause {
         /// The client-go spam filter (token bucket per object) refused it.
         SpamFilter => "spam_filter",
-        /// The write queue was full.
+        /// A handler's queue was full (counted once per handler that lost it).
         QueueFull => "queue_full",
         /// The API server refused it for good (no retry).
         Rejected => "rejected",
@@ -170,6 +170,11 @@ struct ApiLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HandlerLabel {
+    handler: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PruneLabel {
     reason: PruneReason,
 }
@@ -204,6 +209,7 @@ pub struct Metrics {
     stop_requests_evicted: Counter,
     events: Family<EventLabels, Counter>,
     events_dropped: Family<CauseLabel, Counter>,
+    handler_dropped: Family<HandlerLabel, Counter>,
     api_requests: Family<ApiLabels, Counter>,
     api_retries: Counter,
     api_deferred: Counter,
@@ -237,6 +243,7 @@ impl Metrics {
             stop_requests_evicted: Counter::default(),
             events: Family::default(),
             events_dropped: Family::default(),
+            handler_dropped: Family::default(),
             api_requests: Family::default(),
             api_retries: Counter::default(),
             api_deferred: Counter::default(),
@@ -299,6 +306,12 @@ impl Metrics {
             "events_dropped",
             "Events not delivered, by cause: spam_filter, queue_full, rejected, expired",
             metrics.events_dropped.clone(),
+        );
+        registry.register(
+            "handler_dropped",
+            "Records a handler's full queue could not take, by handler; their events are counted in \
+             events_dropped{cause=\"queue_full\"}",
+            metrics.handler_dropped.clone(),
         );
         registry.register(
             "api_requests",
@@ -388,6 +401,12 @@ impl Metrics {
     /// Counts a record that another collector on this node reports (a rolling update's overlap).
     pub fn record_handed_over(&self) {
         self.records_handed_over.inc();
+    }
+
+    /// Counts a record a handler's full queue could not take. `handler` is a registered
+    /// handler's name, from the collector's own code.
+    pub fn handler_dropped(&self, handler: &str) {
+        self.handler_dropped.get_or_create(&HandlerLabel { handler: handler.to_owned() }).inc();
     }
 
     /// Counts a stop request the resolver forgot before its exit came.

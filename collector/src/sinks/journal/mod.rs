@@ -14,6 +14,7 @@
 //! corrupts the file. `FULL` would fsync the WAL on every event, which costs an order of
 //! magnitude in insert rate exactly when events come in bursts (OOM storms).
 
+mod handler;
 mod occurrence;
 mod read;
 mod schema;
@@ -25,6 +26,7 @@ pub(crate) mod tests;
 
 use std::{io, path::PathBuf, time::Duration};
 
+pub use handler::{JournalHandler, PRUNE_EVERY};
 pub use occurrence::{ApiOutcome, Occurrence, StoredOccurrence, SummaryRow, records_of};
 pub use read::{JournalReader, Query, StoredEvent};
 pub use write::{EventContext, Journal, Pending, Pruned, Recorded, RowChange};
@@ -45,6 +47,13 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_OUTBOX_MAX_AGE: Duration = Duration::from_secs(3600);
 /// The schema this code writes and reads.
 pub const SCHEMA_VERSION: i64 = 2;
+
+/// A journal shared between threads, also after a panic elsewhere while it was held: every
+/// change is a transaction, which SQLite rolled back, so what is left is consistent (a poisoned
+/// lock must not stop the journal for good).
+pub fn lock(journal: &std::sync::Mutex<Journal>) -> std::sync::MutexGuard<'_, Journal> {
+    journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// `<state_dir>/journal.db`.
 pub fn journal_path(state_dir: &std::path::Path) -> PathBuf {

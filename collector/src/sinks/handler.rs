@@ -1,0 +1,271 @@
+//! The one interface every destination implements. A destination is registered, not wired into
+//! the event loop: each gets a bounded queue and a thread of its own, so a slow disk or a stalled
+//! pipe delays only itself, never the ring reader or another handler. The event loop never
+//! waits: what a full queue cannot take is dropped and counted, per handler
+//! (`collector_handler_dropped_total{handler}`, and `collector_events_dropped_total{cause=
+//! "queue_full"}` per event).
+
+use std::{
+    io,
+    sync::{
+        Arc,
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    record::Record,
+    recorder::{EventSpec, Write},
+    telemetry::{DropCause, Metrics},
+};
+
+/// Items a handler's queue holds before the event loop drops for it. One item is one record
+/// with its events; a storm of 4096 deaths fits while a handler is stalled.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
+
+/// How often an idle handler's [`Handler::tick`] runs.
+pub const TICK_EVERY: Duration = Duration::from_millis(250);
+
+/// One record and what the recorder decided for each event it caused.
+#[derive(Debug)]
+pub struct Dispatch {
+    /// The record behind the events.
+    pub record: Record,
+    /// The events, in order.
+    pub events: Vec<Decided>,
+}
+
+/// One event and the recorder's decision on it.
+#[derive(Debug)]
+pub struct Decided {
+    /// The event as the collector decided it, before aggregation and the spam filter.
+    pub spec: EventSpec,
+    /// The write to the API server; `None` when the spam filter dropped it.
+    pub write: Option<Write>,
+}
+
+/// A destination of the daemon's events. Runs on its own thread: it may block.
+pub trait Handler: Send + 'static {
+    /// Its name in metrics and logs (`journal`, `stdout`).
+    fn name(&self) -> &'static str;
+
+    /// Handles one record's events.
+    fn handle(&mut self, dispatch: &Dispatch);
+
+    /// Periodic work (pruning, gauges), about every [`TICK_EVERY`], between items.
+    fn tick(&mut self) {}
+
+    /// The daemon stops: every queued item has been handled.
+    fn finish(&mut self) {}
+}
+
+/// The registered handlers.
+pub struct Handlers {
+    metrics: Arc<Metrics>,
+    queues: Vec<Queue>,
+}
+
+struct Queue {
+    name: &'static str,
+    tx: SyncSender<Arc<Dispatch>>,
+    done: mpsc::Receiver<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Handlers {
+    /// No handlers yet; drops are counted in `metrics`.
+    pub const fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics, queues: Vec::new() }
+    }
+
+    /// Starts `handler` on its own thread behind a queue of `capacity` items.
+    pub fn register(&mut self, mut handler: Box<dyn Handler>, capacity: usize) -> io::Result<()> {
+        let name = handler.name();
+        let (tx, rx) = mpsc::sync_channel::<Arc<Dispatch>>(capacity.max(1));
+        let (done_tx, done) = mpsc::channel();
+        let thread = thread::Builder::new().name(format!("handler-{name}")).spawn(move || {
+            let mut last_tick = Instant::now();
+            loop {
+                match rx.recv_timeout(TICK_EVERY) {
+                    Ok(dispatch) => handler.handle(&dispatch),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+                if last_tick.elapsed() >= TICK_EVERY {
+                    handler.tick();
+                    last_tick = Instant::now();
+                }
+            }
+            handler.finish();
+            let _ = done_tx.send(());
+        })?;
+        self.queues.push(Queue { name, tx, done, thread });
+        Ok(())
+    }
+
+    /// The registered handlers' names, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.queues.iter().map(|queue| queue.name).collect()
+    }
+
+    /// Hands `dispatch` to every handler without waiting; a handler whose queue is full (or
+    /// whose thread has died) loses it, counted.
+    pub fn dispatch(&self, dispatch: Dispatch) {
+        if self.queues.is_empty() {
+            return;
+        }
+        let events = dispatch.events.len();
+        let shared = Arc::new(dispatch);
+        for queue in &self.queues {
+            match queue.tx.try_send(Arc::clone(&shared)) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.metrics.handler_dropped(queue.name);
+                    (0..events).for_each(|_| self.metrics.event_dropped(DropCause::QueueFull));
+                }
+            }
+        }
+    }
+
+    /// Closes every queue and waits, at most `timeout` in all, for the handlers to work through
+    /// what is queued; a handler still busy then (a hung pipe) is left behind and named.
+    pub fn stop(self, timeout: Duration) -> Vec<&'static str> {
+        let deadline = Instant::now() + timeout;
+        let mut waiting = Vec::new();
+        for queue in self.queues {
+            drop(queue.tx);
+            waiting.push((queue.name, queue.done, queue.thread));
+        }
+        let mut stuck = Vec::new();
+        for (name, done, thread) in waiting {
+            match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                // Finished, or panicked (the sender dropped): either way the thread is over.
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                    let _ = thread.join();
+                }
+                Err(RecvTimeoutError::Timeout) => stuck.push(name),
+            }
+        }
+        stuck
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, mpsc::Receiver};
+
+    use super::*;
+    use crate::{clock::Timestamp, record::CgroupChange};
+
+    /// Records what it handled; blocks on `gate` before each item if it has one.
+    struct Probe {
+        name: &'static str,
+        seen: Arc<Mutex<Vec<u64>>>,
+        gate: Option<Receiver<()>>,
+        finished: Arc<Mutex<bool>>,
+    }
+
+    impl Handler for Probe {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn handle(&mut self, dispatch: &Dispatch) {
+            if let Some(gate) = &self.gate {
+                let _ = gate.recv();
+            }
+            if let Record::CgroupMkdir(change) = &dispatch.record {
+                self.seen.lock().unwrap().push(change.cgroup_id);
+            }
+        }
+
+        fn finish(&mut self) {
+            *self.finished.lock().unwrap() = true;
+        }
+    }
+
+    fn dispatch(id: u64) -> Dispatch {
+        let record = Record::CgroupMkdir(CgroupChange {
+            time: Timestamp(0),
+            cgroup_id: id,
+            cgroup_path: "/x".into(),
+            identity: crate::record::Identity::default(),
+        });
+        let spec =
+            EventSpec::new(crate::recorder::ObjectReference::node("n"), crate::recorder::EventType::Warning, "R", "m");
+        Dispatch { record, events: vec![Decided { spec, write: None }] }
+    }
+
+    /// What a [`Probe`] handled, and whether it finished.
+    type Seen = (Arc<Mutex<Vec<u64>>>, Arc<Mutex<bool>>);
+
+    fn probe(name: &'static str, gate: Option<Receiver<()>>) -> (Probe, Seen) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let finished = Arc::new(Mutex::new(false));
+        (Probe { name, seen: Arc::clone(&seen), gate, finished: Arc::clone(&finished) }, (seen, finished))
+    }
+
+    fn sample(metrics: &Metrics, line_start: &str) -> String {
+        let text = metrics.encode().unwrap();
+        text.lines().find(|line| line.starts_with(line_start)).unwrap_or_default().to_owned()
+    }
+
+    #[test]
+    fn a_stalled_handler_drops_what_its_queue_cannot_hold_and_delays_no_one() {
+        let metrics = Arc::new(Metrics::new("test"));
+        let mut handlers = Handlers::new(Arc::clone(&metrics));
+        let (gate_tx, gate_rx) = mpsc::channel();
+        let (stalled, (stalled_seen, _)) = probe("stalled", Some(gate_rx));
+        let (fast, (fast_seen, fast_finished)) = probe("fast", None);
+        handlers.register(Box::new(stalled), 2).unwrap();
+        handlers.register(Box::new(fast), 100).unwrap();
+        assert_eq!(handlers.names(), ["stalled", "fast"]);
+        let started = Instant::now();
+        for id in 0..10 {
+            handlers.dispatch(dispatch(id));
+        }
+        // Never waits for the stalled one.
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fast_seen.lock().unwrap().len() < 10 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*fast_seen.lock().unwrap(), (0..10).collect::<Vec<_>>());
+        // The stalled one holds one item in hand and two queued: the other seven are dropped.
+        let dropped = sample(&metrics, "collector_handler_dropped_total{handler=\"stalled\"}");
+        assert!(dropped.ends_with(" 7") || dropped.ends_with(" 8"), "{dropped}");
+        assert_eq!(sample(&metrics, "collector_handler_dropped_total{handler=\"fast\"}"), "");
+        for _ in 0..10 {
+            let _ = gate_tx.send(());
+        }
+        let stuck = handlers.stop(Duration::from_secs(5));
+        assert!(stuck.is_empty(), "{stuck:?}");
+        let handled = stalled_seen.lock().unwrap().len();
+        assert!(handled == 2 || handled == 3, "{handled}");
+        assert_eq!(
+            sample(&metrics, "collector_events_dropped_total{cause=\"queue_full\"}"),
+            format!("collector_events_dropped_total{{cause=\"queue_full\"}} {}", 10 - handled)
+        );
+        assert!(*fast_finished.lock().unwrap());
+    }
+
+    #[test]
+    fn stop_drains_the_queues_and_names_a_handler_that_hangs() {
+        let metrics = Arc::new(Metrics::new("test"));
+        let mut handlers = Handlers::new(Arc::clone(&metrics));
+        let (_gate_tx, gate_rx) = mpsc::channel::<()>();
+        let (hung, (_, hung_finished)) = probe("hung", Some(gate_rx));
+        let (fast, (fast_seen, _)) = probe("fast", None);
+        handlers.register(Box::new(hung), 10).unwrap();
+        handlers.register(Box::new(fast), 10).unwrap();
+        for id in 0..5 {
+            handlers.dispatch(dispatch(id));
+        }
+        let stuck = handlers.stop(Duration::from_millis(300));
+        assert_eq!(stuck, ["hung"]);
+        assert_eq!(*fast_seen.lock().unwrap(), [0, 1, 2, 3, 4]);
+        assert!(!*hung_finished.lock().unwrap());
+    }
+}
