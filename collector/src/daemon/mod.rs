@@ -39,8 +39,9 @@ use crate::{
     recorder::{Decision, DropCause as RecorderDrop, EventType, Recorder, RecorderConfig, RecorderError, Timestamp},
     resolve::RecordResolver,
     sinks::{
+        ApiWrite,
         handler::{DEFAULT_QUEUE_CAPACITY, Decided, Dispatch, Handlers},
-        journal::{self, Journal, JournalError, JournalHandler},
+        journal::{self, ApiPath, Journal, JournalError, JournalHandler},
         kubernetes::{self, Cluster, KubeSink, Runner, RunnerConfig, SinkConfig, StatsSnapshot},
         stdout::StdoutSink,
     },
@@ -52,6 +53,9 @@ use crate::{
 
 /// How often the kernel's counters, the API sink's and the caches' statistics are copied into the metrics.
 const SYNC_EVERY: Duration = Duration::from_millis(250);
+/// Writes the journal could not store, waiting to be sent from memory; beyond this they are
+/// dropped and counted.
+const FALLBACK_CAPACITY: usize = 1024;
 /// How long a stopping daemon lets the handlers work through their queues, then the API sink
 /// deliver what is queued; the rest waits in the journal for the next start.
 const DRAIN_ON_STOP: Duration = Duration::from_millis(500);
@@ -189,11 +193,19 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         (true, Some(client)) => Some(Arc::new(KubeSink::new(client.clone(), SinkConfig::default()))),
         (true, None) => None,
     };
+    // Writes the journal failed to store still go out, straight from memory.
+    let (fallback, mut unstored) = tokio::sync::mpsc::channel::<ApiWrite>(FALLBACK_CAPACITY);
     if let (Some(sink), Some(journal)) = (&sink, &journal) {
         let runner = Runner::new(Arc::clone(sink), RunnerConfig::default()).wake_on(Arc::clone(&wake));
         let outbox = JournalOutbox::new(Arc::clone(journal));
         let stop = stopped(stop_rx.clone());
         tokio::task::spawn_local(async move { runner.run(&outbox, stop).await });
+        let sink = Arc::clone(sink);
+        tokio::task::spawn_local(async move {
+            while let Some(write) = unstored.recv().await {
+                sink.deliver(write).await;
+            }
+        });
     }
 
     // Every destination is a handler on its own thread behind its own queue: the loop below
@@ -204,7 +216,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     }
     let to_api = to_api && sink.is_some();
     if let Some(journal) = &journal {
-        let handler = JournalHandler::new(Arc::clone(journal), to_api, Arc::clone(&wake), Arc::clone(&metrics));
+        let api = to_api.then(|| ApiPath { wake: Arc::clone(&wake), fallback: fallback.clone() });
+        let handler = JournalHandler::new(Arc::clone(journal), api, Arc::clone(&metrics), readiness.clone());
         handlers.register(Box::new(handler), DEFAULT_QUEUE_CAPACITY)?;
     }
     let mut engine = Engine {

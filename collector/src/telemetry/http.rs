@@ -37,9 +37,13 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed unanswered.
 pub const MAX_CONNECTIONS: usize = 16;
 
-/// Whether the daemon is ready (probes attached, journal open): `/readyz` answers 200 only then.
+/// Whether the daemon is ready (probes attached, journal open and storing): `/readyz` answers
+/// 200 only then.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    journal_failing: Arc<AtomicBool>,
+}
 
 impl Readiness {
     /// A flag that starts as not ready.
@@ -49,12 +53,27 @@ impl Readiness {
 
     /// Sets or clears readiness.
     pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Records whether the journal's last store failed: the daemon then reports deaths but
+    /// cannot keep them, which an operator must see.
+    pub fn set_journal_failing(&self, failing: bool) {
+        self.journal_failing.store(failing, Ordering::Release);
     }
 
     /// Whether the daemon is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.journal_failing.load(Ordering::Acquire)
+    }
+
+    /// Why it is not ready, for `/readyz`.
+    fn reason(&self) -> &'static str {
+        if self.journal_failing.load(Ordering::Acquire) {
+            "not ready: the journal cannot store events (see collector_journal_append_errors_total and the log)\n"
+        } else {
+            "not ready\n"
+        }
     }
 }
 
@@ -215,7 +234,7 @@ fn route(head: &[u8], metrics: &Metrics, readiness: &Readiness) -> Response {
         },
         b"/healthz" => Response::text(200, "OK", "ok\n"),
         b"/readyz" if readiness.is_ready() => Response::text(200, "OK", "ready\n"),
-        b"/readyz" => Response::text(503, "Service Unavailable", "not ready\n"),
+        b"/readyz" => Response::text(503, "Service Unavailable", readiness.reason()),
         _ => Response::text(404, "Not Found", "not found: try /metrics, /healthz or /readyz\n"),
     };
     response.head_only = head_only;
@@ -339,6 +358,19 @@ mod tests {
         readiness.set_ready(true);
         let (status, _, body) = get(addr, "/readyz").await;
         assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "ready\n"));
+
+        // A journal that fails to store makes the pod not ready, and says why.
+        readiness.set_journal_failing(true);
+        let (status, _, body) = get(addr, "/readyz").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            (
+                "HTTP/1.1 503 Service Unavailable",
+                "not ready: the journal cannot store events (see collector_journal_append_errors_total and the log)\n"
+            )
+        );
+        readiness.set_journal_failing(false);
+        assert_eq!(get(addr, "/readyz").await.0, "HTTP/1.1 200 OK");
 
         readiness.set_ready(false);
         let (status, _, _) = get(addr, "/readyz").await;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use super::{DEFAULT_OUTBOX_MAX_AGE, EventContext, Journal, Occurrence};
 use crate::{
@@ -17,7 +17,7 @@ use crate::{
         ApiWrite,
         handler::{Decided, Dispatch, Handler},
     },
-    telemetry::{DropCause, Metrics, PruneReason},
+    telemetry::{DropCause, Metrics, PruneReason, http::Readiness},
 };
 
 /// How often the journal is pruned and undeliverable old writes dropped.
@@ -26,18 +26,32 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Stores occurrences and queues their writes for the API server.
 pub struct JournalHandler {
     journal: Arc<Mutex<Journal>>,
-    /// Whether writes go to the outbox (an API sink runs), woken through `wake`.
-    enqueue: bool,
-    wake: Arc<Notify>,
+    /// Where writes go when an API sink runs: the outbox (woken through `wake`), or straight to
+    /// the sink when the journal cannot store them.
+    api: Option<ApiPath>,
     metrics: Arc<Metrics>,
+    readiness: Readiness,
     last_prune: Instant,
 }
 
+/// How writes reach the API sink.
+pub struct ApiPath {
+    /// Woken after each enqueue.
+    pub wake: Arc<Notify>,
+    /// Takes a write the journal failed to store, so that it is still sent; bounded.
+    pub fallback: mpsc::Sender<ApiWrite>,
+}
+
 impl JournalHandler {
-    /// A handler storing into `journal`; with `enqueue`, writes go to its outbox and `wake`
-    /// tells the API sink.
-    pub fn new(journal: Arc<Mutex<Journal>>, enqueue: bool, wake: Arc<Notify>, metrics: Arc<Metrics>) -> Self {
-        Self { journal, enqueue, wake, metrics, last_prune: Instant::now() }
+    /// A handler storing into `journal`; with `api`, writes go to its outbox too. Whether the
+    /// last store failed is told to `readiness`.
+    pub fn new(
+        journal: Arc<Mutex<Journal>>,
+        api: Option<ApiPath>,
+        metrics: Arc<Metrics>,
+        readiness: Readiness,
+    ) -> Self {
+        Self { journal, api, metrics, readiness, last_prune: Instant::now() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Journal> {
@@ -56,17 +70,27 @@ impl JournalHandler {
         let occurrence =
             Occurrence { time: Timestamp::from_unix_nanos(dispatch.record.time().0), spec: &decided.spec, context };
         let now = Timestamp::from_system_time(SystemTime::now());
-        let stored = self.lock().record_occurrence(&occurrence, api.as_ref(), self.enqueue, now);
+        let stored = self.lock().record_occurrence(&occurrence, api.as_ref(), self.api.is_some(), now);
         match stored {
             Ok(recorded) => {
                 self.metrics.journal_appended();
-                if recorded.is_some_and(|recorded| recorded.outbox_id.is_some()) {
-                    self.wake.notify_one();
+                self.readiness.set_journal_failing(false);
+                if let Some(path) = &self.api
+                    && recorded.is_some_and(|recorded| recorded.outbox_id.is_some())
+                {
+                    path.wake.notify_one();
                 }
             }
             Err(err) => {
                 self.metrics.journal_append_failed();
+                self.readiness.set_journal_failing(true);
                 log::warn!("journal: {err}");
+                // Not kept, but still sent: the API server is the other place it can live.
+                if let (Some(path), Some(write)) = (&self.api, api)
+                    && path.fallback.try_send(write).is_err()
+                {
+                    self.metrics.event_dropped(DropCause::QueueFull);
+                }
             }
         }
     }
@@ -107,7 +131,7 @@ impl Handler for JournalHandler {
     fn tick(&mut self) {
         // Appends grow the outbox and deliveries shrink it: one count per tick keeps the gauge
         // current without a count on every append.
-        if self.enqueue
+        if self.api.is_some()
             && let Ok(pending) = self.lock().outbox_len()
         {
             self.metrics.set_outbox_pending(pending);
@@ -116,5 +140,64 @@ impl Handler for JournalHandler {
             self.prune();
             self.last_prune = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock,
+        record::{CgroupChange, Identity, Record},
+        recorder::{Decision, EventSpec, EventType},
+        sinks::{
+            Verb,
+            journal::{
+                JournalConfig, SCHEMA_V2_FOR_TESTS,
+                tests::{TempDir, at, pod, recorder},
+            },
+        },
+    };
+
+    fn dispatch(message: &str) -> Dispatch {
+        let record = Record::CgroupMkdir(CgroupChange {
+            time: clock::Timestamp(0),
+            cgroup_id: 1,
+            cgroup_path: "/x".into(),
+            identity: Identity::default(),
+        });
+        let spec = EventSpec::new(pod("shop", "web-0"), EventType::Warning, "OOMKilling", message);
+        let Decision::Write(write) = recorder().record(spec.clone(), at(0)) else { panic!("spam-filtered") };
+        Dispatch { record, events: vec![Decided { spec, write: Some(write) }] }
+    }
+
+    #[test]
+    fn a_journal_that_cannot_store_still_sends_the_write_and_is_not_ready_until_it_can() {
+        let dir = TempDir::new("failing");
+        let journal = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+        // Damage it the way a full or broken disk would show: statements fail.
+        journal.conn.execute_batch("DROP TABLE occurrences").unwrap();
+        let journal = Arc::new(Mutex::new(journal));
+        let (fallback, mut sent) = mpsc::channel(4);
+        let readiness = Readiness::new();
+        readiness.set_ready(true);
+        let metrics = Arc::new(Metrics::new("test"));
+        let api = ApiPath { wake: Arc::new(Notify::new()), fallback };
+        let mut handler = JournalHandler::new(Arc::clone(&journal), Some(api), Arc::clone(&metrics), readiness.clone());
+
+        handler.handle(&dispatch("killed process 7"));
+        assert!(!readiness.is_ready());
+        let write = sent.try_recv().unwrap();
+        assert_eq!((write.verb, write.event["message"].as_str()), (Verb::Post, Some("killed process 7")));
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("\ncollector_journal_append_errors_total 1\n"), "{text}");
+        assert_eq!(journal.lock().unwrap().outbox_len().unwrap(), 0);
+
+        // Repaired, the next store succeeds: kept, queued, and ready again.
+        journal.lock().unwrap().conn.execute_batch(SCHEMA_V2_FOR_TESTS).unwrap();
+        handler.handle(&dispatch("killed process 8"));
+        assert!(readiness.is_ready());
+        assert!(sent.try_recv().is_err());
+        assert_eq!(journal.lock().unwrap().outbox_len().unwrap(), 1);
     }
 }

@@ -24,9 +24,13 @@ mod write;
 #[cfg(test)]
 pub(crate) mod tests;
 
+/// The statements that create version 2's table, to repair a journal a test broke.
+#[cfg(test)]
+pub(crate) const SCHEMA_V2_FOR_TESTS: &str = schema::SCHEMA_V2;
+
 use std::{io, path::PathBuf, time::Duration};
 
-pub use handler::{JournalHandler, PRUNE_EVERY};
+pub use handler::{ApiPath, JournalHandler, PRUNE_EVERY};
 pub use occurrence::{ApiOutcome, Occurrence, StoredOccurrence, SummaryRow, records_of};
 pub use read::{JournalReader, Query, StoredEvent};
 pub use write::{EventContext, Journal, Pending, Pruned, Recorded, RowChange};

@@ -48,7 +48,7 @@ CREATE TABLE outbox (
 
 /// Version 2: every event the kernel caused, one row each, before client-go's aggregation and
 /// spam filter; `api` says what became of it and `event_name` names its row in `events`.
-const SCHEMA_V2: &str = "
+pub(super) const SCHEMA_V2: &str = "
 CREATE TABLE occurrences (
     id          INTEGER PRIMARY KEY,
     ts          INTEGER NOT NULL,
