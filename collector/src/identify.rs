@@ -7,7 +7,9 @@
 //! then it goes out with what is known and is counted as unresolved.
 
 use std::{
-    collections::VecDeque,
+    cell::RefCell,
+    collections::{HashSet, VecDeque},
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -18,6 +20,9 @@ use crate::{
 
 /// At most this many records wait for metadata; beyond it the oldest goes out unresolved.
 const QUEUE_CAP: usize = 4096;
+/// At most this many containers and pods are asked about at once; a record of another one
+/// waits without a question of its own (a storm of new containers asks about each once).
+const REFRESH_CAP: usize = 64;
 
 /// A record in line: named already, or waiting for its names until `deadline`.
 struct Waiting {
@@ -31,6 +36,8 @@ pub struct Identifier {
     metadata: Option<MetadataCache>,
     wait: Duration,
     queue: VecDeque<Waiting>,
+    /// The containers and pods being asked about: one question each, however many records wait.
+    asking: Rc<RefCell<HashSet<String>>>,
     /// Records that went out without the names they should have had.
     pub unresolved: u64,
 }
@@ -38,7 +45,7 @@ pub struct Identifier {
 impl Identifier {
     /// An identifier over `metadata` (none: names stay unknown, nothing waits).
     pub fn new(metadata: Option<MetadataCache>, wait: Duration) -> Self {
-        Self { metadata, wait, queue: VecDeque::new(), unresolved: 0 }
+        Self { metadata, wait, queue: VecDeque::new(), asking: Rc::default(), unresolved: 0 }
     }
 
     /// The metadata cache's counters, if there is a cache.
@@ -54,10 +61,10 @@ impl Identifier {
         let mut deadline = now;
         let mut named = true;
         if let Some(metadata) = &self.metadata {
-            track_lifecycle(metadata, &record, self.wait);
+            track_lifecycle(metadata, &record, self.wait, &self.asking);
             match missing(metadata, record.identity()) {
                 Some(id) => {
-                    refresh(metadata, id, self.wait);
+                    refresh(metadata, id, self.wait, &self.asking);
                     deadline = now + self.wait;
                     named = false;
                 }
@@ -76,13 +83,19 @@ impl Identifier {
             return None;
         }
         let Waiting { mut record, named, .. } = self.queue.pop_front()?;
-        if let Some(metadata) = &self.metadata
-            && !named
-        {
-            if missing(metadata, record.identity()).is_some() {
-                self.unresolved += 1;
+        if let Some(metadata) = &self.metadata {
+            let identity = record.identity();
+            let unnamed = !named && missing(metadata, identity).is_some();
+            if !named {
+                if unnamed {
+                    self.unresolved += 1;
+                }
+                name(metadata, &mut record);
             }
-            name(metadata, &mut record);
+            // One lookup per record that names a container or pod, however often it was polled.
+            if identity_to_look_up(record.identity()) {
+                metadata.count_lookup(!unnamed);
+            }
         }
         Some(record)
     }
@@ -98,6 +111,11 @@ impl Identifier {
         const IDLE: Duration = Duration::from_millis(500);
         self.next_deadline().map_or(IDLE, |at| at.saturating_duration_since(now).clamp(Duration::from_millis(5), IDLE))
     }
+}
+
+/// Whether the record names a container or a pod to look up.
+const fn identity_to_look_up(identity: &Identity) -> bool {
+    identity.container_id.is_some() || identity.pod_uid.is_some()
 }
 
 /// The id to ask the runtime about, if the record names a container or pod the cache lacks.
@@ -117,12 +135,24 @@ enum Lookup {
 /// Asks the runtime in the background, again and again for at most `wait`:
 /// a container's cgroup appears (and its first processes may die) before the
 /// runtime has recorded the container, so one early answer of "unknown" must
-/// not decide. Concurrent asks for one id share a call.
+/// not decide. One task per id being asked about, at most [`REFRESH_CAP`] at once:
+/// a storm of records of one new container is one question, not one task each.
 ///
 /// Runs on the caller's `LocalSet`: the metadata client's futures are not
 /// provably `Send`, and the collector's loops are single-threaded anyway.
-fn refresh(metadata: &MetadataCache, lookup: Lookup, wait: Duration) {
+fn refresh(metadata: &MetadataCache, lookup: Lookup, wait: Duration, asking: &Rc<RefCell<HashSet<String>>>) {
+    let key = match &lookup {
+        Lookup::Container(id) | Lookup::Pod(id) => id.clone(),
+    };
+    {
+        let mut asking = asking.borrow_mut();
+        if asking.contains(&key) || asking.len() >= REFRESH_CAP {
+            return;
+        }
+        asking.insert(key.clone());
+    }
     let metadata = metadata.clone();
+    let asking = Rc::clone(asking);
     tokio::task::spawn_local(async move {
         let (found, what, id) = match &lookup {
             Lookup::Container(id) => (metadata.resolve_container(id, wait).await.is_some(), "container", id),
@@ -131,15 +161,16 @@ fn refresh(metadata: &MetadataCache, lookup: Lookup, wait: Duration) {
         if !found {
             log::debug!("metadata: the runtime did not name {what} {id} within {wait:?}");
         }
+        asking.borrow_mut().remove(&key);
     });
 }
 
 /// A new container cgroup warms the cache before its first exit; a removed one starts its tombstone.
-fn track_lifecycle(metadata: &MetadataCache, record: &Record, wait: Duration) {
+fn track_lifecycle(metadata: &MetadataCache, record: &Record, wait: Duration, asking: &Rc<RefCell<HashSet<String>>>) {
     match record {
         Record::CgroupMkdir(change) => {
             if let Some(id) = &change.identity.container_id {
-                refresh(metadata, Lookup::Container(id.clone()), wait);
+                refresh(metadata, Lookup::Container(id.clone()), wait, asking);
             }
         }
         Record::CgroupRmdir(change) => match (&change.identity.container_id, &change.identity.pod_uid) {
@@ -277,6 +308,34 @@ mod tests {
                 }
                 assert!(identifier.pop_ready(later, false).is_none());
                 assert_eq!(identifier.unresolved, 1, "only the unknown container's record went out unnamed");
+                // One lookup per record, although the waiting one was polled twice.
+                let stats = identifier.metadata_stats().unwrap();
+                assert_eq!((stats.hits, stats.misses), (2, 1));
+            })
+            .await;
+    }
+
+    /// A storm of records of one unknown container asks about it once, and a storm of new
+    /// containers asks about at most [`REFRESH_CAP`] at a time.
+    #[tokio::test]
+    async fn a_storm_of_unnamed_records_asks_once_per_container_within_a_bound() {
+        let metadata = MetadataCache::holding(Vec::new(), Duration::from_secs(1));
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut identifier = Identifier::new(Some(metadata), Duration::from_millis(200));
+                let now = Instant::now();
+                for _ in 0..1000 {
+                    identifier.push(exit(UNKNOWN), now);
+                }
+                assert_eq!(identifier.asking.borrow().len(), 1);
+                for n in 0..1000 {
+                    identifier.push(exit(&format!("{n:064x}")), now);
+                }
+                assert_eq!(identifier.asking.borrow().len(), REFRESH_CAP);
+                // The questions end (no runtime answers here) and free their places.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert!(identifier.asking.borrow().is_empty());
             })
             .await;
     }
