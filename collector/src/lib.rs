@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod escape;
 pub mod events;
 pub mod events_cmd;
+pub mod filter;
 pub mod identify;
 pub mod metadata;
 pub mod mountinfo;

@@ -44,6 +44,16 @@ pub(super) fn apply_text(path: &Path, text: &str, config: &mut RunConfig, proble
                     entries.push((dotted, inner.span().start, value));
                 }
             }
+            ("filters", value) => {
+                let (rules, found) = crate::filter::parse::rules(value, key.span().start);
+                config.filters = rules;
+                for located in found {
+                    problems.push(ConfigProblem {
+                        origin: origin(Some(line_of(text, located.offset)), None),
+                        kind: ProblemKind::Filter { rule: located.rule, problem: Box::new(located.problem) },
+                    });
+                }
+            }
             ("journal", other) => problems.push(ConfigProblem {
                 origin: origin(Some(line_of(text, key.span().start)), Some("journal".to_owned())),
                 kind: ProblemKind::WrongType { expected: "a table", found: other.type_str() },

@@ -19,7 +19,7 @@ mod values;
 use std::{
     fmt, io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use clap::Args;
@@ -214,6 +214,12 @@ pub struct RunConfig {
     pub tombstone_ttl: HumanDuration,
     /// Journal limits.
     pub journal: JournalConfig,
+    /// Filter rules (`[[filters]]` in the file only), in order. Default none: every event passes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<crate::filter::Rule>,
+    /// The file this came from, if any: SIGHUP re-reads its filters.
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -234,6 +240,8 @@ impl Default for RunConfig {
             metadata_wait: DEFAULT_METADATA_WAIT,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             journal: JournalConfig::default(),
+            filters: Vec::new(),
+            source_file: None,
         }
     }
 }
@@ -436,6 +444,15 @@ pub enum ProblemKind {
          COLLECTOR_NODE_NAME or NODE_NAME"
     )]
     NoNodeName,
+    /// A `[[filters]]` rule that is wrong.
+    #[error("filter rule {rule}: {problem}")]
+    Filter {
+        /// The rule's name, quoted, or `#N` (1-based) when it has none.
+        rule: String,
+        /// What is wrong with it.
+        #[source]
+        problem: Box<crate::filter::parse::FilterProblem>,
+    },
     /// A component name the API would refuse.
     #[error("invalid component {0:?}: expected 1 to 128 characters, no control characters")]
     Component(String),
@@ -520,6 +537,7 @@ fn resolve_with(
 
     if let Some(path) = args.file.config.clone().or_else(|| env(CONFIG_ENV).map(PathBuf::from)) {
         file::apply_file(&path, &mut config, &mut problems);
+        config.source_file = Some(path);
     }
     for field in Field::ALL {
         if let Some(value) = env(field.env())
@@ -542,6 +560,15 @@ fn resolve_with(
         }
     }
     if problems.is_empty() { Ok(config) } else { Err(problems) }
+}
+
+/// The filter rules of the configuration file at `path`, for a reload: the whole file is read
+/// as at start-up, and any problem in it (filters or not) keeps the rules in force.
+pub fn reload_filters(path: &Path) -> Result<Vec<crate::filter::Rule>, Vec<ConfigProblem>> {
+    let mut config = RunConfig::default();
+    let mut problems = Vec::new();
+    file::apply_file(path, &mut config, &mut problems);
+    if problems.is_empty() { Ok(config.filters) } else { Err(problems) }
 }
 
 /// `$NODE_NAME` (the DaemonSet's downward API), else the hostname lowercased,

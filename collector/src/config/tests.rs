@@ -231,6 +231,8 @@ fn file_values_of_every_form() {
             metadata_wait: HumanDuration(Duration::from_millis(250)),
             tombstone_ttl: HumanDuration::from_secs(3600),
             journal: JournalConfig { max_age: HumanDuration::from_secs(7 * 86_400), max_bytes: ByteSize(1 << 30) },
+            filters: Vec::new(),
+            source_file: None,
         }
     );
     let (config, problems) = from_text("ring_buffer_bytes = 0x1000\ncri_socket = \"/run/c.sock\"\n");
@@ -313,12 +315,14 @@ fn check_prints_the_effective_config_as_toml_that_reads_back() {
          cri_socket = \"auto\"\nring_buffer_bytes = 1048576\nmetadata_wait = \"1s500ms\"\n\
          tombstone_ttl = \"5m\"\n\n[journal]\nmax_age = \"1d\"\nmax_bytes = \"2MiB\"\n"
     );
-    let expected = resolve_with(
+    let mut expected = resolve_with(
         &RunArgs { file: ConfigFileArgs { config: Some(file.path.clone()) }, ..RunArgs::default() },
         &env,
         no_host,
     )
     .unwrap();
+    assert_eq!(expected.source_file.as_ref(), Some(&file.path));
+    expected.source_file = None;
     // The printed form reads back the same, through serde and through the file layer.
     assert_eq!(toml::from_str::<RunConfig>(&text).unwrap(), expected);
     let (reread, problems) = from_text(&text);
@@ -487,4 +491,31 @@ fn random_flag_and_env_values_never_panic() {
 fn clap_definition_is_consistent() {
     use clap::CommandFactory as _;
     Cli::command().debug_assert();
+}
+
+#[test]
+fn filter_problems_name_the_file_line_rule_and_field() {
+    let (config, problems) = from_text(
+        "format = \"text\"\n\n[[filters]]\nname = \"quiet\"\naction = \"drop\"\nmatch = { container = \"*-sidecar\", exit_code = 143 }\n\n[[filters]]\nname = \"bad\"\naction = \"mute\"\nmatch = { pod = \"x\" }\n",
+    );
+    assert_eq!(problems, [r#"c.toml:10: filter rule "bad": `action`: expected "drop" or "keep", found "mute""#]);
+    assert_eq!(config.filters.len(), 1);
+    assert_eq!(config.filters[0].name, "quiet");
+    assert_eq!(config.format, OutputFormat::Text);
+}
+
+#[test]
+fn filters_print_as_toml_that_reads_back() {
+    let (mut config, problems) = from_text(
+        "[[filters]]\nname = \"quiet\"\naction = \"keep\"\nmatch = { namespace = \"prod-*\", type = \"Warning\", \
+         signal = \"TERM\", main_process = true }\n",
+    );
+    assert_eq!(problems, Vec::<String>::new());
+    "node-1".clone_into(&mut config.node_name);
+    let text = toml::to_string(&config).unwrap();
+    assert!(text.contains("[[filters]]\nname = \"quiet\"\naction = \"keep\"\n"), "{text}");
+    assert_eq!(toml::from_str::<RunConfig>(&text).unwrap(), config);
+    let (reread, problems) = from_text(&text);
+    assert_eq!(problems, Vec::<String>::new());
+    assert_eq!(reread, config);
 }

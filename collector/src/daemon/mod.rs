@@ -31,6 +31,7 @@ use crate::{
     decode::{KernelRecord, decode},
     doctor::{self, DoctorError},
     events::{EventOptions, events_for},
+    filter::{Filters, Verdict},
     identify::Identifier,
     metadata::{self, MetadataCache, MetadataConfig, MetadataError},
     probe::{KernelCounters, ProbeConfig, ProbeError, Probes},
@@ -112,6 +113,7 @@ pub enum DaemonError {
 pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let cluster = kubernetes::connect(config.kubeconfig.as_deref()).await.map_err(DaemonError::Cluster)?;
     let client = match cluster {
         Cluster::Api(client) => Some(client),
@@ -225,6 +227,10 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         identifier: Identifier::new(metadata, config.metadata_wait.0),
         recorder: Recorder::new(RecorderConfig::new(config.component.clone(), config.node_name.clone()))?,
         options: EventOptions { node_name: config.node_name.clone(), emit_normal_exits: config.emit_normal_exits },
+        filters: {
+            metrics.set_filter_rules(config.filters.len());
+            Filters::new(config.filters.clone())
+        },
         handlers,
         to_api,
         metrics: Arc::clone(&metrics),
@@ -260,6 +266,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                 engine.housekeeping(Instant::now(), false);
             }
             () = tokio::time::sleep(wait) => engine.housekeeping(Instant::now(), false),
+            _ = sighup.recv() => engine.reload_filters(config.source_file.as_deref()),
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
         }
@@ -322,6 +329,8 @@ struct Engine {
     identifier: Identifier,
     recorder: Recorder,
     options: EventOptions,
+    /// The operator's rules, swapped whole on SIGHUP.
+    filters: Filters,
     /// Where the events go.
     handlers: Handlers,
     to_api: bool,
@@ -414,6 +423,15 @@ impl Engine {
         }
         let mut events = Vec::with_capacity(specs.len());
         for spec in specs {
+            match self.filters.decide(&spec, record) {
+                Verdict::Drop { rule } => {
+                    self.metrics.filter_matched(rule.unwrap_or_default());
+                    self.metrics.event_dropped(DropCause::Filtered);
+                    continue;
+                }
+                Verdict::Pass { matched: Some(rule) } => self.metrics.filter_matched(rule),
+                Verdict::Pass { matched: None } => {}
+            }
             let now = Timestamp::from_system_time(SystemTime::now());
             match self.recorder.record(spec.clone(), now) {
                 Decision::Write(write) => {
@@ -434,6 +452,33 @@ impl Engine {
         }
         if !events.is_empty() {
             self.handlers.dispatch(Dispatch { record: record.clone(), events });
+        }
+    }
+
+    /// Re-reads the filter rules from the configuration file; a file with any problem keeps the
+    /// rules in force. Records in flight are untouched: the next one meets the new rules.
+    fn reload_filters(&mut self, file: Option<&std::path::Path>) {
+        let Some(file) = file else {
+            log::warn!("collector: SIGHUP: no configuration file (--config) to reload filters from");
+            return;
+        };
+        match crate::config::reload_filters(file) {
+            Ok(rules) => {
+                log::info!("collector: SIGHUP: {} filter rules from {}", rules.len(), file.display());
+                self.metrics.set_filter_rules(rules.len());
+                self.metrics.filter_reload(true);
+                self.filters = Filters::new(rules);
+            }
+            Err(problems) => {
+                self.metrics.filter_reload(false);
+                for problem in &problems {
+                    log::warn!("collector: SIGHUP: {problem}");
+                }
+                log::warn!(
+                    "collector: SIGHUP: the filter rules in force stay; fix {} and send SIGHUP again",
+                    file.display()
+                );
+            }
         }
     }
 

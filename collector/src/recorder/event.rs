@@ -16,7 +16,7 @@ pub const COMBINED_PREFIX: &str = "(combined from similar events): ";
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// `type` of an event; client-go refuses anything else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 pub enum EventType {
     /// Routine information.
     Normal,

@@ -102,6 +102,8 @@ label_values! {
         SpamFilter => "spam_filter",
         /// A handler's queue was full (counted once per handler that lost it).
         QueueFull => "queue_full",
+        /// An operator's filter rule dropped it.
+        Filtered => "filtered",
         /// The API server refused it for good (no retry).
         Rejected => "rejected",
         /// It waited in the outbox longer than an event is worth sending.
@@ -169,6 +171,17 @@ struct ApiLabels {
     status: ApiStatus,
 }
 
+/// `result` of a lookup or a reload (`hit`, `miss`; `ok`, `error`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HandlerLabel {
     handler: String,
@@ -210,6 +223,9 @@ pub struct Metrics {
     events: Family<EventLabels, Counter>,
     events_dropped: Family<CauseLabel, Counter>,
     handler_dropped: Family<HandlerLabel, Counter>,
+    filter_matches: Family<RuleLabel, Counter>,
+    filter_rules: Gauge,
+    filter_reloads: Family<ResultLabel, Counter>,
     api_requests: Family<ApiLabels, Counter>,
     api_retries: Counter,
     api_deferred: Counter,
@@ -244,6 +260,9 @@ impl Metrics {
             events: Family::default(),
             events_dropped: Family::default(),
             handler_dropped: Family::default(),
+            filter_matches: Family::default(),
+            filter_rules: Gauge::default(),
+            filter_reloads: Family::default(),
             api_requests: Family::default(),
             api_retries: Counter::default(),
             api_deferred: Counter::default(),
@@ -312,6 +331,18 @@ impl Metrics {
             "Records a handler's full queue could not take, by handler; their events are counted in \
              events_dropped{cause=\"queue_full\"}",
             metrics.handler_dropped.clone(),
+        );
+        registry.register(
+            "filter_matches",
+            "Events each filter rule decided: dropped by a drop rule, let through by a keep rule; \
+             rule=\"\" counts those dropped because no keep rule matched",
+            metrics.filter_matches.clone(),
+        );
+        registry.register("filter_rules", "Filter rules in force", metrics.filter_rules.clone());
+        registry.register(
+            "filter_reloads",
+            "SIGHUP reloads of the filter rules, by result: ok, or error (the rules in force stay)",
+            metrics.filter_reloads.clone(),
         );
         registry.register(
             "api_requests",
@@ -407,6 +438,22 @@ impl Metrics {
     /// handler's name, from the collector's own code.
     pub fn handler_dropped(&self, handler: &str) {
         self.handler_dropped.get_or_create(&HandlerLabel { handler: handler.to_owned() }).inc();
+    }
+
+    /// Counts an event a filter rule decided; `rule` is the operator's rule name, "" for "no
+    /// keep rule matched". Rule names are few and fixed by the configuration.
+    pub fn filter_matched(&self, rule: &str) {
+        self.filter_matches.get_or_create(&RuleLabel { rule: rule.to_owned() }).inc();
+    }
+
+    /// Sets how many filter rules are in force.
+    pub fn set_filter_rules(&self, rules: usize) {
+        self.filter_rules.set(i64::try_from(rules).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a SIGHUP reload of the filter rules.
+    pub fn filter_reload(&self, ok: bool) {
+        self.filter_reloads.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
     }
 
     /// Counts a stop request the resolver forgot before its exit came.

@@ -1,0 +1,126 @@
+//! Filter rules from the configuration file, on real containers: a drop rule silences a noisy
+//! sidecar and nothing else, each rule counts its work, and SIGHUP swaps the rules while the
+//! daemon runs (a broken file keeps the rules in force).
+#![expect(clippy::unwrap_used, reason = "the helpers are test steps: a failure fails the test")]
+
+use std::time::Duration;
+
+use collector_tests::containerd::Containerd;
+use collector_tests::daemon::{Daemon, StateDir, samples};
+use collector_tests::kubelet::{ContainerSpec, Pod, PodSpec};
+use collector_tests::privileged;
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+const SILENCE_SIDECARS: &str = r#"
+[[filters]]
+name = "ignore-sidecar-sigterm"
+action = "drop"
+match = { container = "*-sidecar", exit_code = 143 }
+"#;
+
+const SILENCE_APP: &str = r#"
+[[filters]]
+name = "ignore-app"
+action = "drop"
+match = { container = "app*" }
+"#;
+
+fn messages(events: &[Value], pod: &Pod) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["involvedObject"]["uid"] == pod.spec.uid.as_str())
+        .map(|e| e["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Runs a container that exits with `code` and waits for its exit.
+fn exit_with(containerd: &Containerd, pod: &Pod, name: &str, code: u32) {
+    let container =
+        containerd.cri().create_and_start(pod, ContainerSpec::shell(name, &format!("exit {code}"))).unwrap();
+    assert_eq!(containerd.cri().wait_exit(&container, TIMEOUT).unwrap(), code as i32);
+}
+
+/// Waits until `metric`'s sample with `labels` reads `value`.
+fn wait_metric(daemon: &Daemon, metric: &str, labels: &str, value: u64) {
+    let want = format!("{metric}{{{labels}}} {value}");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let metrics = daemon.metrics().unwrap();
+        if samples(&metrics, metric).contains(&want.as_str()) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {want}:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
+    if !privileged("a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules") {
+        return;
+    }
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("filters").unwrap();
+    let file = state.path().join("collector.toml");
+    std::fs::write(&file, SILENCE_SIDECARS).unwrap();
+    let spec = PodSpec { name: "web-0".to_owned(), namespace: "shop".to_owned(), ..PodSpec::unique("web") };
+    let pod = containerd.cri().run_pod(spec).unwrap();
+    let socket = containerd.address().display().to_string();
+    let config = file.display().to_string();
+    let daemon = Daemon::start(&state, &["stdout"], &socket, &["--config", &config]).unwrap();
+
+    exit_with(&containerd, &pod, "envoy-sidecar", 143);
+    exit_with(&containerd, &pod, "istio-sidecar", 1);
+    exit_with(&containerd, &pod, "app", 143);
+    daemon.wait_for(TIMEOUT, |events| messages(events, &pod).len() >= 2).unwrap();
+    wait_metric(&daemon, "collector_filter_matches_total", "rule=\"ignore-sidecar-sigterm\"", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        messages(&daemon.events(), &pod),
+        ["Container istio-sidecar exited with code 1", "Container app exited with code 143"]
+    );
+    let metrics = daemon.metrics().unwrap();
+    assert!(
+        samples(&metrics, "collector_events_dropped_total")
+            .contains(&"collector_events_dropped_total{cause=\"filtered\"} 1"),
+        "{metrics}"
+    );
+
+    // A broken file keeps the rules in force, and says why.
+    std::fs::write(&file, "[[filters]]\nname = \"x\"\naction = \"mute\"\nmatch = { pod = \"p\" }\n").unwrap();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
+    wait_metric(&daemon, "collector_filter_reloads_total", "result=\"error\"", 1);
+    assert!(
+        daemon.stderr().contains(&format!(
+            "collector: SIGHUP: {config}:3: filter rule \"x\": `action`: expected \"drop\" or \"keep\", found \"mute\""
+        )),
+        "{}",
+        daemon.stderr()
+    );
+    exit_with(&containerd, &pod, "proxy-sidecar", 143);
+    wait_metric(&daemon, "collector_filter_matches_total", "rule=\"ignore-sidecar-sigterm\"", 2);
+
+    // A good file replaces them.
+    std::fs::write(&file, SILENCE_APP).unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
+    wait_metric(&daemon, "collector_filter_reloads_total", "result=\"ok\"", 1);
+    exit_with(&containerd, &pod, "app-2", 2);
+    exit_with(&containerd, &pod, "mesh-sidecar", 143);
+    daemon.wait_for(TIMEOUT, |events| messages(events, &pod).len() >= 3).unwrap();
+    wait_metric(&daemon, "collector_filter_matches_total", "rule=\"ignore-app\"", 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        messages(&daemon.events(), &pod),
+        [
+            "Container istio-sidecar exited with code 1",
+            "Container app exited with code 143",
+            "Container mesh-sidecar exited with code 143",
+        ]
+    );
+    let stopped = daemon.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
