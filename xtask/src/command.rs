@@ -14,10 +14,11 @@ pub(crate) fn which(program: &str) -> Option<PathBuf> {
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
 }
 
-/// Runs `cmd`, failing with the command line and its status unless it succeeds.
+/// Runs `cmd`, failing with the command line and its status unless it succeeds. Its output goes
+/// to stderr: stdout is for what a task produces (`cargo xtask run -- trace | jq`).
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd.stdout(std::io::stderr()).status().with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }

@@ -80,7 +80,7 @@ pub(crate) fn build(root: &Path, tag: Option<&str>) -> Result<Built> {
 
     let tarball = root.join(TARBALL);
     let size = write(&image, &tarball)?;
-    println!(
+    eprintln!(
         "xtask image: wrote {} ({:.1} MiB): {}",
         tarball.display(),
         size as f64 / f64::from(1 << 20),
@@ -93,7 +93,7 @@ pub(crate) fn build(root: &Path, tag: Option<&str>) -> Result<Built> {
 /// (its socket) and names it `name`: [`oci_layout::ctr::import`], reported.
 pub(crate) fn import(address: &Path, tar: &Path, name: &str) -> Result<()> {
     oci_layout::ctr::import(address, tar, name)?;
-    println!("xtask image: imported {} as {name} into {}", tar.display(), address.display());
+    eprintln!("xtask image: imported {} as {name} into {}", tar.display(), address.display());
     Ok(())
 }
 

@@ -2,6 +2,11 @@
 //!
 //! It orchestrates; it does not build. `collector/build.rs` builds the kernel
 //! programs, cargo builds everything else.
+#![expect(
+    clippy::print_stderr,
+    reason = "xtask reports its progress on stderr, so that stdout carries only what a task produces \
+              (`cargo xtask run -- trace --format json | jq .`)"
+)]
 
 mod bench;
 mod cluster;
@@ -127,7 +132,7 @@ fn main() -> Result<()> {
             // containers: those run with no cluster, then the cluster tests.
             let was_up = cluster::is_up(&root);
             if was_up {
-                println!(
+                eprintln!(
                     "xtask: stopping the test cluster while the other tests run (its kubelet would remove their pods)"
                 );
             }
@@ -172,7 +177,7 @@ fn main() -> Result<()> {
             // The kernel programs, for their own target, as aya's clippy.sh does.
             setup::ensure_kernel_clippy()?;
             let target_dir = root.join("target/ebpf-clippy");
-            println!("xtask: clippy on collector-ebpf (bpfel-unknown-none)");
+            eprintln!("xtask: clippy on collector-ebpf (bpfel-unknown-none)");
             command::run(
                 Command::new("rustup")
                     .args(["run", setup::kernel_toolchain(), "cargo", "clippy", "--package", "collector-ebpf"])
@@ -198,6 +203,7 @@ fn workspace_root() -> PathBuf {
 /// in release mode, and gives the binary's path (for `run` and `image`).
 fn build_release(root: &Path) -> Result<PathBuf> {
     setup::ensure(false)?;
+    // Nothing of the build on stdout: `cargo xtask run -- trace --format json | jq .`.
     cargo(root, &["build", "--release", "--package", "collector"])?;
     Ok(root.join("target/release/collector"))
 }
@@ -208,13 +214,14 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
 
 fn cargo_with_env(root: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(cargo)
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(root)
-        .status()
-        .context("cannot run cargo")?;
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut command = Command::new(cargo);
+    command.args(args).envs(env.iter().copied()).current_dir(root);
+    // A build prints nothing the caller consumes; tests print their results, which stay on stdout.
+    if args.first() == Some(&"build") {
+        command.stdout(std::io::stderr());
+    }
+    let status = command.status().context("cannot run cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }

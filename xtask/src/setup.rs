@@ -122,7 +122,7 @@ fn has_test_dependencies() -> bool {
 }
 
 fn step(message: &str) {
-    println!("xtask setup: {message}");
+    eprintln!("xtask setup: {message}");
 }
 
 fn has_kernel_toolchain() -> bool {

@@ -58,7 +58,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     let kernel = assets::kernel(&cache, &options.kernel)?;
     let (qemu, qemu_version) = assets::qemu(&cache)?;
     let fetched = start.elapsed();
-    println!("xtask test-vm: kernel {} ({}), {qemu_version}", kernel.package, kernel.image.display());
+    eprintln!("xtask test-vm: kernel {} ({}), {qemu_version}", kernel.package, kernel.image.display());
 
     let collector = build_collector(root)?;
     let built = build_tests(root)?;
@@ -74,7 +74,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     let size = assemble(&stage, &collector, &built, &options.args)?.write(&initrd)?;
     std::fs::remove_dir_all(&stage).ok();
     let assembled_at = start.elapsed();
-    println!(
+    eprintln!(
         "xtask test-vm: initramfs {} ({:.1} MB, {} test binaries: {})",
         initrd.display(),
         size as f64 / 1e6,
@@ -95,7 +95,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     let outcome = watch(cmd, options.timeout, &log)?;
     let total = start.elapsed();
 
-    println!(
+    eprintln!(
         "xtask test-vm: fetch {:.1} s, build {:.1} s, initramfs {:.1} s, boot {}, tests in VM {:.1} s, total {:.1} s; console log: {}",
         fetched.as_secs_f64(),
         (built_at - fetched).as_secs_f64(),
@@ -109,7 +109,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     println!("test-vm: {} passed, {} failed", outcome.passed, outcome.failed);
     match outcome.verdict.as_deref() {
         Some(v) if v.starts_with("PASS") && outcome.failed == 0 && outcome.passed > 0 => {
-            println!("xtask test-vm: kernel {}: PASS", kernel.package);
+            eprintln!("xtask test-vm: kernel {}: PASS", kernel.package);
             Ok(())
         }
         Some(v) if v.starts_with("PASS") => bail!(
@@ -179,7 +179,7 @@ fn build_tests(root: &Path) -> Result<Built> {
             built.helpers.push(PathBuf::from(exe));
         } else if is("test") && m["profile"]["test"] == true {
             if HOST_ONLY_TESTS.contains(&name) || HOST_ONLY_PREFIXES.iter().any(|p| name.starts_with(p)) {
-                println!("xtask test-vm: {name}: host only (needs containerd), not run in the VM");
+                eprintln!("xtask test-vm: {name}: host only (needs containerd), not run in the VM");
                 continue;
             }
             built.tests.push(TestBinary {
@@ -197,7 +197,7 @@ fn build_tests(root: &Path) -> Result<Built> {
 /// Runs cargo with JSON messages on stdout (diagnostics still rendered on stderr).
 fn cargo_json(root: &Path, args: &[&str]) -> Result<Vec<Value>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    println!("xtask: cargo {}", args.join(" "));
+    eprintln!("xtask: cargo {}", args.join(" "));
     let output = Command::new(cargo)
         .args(args)
         .arg("--message-format=json-render-diagnostics")
@@ -346,7 +346,7 @@ struct Outcome {
 
 /// Runs qemu, echoes and logs its console, and stops it after `timeout`.
 fn watch(mut cmd: Command, timeout: Duration, log: &Path) -> Result<Outcome> {
-    println!("xtask test-vm: {cmd:?}");
+    eprintln!("xtask test-vm: {cmd:?}");
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::null())
@@ -391,7 +391,7 @@ fn watch(mut cmd: Command, timeout: Duration, log: &Path) -> Result<Outcome> {
     reader.join().ok();
     outcome.ran = start.elapsed();
     if !outcome.timed_out && !status.success() {
-        println!("xtask test-vm: qemu exited with {status}");
+        eprintln!("xtask test-vm: qemu exited with {status}");
     }
     Ok(outcome)
 }

@@ -88,7 +88,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     };
     let v2 = v2_root()?;
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
-    println!("xtask: bench: {plan:?}, {workers} workers for the storm");
+    eprintln!("xtask: bench: {plan:?}, {workers} workers for the storm");
 
     let pipeline = phases::pipeline(root, &plan)?;
     let overhead = phases::overhead(&bins, &plan, workers)?;
@@ -114,7 +114,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let file = out.join("results.md");
     std::fs::write(&file, &text).with_context(|| format!("cannot write {}", file.display()))?;
-    println!("xtask: bench: wrote {}", file.display());
+    eprintln!("xtask: bench: wrote {}", file.display());
     Ok(())
 }
 

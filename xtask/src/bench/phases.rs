@@ -62,7 +62,7 @@ pub(super) fn secs(value: f64) -> String {
 pub(super) fn pipeline(root: &Path, plan: &Plan) -> Result<Vec<Row>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let args = ["bench", "--package", "collector", "--bench", "pipeline", "--", "--secs", &secs(plan.pipeline)];
-    println!("xtask: cargo {}", args.join(" "));
+    eprintln!("xtask: cargo {}", args.join(" "));
     let output = Command::new(cargo)
         .args(args)
         .current_dir(root)
@@ -120,7 +120,7 @@ pub(super) fn overhead(bins: &Bins, plan: &Plan, workers: usize) -> Result<Overh
     for round in 0..plan.rounds {
         let order = if round % 2 == 0 { [false, true] } else { [true, false] };
         for with_collector in order {
-            println!(
+            eprintln!(
                 "xtask: bench: overhead round {}/{}, collector {}",
                 round + 1,
                 plan.rounds,
@@ -210,7 +210,7 @@ fn mean_between(before: &ProgStats, after: &ProgStats, name: &str) -> String {
 
 /// Per-program cost: the kernel's BPF statistics, snapshotted around each load.
 pub(super) fn program_cost(bins: &Bins, plan: &Plan, workers: usize, v2: &Path, base: &Overhead) -> Result<Vec<Row>> {
-    println!("xtask: bench: per-program cost");
+    eprintln!("xtask: bench: per-program cost");
     let sysctl = Sysctl::set("kernel.bpf_stats_enabled", "1")?;
     let collector = Collector::start(&bins.collector, &["--format", "json"], Stdout::Null)?;
     let mut cgroups = Cgroups::new(v2.to_owned());

@@ -221,7 +221,7 @@ fn storm_run(
     paced: Option<f64>,
     stalled: bool,
 ) -> Result<StormRun> {
-    println!("xtask: bench: storm, {} ring, {duration} s{}", kib(ring), if stalled { ", reader stalls" } else { "" });
+    eprintln!("xtask: bench: storm, {} ring, {duration} s{}", kib(ring), if stalled { ", reader stalls" } else { "" });
     let ring_arg = ring.to_string();
     let mut args = vec!["--cgroup", target.rel, "--type", "exit", "--format", "json", "--ring-buffer-bytes", &ring_arg];
     if target.no_cri {

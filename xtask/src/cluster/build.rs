@@ -25,12 +25,12 @@ pub(super) fn kube_binary(root: &Path) -> Result<PathBuf> {
     let dir = cache_dir().join(format!("kube-{KUBERNETES_VERSION}-{key:016x}"));
     let binary = dir.join("kube");
     if binary.is_file() {
-        println!("xtask cluster: using the cached build {}", binary.display());
+        eprintln!("xtask cluster: using the cached build {}", binary.display());
         return Ok(binary);
     }
     let go = which_go()?;
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    println!(
+    eprintln!(
         "xtask cluster: building Kubernetes {KUBERNETES_VERSION} and etcd from the Go module proxy \
          (one binary; about 6 min on 2 cores when Go's build cache is cold)"
     );

@@ -112,7 +112,7 @@ pub(crate) fn up(root: &Path) -> Result<()> {
     let images = images(root)?;
     let images = &images;
     if is_up(root) {
-        println!("xtask cluster: already up");
+        eprintln!("xtask cluster: already up");
         import_images(&paths, images)?;
         return print_usage(&paths);
     }
@@ -238,7 +238,7 @@ pub(crate) fn up(root: &Path) -> Result<()> {
     wait_for(&paths, "kubelet", &mut child, NODE_READY_TIMEOUT, || {
         kubectl(&paths, &["get", "node", NODE_NAME, "-o", ready]).is_ok_and(|s| s.trim() == "True")
     })?;
-    println!("xtask cluster: up in {:.0} s", started.elapsed().as_secs_f64());
+    eprintln!("xtask cluster: up in {:.0} s", started.elapsed().as_secs_f64());
     print_usage(&paths)
 }
 
@@ -249,7 +249,7 @@ pub(crate) fn down(root: &Path) -> Result<()> {
     if !anything {
         return Ok(());
     }
-    println!("xtask cluster: stopping");
+    eprintln!("xtask cluster: stopping");
     // The kubelet first, so it restarts nothing; then what it ran.
     for name in ["kubelet", "kube-scheduler", "kube-controller-manager"] {
         procs::stop(&paths, name);
@@ -286,7 +286,7 @@ pub(crate) fn down(root: &Path) -> Result<()> {
     if !problems.is_empty() {
         bail!("xtask cluster down left something behind:\n{}", problems.join("\n"));
     }
-    println!("xtask cluster: down");
+    eprintln!("xtask cluster: down");
     Ok(())
 }
 
@@ -307,7 +307,7 @@ fn import_images(paths: &Paths, images: &[(PathBuf, String)]) -> Result<()> {
 }
 
 fn print_usage(paths: &Paths) -> Result<()> {
-    println!(
+    eprintln!(
         "xtask cluster: node {NODE_NAME} is Ready (Kubernetes {KUBERNETES_VERSION}).\n\
          \x20 export KUBECONFIG={}\n\
          \x20 kubectl get nodes; kubectl apply -k deploy/\n\

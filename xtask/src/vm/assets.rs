@@ -52,7 +52,7 @@ pub(crate) fn kernel(cache: &Path, series: &str) -> Result<Kernel> {
         return Ok(kernel);
     }
     let package = newest_kernel_package(series)?;
-    println!("xtask test-vm: downloading {package} (about 27 MB)");
+    eprintln!("xtask test-vm: downloading {package} (about 27 MB)");
     let tmp = fresh_dir(&cache.join(format!("kernel-{series}.tmp")))?;
     let deb = download(std::slice::from_ref(&package), &tmp)?.pop().context("no .deb")?;
     // Only /boot: the modules are of no use without a disk, and four times the size.
@@ -183,11 +183,11 @@ pub(crate) fn qemu(cache: &Path) -> Result<(Qemu, String)> {
         match cached.version() {
             Ok(version) => return Ok((cached, version)),
             // A host library it relied on went away: fetch again.
-            Err(err) => println!("xtask test-vm: cached qemu is broken ({err:#}); fetching again"),
+            Err(err) => eprintln!("xtask test-vm: cached qemu is broken ({err:#}); fetching again"),
         }
     }
     let packages = qemu_packages()?;
-    println!("xtask test-vm: downloading {} packages for qemu (unpacked, not installed)", packages.len());
+    eprintln!("xtask test-vm: downloading {} packages for qemu (unpacked, not installed)", packages.len());
     let tmp = fresh_dir(&cache.join("qemu.tmp"))?;
     let debs = tmp.join(".debs");
     std::fs::create_dir(&debs)?;
