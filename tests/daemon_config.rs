@@ -114,3 +114,29 @@ fn a_missing_kubeconfig_is_named() {
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains(&kubeconfig.display().to_string()), "names the file: {text}");
 }
+
+#[test]
+fn a_metrics_address_in_use_is_named_with_the_reason() {
+    if !privileged("a_metrics_address_in_use_is_named_with_the_reason") {
+        return;
+    }
+    let dir = TempDir::new("addr-in-use");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let state = dir.0.join("state");
+    let output = Command::new(binary().unwrap())
+        .args(["run", "--node-name", "test-node", "--sink", "stdout", "--cri-socket", "none"])
+        .args(["--metrics-addr", &addr, "--state-dir", state.to_str().unwrap()])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    // The whole cause, not just what failed.
+    assert!(
+        text.lines().any(|line| line
+            == format!("collector: cannot listen on {addr} for metrics: Address already in use (os error 98)")),
+        "{text}"
+    );
+}

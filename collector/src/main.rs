@@ -64,7 +64,7 @@ fn main() -> ExitCode {
                     summarize(&stats);
                     ExitCode::SUCCESS
                 }
-                Err(err) => fail(&err.to_string()),
+                Err(err) => fail(&chain(&err)),
             }
         }
         Command::Run(args) => {
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             let local = tokio::task::LocalSet::new();
             match runtime.block_on(local.run_until(daemon::run(config))) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(err) => fail(&err.to_string()),
+                Err(err) => fail(&chain(&err)),
             }
         }
         Command::Doctor(args) => {
@@ -86,12 +86,12 @@ fn main() -> ExitCode {
             match runtime.block_on(doctor::doctor(&config, args.format, &mut std::io::stdout())) {
                 Ok(report) if report.failed() => ExitCode::FAILURE,
                 Ok(_) => ExitCode::SUCCESS,
-                Err(err) => fail(&err.to_string()),
+                Err(err) => fail(&chain(&err)),
             }
         }
         Command::Events(args) => match events_cmd::run(args) {
             Ok(_) => ExitCode::SUCCESS,
-            Err(err) => fail(&err.to_string()),
+            Err(err) => fail(&chain(&err)),
         },
         Command::Config(ConfigCommand::Check(args)) => {
             let env = |name: &str| std::env::var(name).ok();
@@ -118,6 +118,22 @@ fn summarize(stats: &TraceStats) {
     );
 }
 
+/// An error and every cause below it, `top: cause: root cause`, each said once: a cause whose
+/// text its parent already contains (`cannot open ...: {source}`) is not repeated.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
 fn fail(message: &str) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "collector: {message}");
     ExitCode::FAILURE
@@ -138,4 +154,24 @@ fn resolve_and_start(args: &RunArgs) -> Result<(config::RunConfig, tokio::runtim
         .build()
         .map_err(|err| fail(&format!("cannot start the runtime: {err}")))?;
     Ok((config, runtime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot listen on 127.0.0.1:9835 for metrics")]
+        Bare(#[source] std::io::Error),
+        #[error("cannot open the journal: {0}")]
+        Embedded(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn the_whole_cause_chain_is_printed_once() {
+        let in_use = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert_eq!(chain(&Outer::Bare(in_use())), "cannot listen on 127.0.0.1:9835 for metrics: address in use");
+        assert_eq!(chain(&Outer::Embedded(in_use())), "cannot open the journal: address in use");
+    }
 }
