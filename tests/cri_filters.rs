@@ -42,20 +42,6 @@ fn exit_with(containerd: &Containerd, pod: &Pod, name: &str, code: u32) {
     assert_eq!(containerd.cri().wait_exit(&container, TIMEOUT).unwrap(), code as i32);
 }
 
-/// Waits until `metric`'s sample with `labels` reads `value`.
-fn wait_metric(daemon: &Daemon, metric: &str, labels: &str, value: u64) {
-    let want = format!("{metric}{{{labels}}} {value}");
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let metrics = daemon.metrics().unwrap();
-        if samples(&metrics, metric).contains(&want.as_str()) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "no {want}:\n{metrics}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
     if !privileged("a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules") {
@@ -75,7 +61,7 @@ fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
     exit_with(&containerd, &pod, "istio-sidecar", 1);
     exit_with(&containerd, &pod, "app", 143);
     daemon.wait_for(TIMEOUT, |events| messages(events, &pod).len() >= 2).unwrap();
-    wait_metric(&daemon, "collector_filter_matches_total", "rule=\"ignore-sidecar-sigterm\"", 1);
+    daemon.wait_metric("collector_filter_matches_total", "rule=\"ignore-sidecar-sigterm\"", 1, TIMEOUT).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         messages(&daemon.events(), &pod),
@@ -92,7 +78,7 @@ fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
     std::fs::write(&file, "[[filters]]\nname = \"x\"\naction = \"mute\"\nmatch = { pod = \"p\" }\n").unwrap();
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
-    wait_metric(&daemon, "collector_filter_reloads_total", "result=\"error\"", 1);
+    daemon.wait_metric("collector_filter_reloads_total", "result=\"error\"", 1, TIMEOUT).unwrap();
     assert!(
         daemon.stderr().contains(&format!(
             "collector: SIGHUP: {config}:3: filter rule \"x\": `action`: expected \"drop\" or \"keep\", found \"mute\""
@@ -101,17 +87,17 @@ fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
         daemon.stderr()
     );
     exit_with(&containerd, &pod, "proxy-sidecar", 143);
-    wait_metric(&daemon, "collector_filter_matches_total", "rule=\"ignore-sidecar-sigterm\"", 2);
+    daemon.wait_metric("collector_filter_matches_total", "rule=\"ignore-sidecar-sigterm\"", 2, TIMEOUT).unwrap();
 
     // A good file replaces them.
     std::fs::write(&file, SILENCE_APP).unwrap();
     // SAFETY: as above.
     unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
-    wait_metric(&daemon, "collector_filter_reloads_total", "result=\"ok\"", 1);
+    daemon.wait_metric("collector_filter_reloads_total", "result=\"ok\"", 1, TIMEOUT).unwrap();
     exit_with(&containerd, &pod, "app-2", 2);
     exit_with(&containerd, &pod, "mesh-sidecar", 143);
     daemon.wait_for(TIMEOUT, |events| messages(events, &pod).len() >= 3).unwrap();
-    wait_metric(&daemon, "collector_filter_matches_total", "rule=\"ignore-app\"", 1);
+    daemon.wait_metric("collector_filter_matches_total", "rule=\"ignore-app\"", 1, TIMEOUT).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         messages(&daemon.events(), &pod),

@@ -29,3 +29,40 @@ pub mod resolve;
 pub mod sinks;
 pub mod telemetry;
 pub mod trace;
+
+/// An error and every cause below it, `top: cause: root cause`, each said once: a cause whose
+/// text its parent already contains (`cannot open ...: {source}`) is not repeated. Errors are
+/// printed this way at the edge (the command's exit, a log line).
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        let said = inner.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot listen on 127.0.0.1:9835 for metrics")]
+        Bare(#[source] std::io::Error),
+        #[error("cannot open the journal: {0}")]
+        Embedded(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn the_whole_cause_chain_is_printed_once() {
+        let in_use = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert_eq!(chain(&Outer::Bare(in_use())), "cannot listen on 127.0.0.1:9835 for metrics: address in use");
+        assert_eq!(chain(&Outer::Embedded(in_use())), "cannot open the journal: address in use");
+    }
+}

@@ -4,6 +4,7 @@ use std::{io::Write as _, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use collector::{
+    chain,
     config::{self, CheckArgs, RunArgs},
     daemon,
     doctor::{self, DoctorArgs},
@@ -118,22 +119,6 @@ fn summarize(stats: &TraceStats) {
     );
 }
 
-/// An error and every cause below it, `top: cause: root cause`, each said once: a cause whose
-/// text its parent already contains (`cannot open ...: {source}`) is not repeated.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(inner) = cause {
-        let said = inner.to_string();
-        if !text.contains(&said) {
-            text.push_str(": ");
-            text.push_str(&said);
-        }
-        cause = inner.source();
-    }
-    text
-}
-
 fn fail(message: &str) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "collector: {message}");
     ExitCode::FAILURE
@@ -154,24 +139,4 @@ fn resolve_and_start(args: &RunArgs) -> Result<(config::RunConfig, tokio::runtim
         .build()
         .map_err(|err| fail(&format!("cannot start the runtime: {err}")))?;
     Ok((config, runtime))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    enum Outer {
-        #[error("cannot listen on 127.0.0.1:9835 for metrics")]
-        Bare(#[source] std::io::Error),
-        #[error("cannot open the journal: {0}")]
-        Embedded(#[source] std::io::Error),
-    }
-
-    #[test]
-    fn the_whole_cause_chain_is_printed_once() {
-        let in_use = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
-        assert_eq!(chain(&Outer::Bare(in_use())), "cannot listen on 127.0.0.1:9835 for metrics: address in use");
-        assert_eq!(chain(&Outer::Embedded(in_use())), "cannot open the journal: address in use");
-    }
 }

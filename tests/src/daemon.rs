@@ -183,6 +183,22 @@ impl Daemon {
         http_get(self.metrics_addr, "/metrics")
     }
 
+    /// Waits until the sample `metric{labels}` reads `value`.
+    pub fn wait_metric(&self, metric: &str, labels: &str, value: u64, timeout: Duration) -> Result<()> {
+        let want = format!("{metric}{{{labels}}} {value}");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let metrics = self.metrics()?;
+            if samples(&metrics, metric).contains(&want.as_str()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("no {want} after {timeout:?}:\n{metrics}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and collects everything it printed.
     pub fn stop(mut self) -> Result<Stopped> {
         // SAFETY: kill has no memory-safety preconditions.

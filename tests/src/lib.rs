@@ -16,6 +16,7 @@ pub mod hostile;
 pub mod image;
 pub mod kubelet;
 pub mod memcg;
+pub mod webhook;
 
 /// Whether privileged tests can run. Without root they are skipped on a
 /// developer's machine, but in CI (`CI` set) that is a failure, never a skip.

@@ -54,6 +54,16 @@ pub(super) fn apply_text(path: &Path, text: &str, config: &mut RunConfig, proble
                     });
                 }
             }
+            ("webhooks", value) => {
+                let (webhooks, found) = crate::sinks::webhook::parse::webhooks(value, key.span().start);
+                config.webhooks = webhooks;
+                for located in found {
+                    problems.push(ConfigProblem {
+                        origin: origin(Some(line_of(text, located.offset)), None),
+                        kind: ProblemKind::Webhook { webhook: located.webhook, problem: Box::new(located.problem) },
+                    });
+                }
+            }
             ("journal", other) => problems.push(ConfigProblem {
                 origin: origin(Some(line_of(text, key.span().start)), Some("journal".to_owned())),
                 kind: ProblemKind::WrongType { expected: "a table", found: other.type_str() },

@@ -217,6 +217,9 @@ pub struct RunConfig {
     /// Filter rules (`[[filters]]` in the file only), in order. Default none: every event passes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<crate::filter::Rule>,
+    /// Webhooks (`[[webhooks]]` in the file only), in order. Default none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::sinks::webhook::WebhookConfig>,
     /// The file this came from, if any: SIGHUP re-reads its filters.
     #[serde(skip)]
     pub source_file: Option<PathBuf>,
@@ -241,6 +244,7 @@ impl Default for RunConfig {
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             journal: JournalConfig::default(),
             filters: Vec::new(),
+            webhooks: Vec::new(),
             source_file: None,
         }
     }
@@ -452,6 +456,15 @@ pub enum ProblemKind {
         /// What is wrong with it.
         #[source]
         problem: Box<crate::filter::parse::FilterProblem>,
+    },
+    /// A `[[webhooks]]` table that is wrong.
+    #[error("webhook {webhook}: {problem}")]
+    Webhook {
+        /// The webhook's name, quoted, or `#N` (1-based) when it has none.
+        webhook: String,
+        /// What is wrong with it.
+        #[source]
+        problem: Box<crate::sinks::webhook::parse::WebhookProblem>,
     },
     /// A component name the API would refuse.
     #[error("invalid component {0:?}: expected 1 to 128 characters, no control characters")]

@@ -232,6 +232,7 @@ fn file_values_of_every_form() {
             tombstone_ttl: HumanDuration::from_secs(3600),
             journal: JournalConfig { max_age: HumanDuration::from_secs(7 * 86_400), max_bytes: ByteSize(1 << 30) },
             filters: Vec::new(),
+            webhooks: Vec::new(),
             source_file: None,
         }
     );

@@ -37,7 +37,9 @@ use crate::{
     probe::{KernelCounters, ProbeConfig, ProbeError, Probes},
     reader::RingReader,
     record::Record,
-    recorder::{Decision, DropCause as RecorderDrop, EventType, Recorder, RecorderConfig, RecorderError, Timestamp},
+    recorder::{
+        Decision, DropCause as RecorderDrop, EventSpec, EventType, Recorder, RecorderConfig, RecorderError, Timestamp,
+    },
     resolve::RecordResolver,
     sinks::{
         ApiWrite,
@@ -45,6 +47,12 @@ use crate::{
         journal::{self, ApiPath, Journal, JournalError, JournalHandler},
         kubernetes::{self, Cluster, KubeSink, Runner, RunnerConfig, SinkConfig, StatsSnapshot},
         stdout::StdoutSink,
+        webhook::{
+            Mode,
+            client::{ClientError, WebhookClient},
+            mutate::{Mutator, Mutators},
+            notify::NotifyHandler,
+        },
     },
     telemetry::{
         self, ApiStatus, ContainerRef, DropCause, KernelRecordType, Metrics, TelemetryError,
@@ -60,6 +68,9 @@ const FALLBACK_CAPACITY: usize = 1024;
 /// How long a stopping daemon lets the handlers work through their queues, then the API sink
 /// deliver what is queued; the rest waits in the journal for the next start.
 const DRAIN_ON_STOP: Duration = Duration::from_millis(500);
+
+/// The longest a stopping daemon waits for mutate webhooks to answer for events in flight.
+const MAX_MUTATE_DRAIN: Duration = Duration::from_secs(10);
 
 /// Errors that stop the daemon.
 #[derive(Debug, Error)]
@@ -104,6 +115,9 @@ pub enum DaemonError {
     /// The recorder's configuration is invalid.
     #[error(transparent)]
     Recorder(#[from] RecorderError),
+    /// A webhook's client cannot be set up (https without CA certificates).
+    #[error(transparent)]
+    Webhook(#[from] ClientError),
     /// Reading the ring buffer or writing output failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
@@ -222,6 +236,21 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         let handler = JournalHandler::new(Arc::clone(journal), api, Arc::clone(&metrics), readiness.clone());
         handlers.register(Box::new(handler), DEFAULT_QUEUE_CAPACITY)?;
     }
+    let mut mutators = Vec::new();
+    for webhook in &config.webhooks {
+        let client = WebhookClient::new(webhook)?;
+        match webhook.mode {
+            Mode::Notify => {
+                let handler = NotifyHandler::new(webhook.clone(), client, Arc::clone(&metrics))?;
+                handlers.register(Box::new(handler), DEFAULT_QUEUE_CAPACITY)?;
+            }
+            Mode::Mutate => mutators.push(Mutator { config: webhook.clone(), client }),
+        }
+    }
+    // Each event waits at most its webhooks' timeouts in all, and a stopping daemon that long.
+    let mutate_drain = mutators.iter().map(|hook| hook.config.timeout.0).sum::<Duration>().min(MAX_MUTATE_DRAIN);
+    let mutators = (!mutators.is_empty()).then(|| Mutators::new(mutators, Arc::clone(&metrics)));
+    let (mutated, mut mutated_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut engine = Engine {
         resolver,
         identifier: Identifier::new(metadata, config.metadata_wait.0),
@@ -232,6 +261,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             Filters::new(config.filters.clone())
         },
         handlers,
+        mutators,
+        mutated,
         to_api,
         metrics: Arc::clone(&metrics),
         wake,
@@ -266,6 +297,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                 engine.housekeeping(Instant::now(), false);
             }
             () = tokio::time::sleep(wait) => engine.housekeeping(Instant::now(), false),
+            Some((record, spec)) = mutated_rx.recv() => engine.on_mutated(record, spec),
             _ = sighup.recv() => engine.reload_filters(config.source_file.as_deref()),
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
@@ -292,6 +324,17 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         metrics.set_kernel_counters(lost_by_type(&counters), counters.read_failed);
     }
     drop(probes);
+    // Events still waiting on mutate webhooks get their answers (or time out) and are recorded.
+    let deadline = tokio::time::Instant::now() + mutate_drain;
+    while engine.mutators.as_ref().is_some_and(|mutators| mutators.in_flight() > 0) {
+        tokio::select! {
+            Some((record, spec)) = mutated_rx.recv() => engine.on_mutated(record, spec),
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    while let Ok((record, spec)) = mutated_rx.try_recv() {
+        engine.on_mutated(record, spec);
+    }
     let Engine { handlers, to_api, wake, .. } = engine;
     // The handlers work through their queues (the journal commits what the kernel reported
     // last); one that is stuck (a stdout nobody reads) is left behind.
@@ -333,6 +376,10 @@ struct Engine {
     filters: Filters,
     /// Where the events go.
     handlers: Handlers,
+    /// The mutate webhooks, asked before the recorder; `None` when there are none.
+    mutators: Option<Mutators>,
+    /// Where the mutate webhooks' answered events come back to the loop.
+    mutated: tokio::sync::mpsc::UnboundedSender<(Record, EventSpec)>,
     to_api: bool,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
@@ -421,7 +468,7 @@ impl Engine {
             self.metrics.record_handed_over();
             return;
         }
-        let mut events = Vec::with_capacity(specs.len());
+        let mut passed = Vec::with_capacity(specs.len());
         for spec in specs {
             match self.filters.decide(&spec, record) {
                 Verdict::Drop { rule } => {
@@ -432,6 +479,42 @@ impl Engine {
                 Verdict::Pass { matched: Some(rule) } => self.metrics.filter_matched(rule),
                 Verdict::Pass { matched: None } => {}
             }
+            match &self.mutators {
+                Some(mutators) if mutators.wants(&spec) && mutators.has_room(&spec) => {
+                    let preview = self.recorder.preview(spec.clone(), Timestamp::from_system_time(SystemTime::now()));
+                    let (back, to) = (record.clone(), self.mutated.clone());
+                    let json =
+                        serde_json::to_vec(record).map_or_else(|_| bytes::Bytes::from_static(b"null"), Into::into);
+                    let done = move |answered: Option<EventSpec>| {
+                        if let Some(spec) = answered {
+                            // The loop outlives every task it starts; a send can fail only when it is gone.
+                            let _ = to.send((back, spec));
+                        }
+                    };
+                    mutators.start(spec, preview, json, done);
+                }
+                _ => passed.push(spec),
+            }
+        }
+        let events = self.decide(passed);
+        if !events.is_empty() || self.handlers.wants_every_record() {
+            self.handlers.dispatch(Dispatch::new(record.clone(), events));
+        }
+    }
+
+    /// An event the mutate webhooks let through, back for the recorder; its record went out
+    /// when it arrived.
+    fn on_mutated(&mut self, record: Record, spec: EventSpec) {
+        let events = self.decide(vec![spec]);
+        if !events.is_empty() {
+            self.handlers.dispatch(Dispatch::again(record, events));
+        }
+    }
+
+    /// The recorder's decision on each event, counted.
+    fn decide(&mut self, specs: Vec<EventSpec>) -> Vec<Decided> {
+        let mut events = Vec::with_capacity(specs.len());
+        for spec in specs {
             let now = Timestamp::from_system_time(SystemTime::now());
             match self.recorder.record(spec.clone(), now) {
                 Decision::Write(write) => {
@@ -450,9 +533,7 @@ impl Engine {
                 }
             }
         }
-        if !events.is_empty() {
-            self.handlers.dispatch(Dispatch { record: record.clone(), events });
-        }
+        events
     }
 
     /// Re-reads the filter rules from the configuration file; a file with any problem keeps the

@@ -1,5 +1,7 @@
 //! The core/v1 Event as the API server takes it, and what callers hand the recorder.
 
+use std::collections::BTreeMap;
+
 use serde::{Serialize, Serializer};
 
 use super::time::Timestamp;
@@ -109,6 +111,9 @@ pub struct EventMeta {
     pub name: String,
     /// Namespace the event lives in.
     pub namespace: String,
+    /// What mutate webhooks added; none by default.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// `eventTime`: always `null` in events written by the legacy (core/v1) recorder.
@@ -169,6 +174,8 @@ pub struct EventSpec {
     pub reason: String,
     /// Human-readable description, already escaped by its builder; cut to [`MAX_MESSAGE_BYTES`].
     pub message: String,
+    /// Annotations of the Event object, from mutate webhooks; none by default.
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl EventSpec {
@@ -179,7 +186,13 @@ impl EventSpec {
         reason: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Self { involved_object, event_type, reason: reason.into(), message: message.into() }
+        Self {
+            involved_object,
+            event_type,
+            reason: reason.into(),
+            message: message.into(),
+            annotations: BTreeMap::new(),
+        }
     }
 }
 
@@ -193,7 +206,7 @@ pub fn event_name(object_name: &str, at: Timestamp) -> String {
 
 /// Cuts `text` to at most `max` bytes on a char boundary, ending it with `marker` when the marker
 /// fits. Returns whether anything was cut.
-pub(super) fn truncate_utf8(text: &mut String, max: usize, marker: &str) -> bool {
+pub fn truncate_utf8(text: &mut String, max: usize, marker: &str) -> bool {
     if text.len() <= max {
         return false;
     }

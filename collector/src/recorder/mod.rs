@@ -21,7 +21,7 @@ use serde_json::Value;
 
 pub use event::{
     COMBINED_PREFIX, DEFAULT_NAMESPACE, Event, EventMeta, EventSource, EventSpec, EventType, MAX_MESSAGE_BYTES,
-    MAX_REASON_BYTES, NullTime, ObjectReference, TRUNCATION_MARKER, event_name,
+    MAX_REASON_BYTES, NullTime, ObjectReference, TRUNCATION_MARKER, event_name, truncate_utf8,
 };
 pub use stats::{DropCause, Evictions, MAX_REASON_LABELS, OTHER_REASON, RecorderStats, TypeCounts};
 pub use time::Timestamp;
@@ -150,6 +150,12 @@ pub enum Decision {
     Dropped(DropCause),
 }
 
+/// What [`Recorder::make_event`] cut to the API's limits.
+struct Cut {
+    reason: bool,
+    message: bool,
+}
+
 /// The event correlator of one source (component + node).
 pub struct Recorder {
     source: EventSource,
@@ -174,37 +180,14 @@ impl Recorder {
 
     /// Decides the write for one occurrence at `now`; never fails, never panics.
     pub fn record(&mut self, spec: EventSpec, now: Timestamp) -> Decision {
-        let EventSpec { involved_object, event_type, mut reason, mut message } = spec;
-        if event::truncate_utf8(&mut reason, MAX_REASON_BYTES, "") {
+        let (mut event, cut) = self.make_event(spec, now);
+        if cut.reason {
             self.stats.reasons_truncated = self.stats.reasons_truncated.saturating_add(1);
         }
-        if event::truncate_utf8(&mut message, MAX_MESSAGE_BYTES, TRUNCATION_MARKER) {
+        if cut.message {
             self.stats.messages_truncated = self.stats.messages_truncated.saturating_add(1);
         }
-        self.stats.count_recorded(&reason, event_type);
-
-        // client-go makeEvent + generateEvent.
-        let namespace = if involved_object.namespace.is_empty() {
-            DEFAULT_NAMESPACE.to_owned()
-        } else {
-            involved_object.namespace.clone()
-        };
-        let mut event = Event {
-            kind: "Event",
-            api_version: "v1",
-            metadata: EventMeta { name: event_name(&involved_object.name, now), namespace },
-            involved_object,
-            reason,
-            message,
-            source: self.source.clone(),
-            first_timestamp: now,
-            last_timestamp: now,
-            count: 1,
-            event_type,
-            event_time: NullTime,
-            reporting_component: self.source.component.clone(),
-            reporting_instance: self.source.host.clone(),
-        };
+        self.stats.count_recorded(&event.reason, event.event_type);
 
         let aggregate_key = AggregateKey::of(&event);
         let dedup_key = if self.aggregator.observe(&aggregate_key, &event.message, now) {
@@ -234,6 +217,44 @@ impl Recorder {
             Write::Post(event)
         };
         Decision::Write(write)
+    }
+
+    /// The event a first occurrence of `spec` at `now` would be POSTed as, without touching
+    /// the caches: what a mutate webhook is shown before the recorder decides.
+    pub fn preview(&self, spec: EventSpec, now: Timestamp) -> Event {
+        self.make_event(spec, now).0
+    }
+
+    /// client-go `makeEvent` + `generateEvent`: the event of one occurrence, with its reason and
+    /// message cut to the API's limits (and whether they were).
+    fn make_event(&self, spec: EventSpec, now: Timestamp) -> (Event, Cut) {
+        let EventSpec { involved_object, event_type, mut reason, mut message, annotations } = spec;
+        let cut = Cut {
+            reason: truncate_utf8(&mut reason, MAX_REASON_BYTES, ""),
+            message: truncate_utf8(&mut message, MAX_MESSAGE_BYTES, TRUNCATION_MARKER),
+        };
+        let namespace = if involved_object.namespace.is_empty() {
+            DEFAULT_NAMESPACE.to_owned()
+        } else {
+            involved_object.namespace.clone()
+        };
+        let event = Event {
+            kind: "Event",
+            api_version: "v1",
+            metadata: EventMeta { name: event_name(&involved_object.name, now), namespace, annotations },
+            involved_object,
+            reason,
+            message,
+            source: self.source.clone(),
+            first_timestamp: now,
+            last_timestamp: now,
+            count: 1,
+            event_type,
+            event_time: NullTime,
+            reporting_component: self.source.component.clone(),
+            reporting_instance: self.source.host.clone(),
+        };
+        (event, cut)
     }
 
     /// A PATCH answered 404 (the event expired or was never created because its POST was
@@ -270,7 +291,7 @@ fn combine(event: &mut Event, now: Timestamp) {
     event.last_timestamp = now;
     event.count = 1;
     event.message.insert_str(0, COMBINED_PREFIX);
-    event::truncate_utf8(&mut event.message, MAX_MESSAGE_BYTES, TRUNCATION_MARKER);
+    truncate_utf8(&mut event.message, MAX_MESSAGE_BYTES, TRUNCATION_MARKER);
     event.reporting_component.clear();
     event.reporting_instance.clear();
 }

@@ -8,12 +8,15 @@
 use std::{
     io,
     sync::{
-        Arc,
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
         mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
+
+use bytes::Bytes;
 
 use crate::{
     record::Record,
@@ -33,8 +36,39 @@ pub const TICK_EVERY: Duration = Duration::from_millis(250);
 pub struct Dispatch {
     /// The record behind the events.
     pub record: Record,
-    /// The events, in order.
+    /// The events, in order; none for a record handed only to handlers that want every record.
     pub events: Vec<Decided>,
+    /// Whether handlers see this record for the first time; false for events that come back
+    /// from a mutate webhook after their record went out.
+    pub fresh: bool,
+    /// The record as `collector trace --format json` prints it, encoded once for every handler.
+    encoded: OnceLock<Bytes>,
+}
+
+impl Dispatch {
+    /// A record seen for the first time, with its events.
+    pub fn new(record: Record, events: Vec<Decided>) -> Self {
+        Self { record, events, fresh: true, encoded: OnceLock::new() }
+    }
+
+    /// Events of a record that already went out (a mutate webhook answered for them).
+    pub fn again(record: Record, events: Vec<Decided>) -> Self {
+        Self { fresh: false, ..Self::new(record, events) }
+    }
+
+    /// The record's JSON, without a newline: encoded by the first handler that asks, then shared.
+    pub fn record_json(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| match serde_json::to_vec(&self.record) {
+                Ok(json) => Bytes::from(json),
+                // A record is plain data: this cannot fail, but a `null` beats a panic.
+                Err(err) => {
+                    log::warn!("cannot encode a record as JSON: {err}");
+                    Bytes::from_static(b"null")
+                }
+            })
+            .clone()
+    }
 }
 
 /// One event and the recorder's decision on it.
@@ -48,8 +82,14 @@ pub struct Decided {
 
 /// A destination of the daemon's events. Runs on its own thread: it may block.
 pub trait Handler: Send + 'static {
-    /// Its name in metrics and logs (`journal`, `stdout`).
-    fn name(&self) -> &'static str;
+    /// Its name in metrics and logs (`journal`, `stdout`, `webhook/audit`).
+    fn name(&self) -> &str;
+
+    /// A flag that, while set, asks for every record, also those that caused no event (the live
+    /// stream while it has clients); `None`, the default, asks for records with events only.
+    fn every_record(&self) -> Option<Arc<AtomicBool>> {
+        None
+    }
 
     /// Handles one record's events.
     fn handle(&mut self, dispatch: &Dispatch);
@@ -61,6 +101,12 @@ pub trait Handler: Send + 'static {
     fn finish(&mut self) {}
 }
 
+impl Queue {
+    fn wants_every_record(&self) -> bool {
+        self.every_record.as_ref().is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+}
+
 /// The registered handlers.
 pub struct Handlers {
     metrics: Arc<Metrics>,
@@ -68,7 +114,8 @@ pub struct Handlers {
 }
 
 struct Queue {
-    name: &'static str,
+    name: String,
+    every_record: Option<Arc<AtomicBool>>,
     tx: SyncSender<Arc<Dispatch>>,
     done: mpsc::Receiver<()>,
     thread: JoinHandle<()>,
@@ -82,7 +129,8 @@ impl Handlers {
 
     /// Starts `handler` on its own thread behind a queue of `capacity` items.
     pub fn register(&mut self, mut handler: Box<dyn Handler>, capacity: usize) -> io::Result<()> {
-        let name = handler.name();
+        let name = handler.name().to_owned();
+        let every_record = handler.every_record();
         let (tx, rx) = mpsc::sync_channel::<Arc<Dispatch>>(capacity.max(1));
         let (done_tx, done) = mpsc::channel();
         let thread = thread::Builder::new().name(format!("handler-{name}")).spawn(move || {
@@ -101,13 +149,18 @@ impl Handlers {
             handler.finish();
             let _ = done_tx.send(());
         })?;
-        self.queues.push(Queue { name, tx, done, thread });
+        self.queues.push(Queue { name, every_record, tx, done, thread });
         Ok(())
     }
 
     /// The registered handlers' names, in order.
-    pub fn names(&self) -> Vec<&'static str> {
-        self.queues.iter().map(|queue| queue.name).collect()
+    pub fn names(&self) -> Vec<&str> {
+        self.queues.iter().map(|queue| queue.name.as_str()).collect()
+    }
+
+    /// Whether some handler wants records that caused no event right now.
+    pub fn wants_every_record(&self) -> bool {
+        self.queues.iter().any(|queue| queue.wants_every_record())
     }
 
     /// Hands `dispatch` to every handler without waiting; a handler whose queue is full (or
@@ -119,10 +172,13 @@ impl Handlers {
         let events = dispatch.events.len();
         let shared = Arc::new(dispatch);
         for queue in &self.queues {
+            if events == 0 && !queue.wants_every_record() {
+                continue;
+            }
             match queue.tx.try_send(Arc::clone(&shared)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.metrics.handler_dropped(queue.name);
+                    self.metrics.handler_dropped(&queue.name);
                     (0..events).for_each(|_| self.metrics.event_dropped(DropCause::QueueFull));
                 }
             }
@@ -131,7 +187,7 @@ impl Handlers {
 
     /// Closes every queue and waits, at most `timeout` in all, for the handlers to work through
     /// what is queued; a handler still busy then (a hung pipe) is left behind and named.
-    pub fn stop(self, timeout: Duration) -> Vec<&'static str> {
+    pub fn stop(self, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut waiting = Vec::new();
         for queue in self.queues {
@@ -168,7 +224,7 @@ mod tests {
     }
 
     impl Handler for Probe {
-        fn name(&self) -> &'static str {
+        fn name(&self) -> &str {
             self.name
         }
 
@@ -195,7 +251,7 @@ mod tests {
         });
         let spec =
             EventSpec::new(crate::recorder::ObjectReference::node("n"), crate::recorder::EventType::Warning, "R", "m");
-        Dispatch { record, events: vec![Decided { spec, write: None }] }
+        Dispatch::new(record, vec![Decided { spec, write: None }])
     }
 
     /// What a [`Probe`] handled, and whether it finished.

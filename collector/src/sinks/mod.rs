@@ -1,5 +1,5 @@
 //! Sinks: where the recorder's decisions go (the API server, stdout, the
-//! local journal), the one [`handler::Handler`] interface they are registered
+//! local journal, webhooks), the one [`handler::Handler`] interface they are registered
 //! through, and the form in which a write waits for delivery.
 
 pub mod handler;
@@ -8,6 +8,7 @@ pub mod kubernetes;
 pub mod stdout;
 #[cfg(any(test, feature = "test-api"))]
 pub mod test_api;
+pub mod webhook;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

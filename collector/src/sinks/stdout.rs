@@ -62,7 +62,7 @@ impl<W: Write> StdoutSink<W> {
 
 /// On its own thread, so a stdout nobody reads stalls only this handler.
 impl<W: Write + Send + 'static> Handler for StdoutSink<W> {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "stdout"
     }
 

@@ -10,6 +10,7 @@
 
 mod caches;
 pub mod http;
+mod plugins;
 
 use std::{
     collections::BTreeMap,
@@ -104,6 +105,8 @@ label_values! {
         QueueFull => "queue_full",
         /// An operator's filter rule dropped it.
         Filtered => "filtered",
+        /// A mutate webhook answered `allow: false`.
+        Suppressed => "suppressed",
         /// The API server refused it for good (no retry).
         Rejected => "rejected",
         /// It waited in the outbox longer than an event is worth sending.
@@ -236,6 +239,7 @@ pub struct Metrics {
     journal_pruned: Family<PruneLabel, Counter>,
     journal_size: Gauge,
     journal_outbox_pending: Gauge,
+    plugins: plugins::PluginMetrics,
 }
 
 /// The most pods with per-container series; beyond it increments are counted as dropped.
@@ -249,8 +253,10 @@ impl Metrics {
     /// Registers every family (HELP texts get their final period from
     /// prometheus-client); `version` is the `collector_build_info` version label.
     pub fn new(version: &str) -> Self {
+        let mut registry = Registry::with_prefix("collector");
+        let plugins = plugins::PluginMetrics::register(&mut registry);
         let mut metrics = Self {
-            registry: Registry::with_prefix("collector"),
+            registry,
             kernel_records: Family::default(),
             kernel: Arc::default(),
             records_malformed: Counter::default(),
@@ -273,6 +279,7 @@ impl Metrics {
             journal_pruned: Family::default(),
             journal_size: Gauge::default(),
             journal_outbox_pending: Gauge::default(),
+            plugins,
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -323,7 +330,7 @@ impl Metrics {
         );
         registry.register(
             "events_dropped",
-            "Events not delivered, by cause: spam_filter, queue_full, rejected, expired",
+            "Events not delivered, by cause: spam_filter, queue_full, filtered, suppressed, rejected, expired",
             metrics.events_dropped.clone(),
         );
         registry.register(

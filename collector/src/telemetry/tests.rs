@@ -104,6 +104,7 @@ fn counters_show_exact_values() {
             "collector_events_dropped_total{cause=\"queue_full\"} 0",
             "collector_events_dropped_total{cause=\"rejected\"} 0",
             "collector_events_dropped_total{cause=\"spam_filter\"} 1",
+            "collector_events_dropped_total{cause=\"suppressed\"} 0",
         ]
     );
     for line in [
@@ -258,5 +259,5 @@ fn label_spellings_are_stable() {
     let kinds: Vec<&str> = KernelRecordType::ALL.iter().map(|k| k.as_str()).collect();
     assert_eq!(kinds, ["exit", "oom_kill", "signal", "cgroup_mkdir", "cgroup_rmdir", "cgroup_attach"]);
     let causes: Vec<&str> = DropCause::ALL.iter().map(|c| c.as_str()).collect();
-    assert_eq!(causes, ["spam_filter", "queue_full", "filtered", "rejected", "expired"]);
+    assert_eq!(causes, ["spam_filter", "queue_full", "filtered", "suppressed", "rejected", "expired"]);
 }

@@ -117,7 +117,7 @@ impl JournalHandler {
 }
 
 impl Handler for JournalHandler {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "journal"
     }
 
@@ -168,7 +168,7 @@ mod tests {
         });
         let spec = EventSpec::new(pod("shop", "web-0"), EventType::Warning, "OOMKilling", message);
         let Decision::Write(write) = recorder().record(spec.clone(), at(0)) else { panic!("spam-filtered") };
-        Dispatch { record, events: vec![Decided { spec, write: Some(write) }] }
+        Dispatch::new(record, vec![Decided { spec, write: Some(write) }])
     }
 
     #[test]
