@@ -1,6 +1,6 @@
 //! Filter rules from the configuration file, on real containers: a drop rule silences a noisy
 //! sidecar and nothing else, each rule counts its work, and SIGHUP swaps the rules while the
-//! daemon runs (a broken file keeps the rules in force).
+//! daemon runs (a broken file keeps the rules in force), also while the node is busy.
 #![expect(clippy::unwrap_used, reason = "the helpers are test steps: a failure fails the test")]
 
 use std::time::Duration;
@@ -107,6 +107,51 @@ fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
             "Container mesh-sidecar exited with code 143",
         ]
     );
+    let stopped = daemon.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+#[test]
+fn a_reload_under_load_loses_nothing_and_the_next_record_meets_the_new_rules() {
+    if !privileged("a_reload_under_load_loses_nothing_and_the_next_record_meets_the_new_rules") {
+        return;
+    }
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("filters-load").unwrap();
+    let file = state.path().join("collector.toml");
+    std::fs::write(&file, SILENCE_SIDECARS).unwrap();
+    let spec = PodSpec { name: "load-0".to_owned(), namespace: "load".to_owned(), ..PodSpec::unique("load") };
+    let pod = containerd.cri().run_pod(spec).unwrap();
+    let socket = containerd.address().display().to_string();
+    let config = file.display().to_string();
+    let daemon = Daemon::start(&state, &["stdout"], &socket, &["--config", &config]).unwrap();
+
+    // Host processes exit as fast as one core forks them while the rules are swapped four times.
+    const FORKS: u64 = 20_000;
+    let load = std::thread::spawn(|| collector_tests::fork_exits(FORKS).unwrap());
+    for (round, rules) in [SILENCE_APP, SILENCE_SIDECARS, SILENCE_APP, SILENCE_SIDECARS, SILENCE_APP].iter().enumerate()
+    {
+        std::fs::write(&file, rules).unwrap();
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
+        daemon.wait_metric("collector_filter_reloads_total", "result=\"ok\"", round as u64 + 1, TIMEOUT).unwrap();
+    }
+    load.join().unwrap();
+    // The rules in force are the last file's: the app is silenced, sidecars are not.
+    exit_with(&containerd, &pod, "app-x", 2);
+    exit_with(&containerd, &pod, "envoy-sidecar", 143);
+    daemon.wait_for(TIMEOUT, |events| !messages(events, &pod).is_empty()).unwrap();
+    daemon.wait_metric("collector_filter_matches_total", "rule=\"ignore-app\"", 1, TIMEOUT).unwrap();
+    assert_eq!(messages(&daemon.events(), &pod), ["Container envoy-sidecar exited with code 143"]);
+    let metrics = daemon.metrics().unwrap();
+    let lost = samples(&metrics, "collector_kernel_records_lost_total");
+    assert!(!lost.is_empty() && lost.iter().all(|line| line.ends_with(" 0")), "{metrics}");
+    let exits = samples(&metrics, "collector_kernel_records_total")
+        .into_iter()
+        .find_map(|line| line.strip_prefix("collector_kernel_records_total{type=\"exit\"} "))
+        .and_then(|count| count.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(exits >= FORKS, "{exits} exit records for {FORKS} forks:\n{metrics}");
     let stopped = daemon.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }

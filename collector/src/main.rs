@@ -106,6 +106,16 @@ fn main() -> ExitCode {
 
 /// The trace's closing line: what it saw and what it lost.
 fn summarize(stats: &TraceStats) {
+    if stats.from_stream {
+        let _ = writeln!(
+            std::io::stderr(),
+            "collector: stopped: {} records from the daemon's stream, {} filtered out (the daemon's /metrics counts \
+             what the kernel lost)",
+            stats.records,
+            stats.filtered,
+        );
+        return;
+    }
     let _ = writeln!(
         std::io::stderr(),
         "collector: stopped: {} records, {} lost (ring buffer full), {} exits lost, {} malformed, {} filtered out, \

@@ -1,12 +1,12 @@
 //! The records `collector trace` prints: kernel records with wall time, exit
 //! status decoded and cgroup paths resolved.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 
 /// A resolved record, serialised with a `type` tag.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     /// A process ended.
@@ -111,7 +111,7 @@ pub enum RecordType {
 }
 
 /// Which pod and container a record belongs to; every field is null where unknown.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     /// The container's id (64 hex), from the cgroup path or the runtime.
     pub container_id: Option<String>,
@@ -126,8 +126,8 @@ pub struct Identity {
     /// Whether the container is an init container, where known (API server).
     #[serde(skip)]
     pub init_container: Option<bool>,
-    /// Whether the container is the pod sandbox ("pause").
-    #[serde(skip)]
+    /// Whether the container is the pod sandbox ("pause"); shown only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
 }
 
@@ -139,7 +139,7 @@ impl Identity {
 }
 
 /// Where the memory limit an OOM kill hit sits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OomScope {
     /// The victim's container's own limit.
@@ -153,7 +153,7 @@ pub enum OomScope {
 }
 
 /// A process (thread group) ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exit {
     /// When it ended.
     pub time: Timestamp,
@@ -193,7 +193,7 @@ pub struct Exit {
 }
 
 /// How a stop the container runtime was asked for ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stop {
     /// It ended after the runtime's stop signal, without needing a later SIGKILL.
@@ -203,7 +203,7 @@ pub enum Stop {
 }
 
 /// The container runtime's signals to a process it was asked to stop.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopRequest {
     /// When the runtime sent its first signal.
     pub time: Timestamp,
@@ -221,7 +221,7 @@ pub struct StopRequest {
 }
 
 /// A process named as the sender of a signal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Process {
     /// Process id.
     pub pid: u32,
@@ -235,7 +235,7 @@ pub struct Process {
 }
 
 /// The OOM killer chose a victim.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OomKill {
     /// When the victim was chosen.
     pub time: Timestamp,
@@ -280,7 +280,7 @@ pub struct OomKill {
 }
 
 /// A signal that can end a process was generated.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signal {
     /// When it was generated.
     pub time: Timestamp,
@@ -304,11 +304,11 @@ pub struct Signal {
     /// Whether it was sent to the whole process rather than one thread.
     pub group: bool,
     /// `delivered`, `ignored`, `already_pending`, `overflow_fail` or `lose_info`.
-    pub result: &'static str,
+    pub result: SignalResult,
 }
 
 /// A cgroup was created or removed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupChange {
     /// When.
     pub time: Timestamp,
@@ -322,7 +322,7 @@ pub struct CgroupChange {
 }
 
 /// A process was moved into a cgroup.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupAttach {
     /// When.
     pub time: Timestamp,
@@ -344,15 +344,54 @@ pub const fn sent_by_process(code: i32) -> bool {
     matches!(code, 0 | -1 | -6)
 }
 
-/// The name of a `TRACE_SIGNAL_*` result.
-pub const fn signal_result(result: u32) -> &'static str {
-    match result {
-        0 => "delivered",
-        1 => "ignored",
-        2 => "already_pending",
-        3 => "overflow_fail",
-        4 => "lose_info",
-        _ => "unknown",
+/// What became of a generated signal (`TRACE_SIGNAL_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalResult {
+    /// Queued for the target.
+    Delivered,
+    /// The target ignores it (a handler of SIG_IGN, or PID 1 of a namespace without a handler).
+    Ignored,
+    /// The same signal was already pending.
+    AlreadyPending,
+    /// The queue of real-time signals was full.
+    OverflowFail,
+    /// Queued without its sender's details.
+    LoseInfo,
+    /// A code this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl SignalResult {
+    /// From the tracepoint's `result` code.
+    pub const fn from_code(result: u32) -> Self {
+        match result {
+            0 => Self::Delivered,
+            1 => Self::Ignored,
+            2 => Self::AlreadyPending,
+            3 => Self::OverflowFail,
+            4 => Self::LoseInfo,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The name records use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Ignored => "ignored",
+            Self::AlreadyPending => "already_pending",
+            Self::OverflowFail => "overflow_fail",
+            Self::LoseInfo => "lose_info",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for SignalResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -485,6 +524,55 @@ mod tests {
             serde_json::to_string(&record).unwrap(),
             r#"{"type":"exit","time":"2026-11-28T10:40:10.123456789Z","pid":4242,"ppid":4200,"comm":"sh","exit_code":7,"signal":null,"core_dumped":false,"cgroup_id":5678,"cgroup_path":"/some/cgroup","oom_killed":false,"sender":null,"container_id":null,"pod_uid":null,"pod_name":null,"namespace":null,"container_name":null,"main_process":null,"stop":null,"stop_request":null}"#
         );
+    }
+
+    #[test]
+    fn records_read_back_as_they_were_for_trace_from() {
+        let identity = Identity {
+            container_id: Some("c".repeat(64)),
+            pod_uid: Some("u1".into()),
+            pod_name: Some("web-0".into()),
+            namespace: Some("shop".into()),
+            container_name: None,
+            init_container: None,
+            sandbox: true,
+        };
+        let records = [
+            Record::Exit(Exit {
+                time: Timestamp(-5),
+                pid: 1,
+                ppid: 0,
+                comm: "pause".into(),
+                exit_code: 137,
+                signal: Some(9),
+                core_dumped: false,
+                cgroup_id: 5,
+                cgroup_path: Some("/k".into()),
+                oom_killed: false,
+                sender: Some(Process { pid: 9, comm: "runc".into(), exe: Some("runc".into()), cgroup_path: None }),
+                identity: identity.clone(),
+                main_process: Some(true),
+                stop: Some(Stop::GraceExceeded),
+                stop_request: None,
+            }),
+            Record::Signal(Signal {
+                time: Timestamp(1_795_862_410_123_456_789),
+                signal: 15,
+                signal_name: "SIGTERM".into(),
+                code: 0,
+                sender: None,
+                target_pid: 3,
+                target_comm: "sh".into(),
+                target_cgroup_path: None,
+                identity,
+                group: true,
+                result: SignalResult::Ignored,
+            }),
+        ];
+        for record in records {
+            let json = serde_json::to_string(&record).unwrap();
+            assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), record, "{json}");
+        }
     }
 
     #[test]

@@ -127,12 +127,15 @@ impl Daemon {
         extra: &[&str],
         stalled: bool,
     ) -> Result<Self> {
+        let stream = state.path().join("stream.sock").display().to_string();
         let state = state.path().display().to_string();
         let mut args = Vec::new();
         for sink in sinks {
             args.extend(["--sink", sink]);
         }
         args.extend(["--format", "json", "--state-dir", &state, "--metrics-addr", "127.0.0.1:0"]);
+        // Each daemon its own stream, so tests running side by side do not take each other's.
+        args.extend(["--stream-socket", &stream]);
         args.extend(["--node-name", "test-node", "--cri-socket", cri_socket]);
         args.extend(extra);
         Self::run_stalled(&args, stalled)

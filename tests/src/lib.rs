@@ -33,3 +33,21 @@ pub fn privileged(test: &str) -> bool {
     eprintln!("{test}: skipped: needs {missing}");
     false
 }
+
+/// Forks `count` children that exit at once, one after another, and reaps each: host process
+/// exits as fast as one core makes them, for load.
+pub fn fork_exits(count: u64) -> std::io::Result<()> {
+    for _ in 0..count {
+        // SAFETY: the child calls only _exit, which is async-signal-safe.
+        match unsafe { libc::fork() } {
+            // SAFETY: _exit ends the child at once, touching nothing of the parent's state.
+            0 => unsafe { libc::_exit(0) },
+            // SAFETY: waits for the child just forked.
+            pid if pid > 0 => unsafe {
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            },
+            _ => return Err(std::io::Error::last_os_error()),
+        }
+    }
+    Ok(())
+}

@@ -34,8 +34,14 @@ pub(crate) const TARBALL: &str = "target/image/collector.tar";
 const BINARY: &str = "/usr/bin/collector";
 
 /// Empty directories that the DaemonSet mounts host file systems and state on.
-const MOUNT_POINTS: &[(&str, u32)] =
-    &[("/proc", 0o555), ("/sys", 0o555), ("/dev", 0o755), ("/run", 0o755), ("/var/lib/collector", 0o755)];
+const MOUNT_POINTS: &[(&str, u32)] = &[
+    ("/proc", 0o555),
+    ("/sys", 0o555),
+    ("/dev", 0o755),
+    ("/run", 0o755),
+    ("/run/collector", 0o755),
+    ("/var/lib/collector", 0o755),
+];
 
 const PASSWD: &str = "root:x:0:0:root:/:/sbin/nologin\n";
 const GROUP: &str = "root:x:0:\n";

@@ -3,7 +3,9 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use super::{ByteSize, CriSocket, HumanDuration, OutputFormat, ProblemKind, RunConfig, Sink, SinkSelection};
+use super::{
+    ByteSize, CriSocket, HumanDuration, OutputFormat, ProblemKind, RunConfig, Sink, SinkSelection, StreamSocket,
+};
 
 /// One setting of [`RunConfig`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +25,7 @@ pub(super) enum Field {
     TombstoneTtl,
     JournalMaxAge,
     JournalMaxBytes,
+    StreamSocket,
 }
 
 /// A value before it is typed, as a flag, a variable or the file gave it.
@@ -58,7 +61,7 @@ pub(super) const MAX_METADATA_WAIT: HumanDuration = HumanDuration::from_secs(60)
 pub(super) const MIN_JOURNAL_BYTES: ByteSize = ByteSize(1 << 20);
 
 impl Field {
-    pub(super) const ALL: [Self; 15] = [
+    pub(super) const ALL: [Self; 16] = [
         Self::Sinks,
         Self::Format,
         Self::NodeName,
@@ -74,6 +77,7 @@ impl Field {
         Self::TombstoneTtl,
         Self::JournalMaxAge,
         Self::JournalMaxBytes,
+        Self::StreamSocket,
     ];
 
     /// The key in the file (`journal.` keys sit in the `[journal]` table).
@@ -94,6 +98,7 @@ impl Field {
             Self::TombstoneTtl => "tombstone_ttl",
             Self::JournalMaxAge => "journal.max_age",
             Self::JournalMaxBytes => "journal.max_bytes",
+            Self::StreamSocket => "stream_socket",
         }
     }
 
@@ -115,6 +120,7 @@ impl Field {
             Self::TombstoneTtl => "--tombstone-ttl",
             Self::JournalMaxAge => "--journal-max-age",
             Self::JournalMaxBytes => "--journal-max-bytes",
+            Self::StreamSocket => "--stream-socket",
         }
     }
 
@@ -136,6 +142,7 @@ impl Field {
             Self::TombstoneTtl => "COLLECTOR_TOMBSTONE_TTL",
             Self::JournalMaxAge => "COLLECTOR_JOURNAL_MAX_AGE",
             Self::JournalMaxBytes => "COLLECTOR_JOURNAL_MAX_BYTES",
+            Self::StreamSocket => "COLLECTOR_STREAM_SOCKET",
         }
     }
 
@@ -204,6 +211,13 @@ impl Field {
                 Ok(())
             }
             Self::CriSocket => parse_cri_socket(text).map(|socket| config.cri_socket = socket),
+            Self::StreamSocket => match text {
+                "none" => {
+                    config.stream_socket = StreamSocket::Disabled;
+                    Ok(())
+                }
+                path => absolute(path).map(|path| config.stream_socket = StreamSocket::Path(path)),
+            },
             Self::MetadataWait => parse_duration(text).and_then(|wait| {
                 if wait > MAX_METADATA_WAIT {
                     Err(ProblemKind::DurationRange { value: wait, range: "at most 1m" })

@@ -160,6 +160,42 @@ impl<'de> Deserialize<'de> for CriSocket {
     }
 }
 
+/// Where the live stream listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamSocket {
+    /// `none`: no stream.
+    Disabled,
+    /// An absolute path for the Unix socket.
+    Path(PathBuf),
+}
+
+/// Default `stream_socket`.
+pub const DEFAULT_STREAM_SOCKET: &str = "/run/collector/stream.sock";
+
+impl Default for StreamSocket {
+    fn default() -> Self {
+        Self::Path(PathBuf::from(DEFAULT_STREAM_SOCKET))
+    }
+}
+
+impl Serialize for StreamSocket {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Disabled => serializer.serialize_str("none"),
+            Self::Path(path) => path.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StreamSocket {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let mut config = RunConfig::default();
+        Field::StreamSocket.apply(&Raw::Text(&text), &mut config).map_err(de::Error::custom)?;
+        Ok(config.stream_socket)
+    }
+}
+
 /// Limits of the local journal (the `[journal]` table).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -212,6 +248,9 @@ pub struct RunConfig {
     /// How long a removed pod's identity is kept, so late records still
     /// resolve (and its metric series live). Default `5m`; more than 0.
     pub tombstone_ttl: HumanDuration,
+    /// The live stream's Unix socket (mode 0600), or `none`. Default
+    /// `/run/collector/stream.sock`.
+    pub stream_socket: StreamSocket,
     /// Journal limits.
     pub journal: JournalConfig,
     /// Filter rules (`[[filters]]` in the file only), in order. Default none: every event passes.
@@ -242,6 +281,7 @@ impl Default for RunConfig {
             ring_buffer_bytes: collector_common::DEFAULT_RING_BYTES,
             metadata_wait: DEFAULT_METADATA_WAIT,
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
+            stream_socket: StreamSocket::default(),
             journal: JournalConfig::default(),
             filters: Vec::new(),
             webhooks: Vec::new(),
@@ -308,6 +348,10 @@ pub struct RunArgs {
     /// Largest journal size, at least 1MiB [env: COLLECTOR_JOURNAL_MAX_BYTES] [default: 64MiB].
     #[arg(long, value_name = "BYTES")]
     pub journal_max_bytes: Option<String>,
+    /// Unix socket of the live stream (`collector trace --from`), or none
+    /// [env: COLLECTOR_STREAM_SOCKET] [default: /run/collector/stream.sock].
+    #[arg(long, value_name = "PATH|none")]
+    pub stream_socket: Option<String>,
 }
 
 /// `--config`, shared by `collector run` and `collector doctor`.
@@ -353,6 +397,7 @@ impl RunArgs {
             Field::TombstoneTtl => text(&self.tombstone_ttl),
             Field::JournalMaxAge => text(&self.journal_max_age),
             Field::JournalMaxBytes => text(&self.journal_max_bytes),
+            Field::StreamSocket => text(&self.stream_socket),
         }
     }
 }

@@ -121,6 +121,7 @@ fn valid_text(field: Field) -> BoxedStrategy<String> {
         Field::DryRun | Field::EmitNormalExits => select(vec!["true", "false"]).prop_map(str::to_owned).boxed(),
         Field::Component => "\\PC{1,40}".boxed(),
         Field::CriSocket => prop_oneof![Just("auto".to_owned()), Just("none".to_owned()), path].boxed(),
+        Field::StreamSocket => prop_oneof![Just("none".to_owned()), path].boxed(),
         Field::RingBufferBytes => (12..=31_u32).prop_map(|shift| ByteSize(1 << shift).to_string()).boxed(),
         Field::MetadataWait => millis(60_000).boxed(),
         Field::TombstoneTtl | Field::JournalMaxAge => {

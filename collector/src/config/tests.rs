@@ -211,7 +211,8 @@ fn file_values_of_every_form() {
          state_dir = \"/srv/collector\"\nmetrics_addr = \"[::]:9100\"\ndry_run = true\n\
          emit_normal_exits = false\ncomponent = \"oom watcher\"\nkubeconfig = \"kc.yaml\"\n\
          cri_socket = \"none\"\nring_buffer_bytes = \"256KiB\"\nmetadata_wait = \"250ms\"\n\
-         tombstone_ttl = \"1h\"\njournal.max_age = \"7d\"\njournal.max_bytes = \"1GiB\"\n",
+         tombstone_ttl = \"1h\"\njournal.max_age = \"7d\"\njournal.max_bytes = \"1GiB\"\n\
+         stream_socket = \"none\"\n",
     );
     assert_eq!(problems, Vec::<String>::new());
     assert_eq!(
@@ -230,6 +231,7 @@ fn file_values_of_every_form() {
             ring_buffer_bytes: 256 << 10,
             metadata_wait: HumanDuration(Duration::from_millis(250)),
             tombstone_ttl: HumanDuration::from_secs(3600),
+            stream_socket: StreamSocket::Disabled,
             journal: JournalConfig { max_age: HumanDuration::from_secs(7 * 86_400), max_bytes: ByteSize(1 << 30) },
             filters: Vec::new(),
             webhooks: Vec::new(),
@@ -314,7 +316,7 @@ fn check_prints_the_effective_config_as_toml_that_reads_back() {
          state_dir = \"/var/lib/collector\"\nmetrics_addr = \"127.0.0.1:9835\"\ndry_run = false\n\
          emit_normal_exits = false\ncomponent = \"collector\"\nkubeconfig = \"/etc/kc\"\n\
          cri_socket = \"auto\"\nring_buffer_bytes = 1048576\nmetadata_wait = \"1s500ms\"\n\
-         tombstone_ttl = \"5m\"\n\n[journal]\nmax_age = \"1d\"\nmax_bytes = \"2MiB\"\n"
+         tombstone_ttl = \"5m\"\nstream_socket = \"/run/collector/stream.sock\"\n\n[journal]\nmax_age = \"1d\"\nmax_bytes = \"2MiB\"\n"
     );
     let mut expected = resolve_with(
         &RunArgs { file: ConfigFileArgs { config: Some(file.path.clone()) }, ..RunArgs::default() },
@@ -481,6 +483,7 @@ fn random_flag_and_env_values_never_panic() {
             tombstone_ttl: pick(),
             journal_max_age: pick(),
             journal_max_bytes: pick(),
+            stream_socket: pick(),
         };
         let value = pick().unwrap();
         let env = move |name: &str| (name != "COLLECTOR_CONFIG").then(|| value.clone());

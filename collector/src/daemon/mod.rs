@@ -27,7 +27,7 @@ use self::{
 };
 use crate::{
     cgroup::{CgroupError, CgroupTree, Resolver, registry::RegistryConfig},
-    config::{CriSocket, RunConfig, Sink},
+    config::{CriSocket, RunConfig, Sink, StreamSocket},
     decode::{KernelRecord, decode},
     doctor::{self, DoctorError},
     events::{EventOptions, events_for},
@@ -45,8 +45,9 @@ use crate::{
         ApiWrite,
         handler::{DEFAULT_QUEUE_CAPACITY, Decided, Dispatch, Handlers},
         journal::{self, ApiPath, Journal, JournalError, JournalHandler},
-        kubernetes::{self, Cluster, KubeSink, Runner, RunnerConfig, SinkConfig, StatsSnapshot},
+        kubernetes::{self, Cluster, KubeSink, Runner, RunnerConfig, SinkConfig},
         stdout::StdoutSink,
+        stream::{Clients, StreamError, StreamHandler, StreamServer},
         webhook::{
             Mode,
             client::{ClientError, WebhookClient},
@@ -55,7 +56,7 @@ use crate::{
         },
     },
     telemetry::{
-        self, ApiStatus, ContainerRef, DropCause, KernelRecordType, Metrics, TelemetryError,
+        self, ContainerRef, DropCause, KernelRecordType, Metrics, TelemetryError,
         http::{MetricsServer, Readiness},
     },
 };
@@ -115,6 +116,9 @@ pub enum DaemonError {
     /// The recorder's configuration is invalid.
     #[error(transparent)]
     Recorder(#[from] RecorderError),
+    /// The stream's socket cannot listen.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     /// A webhook's client cannot be set up (https without CA certificates).
     #[error(transparent)]
     Webhook(#[from] ClientError),
@@ -205,8 +209,12 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let wake = Arc::new(Notify::new());
     let sink = match (to_api, &client) {
         (false, _) => None,
-        (true, _) if config.dry_run => Some(Arc::new(KubeSink::dry_run(Box::new(io::stdout()), SinkConfig::default()))),
-        (true, Some(client)) => Some(Arc::new(KubeSink::new(client.clone(), SinkConfig::default()))),
+        (true, _) if config.dry_run => Some(Arc::new(
+            KubeSink::dry_run(Box::new(io::stdout()), SinkConfig::default()).with_metrics(Arc::clone(&metrics)),
+        )),
+        (true, Some(client)) => {
+            Some(Arc::new(KubeSink::new(client.clone(), SinkConfig::default()).with_metrics(Arc::clone(&metrics))))
+        }
         (true, None) => None,
     };
     // Writes the journal failed to store still go out, straight from memory.
@@ -236,6 +244,16 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         let handler = JournalHandler::new(Arc::clone(journal), api, Arc::clone(&metrics), readiness.clone());
         handlers.register(Box::new(handler), DEFAULT_QUEUE_CAPACITY)?;
     }
+    // Held to the end: dropping it closes the socket and every client.
+    let stream_server = match &config.stream_socket {
+        StreamSocket::Path(path) => {
+            let clients = Clients::new(Arc::clone(&metrics));
+            let server = StreamServer::bind(path, clients.clone())?;
+            handlers.register(Box::new(StreamHandler::new(clients)), DEFAULT_QUEUE_CAPACITY)?;
+            Some(server)
+        }
+        StreamSocket::Disabled => None,
+    };
     let mut mutators = Vec::new();
     for webhook in &config.webhooks {
         let client = WebhookClient::new(webhook)?;
@@ -268,7 +286,6 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         wake,
         reported_unresolved: 0,
         reported_stops_evicted: 0,
-        api_stats: StatsSnapshot::default(),
         tombstone_ttl: config.tombstone_ttl.0,
         gone_pods: VecDeque::new(),
         pods_with_series: HashMap::new(),
@@ -276,7 +293,12 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     };
     readiness.set_ready(true);
     let names: Vec<String> = sinks.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
-    log::info!("collector: running on node {}; sinks {}; metrics on {metrics_addr}", config.node_name, names.join(","));
+    let stream = stream_server.as_ref().map_or_else(|| "off".to_owned(), |server| server.path().display().to_string());
+    log::info!(
+        "collector: running on node {}; sinks {}; metrics on {metrics_addr}; stream {stream}",
+        config.node_name,
+        names.join(",")
+    );
     // Tests and scripts wait for this line.
     eprintln_ready(&format!(
         "collector: running; metrics on http://{metrics_addr}/metrics; sinks {}",
@@ -309,9 +331,6 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             last_sync = now;
             if let Ok(counters) = probes.counters() {
                 metrics.set_kernel_counters(lost_by_type(&counters), counters.read_failed);
-            }
-            if let Some(sink) = &sink {
-                engine.sync_api_stats(sink.stats());
             }
             engine.sync_cache_stats();
             engine.handover.poll();
@@ -385,7 +404,6 @@ struct Engine {
     wake: Arc<Notify>,
     reported_unresolved: u64,
     reported_stops_evicted: u64,
-    api_stats: StatsSnapshot,
     tombstone_ttl: Duration,
     /// Pods whose cgroup is gone: their metric series go when their tombstone does.
     gone_pods: VecDeque<(Instant, String, String, String)>,
@@ -569,23 +587,6 @@ impl Engine {
         if let Some(stats) = self.identifier.metadata_stats() {
             self.metrics.set_metadata_cache(stats);
         }
-    }
-
-    /// Moves the sink's new request counts into the metrics.
-    fn sync_api_stats(&mut self, now: StatsSnapshot) {
-        for (&(verb, reply), &count) in &now.requests {
-            let before = self.api_stats.requests.get(&(verb, reply)).copied().unwrap_or(0);
-            let status = match reply {
-                kubernetes::Reply::Status(code) => ApiStatus::Code(code),
-                kubernetes::Reply::Error => ApiStatus::NoResponse,
-            };
-            (before..count).for_each(|_| self.metrics.api_request(verb, status));
-        }
-        (self.api_stats.retries..now.retries).for_each(|_| self.metrics.api_retry());
-        (self.api_stats.rejected..now.rejected).for_each(|_| self.metrics.event_dropped(DropCause::Rejected));
-        // Not a drop: the write stays in the outbox and a later pass sends it.
-        (self.api_stats.gave_up..now.gave_up).for_each(|_| self.metrics.api_write_deferred());
-        self.api_stats = now;
     }
 }
 

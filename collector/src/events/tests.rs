@@ -373,7 +373,7 @@ fn signal_and_cgroup_records_give_nothing() {
         target_cgroup_path: None,
         identity: identity(),
         group: true,
-        result: "delivered",
+        result: crate::record::SignalResult::Delivered,
     });
     assert_eq!(events_for(&signal, &options()), []);
     let rmdir = Record::CgroupRmdir(CgroupChange {

@@ -112,8 +112,9 @@ impl Glob {
 }
 
 impl Conditions {
-    /// Whether every condition holds for `spec`, caused by `record`.
-    pub fn hold(&self, spec: &EventSpec, record: &Record) -> bool {
+    /// Whether every condition holds for `spec`, caused by `record`; for a record on its own
+    /// (`spec` none, in `collector trace` and the stream), a reason or type never holds.
+    pub fn hold(&self, spec: Option<&EventSpec>, record: &Record) -> bool {
         let identity = record.identity();
         let glob = |want: &Option<Glob>, have: Option<&str>| {
             want.as_ref().is_none_or(|glob| have.is_some_and(|have| glob.matches(have)))
@@ -127,8 +128,8 @@ impl Conditions {
             && glob(&self.pod, identity.pod_name.as_deref())
             && glob(&self.container, identity.container_name.as_deref())
             && glob(&self.process, process)
-            && self.reason.as_ref().is_none_or(|reason| *reason == spec.reason)
-            && self.event_type.is_none_or(|want| want == spec.event_type)
+            && self.reason.as_ref().is_none_or(|reason| spec.is_some_and(|spec| *reason == spec.reason))
+            && self.event_type.is_none_or(|want| spec.is_some_and(|spec| want == spec.event_type))
             && self.exit_code.is_none_or(|want| exit_code == Some(want))
             && self.signal.is_none_or(|want| signal == Some(want))
             && self.main_process.is_none_or(|want| main == Some(want))
@@ -170,6 +171,21 @@ impl Filters {
     /// Decides about `spec`, which `record` caused: a matching drop rule drops; with keep rules,
     /// only what one of them matches passes.
     pub fn decide(&self, spec: &EventSpec, record: &Record) -> Verdict<'_> {
+        self.decide_for(Some(spec), record)
+    }
+
+    /// Whether a record goes to a stream client: when it caused events (`specs`), if one of
+    /// them passes; otherwise as a record on its own, which no reason or type condition matches.
+    pub fn pass_record<'a>(&self, record: &Record, mut specs: impl Iterator<Item = &'a EventSpec>) -> bool {
+        let mut any = false;
+        let passed = specs.any(|spec| {
+            any = true;
+            matches!(self.decide(spec, record), Verdict::Pass { .. })
+        });
+        passed || (!any && matches!(self.decide_for(None, record), Verdict::Pass { .. }))
+    }
+
+    fn decide_for(&self, spec: Option<&EventSpec>, record: &Record) -> Verdict<'_> {
         let mut keep_rules = false;
         let mut kept = None;
         for rule in self.rules.iter() {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use thiserror::Error;
-use toml::de::DeValue;
+use toml::de::{DeTable, DeValue};
 
 use super::{Action, Conditions, Glob, Rule};
 use crate::recorder::EventType;
@@ -49,6 +49,12 @@ pub enum FilterProblem {
     /// A `match` with no condition, which would match everything.
     #[error("`match` is empty: a rule must say what it matches")]
     EmptyMatch,
+    /// A stream subscription that is not one line of TOML.
+    #[error("not TOML: {0}")]
+    Syntax(String),
+    /// A stream subscription with a key other than `filters`.
+    #[error("unknown key `{0}` (expected filters = [...])")]
+    UnknownKey(String),
 }
 
 /// One problem and where: the rule's name (or `#N`, 1-based, when it has none) and the byte
@@ -61,6 +67,27 @@ pub struct Located {
     pub offset: usize,
     /// What.
     pub problem: FilterProblem,
+}
+
+/// Reads a stream client's subscription: one line of TOML, `filters = [{ name = "...", action =
+/// "keep", match = { ... } }, ...]`, the same rules as the file's `[[filters]]`; an empty line
+/// subscribes to everything.
+pub fn subscription(line: &str) -> Result<Vec<Rule>, Vec<Located>> {
+    let located = |offset, problem| vec![Located { rule: "subscription".to_owned(), offset, problem }];
+    let document = DeTable::parse(line.trim())
+        .map_err(|err| located(0, FilterProblem::Syntax(err.message().trim().to_owned())))?;
+    let mut found = Vec::new();
+    for (key, value) in document.get_ref() {
+        if key.get_ref() != "filters" {
+            return Err(located(key.span().start, FilterProblem::UnknownKey(key.get_ref().to_string())));
+        }
+        let (rules, problems) = rules(value.get_ref(), key.span().start);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        found = rules;
+    }
+    Ok(found)
 }
 
 /// Reads the value of `filters` (starting at byte `offset`): the valid rules, and every problem.

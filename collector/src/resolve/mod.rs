@@ -22,7 +22,7 @@ use crate::{
     escape::{c_str, escape_bytes},
     record::{
         CgroupAttach, CgroupChange, Exit, ExitStatus, Identity, OomKill, OomScope, Process, Record, Signal,
-        sent_by_process, signal_name, signal_result,
+        SignalResult, sent_by_process, signal_name,
     },
 };
 
@@ -374,7 +374,7 @@ impl RecordResolver {
             target_cgroup_path,
             identity: target_cgroup_path_identity,
             group: info.group != 0,
-            result: signal_result(info.result),
+            result: SignalResult::from_code(info.result),
         }
     }
 

@@ -79,7 +79,7 @@ impl StopTracker {
             time: signal.time,
             signal: signal.signal,
             signal_name: signal.signal_name.clone(),
-            ignored: signal.result == "ignored",
+            ignored: signal.result == crate::record::SignalResult::Ignored,
             kill_time: None,
             sender: sender.clone(),
         };
@@ -135,7 +135,10 @@ impl StopTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clock::Timestamp, record::Identity};
+    use crate::{
+        clock::Timestamp,
+        record::{Identity, SignalResult},
+    };
 
     const POD: &str = "/kubepods/besteffort/pod0b7c8e22-6c4e-4b8e-9d1e-1f2a3b4c5d6e";
     const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -148,7 +151,7 @@ mod tests {
         sender(pid, Some("runc"), Some("/system.slice/containerd.service"))
     }
 
-    fn signal(secs: i64, sig: u32, target: u32, from: Process, result: &'static str) -> Signal {
+    fn signal(secs: i64, sig: u32, target: u32, from: Process, result: SignalResult) -> Signal {
         Signal {
             time: Timestamp(secs * 1_000_000_000),
             signal: sig,
@@ -202,7 +205,7 @@ mod tests {
     #[test]
     fn a_stop_signal_then_an_exit_is_a_requested_stop() {
         let mut tracker = StopTracker::default();
-        tracker.signal(&signal(10, 15, 42, runc(7), "delivered"));
+        tracker.signal(&signal(10, 15, 42, runc(7), SignalResult::Delivered));
         let mut died = exit(42, None, 143, None);
         tracker.exit(&mut died, 42);
         assert_eq!(died.stop, Some(Stop::Requested));
@@ -216,8 +219,8 @@ mod tests {
     #[test]
     fn an_ignored_stop_signal_then_the_runtimes_sigkill_is_grace_exceeded() {
         let mut tracker = StopTracker::default();
-        tracker.signal(&signal(10, 15, 42, runc(7), "ignored"));
-        tracker.signal(&signal(12, 9, 42, runc(8), "delivered"));
+        tracker.signal(&signal(10, 15, 42, runc(7), SignalResult::Ignored));
+        tracker.signal(&signal(12, 9, 42, runc(8), SignalResult::Delivered));
         let mut died = exit(42, Some(9), 137, Some(sender(8, None, Some("/system.slice/containerd.service"))));
         tracker.exit(&mut died, 42);
         assert_eq!(died.stop, Some(Stop::GraceExceeded));
@@ -231,7 +234,7 @@ mod tests {
     #[test]
     fn a_crash_while_stopping_is_not_the_stop() {
         let mut tracker = StopTracker::default();
-        tracker.signal(&signal(10, 15, 42, runc(7), "delivered"));
+        tracker.signal(&signal(10, 15, 42, runc(7), SignalResult::Delivered));
         let mut died = exit(42, Some(11), 139, None);
         tracker.exit(&mut died, 42);
         assert_eq!(died.stop, None);
@@ -241,7 +244,7 @@ mod tests {
     #[test]
     fn a_sigkill_alone_is_a_requested_stop_with_no_grace() {
         let mut tracker = StopTracker::default();
-        tracker.signal(&signal(10, 9, 42, runc(7), "delivered"));
+        tracker.signal(&signal(10, 9, 42, runc(7), SignalResult::Delivered));
         let mut died = exit(42, Some(9), 137, Some(runc(7)));
         tracker.exit(&mut died, 42);
         assert_eq!(died.stop, Some(Stop::Requested));
@@ -250,11 +253,11 @@ mod tests {
     #[test]
     fn signals_from_others_and_exits_of_others_are_not_stops() {
         let mut tracker = StopTracker::default();
-        tracker.signal(&signal(10, 15, 42, sender(5, Some("kill"), Some("/")), "delivered"));
+        tracker.signal(&signal(10, 15, 42, sender(5, Some("kill"), Some("/")), SignalResult::Delivered));
         let mut died = exit(42, Some(15), 143, None);
         tracker.exit(&mut died, 42);
         assert_eq!((died.stop, died.stop_request), (None, None));
-        tracker.signal(&signal(10, 15, 43, runc(7), "delivered"));
+        tracker.signal(&signal(10, 15, 43, runc(7), SignalResult::Delivered));
         let mut other = exit(44, None, 0, None);
         tracker.exit(&mut other, 44);
         assert_eq!(other.stop, None);
@@ -264,7 +267,7 @@ mod tests {
     #[test]
     fn a_stop_of_a_thread_is_found_by_its_id() {
         let mut tracker = StopTracker::default();
-        tracker.signal(&signal(10, 15, 43, runc(7), "delivered"));
+        tracker.signal(&signal(10, 15, 43, runc(7), SignalResult::Delivered));
         let mut died = exit(42, Some(15), 143, None);
         tracker.exit(&mut died, 43);
         assert_eq!(died.stop, Some(Stop::Requested));
@@ -275,7 +278,7 @@ mod tests {
         let mut tracker = StopTracker::default();
         let cap = u32::try_from(STOP_REQUESTS_CAP).unwrap();
         for pid in 0..cap + 10 {
-            tracker.signal(&signal(1, 15, pid, runc(7), "delivered"));
+            tracker.signal(&signal(1, 15, pid, runc(7), SignalResult::Delivered));
             if pid % 3 == 0 && pid > cap {
                 // Exits keep the order queue from growing without bound.
                 let mut died = exit(pid, None, 0, None);

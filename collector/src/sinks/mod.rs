@@ -1,11 +1,12 @@
 //! Sinks: where the recorder's decisions go (the API server, stdout, the
-//! local journal, webhooks), the one [`handler::Handler`] interface they are registered
+//! local journal, webhooks, the live stream), the one [`handler::Handler`] interface they are registered
 //! through, and the form in which a write waits for delivery.
 
 pub mod handler;
 pub mod journal;
 pub mod kubernetes;
 pub mod stdout;
+pub mod stream;
 #[cfg(any(test, feature = "test-api"))]
 pub mod test_api;
 pub mod webhook;

@@ -26,7 +26,7 @@ mod tests;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
@@ -37,6 +37,7 @@ pub use runner::{MemoryOutbox, Outbox, Runner, RunnerConfig};
 pub use stats::{Reply, StatsSnapshot};
 
 use super::{ApiWrite, Verb};
+use crate::telemetry::{ApiStatus, DropCause, Metrics};
 use stats::{InFlight, Stats};
 
 /// Errors setting up the connection to a cluster.
@@ -163,6 +164,20 @@ pub struct KubeSink {
     config: SinkConfig,
     slots: Semaphore,
     stats: Stats,
+    /// Where each count also goes as it happens (the daemon's /metrics).
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// What the sink counts, where it happens: one place updates both its own counters and the
+/// daemon's metrics, so nothing is pulled and diffed later.
+enum Counted {
+    Request(Verb, Reply),
+    Retry,
+    Repost,
+    Delivered,
+    Rejected,
+    GaveUp,
+    Printed,
 }
 
 /// How a sequence of attempts for one request ended.
@@ -190,7 +205,44 @@ impl KubeSink {
 
     fn with_target(target: Target, config: SinkConfig) -> Self {
         let slots = Semaphore::new(config.max_in_flight.max(1));
-        Self { target, config, slots, stats: Stats::default() }
+        Self { target, config, slots, stats: Stats::default(), metrics: None }
+    }
+
+    /// The same sink, also counting into `metrics` as it goes.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, what: Counted) {
+        let metrics = self.metrics.as_deref();
+        match what {
+            Counted::Request(verb, reply) => {
+                self.stats.request(verb, reply);
+                let status = match reply {
+                    Reply::Status(code) => ApiStatus::Code(code),
+                    Reply::Error => ApiStatus::NoResponse,
+                };
+                metrics.inspect(|metrics| metrics.api_request(verb.as_str(), status));
+            }
+            Counted::Retry => {
+                self.stats.lock().retries += 1;
+                metrics.inspect(|metrics| metrics.api_retry());
+            }
+            Counted::Repost => self.stats.lock().reposts += 1,
+            Counted::Delivered => self.stats.lock().delivered += 1,
+            Counted::Rejected => {
+                self.stats.lock().rejected += 1;
+                metrics.inspect(|metrics| metrics.event_dropped(DropCause::Rejected));
+            }
+            // Not a drop: the write stays in the outbox and a later pass sends it.
+            Counted::GaveUp => {
+                self.stats.lock().gave_up += 1;
+                metrics.inspect(|metrics| metrics.api_write_deferred());
+            }
+            Counted::Printed => self.stats.lock().printed += 1,
+        }
     }
 
     /// The counters so far.
@@ -207,7 +259,7 @@ impl KubeSink {
         };
         let outcome = match self.send(client, &write).await {
             Attempts::Answered { status: 404, attempts: patched } if write.verb == Verb::Patch => {
-                self.stats.lock().reposts += 1;
+                self.count(Counted::Repost);
                 log::debug!("event {}/{} is gone; re-POSTing it", write.namespace, write.name);
                 match self.send(client, &write.as_repost()).await {
                     Attempts::Answered { status, .. } if accepted(Verb::Post, status) => Outcome::Reposted,
@@ -221,15 +273,14 @@ impl KubeSink {
             Attempts::Exhausted { attempts } => Outcome::GaveUp { attempts },
             Attempts::Invalid => Outcome::Rejected { status: 0 },
         };
-        let mut stats = self.stats.lock();
         match outcome {
-            Outcome::Delivered { .. } | Outcome::Reposted => stats.delivered += 1,
+            Outcome::Delivered { .. } | Outcome::Reposted => self.count(Counted::Delivered),
             Outcome::Rejected { status } => {
-                stats.rejected += 1;
+                self.count(Counted::Rejected);
                 log::warn!("API server refused {} {} with {status}; dropped", write.verb.as_str(), write.path());
             }
             Outcome::GaveUp { attempts } => {
-                stats.gave_up += 1;
+                self.count(Counted::GaveUp);
                 log::warn!("{} {} failed {attempts} times; left for later", write.verb.as_str(), write.path());
             }
             Outcome::Printed => {}
@@ -243,7 +294,7 @@ impl KubeSink {
         if let Err(err) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
             log::warn!("dry run: cannot print a write: {err}");
         }
-        self.stats.lock().printed += 1;
+        self.count(Counted::Printed);
         Outcome::Printed
     }
 
@@ -262,7 +313,7 @@ impl KubeSink {
             if attempt >= self.config.max_attempts {
                 return Attempts::Exhausted { attempts: attempt };
             }
-            self.stats.lock().retries += 1;
+            self.count(Counted::Retry);
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -289,7 +340,7 @@ impl KubeSink {
         };
         match tokio::time::timeout(self.config.request_timeout, exchange).await {
             Ok(Ok((status, retry_after, body))) => {
-                self.stats.request(write.verb, Reply::Status(status));
+                self.count(Counted::Request(write.verb, Reply::Status(status)));
                 if !(200..300).contains(&status) {
                     let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
                     log::debug!("{} {} -> {status}: {}", write.verb.as_str(), write.path(), text.trim());
@@ -297,12 +348,12 @@ impl KubeSink {
                 Ok(Answer { status, retry_after })
             }
             Ok(Err(err)) => {
-                self.stats.request(write.verb, Reply::Error);
+                self.count(Counted::Request(write.verb, Reply::Error));
                 log::debug!("{} {} failed: {err}", write.verb.as_str(), write.path());
                 Err(Failure::Transport)
             }
             Err(_elapsed) => {
-                self.stats.request(write.verb, Reply::Error);
+                self.count(Counted::Request(write.verb, Reply::Error));
                 log::debug!("{} {} timed out", write.verb.as_str(), write.path());
                 Err(Failure::Transport)
             }

@@ -129,6 +129,23 @@ async fn server_errors_are_retried_then_delivered() {
 }
 
 #[tokio::test]
+async fn requests_and_retries_reach_the_metrics_as_they_happen() {
+    let mut api = TestApi::start().await;
+    api.script(Rule::status(503).times(2));
+    let metrics = Arc::new(Metrics::new("test"));
+    let sink = KubeSink::new(api.client().await, FAST).with_metrics(Arc::clone(&metrics));
+    assert_eq!(sink.deliver(post("web.1")).await, Outcome::Delivered { status: 201 });
+    let text = metrics.encode().unwrap();
+    for line in [
+        "collector_api_requests_total{verb=\"POST\",status=\"503\"} 2",
+        "collector_api_requests_total{verb=\"POST\",status=\"201\"} 1",
+        "collector_api_retries_total 2",
+    ] {
+        assert!(text.contains(&format!("\n{line}\n")), "no {line}:\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn refused_connections_are_retried_until_the_server_is_back() {
     let mut api = TestApi::start().await;
     // Full jitter can make 12 fast tries last less than the 150 ms outage: allow

@@ -1,8 +1,12 @@
-//! `collector trace`: every record the kernel reports, filtered and printed.
+//! `collector trace`: every record the kernel reports, filtered and printed; with `--from`, the
+//! records of a running daemon's stream instead, printed the same way without loading probes.
+
+mod from;
 
 use std::{
     collections::HashSet,
     io::{self, IsTerminal as _, Write},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -66,6 +70,10 @@ pub struct TraceArgs {
     /// How long a record may wait for its container's names before it is printed without them.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
     pub metadata_wait: HumanDuration,
+    /// Print a running daemon's records from its stream socket (`collector run
+    /// --stream-socket`) instead of loading probes: needs only access to the socket.
+    #[arg(long, value_name = "SOCKET")]
+    pub from: Option<PathBuf>,
 }
 
 fn parse_cri_socket(value: &str) -> Result<CriSocket, String> {
@@ -102,6 +110,27 @@ pub enum TraceError {
     /// Reading the ring buffer or writing output failed.
     #[error("I/O error while tracing: {0}")]
     Io(#[from] io::Error),
+    /// The daemon's stream socket cannot be reached.
+    #[error("cannot connect to the stream at {}", path.display())]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon refused the subscription.
+    #[error("the daemon refused the subscription: {reason}")]
+    Refused {
+        /// What the daemon said.
+        reason: String,
+    },
+    /// The daemon said something that is not the stream protocol.
+    #[error("not a collector stream: {line:?}")]
+    Protocol {
+        /// The first line it sent (cut to 200 bytes).
+        line: String,
+    },
 }
 
 /// Counts of what the trace saw, printed when it stops.
@@ -115,6 +144,9 @@ pub struct TraceStats {
     pub filtered: u64,
     /// Counters kept by the kernel programs.
     pub kernel: KernelCounters,
+    /// Whether the records came from a daemon's stream (`--from`): the kernel's counters are
+    /// then the daemon's, in its /metrics.
+    pub from_stream: bool,
 }
 
 /// Which records to print.
@@ -275,6 +307,9 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
         Format::Auto => Format::Json,
         other => other,
     };
+    if let Some(socket) = &args.from {
+        return from::run(&args, socket, format).await;
+    }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let tree = CgroupTree::discover()?;
@@ -368,12 +403,13 @@ mod tests {
         })
     }
 
-    fn filter(cgroup: Option<&str>, types: &[RecordType], pids: &[u32]) -> Filter {
-        Filter::from_args(&TraceArgs {
+    /// The arguments of a bare `collector trace --format json`.
+    pub(super) fn args() -> TraceArgs {
+        TraceArgs {
             format: Format::Json,
-            cgroup: cgroup.map(str::to_owned),
-            types: types.to_vec(),
-            pid: pids.to_vec(),
+            cgroup: None,
+            types: Vec::new(),
+            pid: Vec::new(),
             namespace: None,
             pod: None,
             container: None,
@@ -381,6 +417,16 @@ mod tests {
             ring_buffer_bytes: 4096,
             cri_socket: CriSocket::Off,
             metadata_wait: HumanDuration(Duration::from_secs(2)),
+            from: None,
+        }
+    }
+
+    fn filter(cgroup: Option<&str>, types: &[RecordType], pids: &[u32]) -> Filter {
+        Filter::from_args(&TraceArgs {
+            cgroup: cgroup.map(str::to_owned),
+            types: types.to_vec(),
+            pid: pids.to_vec(),
+            ..args()
         })
     }
 
