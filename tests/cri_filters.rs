@@ -155,3 +155,37 @@ fn a_reload_under_load_loses_nothing_and_the_next_record_meets_the_new_rules() {
     let stopped = daemon.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }
+
+#[test]
+fn a_labels_rule_silences_the_canary_pods_only() {
+    if !privileged("a_labels_rule_silences_the_canary_pods_only") {
+        return;
+    }
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("filters-labels").unwrap();
+    let file = state.path().join("collector.toml");
+    std::fs::write(
+        &file,
+        "[[filters]]\nname = \"quiet-canaries\"\naction = \"drop\"\nmatch = { labels = { app = \"web\", track = \"canary*\" } }\n",
+    )
+    .unwrap();
+    let labelled = |name: &str, track: &str| PodSpec {
+        name: name.to_owned(),
+        namespace: "shop".to_owned(),
+        labels: vec![("app".to_owned(), "web".to_owned()), ("track".to_owned(), track.to_owned())],
+        ..PodSpec::unique("web")
+    };
+    let canary = containerd.cri().run_pod(labelled("web-canary", "canary-1")).unwrap();
+    let stable = containerd.cri().run_pod(labelled("web-stable", "stable")).unwrap();
+    let socket = containerd.address().display().to_string();
+    let config = file.display().to_string();
+    let daemon = Daemon::start(&state, &["stdout"], &socket, &["--config", &config]).unwrap();
+    exit_with(&containerd, &canary, "app", 3);
+    exit_with(&containerd, &stable, "app", 3);
+    daemon.wait_for(TIMEOUT, |events| !messages(events, &stable).is_empty()).unwrap();
+    daemon.wait_metric("collector_filter_matches_total", "rule=\"quiet-canaries\"", 1, TIMEOUT).unwrap();
+    assert_eq!(messages(&daemon.events(), &canary), Vec::<String>::new());
+    assert_eq!(messages(&daemon.events(), &stable), ["Container app exited with code 3"]);
+    let stopped = daemon.stop().unwrap();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}

@@ -205,6 +205,7 @@ fn name(metadata: &MetadataCache, record: &mut Record) {
         let identity = record.identity_mut();
         identity.pod_name.get_or_insert(pod.name);
         identity.namespace.get_or_insert(pod.namespace);
+        identity.pod_labels = pod.labels;
     }
 }
 

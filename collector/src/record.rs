@@ -126,6 +126,10 @@ pub struct Identity {
     /// Whether the container is an init container, where known (API server).
     #[serde(skip)]
     pub init_container: Option<bool>,
+    /// The pod's labels (the runtime's sandbox, or the API server's pod), for filter rules;
+    /// not printed.
+    #[serde(skip)]
+    pub pod_labels: Option<std::collections::BTreeMap<String, String>>,
     /// Whether the container is the pod sandbox ("pause"); shown only when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
@@ -535,6 +539,7 @@ mod tests {
             namespace: Some("shop".into()),
             container_name: None,
             init_container: None,
+            pod_labels: None,
             sandbox: true,
         };
         let records = [

@@ -37,6 +37,8 @@ pub struct PodSpec {
     pub cgroup_parent: String,
     /// `shareProcessNamespace`: one pid namespace for the pod, whose PID 1 is the sandbox.
     pub share_process_namespace: bool,
+    /// The pod's own labels (`metadata.labels`), which the kubelet copies onto the sandbox.
+    pub labels: Vec<(String, String)>,
 }
 
 impl PodSpec {
@@ -52,6 +54,7 @@ impl PodSpec {
             cgroup_parent: format!("/kubepods/burstable/pod{uid}"),
             uid,
             share_process_namespace: false,
+            labels: Vec::new(),
         }
     }
 }
@@ -141,7 +144,8 @@ impl Cri {
     pub fn run_pod(&self, spec: PodSpec) -> Result<Pod> {
         let log_dir = self.log_root.join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid));
         fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-        let labels = HashMap::from([
+        let mut labels: HashMap<String, String> = spec.labels.iter().cloned().collect();
+        labels.extend([
             ("io.kubernetes.pod.name".to_owned(), spec.name.clone()),
             ("io.kubernetes.pod.namespace".to_owned(), spec.namespace.clone()),
             ("io.kubernetes.pod.uid".to_owned(), spec.uid.clone()),

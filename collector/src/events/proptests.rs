@@ -49,6 +49,7 @@ fn identity(container_name: Option<String>) -> Identity {
         namespace: Some("shop".to_owned()),
         container_name,
         init_container: Some(false),
+        pod_labels: None,
         sandbox: false,
     }
 }

@@ -21,6 +21,7 @@ fn identity() -> Identity {
         namespace: Some("shop".to_owned()),
         container_name: Some("app".to_owned()),
         init_container: Some(false),
+        pod_labels: None,
         sandbox: false,
     }
 }
@@ -463,6 +464,7 @@ fn random_records_never_panic() {
         namespace: text(rng),
         container_name: text(rng),
         init_container: [None, Some(true), Some(false)][rng.usize(..3)],
+        pod_labels: None,
         sandbox: rng.bool(),
     };
     let tri = |rng: &mut fastrand::Rng| [None, Some(true), Some(false)][rng.usize(..3)];

@@ -53,6 +53,10 @@ pub struct Conditions {
     /// The container's name in the pod spec (a glob).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<Glob>,
+    /// Pod labels, each a glob on the label's value; every one must be present and match. The
+    /// labels come from the runtime's sandbox (or the API server's pod, which wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, Glob>>,
     /// The event's reason, exact (`ContainerExited`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -128,6 +132,11 @@ impl Conditions {
             && glob(&self.pod, identity.pod_name.as_deref())
             && glob(&self.container, identity.container_name.as_deref())
             && glob(&self.process, process)
+            && self.labels.as_ref().is_none_or(|want| {
+                identity.pod_labels.as_ref().is_some_and(|have| {
+                    want.iter().all(|(key, glob)| have.get(key).is_some_and(|value| glob.matches(value)))
+                })
+            })
             && self.reason.as_ref().is_none_or(|reason| spec.is_some_and(|spec| *reason == spec.reason))
             && self.event_type.is_none_or(|want| spec.is_some_and(|spec| want == spec.event_type))
             && self.exit_code.is_none_or(|want| exit_code == Some(want))

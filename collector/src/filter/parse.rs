@@ -42,8 +42,8 @@ pub enum FilterProblem {
     UnknownField(String),
     /// A condition that does not exist.
     #[error(
-        "unknown field `match.{0}` (expected namespace, pod, container, reason, type, exit_code, signal, process, \
-         main_process)"
+        "unknown field `match.{0}` (expected namespace, pod, container, labels, reason, type, exit_code, signal, \
+         process, main_process)"
     )]
     UnknownCondition(String),
     /// A `match` with no condition, which would match everything.
@@ -200,6 +200,23 @@ fn condition(into: &mut Conditions, field: &str, value: &DeValue<'_>) -> Result<
             DeValue::Boolean(main) => into.main_process = Some(*main),
             other => return Err(wrong(&dotted, "true or false", other)),
         },
+        "labels" => {
+            let DeValue::Table(labels) = value else {
+                return Err(wrong(&dotted, "a table of label globs ({ app = \"web\" })", value));
+            };
+            let mut found = std::collections::BTreeMap::new();
+            for (key, value) in labels {
+                let key = key.get_ref().to_string();
+                let Some(glob) = value.get_ref().as_str() else {
+                    return Err(wrong(&format!("{dotted}.{key}"), "a string", value.get_ref()));
+                };
+                found.insert(key, Glob(glob.to_owned()));
+            }
+            if found.is_empty() {
+                return Err(wrong(&dotted, "at least one label", value));
+            }
+            into.labels = Some(found);
+        }
         other => return Err(FilterProblem::UnknownCondition(other.to_owned())),
     }
     Ok(())

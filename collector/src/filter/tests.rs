@@ -144,8 +144,8 @@ extra = 1
             r#""bad-values": `match.signal`: expected 1 to 31 or a name such as SIGTERM, found "SIGNOPE""#,
             r#""bad-values": `match.main_process`: expected true or false, found "yes""#,
             r#""bad-values": `match.type`: expected "Warning" or "Normal", found "Error""#,
-            "\"bad-values\": unknown field `match.colour` (expected namespace, pod, container, reason, type, \
-             exit_code, signal, process, main_process)",
+            "\"bad-values\": unknown field `match.colour` (expected namespace, pod, container, labels, reason, \
+             type, exit_code, signal, process, main_process)",
             "#3: no `name`",
             "#3: `match` is empty: a rule must say what it matches",
             r#""good": the name "good" is used by an earlier rule"#,
@@ -156,4 +156,34 @@ extra = 1
     let (_, problems) = parsed("filters = 3");
     assert_eq!(problems, ["filters: `filters` must be an array of tables ([[filters]])"]);
     assert!(matches!(FilterProblem::Missing("name").to_string().as_str(), "no `name`"));
+}
+
+#[test]
+fn a_labels_condition_needs_every_label_to_match_its_glob() {
+    let (rules, problems) = parsed(
+        "[[filters]]\nname = \"canary\"\naction = \"drop\"\nmatch = { labels = { app = \"web\", track = \"canary*\" } }\n\n\
+         [[filters]]\nname = \"bad\"\naction = \"drop\"\nmatch = { labels = \"app=web\" }\n\n\
+         [[filters]]\nname = \"bad-value\"\naction = \"drop\"\nmatch = { labels = { app = 1 } }\n",
+    );
+    assert_eq!(
+        problems,
+        [
+            "\"bad\": `match.labels`: expected a table of label globs ({ app = \"web\" }), found \"app=web\"",
+            "\"bad-value\": `match.labels.app`: expected a string, found integer",
+        ]
+    );
+    // Only the valid rule: a file with problems never takes effect.
+    let filters = Filters::new(rules.into_iter().filter(|rule| rule.name == "canary").collect());
+    let with_labels = |labels: &[(&str, &str)]| {
+        let mut record = exit("app", 1, None, true);
+        if let Record::Exit(exit) = &mut record {
+            exit.identity.pod_labels = Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        }
+        record
+    };
+    let dropped = |record: &Record| matches!(filters.decide(&spec("ContainerExited"), record), Verdict::Drop { .. });
+    assert!(dropped(&with_labels(&[("app", "web"), ("track", "canary-2"), ("tier", "x")])));
+    assert!(!dropped(&with_labels(&[("app", "web"), ("track", "stable")])));
+    assert!(!dropped(&with_labels(&[("app", "web")])), "a missing label does not match");
+    assert!(!dropped(&exit("app", 1, None, true)), "no labels known");
 }
