@@ -3,6 +3,7 @@
 //! it to `target/bench/results.md`. Nothing here asserts on timing: it fails only when something
 //! breaks (the collector does not start, a cgroup cannot be made).
 
+mod daemon;
 mod phases;
 mod proc;
 mod report;

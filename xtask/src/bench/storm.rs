@@ -81,6 +81,10 @@ pub(super) fn storm(bins: &Bins, plan: &Plan, workers: usize, v2: &Path, base: &
     for ring in [default_ring, 1 << 18, 1 << 16, 1 << 12] {
         runs.push(storm_run(bins, &storm, ring, plan.small_ring, workers, None, true)?);
     }
+    // The storm's pods are unknown to any runtime, so its deaths become no events: the row
+    // shows the reader keeps pace with every handler registered and stalled. tests/cri_webhooks.rs
+    // has real deaths reach a hung webhook while the kernel loses nothing.
+    let daemon = super::daemon::stalled_handlers(bins, &dir, plan.small_ring, workers)?;
     drop(cgroups);
 
     let collector_cmd = |ring: u32, stalled: bool| {
@@ -130,6 +134,7 @@ pub(super) fn storm(bins: &Bins, plan: &Plan, workers: usize, v2: &Path, base: &
             row
         });
     }
+    loss.push(daemon);
 
     let main = &runs[0];
     let caused = main.loop_run.ops.max(1) as f64;
