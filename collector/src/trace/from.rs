@@ -15,6 +15,7 @@ use tokio::{
 
 use super::{Filter, TraceArgs, TraceError, TraceStats};
 use crate::{
+    filter::Filters,
     output::{Format, Output},
     record::Record,
 };
@@ -45,7 +46,12 @@ pub(super) fn subscription(args: &TraceArgs) -> String {
     }
 }
 
-pub(super) async fn run(args: &TraceArgs, socket: &Path, format: Format) -> Result<TraceStats, TraceError> {
+pub(super) async fn run(
+    args: &TraceArgs,
+    socket: &Path,
+    format: Format,
+    rules: Filters,
+) -> Result<TraceStats, TraceError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let stream =
@@ -63,7 +69,7 @@ pub(super) async fn run(args: &TraceArgs, socket: &Path, format: Format) -> Resu
             return Err(TraceError::Protocol { line });
         }
     }
-    let filter = Filter::from_args(args);
+    let filter = Filter::from_args(args).with_rules(rules);
     let mut output = Output::new(format, io::BufWriter::new(io::stdout().lock()));
     output.header()?;
     output.flush()?;

@@ -16,9 +16,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     cgroup::{CgroupError, CgroupTree, Resolver, registry::RegistryConfig},
-    config::HumanDuration,
+    config::{ConfigProblem, HumanDuration},
     decode::decode,
     escape::escape_bytes,
+    filter::Filters,
     identify::Identifier,
     metadata::{CriSocket, MetadataCache, MetadataConfig, MetadataError},
     output::{Format, Output},
@@ -70,6 +71,11 @@ pub struct TraceArgs {
     /// How long a record may wait for its container's names before it is printed without them.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_wait)]
     pub metadata_wait: HumanDuration,
+    /// Apply the `[[filters]]` rules of this configuration file to the records, as the stream
+    /// does: a record passes unless a drop rule matches it (or keep rules exist and none does);
+    /// `reason` and `type` conditions never match a record on its own.
+    #[arg(long, value_name = "FILE")]
+    pub filters: Option<PathBuf>,
     /// Print a running daemon's records from its stream socket (`collector run
     /// --stream-socket`) instead of loading probes: needs only access to the socket.
     #[arg(long, value_name = "SOCKET")]
@@ -110,6 +116,9 @@ pub enum TraceError {
     /// Reading the ring buffer or writing output failed.
     #[error("I/O error while tracing: {0}")]
     Io(#[from] io::Error),
+    /// The `--filters` file has problems.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Filters(Vec<ConfigProblem>),
     /// The daemon's stream socket cannot be reached.
     #[error("cannot connect to the stream at {}", path.display())]
     Connect {
@@ -159,6 +168,8 @@ pub struct Filter {
     pod: Option<String>,
     container: Option<String>,
     containers_only: bool,
+    /// The operator's rules (`--filters`).
+    rules: Filters,
 }
 
 impl Filter {
@@ -173,7 +184,15 @@ impl Filter {
             pod: args.pod.clone(),
             container: args.container.clone(),
             containers_only: args.containers_only,
+            rules: Filters::default(),
         }
+    }
+
+    /// The filter with the operator's `rules` too.
+    #[must_use]
+    pub fn with_rules(mut self, rules: Filters) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Whether records of `kind` can pass at all.
@@ -186,6 +205,7 @@ impl Filter {
         let identity = record.identity();
         let matches = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
         self.wants(record.kind())
+            && self.rules.pass_record(record, std::iter::empty())
             && (!self.containers_only || identity.container_id.is_some())
             && matches(&self.namespace, &identity.namespace)
             && matches(&self.pod, &identity.pod_name)
@@ -307,8 +327,12 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
         Format::Auto => Format::Json,
         other => other,
     };
+    let rules = match &args.filters {
+        Some(file) => Filters::new(crate::config::reload_filters(file).map_err(TraceError::Filters)?),
+        None => Filters::default(),
+    };
     if let Some(socket) = &args.from {
-        return from::run(&args, socket, format).await;
+        return from::run(&args, socket, format, rules).await;
     }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -316,7 +340,7 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
     // A prefix that names an existing directory is filtered in the kernel too.
     let cgroup_subtree =
         args.cgroup.as_ref().map(|prefix| tree.root().join(prefix.trim_start_matches('/'))).filter(|dir| dir.is_dir());
-    let filter = Filter::from_args(&args);
+    let filter = Filter::from_args(&args).with_rules(rules);
     let resolver = RecordResolver::new(Resolver::new(tree, RegistryConfig::default())?, CgroupTree::discover_memory()?);
     let config = ProbeConfig {
         ring_bytes: args.ring_buffer_bytes,
@@ -417,6 +441,7 @@ mod tests {
             ring_buffer_bytes: 4096,
             cri_socket: CriSocket::Off,
             metadata_wait: HumanDuration(Duration::from_secs(2)),
+            filters: None,
             from: None,
         }
     }
@@ -446,6 +471,28 @@ mod tests {
         let f = filter(Some("/a\\b\u{1b}"), &[], &[]);
         assert!(f.accepts(&exit(1, Some("/a\\\\b\\x1b/c"))));
         assert!(!f.accepts(&exit(1, Some("/a\\b\u{1b}"))));
+    }
+
+    #[test]
+    fn the_operators_rules_apply_to_records_as_on_the_stream() {
+        let rules = |line: &str| Filters::new(crate::filter::parse::subscription(line).unwrap());
+        let in_container = |name: &str| {
+            let mut record = exit(1, Some("/k"));
+            if let Record::Exit(exit) = &mut record {
+                exit.identity.container_name = Some(name.to_owned());
+            }
+            record
+        };
+        let quiet = filter(None, &[], &[]).with_rules(rules(
+            r#"filters = [{ name = "quiet", action = "drop", match = { container = "*-sidecar" } }]"#,
+        ));
+        assert!(!quiet.accepts(&in_container("istio-sidecar")));
+        assert!(quiet.accepts(&in_container("app")));
+        // A reason belongs to an event: a keep rule on one keeps no bare record.
+        let exits = filter(None, &[], &[]).with_rules(rules(
+            r#"filters = [{ name = "exits", action = "keep", match = { reason = "ContainerExited" } }]"#,
+        ));
+        assert!(!exits.accepts(&in_container("app")));
     }
 
     #[test]
