@@ -1,0 +1,259 @@
+//! The engine: each identified record becomes events, which pass the operator's filters and the
+//! mutate webhooks, are decided by the recorder, and go to the registered handlers.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::Notify;
+
+use super::handover::{Handover, Owner};
+use crate::{
+    decode::{KernelRecord, decode},
+    events::{EventOptions, events_for},
+    filter::{Filters, Verdict},
+    identify::Identifier,
+    record::Record,
+    recorder::{Decision, DropCause as RecorderDrop, EventSpec, EventType, Recorder, Timestamp},
+    resolve::RecordResolver,
+    sinks::{
+        handler::{Decided, Dispatch, Handlers},
+        webhook::mutate::Mutators,
+    },
+    telemetry::{self, ContainerRef, DropCause, KernelRecordType, Metrics},
+};
+
+/// Records to events to sinks.
+pub(super) struct Engine {
+    pub(super) resolver: RecordResolver,
+    pub(super) identifier: Identifier,
+    pub(super) recorder: Recorder,
+    pub(super) options: EventOptions,
+    /// The operator's rules, swapped whole on SIGHUP.
+    pub(super) filters: Filters,
+    /// Where the events go.
+    pub(super) handlers: Handlers,
+    /// The mutate webhooks, asked before the recorder; `None` when there are none.
+    pub(super) mutators: Option<Mutators>,
+    /// Where the mutate webhooks' answered events come back to the loop.
+    pub(super) mutated: tokio::sync::mpsc::UnboundedSender<(Record, EventSpec)>,
+    pub(super) to_api: bool,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) wake: Arc<Notify>,
+    pub(super) reported_unresolved: u64,
+    pub(super) reported_stops_evicted: u64,
+    pub(super) tombstone_ttl: Duration,
+    /// Pods whose cgroup is gone: their metric series go when their tombstone does.
+    pub(super) gone_pods: VecDeque<(Instant, String, String, String)>,
+    /// Namespace and name of each pod (by uid) that has per-container series,
+    /// so they can go even if the pod's removal is reported without names.
+    pub(super) pods_with_series: HashMap<String, (String, String)>,
+    /// Who reports which death while an old and a new daemon overlap.
+    pub(super) handover: Handover,
+}
+
+impl Engine {
+    pub(super) fn handle(&mut self, bytes: &[u8]) {
+        let kernel = match decode(bytes) {
+            Ok(kernel) => kernel,
+            Err(err) => {
+                self.metrics.record_malformed();
+                log::debug!("skipped a ring buffer item: {err}");
+                return;
+            }
+        };
+        self.metrics.kernel_record(kernel_type(&kernel));
+        let now = Instant::now();
+        let identifier = &mut self.identifier;
+        self.resolver.resolve(&kernel, &mut |record| identifier.push(record, now));
+        self.release(now, false);
+    }
+
+    /// Sends out OOM kills whose victim never exited and records that waited long enough.
+    pub(super) fn housekeeping(&mut self, now: Instant, flush: bool) {
+        let identifier = &mut self.identifier;
+        if flush {
+            self.resolver.flush(&mut |record| identifier.push(record, now));
+        } else {
+            self.resolver.expire(now, &mut |record| identifier.push(record, now));
+        }
+        self.release(now, flush);
+        self.resolver.refresh_clock();
+        while self.gone_pods.front().is_some_and(|(due, ..)| *due <= now) {
+            if let Some((_, namespace, pod, uid)) = self.gone_pods.pop_front() {
+                let removed = self.metrics.remove_pod(&namespace, &pod, &uid);
+                log::debug!("pod {namespace}/{pod} ({uid}): series removed: {removed}");
+            }
+        }
+    }
+
+    pub(super) fn release(&mut self, now: Instant, flush: bool) {
+        while let Some(record) = self.identifier.pop_ready(now, flush) {
+            self.on_record(&record);
+        }
+        for _ in self.reported_unresolved..self.identifier.unresolved {
+            self.metrics.record_unresolved();
+        }
+        self.reported_unresolved = self.identifier.unresolved;
+        let evicted = self.resolver.stops_evicted();
+        (self.reported_stops_evicted..evicted).for_each(|_| self.metrics.stop_request_evicted());
+        self.reported_stops_evicted = evicted;
+    }
+
+    pub(super) fn on_record(&mut self, record: &Record) {
+        if count_container_deaths(&self.metrics, record)
+            && let (Some(uid), Some(namespace), Some(pod)) =
+                (&record.identity().pod_uid, &record.identity().namespace, &record.identity().pod_name)
+            && !self.pods_with_series.contains_key(uid)
+            && self.pods_with_series.len() < telemetry::MAX_PODS_WITH_SERIES
+        {
+            self.pods_with_series.insert(uid.clone(), (namespace.clone(), pod.clone()));
+        }
+        if let Record::CgroupRmdir(change) = record
+            && change.identity.container_id.is_none()
+            && let Some(uid) = &change.identity.pod_uid
+            && let Some((namespace, pod)) = self.pods_with_series.remove(uid)
+        {
+            let due = Instant::now() + self.tombstone_ttl;
+            log::debug!("pod {namespace}/{pod} ({uid}) is gone; its series go in {:?}", self.tombstone_ttl);
+            self.gone_pods.push_back((due, namespace, pod, uid.clone()));
+        }
+        let specs = events_for(record, &self.options);
+        // Asked only for records that would become events: most records do not.
+        if !specs.is_empty() && self.handover.owner(record.time()) != Owner::Me {
+            self.metrics.record_handed_over();
+            return;
+        }
+        let mut passed = Vec::with_capacity(specs.len());
+        for spec in specs {
+            match self.filters.decide(&spec, record) {
+                Verdict::Drop { rule } => {
+                    self.metrics.filter_matched(rule.unwrap_or_default());
+                    self.metrics.event_dropped(DropCause::Filtered);
+                    continue;
+                }
+                Verdict::Pass { matched: Some(rule) } => self.metrics.filter_matched(rule),
+                Verdict::Pass { matched: None } => {}
+            }
+            match &self.mutators {
+                Some(mutators) if mutators.wants(&spec) && mutators.has_room(&spec) => {
+                    let preview = self.recorder.preview(spec.clone(), Timestamp::from_system_time(SystemTime::now()));
+                    let (back, to) = (record.clone(), self.mutated.clone());
+                    let json =
+                        serde_json::to_vec(record).map_or_else(|_| bytes::Bytes::from_static(b"null"), Into::into);
+                    let done = move |answered: Option<EventSpec>| {
+                        if let Some(spec) = answered {
+                            // The loop outlives every task it starts; a send can fail only when it is gone.
+                            let _ = to.send((back, spec));
+                        }
+                    };
+                    mutators.start(spec, preview, json, done);
+                }
+                _ => passed.push(spec),
+            }
+        }
+        let events = self.decide(passed);
+        if !events.is_empty() || self.handlers.wants_every_record() {
+            self.handlers.dispatch(Dispatch::new(record.clone(), events));
+        }
+    }
+
+    /// An event the mutate webhooks let through, back for the recorder; its record went out
+    /// when it arrived.
+    pub(super) fn on_mutated(&mut self, record: Record, spec: EventSpec) {
+        let events = self.decide(vec![spec]);
+        if !events.is_empty() {
+            self.handlers.dispatch(Dispatch::again(record, events));
+        }
+    }
+
+    /// The recorder's decision on each event, counted.
+    pub(super) fn decide(&mut self, specs: Vec<EventSpec>) -> Vec<Decided> {
+        let mut events = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let now = Timestamp::from_system_time(SystemTime::now());
+            match self.recorder.record(spec.clone(), now) {
+                Decision::Write(write) => {
+                    let event = write.event();
+                    let kind = match event.event_type {
+                        EventType::Normal => telemetry::EventType::Normal,
+                        EventType::Warning => telemetry::EventType::Warning,
+                    };
+                    self.metrics.event_emitted(&event.reason, kind);
+                    events.push(Decided { spec, write: Some(write) });
+                }
+                Decision::Dropped(RecorderDrop::SpamFilter) => {
+                    self.metrics.event_dropped(DropCause::SpamFilter);
+                    // Dropped on its way to the API server, not from the node's history.
+                    events.push(Decided { spec, write: None });
+                }
+            }
+        }
+        events
+    }
+
+    /// Re-reads the filter rules from the configuration file; a file with any problem keeps the
+    /// rules in force. Records in flight are untouched: the next one meets the new rules.
+    pub(super) fn reload_filters(&mut self, file: Option<&std::path::Path>) {
+        let Some(file) = file else {
+            log::warn!("collector: SIGHUP: no configuration file (--config) to reload filters from");
+            return;
+        };
+        match crate::config::reload_filters(file) {
+            Ok(rules) => {
+                log::info!("collector: SIGHUP: {} filter rules from {}", rules.len(), file.display());
+                self.metrics.set_filter_rules(rules.len());
+                self.metrics.filter_reload(true);
+                self.filters = Filters::new(rules);
+            }
+            Err(problems) => {
+                self.metrics.filter_reload(false);
+                for problem in &problems {
+                    log::warn!("collector: SIGHUP: {problem}");
+                }
+                log::warn!(
+                    "collector: SIGHUP: the filter rules in force stay; fix {} and send SIGHUP again",
+                    file.display()
+                );
+            }
+        }
+    }
+
+    /// Copies the cgroup registry's and the metadata cache's counters into the metrics.
+    pub(super) fn sync_cache_stats(&self) {
+        self.metrics.set_cgroup_cache(self.resolver.cgroups().stats());
+        if let Some(stats) = self.identifier.metadata_stats() {
+            self.metrics.set_metadata_cache(stats);
+        }
+    }
+}
+
+/// OOM kills and non-zero exits per container, for the per-pod series; whether one was counted.
+fn count_container_deaths(metrics: &Metrics, record: &Record) -> bool {
+    let identity = record.identity();
+    let (Some(namespace), Some(pod), Some(pod_uid), Some(container)) =
+        (&identity.namespace, &identity.pod_name, &identity.pod_uid, &identity.container_name)
+    else {
+        return false;
+    };
+    let container = ContainerRef { namespace, pod, pod_uid, container };
+    match record {
+        Record::OomKill(_) => metrics.container_oom_kill(&container),
+        Record::Exit(exit) if exit.exit_code != 0 && !exit.oom_killed => metrics.container_nonzero_exit(&container),
+        _ => return false,
+    }
+    true
+}
+
+const fn kernel_type(kernel: &KernelRecord) -> KernelRecordType {
+    match kernel {
+        KernelRecord::Exit(_) => KernelRecordType::Exit,
+        KernelRecord::OomKill(_) => KernelRecordType::OomKill,
+        KernelRecord::Signal(_) => KernelRecordType::Signal,
+        KernelRecord::CgroupMkdir(_) => KernelRecordType::CgroupMkdir,
+        KernelRecord::CgroupRmdir(_) => KernelRecordType::CgroupRmdir,
+        KernelRecord::CgroupAttach(_) => KernelRecordType::CgroupAttach,
+    }
+}
