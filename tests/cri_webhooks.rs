@@ -44,10 +44,13 @@ fn a_notify_webhook_gets_each_selected_event_with_its_record_and_is_retried_afte
     .unwrap();
     let containerd = Containerd::start().unwrap();
     let state = StateDir::new("webhook-notify").unwrap();
+    let token = state.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
     let config = format!(
         "[[webhooks]]\nname = \"audit\"\nurl = \"{}\"\nmode = \"notify\"\nreasons = [\"ContainerExited\"]\n\
-         namespaces = [\"shop\", \"prod-*\"]\ntimeout = \"2s\"\n",
-        server.url()
+         namespaces = [\"shop\", \"prod-*\"]\ntimeout = \"2s\"\ntoken_file = \"{}\"\n",
+        server.url(),
+        token.display()
     );
     let daemon = start(&containerd, &state, &config);
     let elsewhere =
@@ -96,8 +99,11 @@ fn a_notify_webhook_gets_each_selected_event_with_its_record_and_is_retried_afte
             .contains(&"collector_webhook_latency_seconds_count{webhook=\"audit\"} 3"),
         "{metrics}"
     );
+    // The token from its file on every request, and never in the log.
+    assert_eq!(server.authorizations(), vec![Some("Bearer s3cret-token".to_owned()); 3]);
     let stopped = daemon.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(!stopped.stderr.contains("s3cret"), "{}", stopped.stderr);
 }
 
 #[test]

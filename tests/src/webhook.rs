@@ -24,13 +24,14 @@ pub enum Reply {
     Hang,
 }
 
-/// Decides the reply to the `n`th request (0-based) with body `body`.
+/// Decides the reply to the `n`th request (0-based) with JSON body `body`.
 pub type Behaviour = Box<dyn Fn(usize, &Value) -> Reply + Send + Sync>;
 
 /// The server; stops when dropped.
 pub struct HookServer {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Value>>>,
+    authorizations: Arc<Mutex<Vec<Option<String>>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -42,24 +43,27 @@ impl HookServer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let authorizations = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let behaviour = Arc::new(behaviour);
         let thread = {
-            let (requests, stop) = (Arc::clone(&requests), Arc::clone(&stop));
+            let (requests, authorizations, stop) =
+                (Arc::clone(&requests), Arc::clone(&authorizations), Arc::clone(&stop));
             thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
-                            let (requests, behaviour, stop) =
-                                (Arc::clone(&requests), Arc::clone(&behaviour), Arc::clone(&stop));
-                            thread::spawn(move || serve(stream, &requests, &behaviour, &stop));
+                            let seen =
+                                Seen { requests: Arc::clone(&requests), authorizations: Arc::clone(&authorizations) };
+                            let (behaviour, stop) = (Arc::clone(&behaviour), Arc::clone(&stop));
+                            thread::spawn(move || serve(stream, &seen, &behaviour, &stop));
                         }
                         Err(_) => thread::sleep(Duration::from_millis(5)),
                     }
                 }
             })
         };
-        Ok(Self { addr, requests, stop, thread: Some(thread) })
+        Ok(Self { addr, requests, authorizations, stop, thread: Some(thread) })
     }
 
     /// `http://127.0.0.1:PORT/hook`.
@@ -70,6 +74,11 @@ impl HookServer {
     /// The request bodies so far, in order of arrival.
     pub fn requests(&self) -> Vec<Value> {
         self.requests.lock().map(|requests| requests.clone()).unwrap_or_default()
+    }
+
+    /// Each request's `Authorization` header, in order of arrival.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.authorizations.lock().map(|seen| seen.clone()).unwrap_or_default()
     }
 
     /// Waits until `count` requests have arrived.
@@ -97,12 +106,19 @@ impl Drop for HookServer {
     }
 }
 
-/// One connection: requests until it closes; each answered with `Connection: close`.
-fn serve(stream: TcpStream, requests: &Mutex<Vec<Value>>, behaviour: &Behaviour, stop: &AtomicBool) {
+/// What the server records of each request.
+struct Seen {
+    requests: Arc<Mutex<Vec<Value>>>,
+    authorizations: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+/// One request, answered with `Connection: close`.
+fn serve(stream: TcpStream, seen: &Seen, behaviour: &Behaviour, stop: &AtomicBool) {
     let _ = stream.set_nonblocking(false);
     let Ok(mut writer) = stream.try_clone() else { return };
     let mut reader = BufReader::new(stream);
     let mut length = 0;
+    let mut authorization = None;
     loop {
         let mut line = String::new();
         match reader.read_line(&mut line) {
@@ -117,6 +133,11 @@ fn serve(stream: TcpStream, requests: &Mutex<Vec<Value>>, behaviour: &Behaviour,
         {
             length = value.trim().parse().unwrap_or(0);
         }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("authorization")
+        {
+            authorization = Some(value.trim().to_owned());
+        }
     }
     let mut body = vec![0; length];
     if reader.read_exact(&mut body).is_err() {
@@ -124,8 +145,11 @@ fn serve(stream: TcpStream, requests: &Mutex<Vec<Value>>, behaviour: &Behaviour,
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let n = {
-        let Ok(mut requests) = requests.lock() else { return };
+        let (Ok(mut requests), Ok(mut authorizations)) = (seen.requests.lock(), seen.authorizations.lock()) else {
+            return;
+        };
         requests.push(body.clone());
+        authorizations.push(authorization);
         requests.len() - 1
     };
     match behaviour(n, &body) {
