@@ -52,6 +52,7 @@ use crate::{
     telemetry::{
         KernelRecordType, Metrics, TelemetryError,
         http::{MetricsServer, Readiness},
+        limit::WarnLimit,
     },
 };
 
@@ -256,7 +257,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                 let handler = NotifyHandler::new(webhook.clone(), client, Arc::clone(&metrics))?;
                 handlers.register(Box::new(handler), DEFAULT_QUEUE_CAPACITY)?;
             }
-            Mode::Mutate => mutators.push(Mutator { config: webhook.clone(), client }),
+            Mode::Mutate => mutators.push(Mutator { config: webhook.clone(), client, warnings: WarnLimit::new() }),
         }
     }
     // Each event waits at most its webhooks' timeouts in all, and a stopping daemon that long.

@@ -10,6 +10,7 @@
 
 mod caches;
 pub mod http;
+pub mod limit;
 mod plugins;
 
 use std::{

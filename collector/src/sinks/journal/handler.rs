@@ -17,7 +17,7 @@ use crate::{
         ApiWrite,
         handler::{Decided, Dispatch, Handler},
     },
-    telemetry::{DropCause, Metrics, PruneReason, http::Readiness},
+    telemetry::{DropCause, Metrics, PruneReason, http::Readiness, limit::WarnLimit},
 };
 
 /// How often the journal is pruned and undeliverable old writes dropped.
@@ -32,6 +32,8 @@ pub struct JournalHandler {
     metrics: Arc<Metrics>,
     readiness: Readiness,
     last_prune: Instant,
+    /// A failing journal fails once per record: warned about at a bounded rate.
+    warnings: WarnLimit,
 }
 
 /// How writes reach the API sink.
@@ -51,7 +53,7 @@ impl JournalHandler {
         metrics: Arc<Metrics>,
         readiness: Readiness,
     ) -> Self {
-        Self { journal, api, metrics, readiness, last_prune: Instant::now() }
+        Self { journal, api, metrics, readiness, last_prune: Instant::now(), warnings: WarnLimit::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Journal> {
@@ -84,7 +86,9 @@ impl JournalHandler {
             Err(err) => {
                 self.metrics.journal_append_failed();
                 self.readiness.set_journal_failing(true);
-                log::warn!("journal: {err}");
+                if let Some(suppressed) = self.warnings.allow() {
+                    log::warn!("journal: {err}; the event is sent without being kept{suppressed}");
+                }
                 // Not kept, but still sent: the API server is the other place it can live.
                 if let (Some(path), Some(write)) = (&self.api, api)
                     && path.fallback.try_send(write).is_err()

@@ -37,7 +37,7 @@ pub use runner::{MemoryOutbox, Outbox, Runner, RunnerConfig};
 pub use stats::{Reply, StatsSnapshot};
 
 use super::{ApiWrite, Verb};
-use crate::telemetry::{ApiStatus, DropCause, Metrics};
+use crate::telemetry::{ApiStatus, DropCause, Metrics, limit::WarnLimit};
 use stats::{InFlight, Stats};
 
 /// Errors setting up the connection to a cluster.
@@ -166,6 +166,8 @@ pub struct KubeSink {
     stats: Stats,
     /// Where each count also goes as it happens (the daemon's /metrics).
     metrics: Option<Arc<Metrics>>,
+    /// Refused and given-up writes are warned about at a bounded rate.
+    warnings: WarnLimit,
 }
 
 /// What the sink counts, where it happens: one place updates both its own counters and the
@@ -205,7 +207,7 @@ impl KubeSink {
 
     fn with_target(target: Target, config: SinkConfig) -> Self {
         let slots = Semaphore::new(config.max_in_flight.max(1));
-        Self { target, config, slots, stats: Stats::default(), metrics: None }
+        Self { target, config, slots, stats: Stats::default(), metrics: None, warnings: WarnLimit::new() }
     }
 
     /// The same sink, also counting into `metrics` as it goes.
@@ -277,11 +279,23 @@ impl KubeSink {
             Outcome::Delivered { .. } | Outcome::Reposted => self.count(Counted::Delivered),
             Outcome::Rejected { status } => {
                 self.count(Counted::Rejected);
-                log::warn!("API server refused {} {} with {status}; dropped", write.verb.as_str(), write.path());
+                if let Some(suppressed) = self.warnings.allow() {
+                    log::warn!(
+                        "API server refused {} {} with {status}; dropped{suppressed}",
+                        write.verb.as_str(),
+                        write.path()
+                    );
+                }
             }
             Outcome::GaveUp { attempts } => {
                 self.count(Counted::GaveUp);
-                log::warn!("{} {} failed {attempts} times; left for later", write.verb.as_str(), write.path());
+                if let Some(suppressed) = self.warnings.allow() {
+                    log::warn!(
+                        "{} {} failed {attempts} times; left for later{suppressed}",
+                        write.verb.as_str(),
+                        write.path()
+                    );
+                }
             }
             Outcome::Printed => {}
         }

@@ -16,7 +16,7 @@ use crate::{
     chain,
     escape::scrub,
     recorder::{Event, EventSpec, MAX_MESSAGE_BYTES, TRUNCATION_MARKER},
-    telemetry::{DropCause, Metrics},
+    telemetry::{DropCause, Metrics, limit::WarnLimit},
 };
 
 /// Events waiting on mutate webhooks at once; past it an event skips them, counted as `busy`.
@@ -134,6 +134,8 @@ pub struct Mutator {
     pub config: WebhookConfig,
     /// Its client.
     pub client: WebhookClient,
+    /// Its failures are warned about at a bounded rate.
+    pub warnings: WarnLimit,
 }
 
 /// The mutate webhooks, in configuration order.
@@ -232,7 +234,9 @@ impl Mutators {
                 }
                 Err((_, why)) => {
                     self.metrics.webhook_decision(name, "failed_open");
-                    log::warn!("webhook {name}: {why}; the {} event goes on unchanged", spec.reason);
+                    if let Some(suppressed) = hook.warnings.allow() {
+                        log::warn!("webhook {name}: {why}; the {} event goes on unchanged{suppressed}", spec.reason);
+                    }
                 }
             }
         }
