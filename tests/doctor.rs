@@ -110,13 +110,18 @@ fn without_cap_perfmon_the_daemon_stops_before_loading_and_names_it() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("collector: running"), "never ready: {stderr}");
-    assert!(
-        stderr.contains(
-            "ERROR] capabilities: missing capability CAP_PERFMON: attaching tracepoints (perf_event_open) and \
-             reading kernel memory fail without it; fix: add it to securityContext.capabilities.add\n"
-        ),
-        "{stderr}"
+    // Not a terminal: the log is JSON, one object per line, as a DaemonSet's log collector reads it.
+    let error = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no ERROR line: {stderr}"));
+    assert_eq!(
+        error["message"],
+        "capabilities: missing capability CAP_PERFMON: attaching tracepoints (perf_event_open) and reading kernel \
+         memory fail without it; fix: add it to securityContext.capabilities.add"
     );
+    assert_eq!(error["target"], "collector::doctor");
     assert!(
         stderr.ends_with(
             "collector: not permitted to load BPF programs: run as root, or grant CAP_BPF and CAP_PERFMON\n"

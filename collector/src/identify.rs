@@ -159,7 +159,7 @@ fn refresh(metadata: &MetadataCache, lookup: Lookup, wait: Duration, asking: &Rc
             Lookup::Pod(uid) => (metadata.resolve_pod(uid, wait).await.is_some(), "pod", uid),
         };
         if !found {
-            log::debug!("metadata: the runtime did not name {what} {id} within {wait:?}");
+            tracing::debug!("metadata: the runtime did not name {what} {id} within {wait:?}");
         }
         asking.borrow_mut().remove(&key);
     });

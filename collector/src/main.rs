@@ -9,6 +9,7 @@ use collector::{
     daemon,
     doctor::{self, DoctorArgs},
     events_cmd::{self, EventsArgs},
+    telemetry::logs::{self, LogFormat},
     trace::{self, TraceArgs, TraceStats},
 };
 
@@ -17,9 +18,13 @@ use collector::{
 #[derive(Debug, Parser)]
 #[command(name = "collector", version, about, propagate_version = true)]
 struct Cli {
-    /// Log level for the collector's own diagnostics (error, warn, info, debug, trace).
-    #[arg(long, global = true, env = "COLLECTOR_LOG", default_value = "warn")]
-    log_level: log::LevelFilter,
+    /// The collector's own log: a level (error, warn, info, debug, trace) or per-target
+    /// directives such as `info,kube=warn,collector::sinks=debug`.
+    #[arg(long, global = true, env = "COLLECTOR_LOG", default_value = "warn", value_name = "FILTER")]
+    log_level: String,
+    /// Log lines as text or JSON; `auto` is JSON when stderr is not a terminal (a DaemonSet).
+    #[arg(long, global = true, env = "COLLECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +56,9 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new().filter_level(cli.log_level).format_target(false).init();
+    if let Err(err) = logs::init(&cli.log_level, cli.log_format) {
+        return fail(&chain(&err));
+    }
     match cli.command {
         Command::Trace(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -144,7 +144,7 @@ impl Collector {
     /// Starts `collector trace --format json ARGS` and waits until its probes are attached.
     pub fn trace(args: &[&str]) -> Result<Self> {
         let mut child = Command::new(binary()?)
-            .args(["trace", "--format", "json"])
+            .args(["--log-format", "text", "trace", "--format", "json"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

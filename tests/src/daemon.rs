@@ -83,7 +83,8 @@ impl Daemon {
     /// until [`Self::resume_stdout`]: a handful of events fill it and its writes block.
     pub fn run_stalled(args: &[&str], stalled: bool) -> Result<Self> {
         let mut child = Command::new(binary()?)
-            .arg("run")
+            // Tests read the log: text, whatever stderr is.
+            .args(["--log-format", "text", "run"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -60,11 +60,13 @@ impl Engine {
             Ok(kernel) => kernel,
             Err(err) => {
                 self.metrics.record_malformed();
-                log::debug!("skipped a ring buffer item: {err}");
+                tracing::debug!("skipped a ring buffer item: {err}");
                 return;
             }
         };
         self.metrics.kernel_record(kernel_type(&kernel));
+        // Off unless debug is asked for: a disabled span costs one cached check per record.
+        let _span = tracing::debug_span!("record", kind = kernel_type(&kernel).as_str()).entered();
         let now = Instant::now();
         let identifier = &mut self.identifier;
         self.resolver.resolve(&kernel, &mut |record| identifier.push(record, now));
@@ -84,7 +86,7 @@ impl Engine {
         while self.gone_pods.front().is_some_and(|(due, ..)| *due <= now) {
             if let Some((_, namespace, pod, uid)) = self.gone_pods.pop_front() {
                 let removed = self.metrics.remove_pod(&namespace, &pod, &uid);
-                log::debug!("pod {namespace}/{pod} ({uid}): series removed: {removed}");
+                tracing::debug!("pod {namespace}/{pod} ({uid}): series removed: {removed}");
             }
         }
     }
@@ -103,6 +105,7 @@ impl Engine {
     }
 
     pub(super) fn on_record(&mut self, record: &Record) {
+        let _span = tracing::debug_span!("events", pid = record.pid()).entered();
         if count_container_deaths(&self.metrics, record)
             && let (Some(uid), Some(namespace), Some(pod)) =
                 (&record.identity().pod_uid, &record.identity().namespace, &record.identity().pod_name)
@@ -117,7 +120,7 @@ impl Engine {
             && let Some((namespace, pod)) = self.pods_with_series.remove(uid)
         {
             let due = Instant::now() + self.tombstone_ttl;
-            log::debug!("pod {namespace}/{pod} ({uid}) is gone; its series go in {:?}", self.tombstone_ttl);
+            tracing::debug!("pod {namespace}/{pod} ({uid}) is gone; its series go in {:?}", self.tombstone_ttl);
             self.gone_pods.push_back((due, namespace, pod, uid.clone()));
         }
         let specs = events_for(record, &self.options);
@@ -198,12 +201,12 @@ impl Engine {
     /// rules in force. Records in flight are untouched: the next one meets the new rules.
     pub(super) fn reload_filters(&mut self, file: Option<&std::path::Path>) {
         let Some(file) = file else {
-            log::warn!("collector: SIGHUP: no configuration file (--config) to reload filters from");
+            tracing::warn!("collector: SIGHUP: no configuration file (--config) to reload filters from");
             return;
         };
         match crate::config::reload_filters(file) {
             Ok(rules) => {
-                log::info!("collector: SIGHUP: {} filter rules from {}", rules.len(), file.display());
+                tracing::info!("collector: SIGHUP: {} filter rules from {}", rules.len(), file.display());
                 self.metrics.set_filter_rules(rules.len());
                 self.metrics.filter_reload(true);
                 self.filters = Filters::new(rules);
@@ -211,9 +214,9 @@ impl Engine {
             Err(problems) => {
                 self.metrics.filter_reload(false);
                 for problem in &problems {
-                    log::warn!("collector: SIGHUP: {problem}");
+                    tracing::warn!("collector: SIGHUP: {problem}");
                 }
-                log::warn!(
+                tracing::warn!(
                     "collector: SIGHUP: the filter rules in force stay; fix {} and send SIGHUP again",
                     file.display()
                 );

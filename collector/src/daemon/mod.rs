@@ -194,10 +194,10 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         .and_then(|()| Handover::start(&config.state_dir, me, started))
         .map_err(|source| DaemonError::Handover { dir: config.state_dir.clone(), source })?;
     if handover.took_over() {
-        log::info!("collector: another collector runs on this node; this one reports deaths from now on");
+        tracing::info!("collector: another collector runs on this node; this one reports deaths from now on");
     }
     for missing in probes.missing() {
-        log::warn!("{missing}");
+        tracing::warn!("{missing}");
     }
     let mut reader = RingReader::new(ring)?;
 
@@ -289,7 +289,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     readiness.set_ready(true);
     let names: Vec<String> = sinks.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
     let stream = stream_server.as_ref().map_or_else(|| "off".to_owned(), |server| server.path().display().to_string());
-    log::info!(
+    tracing::info!(
         "collector: running on node {}; sinks {}; metrics on {metrics_addr}; stream {stream}",
         config.node_name,
         names.join(",")
@@ -354,7 +354,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     // last); one that is stuck (a stdout nobody reads) is left behind.
     let stuck = tokio::task::spawn_blocking(move || handlers.stop(DRAIN_ON_STOP)).await.unwrap_or_default();
     for name in stuck {
-        log::warn!("collector: the {name} handler did not finish its queue within {DRAIN_ON_STOP:?}");
+        tracing::warn!("collector: the {name} handler did not finish its queue within {DRAIN_ON_STOP:?}");
     }
     if to_api {
         // Give queued writes a moment; what is left waits in the journal for the next start.

@@ -145,9 +145,9 @@ impl Report {
     pub fn log(&self) {
         for check in &self.checks {
             match check.status {
-                Status::Ok => log::info!("{}: {}", check.name, check.detail),
-                Status::Warn => log::warn!("{}", check.problem_line()),
-                Status::Fail => log::error!("{}", check.problem_line()),
+                Status::Ok => tracing::info!("{}: {}", check.name, check.detail),
+                Status::Warn => tracing::warn!("{}", check.problem_line()),
+                Status::Fail => tracing::error!("{}", check.problem_line()),
             }
         }
     }

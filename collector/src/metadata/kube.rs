@@ -148,7 +148,7 @@ pub(crate) async fn run(stream: impl Stream<Item = Result<watcher::Event<Pod>, w
             Ok(e) => e,
             Err(e) => {
                 bump(&shared.counters.kube_errors);
-                log::debug!("metadata: pod watch: {e}");
+                tracing::debug!("metadata: pod watch: {e}");
                 continue;
             }
         };

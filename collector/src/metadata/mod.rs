@@ -236,15 +236,15 @@ impl MetadataCache {
         if cache.shared.cri.is_some()
             && let Err(e) = cache.sync().await
         {
-            log::warn!("metadata: initial CRI listing failed: {e} (will retry on demand)");
+            tracing::warn!("metadata: initial CRI listing failed: {e} (will retry on demand)");
         }
         if let Some(client) = &config.kube {
             match &config.node_name {
                 Some(node) => match kube::spawn(client, node, Arc::clone(&cache.shared), &config).await {
                     Ok(task) => *cache.kube.lock() = Some(task),
-                    Err(e) => log::info!("metadata: Kubernetes API source off: {e}"),
+                    Err(e) => tracing::info!("metadata: Kubernetes API source off: {e}"),
                 },
-                None => log::info!("metadata: Kubernetes API source off: no node name"),
+                None => tracing::info!("metadata: Kubernetes API source off: no node name"),
             }
         }
         Ok(cache)

@@ -165,7 +165,7 @@ impl Probes {
             _pad: 0,
             wakeup_interval_ns: u64::try_from(WAKEUP_INTERVAL.as_nanos()).unwrap_or(u64::MAX),
         };
-        log::debug!("kernel layout: {layout:?}");
+        tracing::debug!("kernel layout: {layout:?}");
 
         let subtree = config
             .cgroup_subtree

@@ -63,7 +63,7 @@ impl Dispatch {
                 Ok(json) => Bytes::from(json),
                 // A record is plain data: this cannot fail, but a `null` beats a panic.
                 Err(err) => {
-                    log::warn!("cannot encode a record as JSON: {err}");
+                    tracing::warn!("cannot encode a record as JSON: {err}");
                     Bytes::from_static(b"null")
                 }
             })
@@ -133,7 +133,10 @@ impl Handlers {
         let every_record = handler.every_record();
         let (tx, rx) = mpsc::sync_channel::<Arc<Dispatch>>(capacity.max(1));
         let (done_tx, done) = mpsc::channel();
+        let span = tracing::info_span!("handler", handler = %name);
         let thread = thread::Builder::new().name(format!("handler-{name}")).spawn(move || {
+            // Every line a handler logs says which one.
+            let _span = span.entered();
             let mut last_tick = Instant::now();
             loop {
                 match rx.recv_timeout(TICK_EVERY) {

@@ -71,7 +71,7 @@ impl<W: Write + Send + 'static> Handler for StdoutSink<W> {
             if let Err(err) = self.write(write) {
                 self.failed += 1;
                 if self.failed.is_power_of_two() {
-                    log::warn!("stdout sink: {err} ({} writes failed so far)", self.failed);
+                    tracing::warn!("stdout sink: {err} ({} writes failed so far)", self.failed);
                 }
             }
         }

@@ -126,7 +126,7 @@ impl MetricsServer {
                 }
                 Err(err) => {
                     // Typically EMFILE: back off rather than spin on a failing accept.
-                    log::warn!("metrics endpoint: accept failed: {err}");
+                    tracing::warn!("metrics endpoint: accept failed: {err}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -158,8 +158,8 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, readiness: &Readiness,
     .await;
     match written {
         Ok(Ok(())) => {}
-        Ok(Err(err)) => log::debug!("metrics endpoint: write failed: {err}"),
-        Err(_elapsed) => log::debug!("metrics endpoint: client too slow to read the answer"),
+        Ok(Err(err)) => tracing::debug!("metrics endpoint: write failed: {err}"),
+        Err(_elapsed) => tracing::debug!("metrics endpoint: client too slow to read the answer"),
     }
 }
 
@@ -228,7 +228,7 @@ fn route(head: &[u8], metrics: &Metrics, readiness: &Readiness) -> Response {
                 allow: false,
             },
             Err(err) => {
-                log::warn!("metrics endpoint: {err}");
+                tracing::warn!("metrics endpoint: {err}");
                 Response::text(500, "Internal Server Error", "cannot encode metrics\n")
             }
         },

@@ -11,6 +11,7 @@
 mod caches;
 pub mod http;
 pub mod limit;
+pub mod logs;
 mod plugins;
 
 use std::{

@@ -90,7 +90,7 @@ pub(super) async fn run(
                     }
                 }
                 Ok(None) => {
-                    log::warn!("the daemon closed the stream (it stopped, or cut this reader off for being slow)");
+                    tracing::warn!("the daemon closed the stream (it stopped, or cut this reader off for being slow)");
                     break Ok(());
                 }
                 Err(err) => break Err(err),

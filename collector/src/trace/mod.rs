@@ -245,7 +245,7 @@ impl<W: Write> Pipeline<W> {
             Ok(kernel) => kernel,
             Err(err) => {
                 self.stats.malformed += 1;
-                log::debug!("skipped a ring buffer item: {err}");
+                tracing::debug!("skipped a ring buffer item: {err}");
                 return;
             }
         };
@@ -360,7 +360,7 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
     let mut pipeline = Pipeline::new(resolver, identifier, filter, output);
     pipeline.end_batch()?;
     for missing in probes.missing() {
-        log::warn!("{missing}");
+        tracing::warn!("{missing}");
     }
     // Tests and scripts wait for this line before causing events.
     writeln!(io::stderr(), "collector: tracing; SIGINT or SIGTERM stops")?;

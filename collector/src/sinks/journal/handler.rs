@@ -64,7 +64,7 @@ impl JournalHandler {
         let api = match decided.write.as_ref().map(ApiWrite::try_from).transpose() {
             Ok(api) => api,
             Err(err) => {
-                log::warn!("cannot encode an event: {err}");
+                tracing::warn!("cannot encode an event: {err}");
                 return;
             }
         };
@@ -87,7 +87,7 @@ impl JournalHandler {
                 self.metrics.journal_append_failed();
                 self.readiness.set_journal_failing(true);
                 if let Some(suppressed) = self.warnings.allow() {
-                    log::warn!("journal: {err}; the event is sent without being kept{suppressed}");
+                    tracing::warn!("journal: {err}; the event is sent without being kept{suppressed}");
                 }
                 // Not kept, but still sent: the API server is the other place it can live.
                 if let (Some(path), Some(write)) = (&self.api, api)
@@ -108,11 +108,11 @@ impl JournalHandler {
                 self.metrics.journal_pruned(PruneReason::MaxAge, pruned.by_age);
                 self.metrics.journal_pruned(PruneReason::MaxBytes, pruned.by_size);
             }
-            Err(err) => log::warn!("journal: {err}"),
+            Err(err) => tracing::warn!("journal: {err}"),
         }
         match journal.drop_expired(DEFAULT_OUTBOX_MAX_AGE, now) {
             Ok(expired) => (0..expired).for_each(|_| self.metrics.event_dropped(DropCause::Expired)),
-            Err(err) => log::warn!("journal: {err}"),
+            Err(err) => tracing::warn!("journal: {err}"),
         }
         if let Ok(bytes) = journal.used_bytes() {
             self.metrics.set_journal_size(bytes);

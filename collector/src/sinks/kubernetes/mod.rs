@@ -262,7 +262,7 @@ impl KubeSink {
         let outcome = match self.send(client, &write).await {
             Attempts::Answered { status: 404, attempts: patched } if write.verb == Verb::Patch => {
                 self.count(Counted::Repost);
-                log::debug!("event {}/{} is gone; re-POSTing it", write.namespace, write.name);
+                tracing::debug!("event {}/{} is gone; re-POSTing it", write.namespace, write.name);
                 match self.send(client, &write.as_repost()).await {
                     Attempts::Answered { status, .. } if accepted(Verb::Post, status) => Outcome::Reposted,
                     Attempts::Answered { status, .. } => Outcome::Rejected { status },
@@ -280,7 +280,7 @@ impl KubeSink {
             Outcome::Rejected { status } => {
                 self.count(Counted::Rejected);
                 if let Some(suppressed) = self.warnings.allow() {
-                    log::warn!(
+                    tracing::warn!(
                         "API server refused {} {} with {status}; dropped{suppressed}",
                         write.verb.as_str(),
                         write.path()
@@ -290,7 +290,7 @@ impl KubeSink {
             Outcome::GaveUp { attempts } => {
                 self.count(Counted::GaveUp);
                 if let Some(suppressed) = self.warnings.allow() {
-                    log::warn!(
+                    tracing::warn!(
                         "{} {} failed {attempts} times; left for later{suppressed}",
                         write.verb.as_str(),
                         write.path()
@@ -306,7 +306,7 @@ impl KubeSink {
         let line = format!("{} {} {}\n", write.verb.as_str(), write.path(), write.body);
         let mut out = out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(err) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
-            log::warn!("dry run: cannot print a write: {err}");
+            tracing::warn!("dry run: cannot print a write: {err}");
         }
         self.count(Counted::Printed);
         Outcome::Printed
@@ -336,7 +336,7 @@ impl KubeSink {
     /// One request, holding a request slot only while it is on the wire.
     async fn attempt(&self, client: &kube::Client, write: &ApiWrite) -> Result<Answer, Failure> {
         let request = build_request(write).map_err(|err| {
-            log::warn!("cannot express {} {} as a request: {err}", write.verb.as_str(), write.path());
+            tracing::warn!("cannot express {} {} as a request: {err}", write.verb.as_str(), write.path());
             Failure::Invalid
         })?;
         // The semaphore is never closed, so acquiring only fails in theory; going
@@ -357,18 +357,18 @@ impl KubeSink {
                 self.count(Counted::Request(write.verb, Reply::Status(status)));
                 if !(200..300).contains(&status) {
                     let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-                    log::debug!("{} {} -> {status}: {}", write.verb.as_str(), write.path(), text.trim());
+                    tracing::debug!("{} {} -> {status}: {}", write.verb.as_str(), write.path(), text.trim());
                 }
                 Ok(Answer { status, retry_after })
             }
             Ok(Err(err)) => {
                 self.count(Counted::Request(write.verb, Reply::Error));
-                log::debug!("{} {} failed: {err}", write.verb.as_str(), write.path());
+                tracing::debug!("{} {} failed: {err}", write.verb.as_str(), write.path());
                 Err(Failure::Transport)
             }
             Err(_elapsed) => {
                 self.count(Counted::Request(write.verb, Reply::Error));
-                log::debug!("{} {} timed out", write.verb.as_str(), write.path());
+                tracing::debug!("{} {} timed out", write.verb.as_str(), write.path());
                 Err(Failure::Transport)
             }
         }

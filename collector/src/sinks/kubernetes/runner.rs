@@ -125,7 +125,7 @@ impl Runner {
                         }
                     }
                     Err(err) => {
-                        log::warn!("cannot read the outbox: {err}");
+                        tracing::warn!("cannot read the outbox: {err}");
                         state.drained = true;
                     }
                 }
@@ -221,7 +221,7 @@ fn finish<O: Outbox>(
     state.held.remove(&id);
     if outcome.is_final() {
         if let Err(err) = outbox.mark_done(id, outcome) {
-            log::warn!("cannot mark write {id} done; it may be sent again: {err}");
+            tracing::warn!("cannot mark write {id} done; it may be sent again: {err}");
         }
         if let Some(lane) = state.lanes.get_mut(&key) {
             lane.busy = false;

@@ -76,11 +76,12 @@ impl StreamServer {
             std::thread::Builder::new()
                 .name("stream".to_owned())
                 .spawn(move || {
+                    let _span = tracing::info_span!("stream").entered();
                     runtime.block_on(async move {
                         let listener = match UnixListener::from_std(listener) {
                             Ok(listener) => listener,
                             Err(err) => {
-                                log::warn!("stream: cannot serve the socket: {err}");
+                                tracing::warn!("stream: cannot serve the socket: {err}");
                                 return;
                             }
                         };
@@ -120,7 +121,7 @@ async fn accept(listener: UnixListener, clients: Clients, stop: &Notify) {
                     tasks.spawn(serve(stream, clients.clone()));
                 }
                 Err(err) => {
-                    log::warn!("stream: accept failed: {err}");
+                    tracing::warn!("stream: accept failed: {err}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },

@@ -10,6 +10,7 @@ use std::{cell::Cell, collections::BTreeMap, rc::Rc, sync::Arc, time::Instant};
 use bytes::Bytes;
 use serde::Deserialize;
 use thiserror::Error;
+use tracing::Instrument as _;
 
 use super::{Mode, WebhookConfig, client::WebhookClient, request_body};
 use crate::{
@@ -185,11 +186,15 @@ impl Mutators {
     ) {
         self.in_flight.set(self.in_flight.get() + 1);
         let this = self.clone();
-        tokio::task::spawn_local(async move {
-            let result = this.run(spec, preview, &record_json).await;
-            this.in_flight.set(this.in_flight.get().saturating_sub(1));
-            done(result);
-        });
+        let span = tracing::info_span!("mutate", reason = %spec.reason);
+        tokio::task::spawn_local(
+            async move {
+                let result = this.run(spec, preview, &record_json).await;
+                this.in_flight.set(this.in_flight.get().saturating_sub(1));
+                done(result);
+            }
+            .instrument(span),
+        );
     }
 
     fn wanting<'a>(&'a self, spec: &'a EventSpec) -> impl Iterator<Item = &'a Mutator> + 'a {
@@ -207,7 +212,7 @@ impl Mutators {
             let body = match request_body(&preview, record_json) {
                 Ok(body) => body,
                 Err(err) => {
-                    log::warn!("webhook {name}: cannot encode the request: {err}");
+                    tracing::warn!("webhook {name}: cannot encode the request: {err}");
                     continue;
                 }
             };
@@ -224,7 +229,7 @@ impl Mutators {
                 Ok(Answer::Suppress) => {
                     self.metrics.webhook_decision(name, "suppressed");
                     self.metrics.event_dropped(DropCause::Suppressed);
-                    log::debug!("webhook {name}: suppressed a {} event", spec.reason);
+                    tracing::debug!("webhook {name}: suppressed a {} event", spec.reason);
                     return None;
                 }
                 Ok(Answer::Allow { annotations, message_suffix }) => {
@@ -235,7 +240,10 @@ impl Mutators {
                 Err((_, why)) => {
                     self.metrics.webhook_decision(name, "failed_open");
                     if let Some(suppressed) = hook.warnings.allow() {
-                        log::warn!("webhook {name}: {why}; the {} event goes on unchanged{suppressed}", spec.reason);
+                        tracing::warn!(
+                            "webhook {name}: {why}; the {} event goes on unchanged{suppressed}",
+                            spec.reason
+                        );
                     }
                 }
             }

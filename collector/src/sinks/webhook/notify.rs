@@ -58,7 +58,7 @@ impl NotifyHandler {
             };
             if attempt < MAX_ATTEMPTS && err.retryable() {
                 self.metrics.webhook_retry(webhook);
-                log::debug!("webhook {webhook}: {reason} event: try {attempt}: {}; trying again", chain(&err));
+                tracing::debug!("webhook {webhook}: {reason} event: try {attempt}: {}; trying again", chain(&err));
                 let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
                 std::thread::sleep(backoff + jitter);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -67,7 +67,7 @@ impl NotifyHandler {
             self.metrics.webhook_dropped(webhook, "gave_up");
             self.gave_up += 1;
             if self.gave_up.is_power_of_two() {
-                log::warn!(
+                tracing::warn!(
                     "webhook {webhook}: gave up on a {reason} event after {attempt} tries: {} ({} given up so far)",
                     chain(&err),
                     self.gave_up
@@ -93,7 +93,7 @@ impl Handler for NotifyHandler {
             }
             match request_body(event, &dispatch.record_json()) {
                 Ok(body) => self.deliver(&body, &event.reason),
-                Err(err) => log::warn!("webhook {}: cannot encode the request: {err}", self.config.name),
+                Err(err) => tracing::warn!("webhook {}: cannot encode the request: {err}", self.config.name),
             }
         }
     }
