@@ -314,7 +314,7 @@ fn absolute(text: &str) -> Result<PathBuf, ProblemKind> {
 fn parse_cri_socket(text: &str) -> Result<CriSocket, ProblemKind> {
     match text {
         "auto" => Ok(CriSocket::Auto),
-        "none" => Ok(CriSocket::Disabled),
+        "none" => Ok(CriSocket::Off),
         path => absolute(path).map(CriSocket::Path),
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use super::{
-    RunConfig,
+    CriSocket, RunConfig,
     fields::{self, Field, Raw},
 };
 
@@ -78,32 +78,12 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Where container metadata comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CriSocket {
-    /// `auto`: the daemon looks for a CRI socket in the usual places.
-    Auto,
-    /// `none`: no CRI; only what cgroup paths reveal (pod uid, container id).
-    Disabled,
-    /// An absolute path to the CRI socket.
-    Path(PathBuf),
-}
-
-impl From<&CriSocket> for crate::metadata::CriSocket {
-    fn from(socket: &CriSocket) -> Self {
-        match socket {
-            CriSocket::Auto => Self::Auto,
-            CriSocket::Disabled => Self::Off,
-            CriSocket::Path(path) => Self::Path(path.clone()),
-        }
-    }
-}
-
+/// The file form of the one CRI socket setting: `auto`, `none` or a path.
 impl Serialize for CriSocket {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::Auto => serializer.serialize_str("auto"),
-            Self::Disabled => serializer.serialize_str("none"),
+            Self::Off => serializer.serialize_str("none"),
             Self::Path(path) => path.serialize(serializer),
         }
     }

@@ -27,8 +27,10 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+/// The CRI socket setting is the metadata stage's own type.
+pub use crate::metadata::CriSocket;
 pub use check::{CheckArgs, EXIT_PROBLEMS, check};
-pub use kinds::{CriSocket, DEFAULT_STREAM_SOCKET, OutputFormat, Sink, SinkSelection, StreamSocket};
+pub use kinds::{DEFAULT_STREAM_SOCKET, OutputFormat, Sink, SinkSelection, StreamSocket};
 pub use values::{ByteSize, DurationSyntax, HumanDuration, SizeSyntax};
 
 use fields::{Field, Raw};

@@ -227,7 +227,7 @@ fn file_values_of_every_form() {
             emit_normal_exits: false,
             component: "oom watcher".to_owned(),
             kubeconfig: Some(PathBuf::from("kc.yaml")),
-            cri_socket: CriSocket::Disabled,
+            cri_socket: CriSocket::Off,
             ring_buffer_bytes: 256 << 10,
             metadata_wait: HumanDuration(Duration::from_millis(250)),
             tombstone_ttl: HumanDuration::from_secs(3600),

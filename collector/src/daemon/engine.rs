@@ -16,7 +16,7 @@ use crate::{
     filter::{Filters, Verdict},
     identify::Identifier,
     record::Record,
-    recorder::{Decision, DropCause as RecorderDrop, EventSpec, EventType, Recorder, Timestamp},
+    recorder::{Decision, EventSpec, Recorder, Timestamp},
     resolve::RecordResolver,
     sinks::{
         handler::{Decided, Dispatch, Handlers},
@@ -180,14 +180,10 @@ impl Engine {
             match self.recorder.record(spec.clone(), now) {
                 Decision::Write(write) => {
                     let event = write.event();
-                    let kind = match event.event_type {
-                        EventType::Normal => telemetry::EventType::Normal,
-                        EventType::Warning => telemetry::EventType::Warning,
-                    };
-                    self.metrics.event_emitted(&event.reason, kind);
+                    self.metrics.event_emitted(&event.reason, event.event_type);
                     events.push(Decided { spec, write: Some(write) });
                 }
-                Decision::Dropped(RecorderDrop::SpamFilter) => {
+                Decision::SpamFiltered => {
                     self.metrics.event_dropped(DropCause::SpamFilter);
                     // Dropped on its way to the API server, not from the node's history.
                     events.push(Decided { spec, write: None });

@@ -135,7 +135,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     // What `collector doctor` checks, before anything else starts: every problem is
     // logged with its fix, and one the probes cannot load with stops the daemon here.
     let api = client.as_ref().map_or(doctor::ApiTarget::Skip, doctor::ApiTarget::Client);
-    let report = doctor::check(&doctor::Inputs { cri: (&config.cri_socket).into(), api }).await;
+    let report = doctor::check(&doctor::Inputs { cri: config.cri_socket.clone(), api }).await;
     report.log();
     if let Some(blocker) = report.into_blocker() {
         return Err(DaemonError::Startup(blocker));
@@ -155,15 +155,11 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
 
     // Every input the configuration names is checked before anything listens.
     let metadata = match &config.cri_socket {
-        CriSocket::Disabled => None,
+        CriSocket::Off => None,
         cri => {
-            let cri = match cri {
-                CriSocket::Path(path) => metadata::CriSocket::Path(path.clone()),
-                _ => metadata::CriSocket::Auto,
-            };
             let node_name = Some(config.node_name.clone());
             let metadata_config = MetadataConfig {
-                cri,
+                cri: cri.clone(),
                 node_name,
                 kube: client.clone().map(metadata::KubeClient),
                 tombstone_ttl: config.tombstone_ttl.0,

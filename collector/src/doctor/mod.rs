@@ -272,7 +272,7 @@ pub async fn doctor(config: &RunConfig, format: ReportFormat, out: &mut impl io:
         Ok(Cluster::NoCluster) => ApiTarget::Absent,
         Err(err) => ApiTarget::Unusable(err),
     };
-    let report = check(&Inputs { cri: (&config.cri_socket).into(), api }).await;
+    let report = check(&Inputs { cri: config.cri_socket.clone(), api }).await;
     match format {
         ReportFormat::Text => report.write_text(out),
         ReportFormat::Json => report.write_json(out),

@@ -23,7 +23,7 @@ pub use event::{
     COMBINED_PREFIX, DEFAULT_NAMESPACE, Event, EventMeta, EventSource, EventSpec, EventType, MAX_MESSAGE_BYTES,
     MAX_REASON_BYTES, NullTime, ObjectReference, TRUNCATION_MARKER, event_name, truncate_utf8,
 };
-pub use stats::{DropCause, Evictions, MAX_REASON_LABELS, OTHER_REASON, RecorderStats, TypeCounts};
+pub use stats::{Evictions, MAX_REASON_LABELS, OTHER_REASON, RecorderStats, TypeCounts};
 pub use time::Timestamp;
 
 use aggregate::Aggregator;
@@ -146,8 +146,8 @@ impl Write {
 pub enum Decision {
     /// Send this.
     Write(Write),
-    /// Send nothing.
-    Dropped(DropCause),
+    /// Send nothing: client-go's spam filter (the object's token bucket is empty) holds it back.
+    SpamFiltered,
 }
 
 /// What [`Recorder::make_event`] cut to the API's limits.
@@ -202,7 +202,7 @@ impl Recorder {
 
         if !self.spam.allow(&ObjectKey::of(&event.involved_object), now) {
             self.stats.dropped_spam_filter = self.stats.dropped_spam_filter.saturating_add(1);
-            return Decision::Dropped(DropCause::SpamFilter);
+            return Decision::SpamFiltered;
         }
         let write = if repeat {
             self.stats.patches = self.stats.patches.saturating_add(1);

@@ -10,22 +10,6 @@ pub const MAX_REASON_LABELS: usize = 64;
 /// Label under which reasons past [`MAX_REASON_LABELS`] are counted.
 pub const OTHER_REASON: &str = "_other";
 
-/// Why an event was not written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DropCause {
-    /// The per-object token bucket was empty.
-    SpamFilter,
-}
-
-impl DropCause {
-    /// Metrics label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::SpamFilter => "spam_filter",
-        }
-    }
-}
-
 /// Events handed to the recorder, split by type.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TypeCounts {
@@ -80,13 +64,6 @@ pub struct RecorderStats {
 }
 
 impl RecorderStats {
-    /// Dropped events for one cause.
-    pub const fn dropped(&self, cause: DropCause) -> u64 {
-        match cause {
-            DropCause::SpamFilter => self.dropped_spam_filter,
-        }
-    }
-
     /// Recorded events of one reason and type.
     pub fn recorded(&self, reason: &str, event_type: EventType) -> u64 {
         self.recorded.get(reason).map_or(0, |counts| counts.get(event_type))

@@ -185,17 +185,17 @@ fn spam_filter_lets_25_through_then_one_per_300s() {
     let written = decisions.iter().filter(|d| matches!(d, Decision::Write(_))).count();
     assert_eq!(written, 25);
     assert!(matches!(decisions[0], Decision::Write(Write::Post(_))));
-    assert!(decisions[25..].iter().all(|d| *d == Decision::Dropped(DropCause::SpamFilter)));
+    assert!(decisions[25..].iter().all(|d| *d == Decision::SpamFiltered));
 
-    assert_eq!(rec.record(oom("killed"), at(299)), Decision::Dropped(DropCause::SpamFilter));
+    assert_eq!(rec.record(oom("killed"), at(299)), Decision::SpamFiltered);
     // The dedup log counted the dropped repeats too (client-go filters after observing): this
     // is occurrence 32.
     let (_, _, body, _) = patch(rec.record(oom("killed"), at(300)));
     assert_eq!(body["count"], 32);
-    assert_eq!(rec.record(oom("killed"), at(300)), Decision::Dropped(DropCause::SpamFilter));
+    assert_eq!(rec.record(oom("killed"), at(300)), Decision::SpamFiltered);
 
     let stats = rec.stats();
-    assert_eq!(stats.dropped(DropCause::SpamFilter), 7);
+    assert_eq!(stats.dropped_spam_filter, 7);
     assert_eq!((stats.posts, stats.patches), (1, 25));
 }
 
@@ -206,7 +206,7 @@ fn spam_bucket_is_shared_across_reasons_and_types_of_one_object() {
         let spec = EventSpec::new(pod(), EventType::Normal, format!("Reason{i}"), "x");
         assert!(matches!(rec.record(spec, at(0)), Decision::Write(_)));
     }
-    assert_eq!(rec.record(oom("killed"), at(0)), Decision::Dropped(DropCause::SpamFilter));
+    assert_eq!(rec.record(oom("killed"), at(0)), Decision::SpamFiltered);
     let other_pod =
         EventSpec::new(ObjectReference::pod("shop", "web-1", "uid-2"), EventType::Warning, "OOMKilled", "killed");
     post(rec.record(other_pod, at(0)));
@@ -219,7 +219,7 @@ fn dropped_post_then_repeat_patches_and_404_reposts_same_event() {
     let mut rec = Recorder::new(config).unwrap();
     post(rec.record(oom("first"), at(0)));
     // The POST of "killed" is dropped, but the dedup log remembers it under this name.
-    assert_eq!(rec.record(oom("killed"), at(1)), Decision::Dropped(DropCause::SpamFilter));
+    assert_eq!(rec.record(oom("killed"), at(1)), Decision::SpamFiltered);
     let (name, _, body, event) = patch(rec.record(oom("killed"), at(301)));
     assert_eq!(name, event_name("web-0", at(1)));
     assert_eq!(body["count"], 2);

@@ -31,6 +31,8 @@ use prometheus_client::{
 };
 use thiserror::Error;
 
+use crate::recorder::EventType;
+
 /// Errors of the telemetry module.
 #[derive(Debug, Error)]
 pub enum TelemetryError {
@@ -116,13 +118,10 @@ label_values! {
     }
 }
 
-label_values! {
-    /// A Kubernetes event type, for `collector_events_total{type}`.
-    EventType {
-        /// Informational.
-        Normal => "Normal",
-        /// Something went wrong.
-        Warning => "Warning",
+/// The event's type is the recorder's, spelled as the API spells it.
+impl EncodeLabelValue for EventType {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        encoder.write_str(self.as_str())
     }
 }
 

@@ -64,7 +64,7 @@ pub(crate) fn pod(namespace: &str, name: &str) -> ObjectReference {
 pub(crate) fn write(rec: &mut Recorder, spec: EventSpec, now: Timestamp) -> ApiWrite {
     match rec.record(spec, now) {
         Decision::Write(write) => ApiWrite::try_from(&write).unwrap(),
-        Decision::Dropped(cause) => panic!("dropped: {cause:?}"),
+        Decision::SpamFiltered => panic!("spam-filtered"),
     }
 }
 
@@ -428,7 +428,7 @@ fn storm(journal: &mut Journal, rec: &mut Recorder, start: i64, n: i64, message:
         let occurrence = Occurrence { time: at(start + i), spec: &spec, context };
         let write = match rec.record(spec.clone(), at(start + i)) {
             Decision::Write(write) => Some(ApiWrite::try_from(&write).unwrap()),
-            Decision::Dropped(_) => None,
+            Decision::SpamFiltered => None,
         };
         let recorded = journal.record_occurrence(&occurrence, write.as_ref(), true, at(start + i)).unwrap();
         assert_eq!(recorded.is_some(), write.is_some());
