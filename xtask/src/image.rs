@@ -204,6 +204,7 @@ mod tests {
             ("lib64/ld-linux-x86-64.so.2", 0o755),
             ("proc/", 0o555),
             ("run/", 0o755),
+            ("run/collector/", 0o755),
             ("sys/", 0o555),
             ("tmp/", 0o1777),
             ("usr/", 0o755),
