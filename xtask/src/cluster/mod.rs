@@ -123,6 +123,7 @@ pub(crate) fn up(root: &Path) -> Result<()> {
     for dir in [&paths.state, &paths.run, &paths.target, &paths.pki(), &paths.logs(), &paths.state.join("cni")] {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    check_free_space(&paths.state)?;
     if paths.containerd_socket.exists() {
         bail!(
             "{} exists: another containerd runs on this machine; stop it first (the cluster's containerd uses the standard path so that deploy/ works unchanged)",
@@ -358,6 +359,42 @@ fn wait_for(
 
 /// A node's init system mounts tracefs; the DaemonSet mounts the host's
 /// `/sys/kernel/tracing` and cannot mount it itself.
+/// Free space the cluster's file system must keep: the kubelet evicts pods and admits none under
+/// 1 % (`evictionHard` in its configuration), and images, logs and test pods need room above it.
+const MIN_FREE_PERCENT: f64 = 3.0;
+
+/// Fails, naming the file system and what to do, when `dir`'s file system is nearly full: a node
+/// under disk pressure runs no pod, and every cluster test would time out for no visible reason.
+fn check_free_space(dir: &Path) -> Result<()> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{} is not a valid path", dir.display()))?;
+    // SAFETY: statvfs zeroed is a valid value of this plain C struct.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` a valid out-pointer for the call.
+    if unsafe { libc::statvfs(path.as_ptr(), &raw mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", dir.display()));
+    }
+    let block = u128::from(stat.f_frsize);
+    let (free, total) = (u128::from(stat.f_bavail) * block, u128::from(stat.f_blocks) * block);
+    match too_full(free, total) {
+        Some(problem) => bail!(
+            "{problem} on the file system of {}: the test cluster's kubelet would report DiskPressure and run no \
+             pod (it evicts under 1 %). Free space first, such as old target/ directories or clones under /tmp",
+            dir.display()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Why `free` of `total` bytes is too little, if it is.
+fn too_full(free: u128, total: u128) -> Option<String> {
+    let percent = if total == 0 { 0.0 } else { free as f64 * 100.0 / total as f64 };
+    (percent < MIN_FREE_PERCENT).then(|| {
+        let gib = |bytes: u128| bytes as f64 / f64::from(1_u32 << 30);
+        format!("only {:.1} GiB of {:.0} GiB free ({percent:.1} %, under {MIN_FREE_PERCENT} %)", gib(free), gib(total))
+    })
+}
+
 fn mount_tracefs() -> Result<()> {
     if Path::new("/sys/kernel/tracing/events").is_dir() {
         return Ok(());
@@ -372,4 +409,20 @@ fn which(program: &str) -> Result<PathBuf> {
 
 fn write(path: &Path, content: &str) -> Result<()> {
     fs::write(path, content).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nearly_full_disk_is_refused_with_the_numbers() {
+        const GIB: u128 = 1 << 30;
+        assert_eq!(
+            too_full(2 * GIB + GIB / 10, 252 * GIB).as_deref(),
+            Some("only 2.1 GiB of 252 GiB free (0.8 %, under 3 %)")
+        );
+        assert_eq!(too_full(47 * GIB, 252 * GIB), None);
+        assert!(too_full(0, 0).is_some());
+    }
 }
