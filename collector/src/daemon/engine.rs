@@ -17,7 +17,7 @@ use crate::{
     identify::Identifier,
     record::Record,
     recorder::{Decision, EventSpec, Recorder, Timestamp},
-    resolve::RecordResolver,
+    resolve::{RecordResolver, ResolveCounts},
     sinks::{
         handler::{Decided, Dispatch, Handlers},
         webhook::mutate::Mutators,
@@ -99,6 +99,11 @@ impl Engine {
             self.metrics.record_unresolved();
         }
         self.reported_unresolved = self.identifier.unresolved;
+        let counts = self.resolver.take_counts();
+        if counts != ResolveCounts::default() {
+            self.metrics.cgroup_paths_truncated(counts.truncated_paths);
+            self.metrics.records_unjoined(counts.unjoined);
+        }
         let evicted = self.resolver.stops_evicted();
         (self.reported_stops_evicted..evicted).for_each(|_| self.metrics.stop_request_evicted());
         self.reported_stops_evicted = evicted;

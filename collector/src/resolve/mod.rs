@@ -49,6 +49,14 @@ pub struct RecordResolver {
     early_victims: VecDeque<(Instant, Exit)>,
     /// The container runtime's signals, until the exits they asked for.
     stops: StopTracker,
+    /// What happened since the daemon last took the counts.
+    counts: ResolveCounts,
+}
+
+/// Things the resolver worked around, counted as they happen and taken by the daemon after each
+/// record (`collector_cgroup_paths_truncated_total`, `collector_records_unjoined_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResolveCounts {
     /// cgroup paths cut by the kernel, resolved from the tree instead.
     pub truncated_paths: u64,
     /// OOM kills and signals sent out without the exit they waited for.
@@ -68,14 +76,18 @@ impl RecordResolver {
             waiting: VecDeque::new(),
             early_victims: VecDeque::new(),
             stops: StopTracker::default(),
-            truncated_paths: 0,
-            unjoined: 0,
+            counts: ResolveCounts::default(),
         }
     }
 
     /// Re-reads the boot-to-wall clock offset (it moves with NTP steps and suspend).
     pub fn refresh_clock(&mut self) {
         self.clock = self.clock.refreshed();
+    }
+
+    /// What was counted since the last call, and zero from now on.
+    pub const fn take_counts(&mut self) -> ResolveCounts {
+        std::mem::replace(&mut self.counts, ResolveCounts { truncated_paths: 0, unjoined: 0 })
     }
 
     /// Stop requests forgotten before their exit came ([`stop::STOP_REQUESTS_CAP`] were pending).
@@ -179,7 +191,7 @@ impl RecordResolver {
 
     fn emit_oldest(&mut self, emit: &mut impl FnMut(Record)) {
         if let Some((_, mut record)) = self.waiting.pop_front() {
-            self.unjoined += 1;
+            self.counts.unjoined += 1;
             if let Record::OomKill(oom) = &mut record
                 && let Some(at) = &oom.oom_cgroup_path
             {
@@ -384,7 +396,7 @@ impl RecordResolver {
             escape_bytes(&change.path[..len])
         } else {
             // The kernel cut the path: the directory itself has the whole name.
-            self.truncated_paths += 1;
+            self.counts.truncated_paths += 1;
             self.path(change.cgroup_id).unwrap_or_else(|| escape_bytes(c_str(&change.path)))
         };
         let identity = identity_of(crate::cgroup::layout::parse(&cgroup_path).as_ref());

@@ -224,6 +224,8 @@ pub struct Metrics {
     records_unresolved: Counter,
     records_handed_over: Counter,
     stop_requests_evicted: Counter,
+    cgroup_paths_truncated: Counter,
+    records_unjoined: Counter,
     events: Family<EventLabels, Counter>,
     events_dropped: Family<CauseLabel, Counter>,
     handler_dropped: Family<HandlerLabel, Counter>,
@@ -264,6 +266,8 @@ impl Metrics {
             records_unresolved: Counter::default(),
             records_handed_over: Counter::default(),
             stop_requests_evicted: Counter::default(),
+            cgroup_paths_truncated: Counter::default(),
+            records_unjoined: Counter::default(),
             events: Family::default(),
             events_dropped: Family::default(),
             handler_dropped: Family::default(),
@@ -323,6 +327,16 @@ impl Metrics {
             "stop_requests_evicted",
             "Container runtime stop signals forgotten before the exit they asked for (too many pending)",
             metrics.stop_requests_evicted.clone(),
+        );
+        registry.register(
+            "cgroup_paths_truncated",
+            "cgroup paths the kernel cut at 256 bytes, resolved from the cgroup tree instead",
+            metrics.cgroup_paths_truncated.clone(),
+        );
+        registry.register(
+            "records_unjoined",
+            "OOM kills and signals sent out without the exit they waited for (the victim never exited in time)",
+            metrics.records_unjoined.clone(),
         );
         registry.register(
             "events",
@@ -462,6 +476,16 @@ impl Metrics {
     /// Counts a SIGHUP reload of the filter rules.
     pub fn filter_reload(&self, ok: bool) {
         self.filter_reloads.get_or_create(&ResultLabel { result: if ok { "ok" } else { "error" } }).inc();
+    }
+
+    /// Counts cgroup paths the kernel cut, resolved from the tree instead.
+    pub fn cgroup_paths_truncated(&self, paths: u64) {
+        self.cgroup_paths_truncated.inc_by(paths);
+    }
+
+    /// Counts OOM kills and signals sent out without the exit they waited for.
+    pub fn records_unjoined(&self, records: u64) {
+        self.records_unjoined.inc_by(records);
     }
 
     /// Counts a stop request the resolver forgot before its exit came.

@@ -65,6 +65,8 @@ fn counters_show_exact_values() {
     metrics.record_malformed();
     metrics.record_unresolved();
     metrics.record_unresolved();
+    metrics.cgroup_paths_truncated(3);
+    metrics.records_unjoined(0);
     metrics.event_emitted("OOMKilling", EventType::Warning);
     metrics.event_dropped(DropCause::SpamFilter);
     metrics.event_dropped(DropCause::Expired);
@@ -115,6 +117,8 @@ fn counters_show_exact_values() {
         "collector_api_writes_deferred_total 2",
         "collector_records_malformed_total 1",
         "collector_records_unresolved_total 2",
+        "collector_cgroup_paths_truncated_total 3",
+        "collector_records_unjoined_total 0",
         "collector_events_total{reason=\"OOMKilling\",type=\"Warning\"} 1",
         "collector_api_requests_total{verb=\"PATCH\",status=\"404\"} 1",
         "collector_api_requests_total{verb=\"POST\",status=\"error\"} 1",
