@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use collector_tests::containerd::Containerd;
 use collector_tests::daemon::{Daemon, StateDir, samples};
-use collector_tests::kubelet::{ContainerSpec, Pod, PodSpec};
+use collector_tests::kubelet::{Pod, PodSpec};
 use collector_tests::privileged;
 use serde_json::Value;
 
@@ -35,13 +35,6 @@ fn messages(events: &[Value], pod: &Pod) -> Vec<String> {
         .collect()
 }
 
-/// Runs a container that exits with `code` and waits for its exit.
-fn exit_with(containerd: &Containerd, pod: &Pod, name: &str, code: u32) {
-    let container =
-        containerd.cri().create_and_start(pod, ContainerSpec::shell(name, &format!("exit {code}"))).unwrap();
-    assert_eq!(containerd.cri().wait_exit(&container, TIMEOUT).unwrap(), code as i32);
-}
-
 #[test]
 fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
     if !privileged("a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules") {
@@ -57,9 +50,9 @@ fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
     let config = file.display().to_string();
     let daemon = Daemon::start(&state, &["stdout"], &socket, &["--config", &config]).unwrap();
 
-    exit_with(&containerd, &pod, "envoy-sidecar", 143);
-    exit_with(&containerd, &pod, "istio-sidecar", 1);
-    exit_with(&containerd, &pod, "app", 143);
+    containerd.cri().exit_with(&pod, "envoy-sidecar", 143, TIMEOUT).unwrap();
+    containerd.cri().exit_with(&pod, "istio-sidecar", 1, TIMEOUT).unwrap();
+    containerd.cri().exit_with(&pod, "app", 143, TIMEOUT).unwrap();
     daemon.wait_for(TIMEOUT, |events| messages(events, &pod).len() >= 2).unwrap();
     daemon.wait_metric("collector_filter_matches_total", "rule=\"ignore-sidecar-sigterm\"", 1, TIMEOUT).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -86,7 +79,7 @@ fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
         "{}",
         daemon.stderr()
     );
-    exit_with(&containerd, &pod, "proxy-sidecar", 143);
+    containerd.cri().exit_with(&pod, "proxy-sidecar", 143, TIMEOUT).unwrap();
     daemon.wait_metric("collector_filter_matches_total", "rule=\"ignore-sidecar-sigterm\"", 2, TIMEOUT).unwrap();
 
     // A good file replaces them.
@@ -94,8 +87,8 @@ fn a_drop_rule_silences_a_sidecar_and_sighup_swaps_the_rules() {
     // SAFETY: as above.
     unsafe { libc::kill(daemon.pid(), libc::SIGHUP) };
     daemon.wait_metric("collector_filter_reloads_total", "result=\"ok\"", 1, TIMEOUT).unwrap();
-    exit_with(&containerd, &pod, "app-2", 2);
-    exit_with(&containerd, &pod, "mesh-sidecar", 143);
+    containerd.cri().exit_with(&pod, "app-2", 2, TIMEOUT).unwrap();
+    containerd.cri().exit_with(&pod, "mesh-sidecar", 143, TIMEOUT).unwrap();
     daemon.wait_for(TIMEOUT, |events| messages(events, &pod).len() >= 3).unwrap();
     daemon.wait_metric("collector_filter_matches_total", "rule=\"ignore-app\"", 1, TIMEOUT).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -138,8 +131,8 @@ fn a_reload_under_load_loses_nothing_and_the_next_record_meets_the_new_rules() {
     }
     load.join().unwrap();
     // The rules in force are the last file's: the app is silenced, sidecars are not.
-    exit_with(&containerd, &pod, "app-x", 2);
-    exit_with(&containerd, &pod, "envoy-sidecar", 143);
+    containerd.cri().exit_with(&pod, "app-x", 2, TIMEOUT).unwrap();
+    containerd.cri().exit_with(&pod, "envoy-sidecar", 143, TIMEOUT).unwrap();
     daemon.wait_for(TIMEOUT, |events| !messages(events, &pod).is_empty()).unwrap();
     daemon.wait_metric("collector_filter_matches_total", "rule=\"ignore-app\"", 1, TIMEOUT).unwrap();
     assert_eq!(messages(&daemon.events(), &pod), ["Container envoy-sidecar exited with code 143"]);
@@ -180,8 +173,8 @@ fn a_labels_rule_silences_the_canary_pods_only() {
     let socket = containerd.address().display().to_string();
     let config = file.display().to_string();
     let daemon = Daemon::start(&state, &["stdout"], &socket, &["--config", &config]).unwrap();
-    exit_with(&containerd, &canary, "app", 3);
-    exit_with(&containerd, &stable, "app", 3);
+    containerd.cri().exit_with(&canary, "app", 3, TIMEOUT).unwrap();
+    containerd.cri().exit_with(&stable, "app", 3, TIMEOUT).unwrap();
     daemon.wait_for(TIMEOUT, |events| !messages(events, &stable).is_empty()).unwrap();
     daemon.wait_metric("collector_filter_matches_total", "rule=\"quiet-canaries\"", 1, TIMEOUT).unwrap();
     assert_eq!(messages(&daemon.events(), &canary), Vec::<String>::new());

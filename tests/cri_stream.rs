@@ -13,17 +13,11 @@ use std::{
 use collector_tests::collector::Collector;
 use collector_tests::containerd::Containerd;
 use collector_tests::daemon::{Daemon, StateDir, samples};
-use collector_tests::kubelet::{ContainerSpec, Pod, PodSpec};
+use collector_tests::kubelet::PodSpec;
 use collector_tests::privileged;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
-
-fn exit_with(containerd: &Containerd, pod: &Pod, name: &str, code: u32) {
-    let container =
-        containerd.cri().create_and_start(pod, ContainerSpec::shell(name, &format!("exit {code}"))).unwrap();
-    assert_eq!(containerd.cri().wait_exit(&container, TIMEOUT).unwrap(), code as i32);
-}
 
 /// A stream client: subscribed with `line`, its answer checked.
 fn subscribe(socket: &Path, line: &str) -> BufReader<UnixStream> {
@@ -95,8 +89,8 @@ fn stream_clients_get_exactly_what_their_rules_pass_and_a_stalled_one_is_cut_off
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    exit_with(&containerd, &pod, "app", 3);
-    exit_with(&containerd, &pod, "worker", 4);
+    containerd.cri().exit_with(&pod, "app", 3, TIMEOUT).unwrap();
+    containerd.cri().exit_with(&pod, "worker", 4, TIMEOUT).unwrap();
     let mine = read_until(&mut by_namespace, |lines| {
         lines.iter().any(|line| describe(line) == "event ContainerExited spec.containers{worker}")
     });
@@ -129,7 +123,7 @@ fn stream_clients_get_exactly_what_their_rules_pass_and_a_stalled_one_is_cut_off
     let lost = samples(&metrics, "collector_kernel_records_lost_total");
     assert!(!lost.is_empty() && lost.iter().all(|line| line.ends_with(" 0")), "{metrics}");
     // The other two still get theirs.
-    exit_with(&containerd, &pod, "worker-2", 5);
+    containerd.cri().exit_with(&pod, "worker-2", 5, TIMEOUT).unwrap();
     read_until(&mut workers, |lines| {
         lines.iter().any(|line| line["record"]["exit_code"] == 5 && line["record"]["container_name"] == "worker-2")
     });
@@ -154,8 +148,8 @@ fn trace_from_prints_what_trace_prints_without_loading_probes() {
     let from = Collector::trace(&["--from", &socket, "--namespace", &namespace, "--type", "exit"]).unwrap();
     let probes =
         Collector::trace(&["--cri-socket", &socket_path, "--namespace", &namespace, "--type", "exit"]).unwrap();
-    exit_with(&containerd, &pod, "app", 3);
-    exit_with(&containerd, &pod, "worker", 4);
+    containerd.cri().exit_with(&pod, "app", 3, TIMEOUT).unwrap();
+    containerd.cri().exit_with(&pod, "worker", 4, TIMEOUT).unwrap();
     let both = |records: &[Value]| {
         ["app", "worker"].iter().all(|name| records.iter().any(|record| record["container_name"] == *name))
     };

@@ -8,18 +8,12 @@ use std::time::{Duration, Instant};
 
 use collector_tests::containerd::Containerd;
 use collector_tests::daemon::{Daemon, StateDir, journal_occurrences, samples};
-use collector_tests::kubelet::{ContainerSpec, Pod, PodSpec};
+use collector_tests::kubelet::{Pod, PodSpec};
 use collector_tests::privileged;
 use collector_tests::webhook::{HookServer, Reply};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
-
-fn exit_with(containerd: &Containerd, pod: &Pod, name: &str, code: u32) {
-    let container =
-        containerd.cri().create_and_start(pod, ContainerSpec::shell(name, &format!("exit {code}"))).unwrap();
-    assert_eq!(containerd.cri().wait_exit(&container, TIMEOUT).unwrap(), code as i32);
-}
 
 fn of_pod<'a>(events: &'a [Value], pod: &Pod) -> Vec<&'a Value> {
     events.iter().filter(|e| e["involvedObject"]["uid"] == pod.spec.uid.as_str()).collect()
@@ -56,8 +50,8 @@ fn a_notify_webhook_gets_each_selected_event_with_its_record_and_is_retried_afte
     let elsewhere =
         containerd.cri().run_pod(PodSpec { namespace: "dev".to_owned(), ..PodSpec::unique("other") }).unwrap();
     let pod = containerd.cri().run_pod(PodSpec { namespace: "shop".to_owned(), ..PodSpec::unique("web") }).unwrap();
-    exit_with(&containerd, &elsewhere, "app", 4);
-    exit_with(&containerd, &pod, "app", 3);
+    containerd.cri().exit_with(&elsewhere, "app", 4, TIMEOUT).unwrap();
+    containerd.cri().exit_with(&pod, "app", 3, TIMEOUT).unwrap();
 
     let requests = server.wait_for(3, TIMEOUT).unwrap();
     daemon
@@ -138,8 +132,8 @@ fn mutate_webhooks_suppress_annotate_and_a_bad_answer_changes_nothing() {
     );
     let daemon = start(&containerd, &state, &config);
     let pod = containerd.cri().run_pod(PodSpec { namespace: "shop".to_owned(), ..PodSpec::unique("web") }).unwrap();
-    exit_with(&containerd, &pod, "quiet", 7);
-    exit_with(&containerd, &pod, "app", 3);
+    containerd.cri().exit_with(&pod, "quiet", 7, TIMEOUT).unwrap();
+    containerd.cri().exit_with(&pod, "app", 3, TIMEOUT).unwrap();
 
     daemon.wait_for(TIMEOUT, |events| !of_pod(events, &pod).is_empty()).unwrap();
     daemon
@@ -204,7 +198,7 @@ fn a_webhook_that_hangs_delays_no_other_handler_and_the_kernel_loses_nothing() {
     const DEATHS: u32 = 9;
     let started = Instant::now();
     for n in 0..DEATHS {
-        exit_with(&containerd, &pod, &format!("app-{n}"), 1 + n);
+        containerd.cri().exit_with(&pod, &format!("app-{n}"), 1 + n, TIMEOUT).unwrap();
     }
     // Every death reaches stdout: each waited 300 ms for the mutate webhook, none for the other.
     daemon.wait_for(TIMEOUT, |events| of_pod(events, &pod).len() >= DEATHS as usize).unwrap();

@@ -295,6 +295,17 @@ impl Cri {
         status.pid.ok_or_else(|| anyhow!("container {} has no pid (state {:?})", container.name, status.state))
     }
 
+    /// Runs a container named `name` in `pod` whose shell exits with `code`, and waits for that
+    /// exit: an error unless it ends with exactly `code` within `timeout`.
+    pub fn exit_with(&self, pod: &Pod, name: &str, code: u32, timeout: Duration) -> Result<()> {
+        let container = self.create_and_start(pod, ContainerSpec::shell(name, &format!("exit {code}")))?;
+        let status = self.wait_exit(&container, timeout)?;
+        if i64::from(status) != i64::from(code) {
+            bail!("container {name} exited with {status}, not {code}");
+        }
+        Ok(())
+    }
+
     /// Polls ContainerStatus until the container has exited and returns its exit code.
     pub fn wait_exit(&self, container: &Container, timeout: Duration) -> Result<i32> {
         Ok(self.wait_exit_status(container, timeout)?.exit_code)
