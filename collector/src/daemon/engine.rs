@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::handover::{Handover, Owner};
@@ -19,11 +20,14 @@ use crate::{
     recorder::{Decision, EventSpec, Recorder, Timestamp},
     resolve::{RecordResolver, ResolveCounts},
     sinks::{
-        handler::{Decided, Dispatch, Handlers},
+        handler::{Decided, Dispatch, Handlers, encode_record},
         webhook::mutate::Mutators,
     },
     telemetry::{self, ContainerRef, DropCause, KernelRecordType, Metrics},
 };
+
+/// An event a mutate webhook let through, with its record and the record's JSON.
+pub(super) type Mutated = (Record, Bytes, EventSpec);
 
 /// Records to events to sinks.
 pub(super) struct Engine {
@@ -38,7 +42,7 @@ pub(super) struct Engine {
     /// The mutate webhooks, asked before the recorder; `None` when there are none.
     pub(super) mutators: Option<Mutators>,
     /// Where the mutate webhooks' answered events come back to the loop.
-    pub(super) mutated: tokio::sync::mpsc::UnboundedSender<(Record, EventSpec)>,
+    pub(super) mutated: tokio::sync::mpsc::UnboundedSender<Mutated>,
     pub(super) to_api: bool,
     pub(super) metrics: Arc<Metrics>,
     pub(super) wake: Arc<Notify>,
@@ -135,6 +139,8 @@ impl Engine {
             return;
         }
         let mut passed = Vec::with_capacity(specs.len());
+        // Encoded once for the mutate webhooks, and handed on to the other handlers.
+        let mut json: Option<Bytes> = None;
         for spec in specs {
             match self.filters.decide(&spec, record) {
                 Verdict::Drop { rule } => {
@@ -148,13 +154,12 @@ impl Engine {
             match &self.mutators {
                 Some(mutators) if mutators.wants(&spec) && mutators.has_room(&spec) => {
                     let preview = self.recorder.preview(spec.clone(), Timestamp::from_system_time(SystemTime::now()));
-                    let (back, to) = (record.clone(), self.mutated.clone());
-                    let json =
-                        serde_json::to_vec(record).map_or_else(|_| bytes::Bytes::from_static(b"null"), Into::into);
+                    let json = json.get_or_insert_with(|| encode_record(record)).clone();
+                    let (back, back_json, to) = (record.clone(), json.clone(), self.mutated.clone());
                     let done = move |answered: Option<EventSpec>| {
                         if let Some(spec) = answered {
                             // The loop outlives every task it starts; a send can fail only when it is gone.
-                            let _ = to.send((back, spec));
+                            let _ = to.send((back, back_json, spec));
                         }
                     };
                     mutators.start(spec, preview, json, done);
@@ -164,16 +169,20 @@ impl Engine {
         }
         let events = self.decide(passed);
         if !events.is_empty() || self.handlers.wants_every_record() {
-            self.handlers.dispatch(Dispatch::new(record.clone(), events));
+            let dispatch = Dispatch::new(record.clone(), events);
+            self.handlers.dispatch(match json {
+                Some(json) => dispatch.with_record_json(json),
+                None => dispatch,
+            });
         }
     }
 
     /// An event the mutate webhooks let through, back for the recorder; its record went out
     /// when it arrived.
-    pub(super) fn on_mutated(&mut self, record: Record, spec: EventSpec) {
+    pub(super) fn on_mutated(&mut self, (record, record_json, spec): Mutated) {
         let events = self.decide(vec![spec]);
         if !events.is_empty() {
-            self.handlers.dispatch(Dispatch::again(record, events));
+            self.handlers.dispatch(Dispatch::again(record, record_json, events));
         }
     }
 

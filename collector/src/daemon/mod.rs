@@ -310,7 +310,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                 engine.housekeeping(Instant::now(), false);
             }
             () = tokio::time::sleep(wait) => engine.housekeeping(Instant::now(), false),
-            Some((record, spec)) = mutated_rx.recv() => engine.on_mutated(record, spec),
+            Some(mutated) = mutated_rx.recv() => engine.on_mutated(mutated),
             _ = sighup.recv() => engine.reload_filters(config.source_file.as_deref()),
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
@@ -338,12 +338,12 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let deadline = tokio::time::Instant::now() + mutate_drain;
     while engine.mutators.as_ref().is_some_and(|mutators| mutators.in_flight() > 0) {
         tokio::select! {
-            Some((record, spec)) = mutated_rx.recv() => engine.on_mutated(record, spec),
+            Some(mutated) = mutated_rx.recv() => engine.on_mutated(mutated),
             () = tokio::time::sleep_until(deadline) => break,
         }
     }
-    while let Ok((record, spec)) = mutated_rx.try_recv() {
-        engine.on_mutated(record, spec);
+    while let Ok(mutated) = mutated_rx.try_recv() {
+        engine.on_mutated(mutated);
     }
     let Engine { handlers, to_api, wake, .. } = engine;
     // The handlers work through their queues (the journal commits what the kernel reported

@@ -51,23 +51,33 @@ impl Dispatch {
         Self { record, events, fresh: true, encoded: OnceLock::new() }
     }
 
-    /// Events of a record that already went out (a mutate webhook answered for them).
-    pub fn again(record: Record, events: Vec<Decided>) -> Self {
-        Self { fresh: false, ..Self::new(record, events) }
+    /// Events of a record that already went out (a mutate webhook answered for them), with the
+    /// record's JSON as it was encoded for the webhooks.
+    pub fn again(record: Record, record_json: Bytes, events: Vec<Decided>) -> Self {
+        Self { fresh: false, ..Self::new(record, events).with_record_json(record_json) }
+    }
+
+    /// The same, with the record's JSON already encoded (for a mutate webhook).
+    #[must_use]
+    pub fn with_record_json(self, record_json: Bytes) -> Self {
+        Self { encoded: OnceLock::from(record_json), ..self }
     }
 
     /// The record's JSON, without a newline: encoded by the first handler that asks, then shared.
     pub fn record_json(&self) -> Bytes {
-        self.encoded
-            .get_or_init(|| match serde_json::to_vec(&self.record) {
-                Ok(json) => Bytes::from(json),
-                // A record is plain data: this cannot fail, but a `null` beats a panic.
-                Err(err) => {
-                    tracing::warn!("cannot encode a record as JSON: {err}");
-                    Bytes::from_static(b"null")
-                }
-            })
-            .clone()
+        self.encoded.get_or_init(|| encode_record(&self.record)).clone()
+    }
+}
+
+/// `record` as `collector trace --format json` prints it, without a newline.
+pub fn encode_record(record: &Record) -> Bytes {
+    match serde_json::to_vec(record) {
+        Ok(json) => Bytes::from(json),
+        // A record is plain data: this cannot fail, but a `null` beats a panic.
+        Err(err) => {
+            tracing::warn!("cannot encode a record as JSON: {err}");
+            Bytes::from_static(b"null")
+        }
     }
 }
 

@@ -155,7 +155,7 @@ impl Mutators {
 
     /// Whether some webhook of the chain wants `spec`.
     pub fn wants(&self, spec: &EventSpec) -> bool {
-        self.hooks.iter().any(|hook| hook.config.wants(&spec.reason, &spec.involved_object.namespace))
+        self.wanting(spec).next().is_some()
     }
 
     /// Events waiting on the chain now.
