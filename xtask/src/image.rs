@@ -17,7 +17,6 @@ use std::{
     io::BufWriter,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -145,8 +144,7 @@ fn write(image: &Image, path: &Path) -> Result<u64> {
 
 /// The collector package's version, as cargo reads it from `collector/Cargo.toml`.
 fn collector_version(root: &Path) -> Result<String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let output = crate::cargo_command()
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .current_dir(root)
         .output()

@@ -208,14 +208,32 @@ fn build_release(root: &Path) -> Result<PathBuf> {
     Ok(root.join("target/release/collector"))
 }
 
+/// A cargo command without the variables `cargo run` set for xtask itself.
+///
+/// Cargo compares a build script's `rerun-if-env-changed` variables with its own environment:
+/// ring's build script names `CARGO_MANIFEST_DIR`, which is unset for `cargo build` but
+/// `/work/.../xtask` under `cargo xtask`, so each alternately rebuilt ring, rustls, kube and the
+/// collector (3 minutes of release build, for nothing).
+pub(crate) fn cargo_command() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_run = ["CARGO_PKG_", "CARGO_MANIFEST_"].iter().any(|prefix| name.starts_with(prefix))
+            || ["CARGO_CRATE_NAME", "CARGO_BIN_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&name);
+        if set_by_cargo_run {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     cargo_with_env(root, args, &[])
 }
 
 fn cargo_with_env(root: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let mut command = Command::new(cargo);
+    let mut command = cargo_command();
     command.args(args).envs(env.iter().copied()).current_dir(root);
     // A build prints nothing the caller consumes; tests print their results, which stay on stdout.
     if args.first() == Some(&"build") {
@@ -226,4 +244,23 @@ fn cargo_with_env(root: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) 
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_runs_without_the_variables_cargo_run_set_for_xtask() {
+        // `cargo test` sets these for this process as `cargo xtask` sets them for xtask.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some() && std::env::var_os("CARGO_PKG_NAME").is_some());
+        let command = cargo_command();
+        let removed: Vec<&std::ffi::OsStr> =
+            command.get_envs().filter(|(_, value)| value.is_none()).map(|(name, _)| name).collect();
+        for name in ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_PKG_NAME", "CARGO_PKG_VERSION"] {
+            assert!(removed.contains(&std::ffi::OsStr::new(name)), "{name} is passed on: {removed:?}");
+        }
+        // What configures cargo itself stays.
+        assert!(!removed.iter().any(|name| *name == "CARGO_HOME" || *name == "CARGO_TARGET_DIR"), "{removed:?}");
+    }
 }

@@ -49,7 +49,7 @@ pub(crate) fn run(tests: bool) -> Result<()> {
         step(&format!("bpf-linker: building {BPF_LINKER_VERSION} against LLVM 22 (about 90 s)"));
         let path = format!("/usr/lib/llvm-22/bin:{}", std::env::var("PATH").unwrap_or_default());
         crate::command::run(
-            Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            crate::cargo_command()
                 .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
                 .args(["--no-default-features", "--features", "llvm-22"])
                 .env("LLVM_PREFIX", "/usr/lib/llvm-22")

@@ -196,9 +196,8 @@ fn build_tests(root: &Path) -> Result<Built> {
 
 /// Runs cargo with JSON messages on stdout (diagnostics still rendered on stderr).
 fn cargo_json(root: &Path, args: &[&str]) -> Result<Vec<Value>> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let output = Command::new(cargo)
+    let output = crate::cargo_command()
         .args(args)
         .arg("--message-format=json-render-diagnostics")
         .current_dir(root)

@@ -60,10 +60,9 @@ pub(super) fn secs(value: f64) -> String {
 
 /// User-space throughput: `cargo bench -p collector --bench pipeline`.
 pub(super) fn pipeline(root: &Path, plan: &Plan) -> Result<Vec<Row>> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let args = ["bench", "--package", "collector", "--bench", "pipeline", "--", "--secs", &secs(plan.pipeline)];
     eprintln!("xtask: cargo {}", args.join(" "));
-    let output = Command::new(cargo)
+    let output = crate::cargo_command()
         .args(args)
         .current_dir(root)
         .stderr(Stdio::inherit())
