@@ -56,13 +56,13 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
             failed = true;
             0
         });
-    // The leader's name names the process; a worker thread may have renamed itself.
-    let comm = read_field::<*const u8>(task, layout.task_group_leader)
-        .and_then(|leader| read_field::<[u8; COMM_LEN]>(leader, layout.task_comm))
-        .unwrap_or_else(|_| {
-            failed = true;
-            [0; COMM_LEN]
-        });
+    // The leader's name names the process; a worker thread may have renamed itself. Most
+    // processes are one thread: the exiting task is then the leader, one read fewer.
+    let leader = if tid == tgid { Ok(task) } else { read_field::<*const u8>(task, layout.task_group_leader) };
+    let comm = leader.and_then(|leader| read_field::<[u8; COMM_LEN]>(leader, layout.task_comm)).unwrap_or_else(|_| {
+        failed = true;
+        [0; COMM_LEN]
+    });
     // mark_oom_victim() sets signal->oom_mm for the whole thread group.
     let oom_mm = read_field::<*const u8>(task, layout.task_signal)
         .and_then(|sig| read_field::<u64>(sig, layout.signal_oom_mm))
@@ -115,21 +115,27 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         _pad: 0,
         signal,
     };
-    submit(record, kind::EXIT);
+    submit(record, kind::EXIT, record.header.boot_ns);
     Ok(0)
 }
 
 /// The last fatal signal for the process, from its leader or this thread, removed from the map.
+/// A one-thread process is its own leader: one lookup, not two (each costs a hash and a walk
+/// of the shared LRU map on every exit).
 fn take_signal(tgid: u32, tid: u32) -> Option<SignalInfo> {
-    let mut found = None;
-    for key in [tgid, tid] {
-        // SAFETY: the value is copied out before the entry is removed.
-        if let Some(info) = unsafe { SIGNALS.get(key) } {
-            if found.is_none() {
-                found = Some(*info);
-            }
-            let _ = SIGNALS.remove(key);
-        }
+    let leader = take(tgid);
+    if tid == tgid {
+        return leader;
     }
-    found
+    let thread = take(tid);
+    leader.or(thread)
+}
+
+/// The signal remembered for `key`, removed.
+#[inline(always)]
+fn take(key: u32) -> Option<SignalInfo> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let info = unsafe { SIGNALS.get(key) }.copied()?;
+    let _ = SIGNALS.remove(key);
+    Some(info)
 }

@@ -15,7 +15,7 @@ mod signal;
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::map,
     maps::{CgroupArray, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -80,13 +80,14 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 /// `bpf_ringbuf_submit`: wake the reader even if it is behind.
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Hands a record to user space, or counts it as lost (by kind) when the ring is full.
+/// Hands a record stamped `now` (boot-clock ns) to user space, or counts it as lost (by kind)
+/// when the ring is full. The stamp also times the wake-up: one clock read per record.
 #[inline(always)]
-fn submit<T: 'static>(record: T, kind: u32) {
+fn submit<T: 'static>(record: T, kind: u32, now: u64) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
-            entry.submit(wakeup_flags());
+            entry.submit(wakeup_flags(now));
         }
         None => count(counter::lost(kind)),
     }
@@ -96,7 +97,7 @@ fn submit<T: 'static>(record: T, kind: u32) {
 /// it at once; within `wakeup_interval_ns` of this CPU's last wake-up only a
 /// filling ring does, and the reader's timer collects the rest.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+fn wakeup_flags(now: u64) -> u64 {
     let settings = SETTINGS.load();
     if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(settings.wakeup_bytes) {
         return BPF_RB_FORCE_WAKEUP;
@@ -104,8 +105,6 @@ fn wakeup_flags() -> u64 {
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: a helper with no preconditions.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: the map owns the slot; per-CPU maps are not shared between CPUs.
     unsafe {
         if now.wrapping_sub(*last) < settings.wakeup_interval_ns {

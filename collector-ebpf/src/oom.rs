@@ -100,6 +100,6 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     if layout.comm != ABSENT {
         let _ = tp_data_loc(ctx, layout.comm, &mut record.victim_comm);
     }
-    submit(record, kind::OOM_KILL);
+    submit(record, kind::OOM_KILL, record.header.boot_ns);
     Ok(0)
 }

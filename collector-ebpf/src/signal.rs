@@ -54,7 +54,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<u32, u32> {
             info,
             sender_exe: sender_exe(&full),
         };
-        submit(record, kind::SIGNAL);
+        submit(record, kind::SIGNAL, record.header.boot_ns);
     }
     Ok(0)
 }

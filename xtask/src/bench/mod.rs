@@ -4,6 +4,7 @@
 //! breaks (the collector does not start, a cgroup cannot be made).
 
 mod daemon;
+mod floor;
 mod phases;
 mod proc;
 mod report;
@@ -58,6 +59,7 @@ struct Bins {
     collector: PathBuf,
     forkloop: PathBuf,
     bpfstats: PathBuf,
+    emptyprog: PathBuf,
 }
 
 /// Runs every measurement and writes the table.
@@ -79,6 +81,8 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
             "forkloop",
             "--bin",
             "bpfstats",
+            "--bin",
+            "emptyprog",
         ],
     )?;
     let release = target_dir(root).join("release");
@@ -86,6 +90,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
         collector: release.join("collector"),
         forkloop: release.join("forkloop"),
         bpfstats: release.join("bpfstats"),
+        emptyprog: release.join("emptyprog"),
     };
     let v2 = v2_root()?;
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
@@ -93,7 +98,8 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
 
     let pipeline = phases::pipeline(root, &plan)?;
     let overhead = phases::overhead(&bins, &plan, workers)?;
-    let programs = phases::program_cost(&bins, &plan, workers, &v2, &overhead)?;
+    let mut programs = phases::program_cost(&bins, &plan, workers, &v2, &overhead)?;
+    programs.extend(floor::exit_floor(&bins, &plan, workers)?);
     let storm = storm::storm(&bins, &plan, workers, &v2, &overhead)?;
 
     let sections: [(&str, &[Row]); 6] = [

@@ -179,9 +179,9 @@ pub(super) fn overhead(bins: &Bins, plan: &Plan, workers: usize) -> Result<Overh
 }
 
 /// Run time and count of each of the collector's programs, by name.
-type ProgStats = BTreeMap<String, (u64, u64)>;
+pub(super) type ProgStats = BTreeMap<String, (u64, u64)>;
 
-fn bpf_stats(bins: &Bins, pid: u32) -> Result<ProgStats> {
+pub(super) fn bpf_stats(bins: &Bins, pid: u32) -> Result<ProgStats> {
     let output = Command::new(&bins.bpfstats).arg(pid.to_string()).output().context("cannot run bpfstats")?;
     if !output.status.success() {
         bail!("bpfstats failed: {}", String::from_utf8_lossy(&output.stderr));
