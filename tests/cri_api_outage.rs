@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use api_double::{Recorded, TestApi};
 use collector::sinks::journal::journal_path;
-use collector::sinks::test_api::{Recorded, TestApi};
 use collector_tests::containerd::Containerd;
 use collector_tests::daemon::{Daemon, StateDir};
 use collector_tests::kubelet::{ContainerSpec, Pod, PodSpec};
@@ -314,12 +314,20 @@ fn an_api_outage_during_a_burst_loses_nothing_and_writes_each_event_once() {
 
     let requests = double.api.requests();
     // The start-up checks ask one SelfSubjectAccessReview per verb the daemon uses (doctor's
-    // `rbac`); nothing else but Events is written.
+    // `rbac`); nothing else but Events and the node conditions is written.
     let is_review = |r: &Recorded| r.path.starts_with("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews");
-    assert_eq!(requests.iter().filter(|r| is_review(r)).count(), 6, "one review per verb");
-    let others: Vec<&Recorded> =
-        requests.iter().filter(|r| event_of(r).is_none() && r.method != "GET" && !is_review(r)).collect();
-    assert!(others.is_empty(), "writes other than Events: {others:#?}");
+    let is_conditions =
+        |r: &Recorded| r.method == "PATCH" && r.path.split('?').next() == Some("/api/v1/nodes/test-node/status");
+    assert_eq!(requests.iter().filter(|r| is_review(r)).count(), 7, "one review per verb");
+    let others: Vec<&Recorded> = requests
+        .iter()
+        .filter(|r| event_of(r).is_none() && r.method != "GET" && !is_review(r) && !is_conditions(r))
+        .collect();
+    assert!(others.is_empty(), "writes other than Events and node conditions: {others:#?}");
+    // The conditions, written at start (or, in the outage, once the server came back).
+    let conditions = requests.iter().rfind(|r| is_conditions(r) && r.status == 200);
+    let written = conditions.map(|r| r.body["status"]["conditions"].as_array().map_or(0, Vec::len));
+    assert_eq!(written, Some(5), "the node conditions were never written: {requests:#?}");
     let (pods, uid_of) = by_pod(&requests);
     // Each event POSTed once, then PATCHed with counts 2, 3, ... in order, each answered 2xx:
     // no duplicate from a retry (no 409), no PATCH before its POST (no 404).

@@ -8,8 +8,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use collector_tests::containerd::Containerd;
-use collector_tests::daemon::{Daemon, StateDir, journal_events, journal_occurrences, journal_summary, samples};
+use collector_tests::daemon::{
+    Daemon, StateDir, journal_events, journal_occurrences, journal_summary, sample, samples,
+};
 use collector_tests::kubelet::{Container, ContainerSpec, Pod, PodSpec};
+use collector_tests::node::wait_condition;
 use collector_tests::privileged;
 use serde_json::{Value, json};
 
@@ -91,12 +94,6 @@ fn check_event_of(
     }
     assert!(first.as_str() <= last.as_str());
     message.as_str().unwrap().to_owned()
-}
-
-/// The value of the one sample of `name` with exactly `labels`, or 0 if there is none.
-fn sample(exposition: &str, name: &str, labels: &str) -> u64 {
-    let prefix = format!("{name}{{{labels}}} ");
-    exposition.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0, |v| v.trim().parse().unwrap())
 }
 
 #[test]
@@ -357,6 +354,15 @@ fn an_oom_storm_keeps_every_kill_in_the_journal_while_the_api_gets_at_most_the_b
         (&json!("OOMKilling"), &json!(KILLS), &json!(KILLS - SPAM_BURST)),
         "{summary:#?}"
     );
+    // Far more than 5 OOM kills in 10 minutes: the node condition says so (the other tests of
+    // this file may add a kill or two of their own).
+    let frequent = wait_condition(&state, "FrequentContainerOOM", "True", EVENT_TIMEOUT).unwrap();
+    assert_eq!(frequent["reason"], "FrequentContainerOOM");
+    let message = frequent["message"].as_str().unwrap();
+    let (count, rest) = message.split_once(' ').unwrap();
+    assert!(count.parse::<usize>().unwrap() >= KILLS, "{message}");
+    assert_eq!(rest, "OOM kills on this node in the last 10m, more than 5");
+    assert_eq!(sample(&daemon.metrics().unwrap(), "collector_node_condition", "condition=\"FrequentContainerOOM\""), 1);
     let stopped = daemon.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }

@@ -38,7 +38,25 @@ pub mod kind {
     pub const CGROUP_RMDIR: u32 = 5;
     /// A process was moved into a cgroup v2 directory: [`super::CgroupRecord`].
     pub const CGROUP_ATTACH: u32 = 6;
+    /// The kernel's hung-task detector found a task blocked too long: [`super::HealthRecord`].
+    pub const HUNG_TASK: u32 = 7;
+    /// The kernel logged a line (`printk/console`): [`super::HealthRecord`].
+    pub const KERNEL_LOG: u32 = 8;
+    /// ext4 reported a filesystem error: [`super::HealthRecord`].
+    pub const FS_ERROR: u32 = 9;
+    /// A block request failed: [`super::HealthRecord`].
+    pub const IO_ERROR: u32 = 10;
+    /// A memory controller reported a hardware error (`ras/mc_event`): [`super::HealthRecord`].
+    pub const HW_ERROR: u32 = 11;
+    /// The highest kind.
+    pub const LAST: u32 = HW_ERROR;
 }
+
+/// Bytes of text a [`HealthRecord`] carries (a kernel log line, a function name); longer is cut.
+pub const TEXT_CAP: usize = 256;
+
+/// Bytes of a [`HealthRecord`]'s detail (a block request's `rwbs`, a DIMM label); longer is cut.
+pub const DETAIL_LEN: usize = 32;
 
 /// Bits of [`ExitRecord::flags`].
 pub mod exit_flags {
@@ -68,8 +86,12 @@ pub mod counter {
     pub const fn lost(kind: u32) -> u32 {
         kind
     }
-    /// How many counters there are: one per kind, and `READ_FAILED` at 0.
-    pub const COUNT: u32 = super::kind::CGROUP_ATTACH + 1;
+    /// Records of `kind` the kernel dropped over its rate limit (node-health kinds only).
+    pub const fn limited(kind: u32) -> u32 {
+        super::kind::LAST + 1 + kind
+    }
+    /// How many counters there are: `READ_FAILED` at 0, then one per kind lost, then one per kind limited.
+    pub const COUNT: u32 = 2 * (super::kind::LAST + 1);
 }
 
 /// Starts every record: what it is and when it happened.
@@ -213,6 +235,37 @@ pub struct CgroupRecord {
     pub path: [u8; PATH_CAP],
 }
 
+/// A node-health report: a hung task, a kernel log line, a filesystem, block or memory error.
+/// One layout serves all five kinds; each says which fields it fills.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthRecord {
+    /// `kind::HUNG_TASK`, `KERNEL_LOG`, `FS_ERROR`, `IO_ERROR` or `HW_ERROR`.
+    pub header: Header,
+    /// cgroup v2 id of the hung task, or of the task current when the others were reported.
+    pub cgroup_id: u64,
+    /// `IO_ERROR`: the first sector; `FS_ERROR`: the source line; `HW_ERROR`: the error count.
+    pub value: u64,
+    /// Thread group id of the hung task, or of the current task.
+    pub pid: u32,
+    /// Thread id of the same task.
+    pub tid: u32,
+    /// `FS_ERROR`, `IO_ERROR`: the device, as the kernel encodes `dev_t` (major << 20 | minor).
+    pub dev: u32,
+    /// `IO_ERROR`: the negative errno; `HW_ERROR`: the error type (0 corrected .. 3 info).
+    pub code: i32,
+    /// Name of the hung task, or of the current task, NUL padded.
+    pub comm: [u8; COMM_LEN],
+    /// Bytes of `text` the kernel had; more than [`TEXT_CAP`] means it was cut.
+    pub text_len: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+    /// `KERNEL_LOG`: the line; `FS_ERROR`: the kernel function; `HW_ERROR`: the message. NUL padded.
+    pub text: [u8; TEXT_CAP],
+    /// `IO_ERROR`: the request's `rwbs`; `HW_ERROR`: the DIMM label. NUL padded.
+    pub detail: [u8; DETAIL_LEN],
+}
+
 /// Choices user space makes at load time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +285,13 @@ pub struct Settings {
     /// a wake-up (an inter-processor interrupt) on every process exit costs
     /// more than the rest of the exit probe.
     pub wakeup_interval_ns: u64,
+    /// Node-health records: each CPU sends at most one per this many nanoseconds of each
+    /// kind, after a burst; the rest are counted (`counter::limited`). A soft lockup prints
+    /// hundreds of lines; a dying disk fails thousands of requests.
+    pub health_refill_ns: u64,
+    /// The burst, as `health_refill_ns` times the records it holds (multiplied in user space:
+    /// BPF has no 128-bit multiply for an overflow check).
+    pub health_burst_ns: u64,
 }
 
 /// Where the fields the probes read sit in this kernel's structures.
@@ -292,6 +352,62 @@ pub struct Layout {
     pub mkdir: CgroupLayout,
     /// `cgroup/cgroup_attach_task` fields.
     pub attach: CgroupLayout,
+    /// `task_struct.pid`: the thread id.
+    pub task_pid: u32,
+    /// `task_struct.cgroups`: the task's `css_set`.
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`: its cgroup in the v2 hierarchy.
+    pub css_set_dfl_cgrp: u32,
+    /// Fields of the node-health tracepoints; [`ABSENT`] where this kernel lacks one.
+    pub health: HealthLayout,
+}
+
+/// Field offsets of the node-health tracepoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthLayout {
+    /// `printk/console`: `msg` (`__data_loc`).
+    pub console_msg: u32,
+    /// `ext4/ext4_error`: `dev`.
+    pub ext4_dev: u32,
+    /// `ext4/ext4_error`: `function` (a `const char *`).
+    pub ext4_function: u32,
+    /// `ext4/ext4_error`: `line`.
+    pub ext4_line: u32,
+    /// `block/block_rq_error`: `dev`.
+    pub block_dev: u32,
+    /// `block/block_rq_error`: `sector`.
+    pub block_sector: u32,
+    /// `block/block_rq_error`: `error`.
+    pub block_error: u32,
+    /// `block/block_rq_error`: `rwbs` (inline).
+    pub block_rwbs: u32,
+    /// `ras/mc_event`: `error_type`.
+    pub mc_error_type: u32,
+    /// `ras/mc_event`: `msg` (`__data_loc`).
+    pub mc_msg: u32,
+    /// `ras/mc_event`: `label` (`__data_loc`).
+    pub mc_label: u32,
+    /// `ras/mc_event`: `error_count` (a u16).
+    pub mc_error_count: u32,
+}
+
+impl HealthLayout {
+    /// Every offset absent.
+    pub const UNSET: Self = Self {
+        console_msg: ABSENT,
+        ext4_dev: ABSENT,
+        ext4_function: ABSENT,
+        ext4_line: ABSENT,
+        block_dev: ABSENT,
+        block_sector: ABSENT,
+        block_error: ABSENT,
+        block_rwbs: ABSENT,
+        mc_error_type: ABSENT,
+        mc_msg: ABSENT,
+        mc_label: ABSENT,
+        mc_error_count: ABSENT,
+    };
 }
 
 /// Field offsets of `oom/mark_victim`.
@@ -405,6 +521,10 @@ impl Layout {
         signal: SignalLayout::UNSET,
         mkdir: CgroupLayout::UNSET,
         attach: CgroupLayout::UNSET,
+        task_pid: ABSENT,
+        task_cgroups: ABSENT,
+        css_set_dfl_cgrp: ABSENT,
+        health: HealthLayout::UNSET,
     };
 }
 
@@ -425,8 +545,16 @@ impl SignalInfo {
 
 impl Settings {
     /// Nothing recorded beyond exits.
-    pub const DEFAULT: Self =
-        Self { fatal_signals: 0, v2_hierarchy: 0, emit_signals: 0, wakeup_bytes: 0, _pad: 0, wakeup_interval_ns: 0 };
+    pub const DEFAULT: Self = Self {
+        fatal_signals: 0,
+        v2_hierarchy: 0,
+        emit_signals: 0,
+        wakeup_bytes: 0,
+        _pad: 0,
+        wakeup_interval_ns: 0,
+        health_refill_ns: 0,
+        health_burst_ns: 0,
+    };
 }
 
 #[cfg(feature = "user")]
@@ -448,5 +576,6 @@ const _: () = assert!(size_of::<SignalRecord>() == 80 + EXE_LEN);
 const _: () = assert!(size_of::<OomScope>() == 16);
 const _: () = assert!(size_of::<OomRecord>() == 120);
 const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
-const _: () = assert!(size_of::<Settings>() == 32);
-const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 6 + 6 + 6));
+const _: () = assert!(size_of::<Settings>() == 48);
+const _: () = assert!(size_of::<HealthRecord>() == 72 + TEXT_CAP + DETAIL_LEN);
+const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 6 + 6 + 6 + 3 + 12));

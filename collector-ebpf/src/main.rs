@@ -10,6 +10,7 @@
 
 mod cgroup;
 mod exit;
+mod health;
 mod oom;
 mod signal;
 
@@ -19,7 +20,7 @@ use aya_ebpf::{
     macros::map,
     maps::{CgroupArray, LruHashMap, PerCpuArray, RingBuf},
 };
-use collector_common::{ABSENT, DEFAULT_RING_BYTES, Layout, OomScope, Settings, SignalInfo, counter};
+use collector_common::{ABSENT, DEFAULT_RING_BYTES, Layout, OomScope, Settings, SignalInfo, counter, kind};
 
 /// Records for user space. User space sets the real size at load time.
 #[map]
@@ -40,6 +41,10 @@ static SIGNALS: LruHashMap<u32, SignalInfo> = LruHashMap::with_max_entries(16384
 /// What `out_of_memory` learned, by thread, until `mark_victim` in that thread reports the victim.
 #[map]
 static OOM_SCOPES: LruHashMap<u32, OomScope> = LruHashMap::with_max_entries(256, 0);
+
+/// Per CPU and node-health kind (`kind - HUNG_TASK`): when the next record is due, for the rate limit.
+#[map]
+static HEALTH_BUDGET: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::LAST - kind::HUNG_TASK + 1, 0);
 
 /// Offsets of the running kernel, written by user space before load.
 #[unsafe(no_mangle)]
@@ -129,6 +134,8 @@ unsafe impl Plain for u32 {}
 unsafe impl Plain for i32 {}
 // SAFETY: as above.
 unsafe impl Plain for i16 {}
+// SAFETY: as above.
+unsafe impl Plain for u16 {}
 // SAFETY: as above.
 unsafe impl Plain for u64 {}
 // SAFETY: as above.

@@ -83,6 +83,7 @@ impl BootClock {
     }
 
     /// A clock with a given offset, for tests.
+    #[cfg(test)]
     pub const fn with_offset(offset_ns: i64) -> Self {
         Self { offset_ns }
     }

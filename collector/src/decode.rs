@@ -4,7 +4,7 @@
 //! crash the daemon: anything that does not decode is an error the caller
 //! counts and skips.
 
-use collector_common::{CgroupRecord, ExitRecord, Header, OomRecord, SignalRecord, kind};
+use collector_common::{CgroupRecord, ExitRecord, Header, HealthRecord, OomRecord, SignalRecord, kind};
 use thiserror::Error;
 
 /// A record as the kernel sent it.
@@ -22,6 +22,8 @@ pub enum KernelRecord {
     CgroupRmdir(CgroupRecord),
     /// A process moved into a cgroup.
     CgroupAttach(CgroupRecord),
+    /// A node-health report; its header's kind says which.
+    Health(HealthRecord),
 }
 
 /// Why a ring buffer item was not a record.
@@ -52,6 +54,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
         kind::CGROUP_MKDIR => read(bytes, header.kind).map(KernelRecord::CgroupMkdir),
         kind::CGROUP_RMDIR => read(bytes, header.kind).map(KernelRecord::CgroupRmdir),
         kind::CGROUP_ATTACH => read(bytes, header.kind).map(KernelRecord::CgroupAttach),
+        kind::HUNG_TASK..=kind::HW_ERROR => read(bytes, header.kind).map(KernelRecord::Health),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -85,6 +88,8 @@ unsafe impl Pod for OomRecord {}
 unsafe impl Pod for SignalRecord {}
 // SAFETY: as above.
 unsafe impl Pod for CgroupRecord {}
+// SAFETY: as above.
+unsafe impl Pod for HealthRecord {}
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -167,6 +172,7 @@ pub(crate) mod tests {
                 KernelRecord::CgroupMkdir(r) | KernelRecord::CgroupRmdir(r) | KernelRecord::CgroupAttach(r) => {
                     raw_bytes(r)
                 }
+                KernelRecord::Health(r) => raw_bytes(r),
             }
         }
 
@@ -315,6 +321,7 @@ pub(crate) mod tests {
                 kind::OOM_KILL => 120,
                 kind::SIGNAL => 112,
                 kind::CGROUP_MKDIR | kind::CGROUP_RMDIR | kind::CGROUP_ATTACH => 56 + PATH_CAP,
+                kind::HUNG_TASK..=kind::HW_ERROR => 360,
                 other => return Some(DecodeError::UnknownKind(other)),
             };
             (bytes.len() < expected).then_some(DecodeError::Short { kind, len: bytes.len(), expected })
@@ -323,7 +330,7 @@ pub(crate) mod tests {
         /// Random bytes whose first word is usually a known kind (or a near one), so every branch
         /// is reached, at every length up to a little past the largest record.
         fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
-            let kind = prop_oneof![4 => 0..=7_u32, 1 => any::<u32>()];
+            let kind = prop_oneof![4 => 0..=12_u32, 1 => any::<u32>()];
             (kind, vec(any::<u8>(), 0..700), any::<bool>()).prop_map(|(kind, mut bytes, set_kind)| {
                 if set_kind && bytes.len() >= 4 {
                     bytes[..4].copy_from_slice(&kind.to_ne_bytes());

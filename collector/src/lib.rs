@@ -17,6 +17,7 @@ pub mod escape;
 pub mod events;
 pub mod events_cmd;
 pub mod filter;
+pub mod health;
 pub mod identify;
 pub mod metadata;
 pub mod mountinfo;

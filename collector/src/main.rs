@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The daemon: turn container deaths into kubelet-style Events, a local journal and metrics.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Stream what the kernel reports about every process on this node.
     Trace(TraceArgs),
     /// Show the events recorded on this node (reads the local journal).

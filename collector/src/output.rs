@@ -62,6 +62,7 @@ impl<W: Write> Output<W> {
     }
 
     /// The writer, for tests.
+    #[cfg(test)]
     pub fn into_inner(self) -> W {
         self.out
     }
@@ -183,6 +184,65 @@ impl Line {
                 cgroup: path(Some(&attach.cgroup_path)),
                 details: format!(" [id {}]", attach.cgroup_id),
             },
+            Record::HungTask(hung) => {
+                let blocked = hung.timeout_secs.map_or_else(String::new, |secs| format!(" for more than {secs} s"));
+                let cgroup = path(hung.cgroup_path.as_deref());
+                Self::other(hung.time, "hung", hung.pid, &hung.comm, cgroup, format!(" [blocked{blocked}]"))
+            }
+            Record::KernelLog(log) => {
+                let problem = log.reason.as_ref().map_or_else(String::new, |reason| format!("{reason}: "));
+                Self::other(log.time, "kmsg", log.pid, &log.comm, dash(), format!(" [{problem}{}]", log.line))
+            }
+            Record::FsError(error) => {
+                let details =
+                    format!(" [{} error on {} in {}:{}]", error.filesystem, error.device, error.function, error.line);
+                Self::other(error.time, "fserror", error.pid, &error.comm, path(error.cgroup_path.as_deref()), details)
+            }
+            Record::IoError(error) => Self {
+                details: format!(" [{} on {} ({}) at sector {}]", error.error, error.device, error.rwbs, error.sector),
+                ..Self::other(error.time, "ioerror", 0, "-", dash(), String::new())
+            },
+            Record::HwError(error) => Self {
+                details: format!(
+                    " [{} {} memory error(s) {}: {}]",
+                    error.count, error.severity, error.label, error.message
+                ),
+                ..Self::other(error.time, "hwerror", 0, "-", dash(), String::new())
+            },
+            Record::Pressure(pressure) => {
+                let state = match pressure.state {
+                    crate::record::PressureState::Stalled => "stalled",
+                    crate::record::PressureState::Cleared => "cleared",
+                };
+                let details =
+                    format!(" [{state} on {} {}% of {} ms]", pressure.resource, pressure.percent(), pressure.window_ms);
+                Self {
+                    pid: dash(),
+                    ..Self::other(pressure.time, "pressure", 0, "-", path(Some(&pressure.cgroup_path)), details)
+                }
+            }
+        }
+    }
+
+    /// A line of a record with no exit status or signal; pid 0 prints as `-`.
+    fn other(
+        time: crate::clock::Timestamp,
+        kind: &'static str,
+        pid: u32,
+        comm: &str,
+        cgroup: String,
+        details: String,
+    ) -> Self {
+        Self {
+            time: time.to_string(),
+            kind,
+            pid: if pid == 0 { "-".to_owned() } else { pid.to_string() },
+            ppid: "-".to_owned(),
+            comm: comm.to_owned(),
+            exit: "-".to_owned(),
+            signal: "-".to_owned(),
+            cgroup,
+            details,
         }
     }
 }

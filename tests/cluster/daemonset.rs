@@ -49,6 +49,8 @@ fn daemonset_from_deploy_reports_deaths_with_least_privilege() {
     sigkill_names_its_sender(&cluster, &ns).unwrap();
     eprintln!("step 3b: the daemon's metrics, through the API server");
     metrics_count_what_happened(&cluster).unwrap();
+    eprintln!("step 3c: a kernel problem on the Node: an Event and NPD's condition");
+    kernel_problems_reach_the_node(&cluster).unwrap();
     eprintln!("step 4: the ServiceAccount's permissions");
     service_account_can_do_exactly_what_the_daemon_needs(&cluster).unwrap();
     eprintln!("step 5: without CAP_PERFMON");
@@ -230,12 +232,45 @@ fn metrics_count_what_happened(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// The Node's condition of `kind`, as the API server has it, once `ready` holds for it.
+fn node_condition(cluster: &Cluster, kind: &str, ready: impl Fn(&Value) -> bool) -> Result<Value> {
+    cluster.wait(&format!("the Node's {kind} condition"), EVENT_TIMEOUT, || {
+        let node = cluster.json(&["get", "node", NODE_NAME])?;
+        let conditions = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        Ok(conditions.into_iter().find(|c| c["type"] == kind && ready(c)))
+    })
+}
+
+fn kernel_problems_reach_the_node(cluster: &Cluster) -> Result<()> {
+    // The DaemonSet writes NPD's conditions, False, under its own ServiceAccount; the kubelet's stay.
+    let calm = node_condition(cluster, "KernelDeadlock", |c| c["status"] == "False")?;
+    assert_eq!((&calm["reason"], &calm["message"]), (&"KernelHasNoDeadlock".into(), &"kernel has no deadlock".into()));
+    node_condition(cluster, "Ready", |c| c["status"] == "True")?;
+    // A read-only remount as ext4 logs it, on this node's kernel.
+    let line = format!("EXT4-fs (loop{}): Remounting filesystem read-only", std::process::id());
+    collector_tests::node::kmsg(3, &line)?;
+    let readonly = node_condition(cluster, "ReadonlyFilesystem", |c| c["status"] == "True")?;
+    assert_eq!((&readonly["reason"], &readonly["message"]), (&"FilesystemIsReadOnly".into(), &line.as_str().into()));
+    let event = cluster.wait("the FilesystemIsReadOnly Event on the Node", EVENT_TIMEOUT, || {
+        let events = cluster.events_for("default", "Node", NODE_NAME)?;
+        Ok(events.into_iter().find(|e| e["reason"] == "FilesystemIsReadOnly" && e["message"] == line.as_str()))
+    })?;
+    assert_eq!((&event["type"], &event["source"]["component"]), (&"Warning".into(), &"collector".into()));
+    let metrics = daemon_metrics(cluster)?;
+    assert_eq!(sample(&metrics, r#"collector_node_condition_patches_total{reason="error"}"#), None, "{metrics}");
+    assert_eq!(sample(&metrics, r#"collector_node_condition{condition="ReadonlyFilesystem"}"#), Some(1.0), "{metrics}");
+    Ok(())
+}
+
 fn can_i(cluster: &Cluster, verb: &str, resource: &str) -> Result<bool> {
+    // `nodes/status` would read as the node named `status`: a subresource is a flag.
+    let (resource, subresource) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
     // `auth can-i` exits 1 for "no": read its answer, not its status.
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig())
         .args(["auth", "can-i", verb, resource, "--all-namespaces"])
+        .args(subresource.map(|s| format!("--subresource={s}")))
         .args(["--as", SERVICE_ACCOUNT])
         .output()?;
     match String::from_utf8_lossy(&out.stdout).trim() {
@@ -253,6 +288,7 @@ fn service_account_can_do_exactly_what_the_daemon_needs(cluster: &Cluster) -> Re
         ("list", "pods"),
         ("watch", "pods"),
         ("get", "nodes"),
+        ("patch", "nodes/status"),
     ];
     let denied = [
         ("get", "secrets"),
@@ -261,6 +297,7 @@ fn service_account_can_do_exactly_what_the_daemon_needs(cluster: &Cluster) -> Re
         ("create", "pods"),
         ("update", "pods"),
         ("patch", "nodes"),
+        ("update", "nodes/status"),
         ("list", "nodes"),
         ("update", "events"),
         ("delete", "events"),

@@ -119,10 +119,13 @@ fn doctor_names_every_verb_an_identity_without_the_cluster_role_is_denied() {
     assert_eq!(check("api")["status"], "ok", "{report}");
     let rbac = check("rbac");
     assert_eq!(rbac["status"], "fail", "{report}");
-    assert_eq!(rbac["detail"], "denied: create events, patch events, get pods, list pods, watch pods, get nodes");
+    assert_eq!(
+        rbac["detail"],
+        "denied: create events, patch events, get pods, list pods, watch pods, get nodes, patch nodes/status"
+    );
     assert_eq!(
         rbac["fix"],
-        "grant create, patch on events; get, list, watch on pods; get on nodes (apiGroups [\"\"]) in the ClusterRole \
-         bound to the collector's service account (deploy/)"
+        "grant create, patch on events; get, list, watch on pods; get on nodes; patch on nodes/status \
+         (apiGroups [\"\"]) in the ClusterRole bound to the collector's service account (deploy/)"
     );
 }

@@ -80,6 +80,7 @@ fn runs_real_containers_and_cleans_up() {
                 name: "oom".into(),
                 command: vec!["sh".into(), "-c".into(), script.into()],
                 memory_limit_bytes: Some(32 << 20),
+                mounts: Vec::new(),
             },
         )
         .unwrap();

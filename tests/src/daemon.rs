@@ -277,6 +277,13 @@ pub fn samples<'a>(exposition: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The value of the one sample of `name` with exactly `labels` (`reason="x"`), or 0 if there is
+/// none (a counter not yet incremented) or it is not a whole number.
+pub fn sample(exposition: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    exposition.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 /// `collector events --api --format json --state-dir DIR ARGS`: the events as written to the API
 /// server (aggregated, deduplicated, spam-filtered), one object each.
 pub fn journal_events(state_dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
@@ -292,6 +299,11 @@ pub fn journal_occurrences(state_dir: &Path, args: &[&str]) -> Result<Vec<Value>
 /// `collector events --summary --format json ARGS`: counts per object, container and reason.
 pub fn journal_summary(state_dir: &Path, args: &[&str]) -> Result<Vec<Value>> {
     journal(state_dir, &[&["--summary"], args].concat())
+}
+
+/// `collector events --conditions --format json`: the node conditions the daemon last saved.
+pub fn node_conditions(state_dir: &Path) -> Result<Vec<Value>> {
+    journal(state_dir, &["--conditions"])
 }
 
 fn journal(state_dir: &Path, args: &[&str]) -> Result<Vec<Value>> {

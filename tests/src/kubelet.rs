@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest, CreateContainerRequest, ImageSpec,
     LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
     RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest,
 };
@@ -97,6 +97,8 @@ pub struct ContainerSpec {
     pub command: Vec<String>,
     /// The container's memory limit (`resources.limits.memory`).
     pub memory_limit_bytes: Option<u64>,
+    /// Host directories bind-mounted read-write: (host path, path in the container).
+    pub mounts: Vec<(PathBuf, String)>,
 }
 
 impl ContainerSpec {
@@ -106,6 +108,7 @@ impl ContainerSpec {
             name: name.to_owned(),
             command: vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()],
             memory_limit_bytes: None,
+            mounts: Vec::new(),
         }
     }
 }
@@ -221,6 +224,15 @@ impl Cri {
             labels,
             annotations,
             log_path: log_rel,
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|(host, container)| Mount {
+                    container_path: container.clone(),
+                    host_path: host.display().to_string(),
+                    ..Default::default()
+                })
+                .collect(),
             linux: Some(LinuxContainerConfig {
                 resources: Some(LinuxContainerResources { memory_limit_in_bytes, ..Default::default() }),
                 security_context: Some(LinuxContainerSecurityContext {

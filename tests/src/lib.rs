@@ -16,6 +16,7 @@ pub mod hostile;
 pub mod image;
 pub mod kubelet;
 pub mod memcg;
+pub mod node;
 pub mod webhook;
 
 /// Whether privileged tests can run. Without root they are skipped on a

@@ -4,7 +4,8 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use super::{
-    ByteSize, CriSocket, HumanDuration, OutputFormat, ProblemKind, RunConfig, Sink, SinkSelection, StreamSocket,
+    ByteSize, CriSocket, HumanDuration, OutputFormat, Percent, ProblemKind, RunConfig, Sink, SinkSelection,
+    StreamSocket,
 };
 
 /// One setting of [`RunConfig`].
@@ -26,6 +27,11 @@ pub(super) enum Field {
     JournalMaxAge,
     JournalMaxBytes,
     StreamSocket,
+    PressureThreshold,
+    PressureWindow,
+    ConditionClearAfter,
+    FrequentOomKills,
+    FrequentOomWindow,
 }
 
 /// A value before it is typed, as a flag, a variable or the file gave it.
@@ -57,11 +63,15 @@ impl Raw<'_> {
 
 /// The largest `metadata_wait`: records wait in memory that long.
 pub(super) const MAX_METADATA_WAIT: HumanDuration = HumanDuration::from_secs(60);
+/// The shortest `node_health.pressure_window`: two readings a second apart must differ.
+pub(super) const MIN_PRESSURE_WINDOW: HumanDuration = HumanDuration::from_secs(2);
+/// The longest `node_health.pressure_window`: readings are kept that long per container.
+pub(super) const MAX_PRESSURE_WINDOW: HumanDuration = HumanDuration::from_secs(5 * 60);
 /// The smallest `journal.max_bytes`.
 pub(super) const MIN_JOURNAL_BYTES: ByteSize = ByteSize(1 << 20);
 
 impl Field {
-    pub(super) const ALL: [Self; 16] = [
+    pub(super) const ALL: [Self; 21] = [
         Self::Sinks,
         Self::Format,
         Self::NodeName,
@@ -78,6 +88,11 @@ impl Field {
         Self::JournalMaxAge,
         Self::JournalMaxBytes,
         Self::StreamSocket,
+        Self::PressureThreshold,
+        Self::PressureWindow,
+        Self::ConditionClearAfter,
+        Self::FrequentOomKills,
+        Self::FrequentOomWindow,
     ];
 
     /// The key in the file (`journal.` keys sit in the `[journal]` table).
@@ -99,6 +114,11 @@ impl Field {
             Self::JournalMaxAge => "journal.max_age",
             Self::JournalMaxBytes => "journal.max_bytes",
             Self::StreamSocket => "stream_socket",
+            Self::PressureThreshold => "node_health.pressure_threshold",
+            Self::PressureWindow => "node_health.pressure_window",
+            Self::ConditionClearAfter => "node_health.condition_clear_after",
+            Self::FrequentOomKills => "node_health.frequent_oom_kills",
+            Self::FrequentOomWindow => "node_health.frequent_oom_window",
         }
     }
 
@@ -121,6 +141,11 @@ impl Field {
             Self::JournalMaxAge => "--journal-max-age",
             Self::JournalMaxBytes => "--journal-max-bytes",
             Self::StreamSocket => "--stream-socket",
+            Self::PressureThreshold => "--pressure-threshold",
+            Self::PressureWindow => "--pressure-window",
+            Self::ConditionClearAfter => "--condition-clear-after",
+            Self::FrequentOomKills => "--frequent-oom-kills",
+            Self::FrequentOomWindow => "--frequent-oom-window",
         }
     }
 
@@ -143,6 +168,11 @@ impl Field {
             Self::JournalMaxAge => "COLLECTOR_JOURNAL_MAX_AGE",
             Self::JournalMaxBytes => "COLLECTOR_JOURNAL_MAX_BYTES",
             Self::StreamSocket => "COLLECTOR_STREAM_SOCKET",
+            Self::PressureThreshold => "COLLECTOR_PRESSURE_THRESHOLD",
+            Self::PressureWindow => "COLLECTOR_PRESSURE_WINDOW",
+            Self::ConditionClearAfter => "COLLECTOR_CONDITION_CLEAR_AFTER",
+            Self::FrequentOomKills => "COLLECTOR_FREQUENT_OOM_KILLS",
+            Self::FrequentOomWindow => "COLLECTOR_FREQUENT_OOM_WINDOW",
         }
     }
 
@@ -152,7 +182,14 @@ impl Field {
             Self::Sinks => "an array of sink names",
             Self::DryRun | Self::EmitNormalExits => "a boolean",
             Self::RingBufferBytes | Self::JournalMaxBytes => "an integer or a size string",
-            Self::MetadataWait | Self::TombstoneTtl | Self::JournalMaxAge => "a duration string such as \"2s\"",
+            Self::MetadataWait
+            | Self::TombstoneTtl
+            | Self::JournalMaxAge
+            | Self::PressureWindow
+            | Self::ConditionClearAfter
+            | Self::FrequentOomWindow => "a duration string such as \"2s\"",
+            Self::PressureThreshold => "a percentage string such as \"10%\"",
+            Self::FrequentOomKills => "an integer",
             _ => "a string",
         }
     }
@@ -188,6 +225,10 @@ impl Field {
             (Self::JournalMaxBytes, Raw::Text(text)) => {
                 config.journal.max_bytes = journal_bytes(parse_size(text)?, text)?;
             }
+            (Self::FrequentOomKills, Raw::Integer(value)) => {
+                config.node_health.frequent_oom_kills = count(&value.to_string())?;
+            }
+            (Self::FrequentOomKills, Raw::Text(text)) => config.node_health.frequent_oom_kills = count(text)?,
             (_, Raw::Text(text)) => self.apply_text(text, config).ok_or_else(wrong_type)??,
             _ => return Err(wrong_type()),
         }
@@ -228,7 +269,33 @@ impl Field {
             }),
             Self::TombstoneTtl => parse_positive(text).map(|ttl| config.tombstone_ttl = ttl),
             Self::JournalMaxAge => parse_positive(text).map(|age| config.journal.max_age = age),
-            Self::Sinks | Self::DryRun | Self::EmitNormalExits | Self::RingBufferBytes | Self::JournalMaxBytes => {
+            Self::PressureThreshold => match text.parse::<Percent>() {
+                Ok(percent) if percent.tenths > 0 && percent.tenths <= 1000 => {
+                    config.node_health.pressure_threshold = percent;
+                    Ok(())
+                }
+                _ => Err(ProblemKind::Percent(text.to_owned())),
+            },
+            Self::PressureWindow => parse_duration(text).and_then(|window| {
+                if window < MIN_PRESSURE_WINDOW || window > MAX_PRESSURE_WINDOW {
+                    Err(ProblemKind::DurationRange { value: window, range: "from 2s to 5m" })
+                } else {
+                    config.node_health.pressure_window = window;
+                    Ok(())
+                }
+            }),
+            Self::ConditionClearAfter => {
+                parse_positive(text).map(|after| config.node_health.condition_clear_after = after)
+            }
+            Self::FrequentOomWindow => {
+                parse_positive(text).map(|window| config.node_health.frequent_oom_window = window)
+            }
+            Self::Sinks
+            | Self::DryRun
+            | Self::EmitNormalExits
+            | Self::RingBufferBytes
+            | Self::JournalMaxBytes
+            | Self::FrequentOomKills => {
                 return None;
             }
         };
@@ -321,6 +388,13 @@ fn parse_cri_socket(text: &str) -> Result<CriSocket, ProblemKind> {
 
 fn parse_duration(text: &str) -> Result<HumanDuration, ProblemKind> {
     text.parse().map_err(|reason| ProblemKind::Duration { value: text.to_owned(), reason })
+}
+
+fn count(text: &str) -> Result<u32, ProblemKind> {
+    match text.trim().parse::<u32>() {
+        Ok(count) if count >= 1 => Ok(count),
+        _ => Err(ProblemKind::Count(text.to_owned())),
+    }
 }
 
 fn parse_positive(text: &str) -> Result<HumanDuration, ProblemKind> {

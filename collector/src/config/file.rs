@@ -38,9 +38,9 @@ pub(super) fn apply_text(path: &Path, text: &str, config: &mut RunConfig, proble
     let mut entries = Vec::new();
     for (key, value) in document.get_ref() {
         match (key.get_ref().as_ref(), value.get_ref()) {
-            ("journal", DeValue::Table(journal)) => {
-                for (inner, value) in journal {
-                    let dotted = format!("journal.{}", inner.get_ref());
+            (table @ ("journal" | "node_health"), DeValue::Table(inner_table)) => {
+                for (inner, value) in inner_table {
+                    let dotted = format!("{table}.{}", inner.get_ref());
                     entries.push((dotted, inner.span().start, value));
                 }
             }
@@ -64,8 +64,8 @@ pub(super) fn apply_text(path: &Path, text: &str, config: &mut RunConfig, proble
                     });
                 }
             }
-            ("journal", other) => problems.push(ConfigProblem {
-                origin: origin(Some(line_of(text, key.span().start)), Some("journal".to_owned())),
+            (table @ ("journal" | "node_health"), other) => problems.push(ConfigProblem {
+                origin: origin(Some(line_of(text, key.span().start)), Some(table.to_owned())),
                 kind: ProblemKind::WrongType { expected: "a table", found: other.type_str() },
             }),
             (name, _) => entries.push((name.to_owned(), key.span().start, value)),

@@ -31,7 +31,7 @@ use thiserror::Error;
 pub use crate::metadata::CriSocket;
 pub use check::{CheckArgs, EXIT_PROBLEMS, check};
 pub use kinds::{DEFAULT_STREAM_SOCKET, OutputFormat, Sink, SinkSelection, StreamSocket};
-pub use values::{ByteSize, DurationSyntax, HumanDuration, SizeSyntax};
+pub use values::{ByteSize, DurationSyntax, HumanDuration, Percent, SizeSyntax};
 
 use fields::{Field, Raw};
 
@@ -53,6 +53,16 @@ pub const DEFAULT_TOMBSTONE_TTL: HumanDuration = HumanDuration::from_secs(5 * 60
 pub const DEFAULT_JOURNAL_MAX_AGE: HumanDuration = HumanDuration(journal::DEFAULT_MAX_AGE);
 /// Default `journal.max_bytes`.
 pub const DEFAULT_JOURNAL_MAX_BYTES: ByteSize = ByteSize(journal::DEFAULT_MAX_BYTES);
+/// Default `node_health.pressure_threshold`; `docs/operations.md` says what it was chosen from.
+pub const DEFAULT_PRESSURE_THRESHOLD: Percent = Percent { tenths: 50 };
+/// Default `node_health.pressure_window`.
+pub const DEFAULT_PRESSURE_WINDOW: HumanDuration = HumanDuration::from_secs(10);
+/// Default `node_health.condition_clear_after`.
+pub const DEFAULT_CONDITION_CLEAR_AFTER: HumanDuration = HumanDuration::from_secs(30 * 60);
+/// Default `node_health.frequent_oom_kills`.
+pub const DEFAULT_FREQUENT_OOM_KILLS: u32 = 5;
+/// Default `node_health.frequent_oom_window`.
+pub const DEFAULT_FREQUENT_OOM_WINDOW: HumanDuration = HumanDuration::from_secs(10 * 60);
 /// The variable that names the configuration file.
 pub const CONFIG_ENV: &str = "COLLECTOR_CONFIG";
 
@@ -64,6 +74,37 @@ pub struct JournalConfig {
     pub max_age: HumanDuration,
     /// The journal is pruned, oldest first, to stay under this. Default `64MiB`; at least `1MiB`.
     pub max_bytes: ByteSize,
+}
+
+/// Node health (the `[node_health]` table): memory pressure episodes and node conditions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeHealthConfig {
+    /// A container whose tasks stall on memory this share of the window starts a
+    /// `MemoryPressure` episode; it ends under half of it. Default `5%`; more than 0, at most 100.
+    pub pressure_threshold: Percent,
+    /// The window the stall is measured over. Default `10s`; 2s to 5m.
+    pub pressure_window: HumanDuration,
+    /// A condition set by a one-off fault (a hung task, a kernel log line) is cleared this long
+    /// after the last report. Default `30m`; more than 0.
+    pub condition_clear_after: HumanDuration,
+    /// `FrequentContainerOOM` turns True at more than this many OOM kills on the node within
+    /// `frequent_oom_window`. Default `5`; at least 1.
+    pub frequent_oom_kills: u32,
+    /// See `frequent_oom_kills`. Default `10m`; more than 0.
+    pub frequent_oom_window: HumanDuration,
+}
+
+impl Default for NodeHealthConfig {
+    fn default() -> Self {
+        Self {
+            pressure_threshold: DEFAULT_PRESSURE_THRESHOLD,
+            pressure_window: DEFAULT_PRESSURE_WINDOW,
+            condition_clear_after: DEFAULT_CONDITION_CLEAR_AFTER,
+            frequent_oom_kills: DEFAULT_FREQUENT_OOM_KILLS,
+            frequent_oom_window: DEFAULT_FREQUENT_OOM_WINDOW,
+        }
+    }
 }
 
 impl Default for JournalConfig {
@@ -113,6 +154,8 @@ pub struct RunConfig {
     pub stream_socket: StreamSocket,
     /// Journal limits.
     pub journal: JournalConfig,
+    /// Memory pressure and node conditions.
+    pub node_health: NodeHealthConfig,
     /// Filter rules (`[[filters]]` in the file only), in order. Default none: every event passes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<crate::filter::Rule>,
@@ -143,6 +186,7 @@ impl Default for RunConfig {
             tombstone_ttl: DEFAULT_TOMBSTONE_TTL,
             stream_socket: StreamSocket::default(),
             journal: JournalConfig::default(),
+            node_health: NodeHealthConfig::default(),
             filters: Vec::new(),
             webhooks: Vec::new(),
             source_file: None,
@@ -212,6 +256,25 @@ pub struct RunArgs {
     /// [env: COLLECTOR_STREAM_SOCKET] [default: /run/collector/stream.sock].
     #[arg(long, value_name = "PATH|none")]
     pub stream_socket: Option<String>,
+    /// Memory stall share that starts a MemoryPressure episode, e.g. 10%
+    /// [env: COLLECTOR_PRESSURE_THRESHOLD] [default: 5%].
+    #[arg(long, value_name = "PERCENT")]
+    pub pressure_threshold: Option<String>,
+    /// Window the memory stall is measured over, 2s to 5m [env: COLLECTOR_PRESSURE_WINDOW]
+    /// [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub pressure_window: Option<String>,
+    /// A node condition set by a one-off fault clears this long after its last report
+    /// [env: COLLECTOR_CONDITION_CLEAR_AFTER] [default: 30m].
+    #[arg(long, value_name = "DURATION")]
+    pub condition_clear_after: Option<String>,
+    /// FrequentContainerOOM turns True above this many OOM kills in the window
+    /// [env: COLLECTOR_FREQUENT_OOM_KILLS] [default: 5].
+    #[arg(long, value_name = "COUNT")]
+    pub frequent_oom_kills: Option<String>,
+    /// The FrequentContainerOOM window [env: COLLECTOR_FREQUENT_OOM_WINDOW] [default: 10m].
+    #[arg(long, value_name = "DURATION")]
+    pub frequent_oom_window: Option<String>,
 }
 
 /// `--config`, shared by `collector run` and `collector doctor`.
@@ -258,6 +321,11 @@ impl RunArgs {
             Field::JournalMaxAge => text(&self.journal_max_age),
             Field::JournalMaxBytes => text(&self.journal_max_bytes),
             Field::StreamSocket => text(&self.stream_socket),
+            Field::PressureThreshold => text(&self.pressure_threshold),
+            Field::PressureWindow => text(&self.pressure_window),
+            Field::ConditionClearAfter => text(&self.condition_clear_after),
+            Field::FrequentOomKills => text(&self.frequent_oom_kills),
+            Field::FrequentOomWindow => text(&self.frequent_oom_window),
         }
     }
 }
@@ -314,6 +382,14 @@ pub enum ProblemKind {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A percentage that does not parse or is out of range.
+    #[error(
+        "invalid percentage {0:?}: expected more than 0% and at most 100%, with at most one decimal, such as 10% or 1.5%"
+    )]
+    Percent(String),
+    /// A count that does not parse or is under 1.
+    #[error("invalid count {0:?}: expected a whole number of at least 1")]
+    Count(String),
     /// A ring buffer size that the kernel would refuse.
     #[error("ring buffer size {0} is not a power of two of at least 4096 (and at most 2GiB)")]
     RingSize(i128),

@@ -212,7 +212,8 @@ fn file_values_of_every_form() {
          emit_normal_exits = false\ncomponent = \"oom watcher\"\nkubeconfig = \"kc.yaml\"\n\
          cri_socket = \"none\"\nring_buffer_bytes = \"256KiB\"\nmetadata_wait = \"250ms\"\n\
          tombstone_ttl = \"1h\"\njournal.max_age = \"7d\"\njournal.max_bytes = \"1GiB\"\n\
-         stream_socket = \"none\"\n",
+         stream_socket = \"none\"\n[node_health]\npressure_threshold = \"1.5%\"\npressure_window = \"4s\"\n\
+         condition_clear_after = \"3s\"\nfrequent_oom_kills = 3\nfrequent_oom_window = \"1m\"\n",
     );
     assert_eq!(problems, Vec::<String>::new());
     assert_eq!(
@@ -233,6 +234,13 @@ fn file_values_of_every_form() {
             tombstone_ttl: HumanDuration::from_secs(3600),
             stream_socket: StreamSocket::Disabled,
             journal: JournalConfig { max_age: HumanDuration::from_secs(7 * 86_400), max_bytes: ByteSize(1 << 30) },
+            node_health: NodeHealthConfig {
+                pressure_threshold: Percent { tenths: 15 },
+                pressure_window: HumanDuration::from_secs(4),
+                condition_clear_after: HumanDuration::from_secs(3),
+                frequent_oom_kills: 3,
+                frequent_oom_window: HumanDuration::from_secs(60),
+            },
             filters: Vec::new(),
             webhooks: Vec::new(),
             source_file: None,
@@ -316,7 +324,9 @@ fn check_prints_the_effective_config_as_toml_that_reads_back() {
          state_dir = \"/var/lib/collector\"\nmetrics_addr = \"127.0.0.1:9835\"\ndry_run = false\n\
          emit_normal_exits = false\ncomponent = \"collector\"\nkubeconfig = \"/etc/kc\"\n\
          cri_socket = \"auto\"\nring_buffer_bytes = 1048576\nmetadata_wait = \"1s500ms\"\n\
-         tombstone_ttl = \"5m\"\nstream_socket = \"/run/collector/stream.sock\"\n\n[journal]\nmax_age = \"1d\"\nmax_bytes = \"2MiB\"\n"
+         tombstone_ttl = \"5m\"\nstream_socket = \"/run/collector/stream.sock\"\n\n[journal]\nmax_age = \"1d\"\nmax_bytes = \"2MiB\"\n\n\
+         [node_health]\npressure_threshold = \"5%\"\npressure_window = \"10s\"\ncondition_clear_after = \"30m\"\n\
+         frequent_oom_kills = 5\nfrequent_oom_window = \"10m\"\n"
     );
     let mut expected = resolve_with(
         &RunArgs { file: ConfigFileArgs { config: Some(file.path.clone()) }, ..RunArgs::default() },
@@ -484,6 +494,11 @@ fn random_flag_and_env_values_never_panic() {
             journal_max_age: pick(),
             journal_max_bytes: pick(),
             stream_socket: pick(),
+            pressure_threshold: pick(),
+            pressure_window: pick(),
+            condition_clear_after: pick(),
+            frequent_oom_kills: pick(),
+            frequent_oom_window: pick(),
         };
         let value = pick().unwrap();
         let env = move |name: &str| (name != "COLLECTOR_CONFIG").then(|| value.clone());
@@ -522,4 +537,40 @@ fn filters_print_as_toml_that_reads_back() {
     let (reread, problems) = from_text(&text);
     assert_eq!(problems, Vec::<String>::new());
     assert_eq!(reread, config);
+}
+
+#[test]
+fn node_health_problems_name_their_key_and_range() {
+    let file = TempFile::new(
+        "node-health",
+        "[node_health]\npressure_threshold = \"0%\"\npressure_window = \"1s\"\nfrequent_oom_kills = 0\n\
+         condition_clear_after = \"0s\"\nfrequent_oom_window = \"soon\"\n",
+    );
+    let env = env_of(&[("NODE_NAME", "node-1"), ("COLLECTOR_PRESSURE_THRESHOLD", "12.25%")]);
+    let problems = resolve_with(&args(&["--config", file.path.to_str().unwrap()]), &env, no_host).unwrap_err();
+    let f = file.path.display();
+    assert_eq!(
+        messages(&problems),
+        [
+            format!(
+                "{f}:2: node_health.pressure_threshold: invalid percentage \"0%\": expected more than 0% and at \
+                 most 100%, with at most one decimal, such as 10% or 1.5%"
+            ),
+            format!("{f}:3: node_health.pressure_window: 1s is out of range: must be from 2s to 5m"),
+            format!(
+                "{f}:4: node_health.frequent_oom_kills: invalid count \"0\": expected a whole number of at least 1"
+            ),
+            format!("{f}:5: node_health.condition_clear_after: 0s is out of range: must be more than 0s"),
+            format!(
+                "{f}:6: node_health.frequent_oom_window: invalid duration \"soon\": expected a number followed by a unit, such as 2s or 1h30m"
+            ),
+            "COLLECTOR_PRESSURE_THRESHOLD: invalid percentage \"12.25%\": expected more than 0% and at most 100%, \
+             with at most one decimal, such as 10% or 1.5%"
+                .to_owned(),
+        ]
+    );
+    let config =
+        resolve_with(&args(&["--pressure-threshold", "2.5%"]), &env_of(&[("NODE_NAME", "n")]), no_host).unwrap();
+    assert_eq!(config.node_health.pressure_threshold, Percent { tenths: 25 });
+    assert_eq!(config.node_health.pressure_threshold.to_string(), "2.5%");
 }

@@ -111,6 +111,58 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A percentage to one decimal, written `10%` or `1.5%` (the `%` may be left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Percent {
+    /// Tenths of a percent: 15 is 1.5%.
+    pub tenths: u32,
+}
+
+impl Percent {
+    /// As a float: 1.5 for 1.5%.
+    pub fn value(self) -> f64 {
+        f64::from(self.tenths) / 10.0
+    }
+}
+
+impl FromStr for Percent {
+    type Err = ();
+
+    /// `10%`, `1.5%`, `10`; at most one decimal.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let number = text.trim().strip_suffix('%').unwrap_or(text.trim()).trim();
+        let (whole, tenth) = number.split_once('.').unwrap_or((number, "0"));
+        if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || tenth.len() != 1 {
+            return Err(());
+        }
+        let whole: u32 = whole.parse().map_err(|_err| ())?;
+        let tenth: u32 = tenth.parse().map_err(|_err| ())?;
+        whole.checked_mul(10).and_then(|w| w.checked_add(tenth)).map(|tenths| Self { tenths }).ok_or(())
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.tenths % 10 {
+            0 => write!(f, "{}%", self.tenths / 10),
+            tenth => write!(f, "{}.{tenth}%", self.tenths / 10),
+        }
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(|()| de::Error::custom(format_args!("invalid percentage {text:?}")))
+    }
+}
+
 /// Why a byte size did not parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SizeSyntax {

@@ -15,6 +15,7 @@ use crate::{
     decode::{KernelRecord, decode},
     events::{EventOptions, events_for},
     filter::{Filters, Verdict},
+    health::conditions::{NodeCondition, NodeConditions},
     identify::Identifier,
     record::Record,
     recorder::{Decision, EventSpec, Recorder, Timestamp},
@@ -56,6 +57,9 @@ pub(super) struct Engine {
     pub(super) pods_with_series: HashMap<String, (String, String)>,
     /// Who reports which death while an old and a new daemon overlap.
     pub(super) handover: Handover,
+    /// The node conditions the collector owns, and where their changes go (the Node's status).
+    pub(super) conditions: NodeConditions,
+    pub(super) conditions_tx: tokio::sync::watch::Sender<Vec<NodeCondition>>,
 }
 
 impl Engine {
@@ -86,6 +90,9 @@ impl Engine {
             self.resolver.expire(now, &mut |record| identifier.push(record, now));
         }
         self.release(now, flush);
+        if self.conditions.tick(now, crate::clock::Timestamp::now()) {
+            self.publish_conditions();
+        }
         self.resolver.refresh_clock();
         while self.gone_pods.front().is_some_and(|(due, ..)| *due <= now) {
             if let Some((_, namespace, pod, uid)) = self.gone_pods.pop_front() {
@@ -113,8 +120,26 @@ impl Engine {
         self.reported_stops_evicted = evicted;
     }
 
+    /// A record from user space (a container's memory pressure), to name and decide like a kernel one.
+    pub(super) fn on_sampled(&mut self, record: Record) {
+        let now = Instant::now();
+        self.identifier.push(record, now);
+        self.release(now, false);
+    }
+
     pub(super) fn on_record(&mut self, record: &Record) {
         let _span = tracing::debug_span!("events", pid = record.pid()).entered();
+        if let Record::KernelLog(log) = record
+            && let Some(reason) = &log.reason
+        {
+            self.metrics.kernel_problem(reason);
+        }
+        // Checked first: an exit storm must not pay two clock reads per record for nothing.
+        if NodeConditions::concerns(record)
+            && self.conditions.observe(record, Instant::now(), crate::clock::Timestamp::now())
+        {
+            self.publish_conditions();
+        }
         if count_container_deaths(&self.metrics, record)
             && let (Some(uid), Some(namespace), Some(pod)) =
                 (&record.identity().pod_uid, &record.identity().namespace, &record.identity().pod_name)
@@ -175,6 +200,16 @@ impl Engine {
                 None => dispatch,
             });
         }
+    }
+
+    /// Hands the conditions to the Node's writer and the metrics.
+    pub(super) fn publish_conditions(&self) {
+        let conditions = self.conditions.conditions();
+        for condition in &conditions {
+            self.metrics.set_node_condition(&condition.kind, condition.status);
+        }
+        // The writer outlives the loop; with no receiver there is nothing to tell.
+        let _ = self.conditions_tx.send(conditions);
     }
 
     /// An event the mutate webhooks let through, back for the recorder; its record went out
@@ -260,7 +295,7 @@ fn count_container_deaths(metrics: &Metrics, record: &Record) -> bool {
     true
 }
 
-const fn kernel_type(kernel: &KernelRecord) -> KernelRecordType {
+fn kernel_type(kernel: &KernelRecord) -> KernelRecordType {
     match kernel {
         KernelRecord::Exit(_) => KernelRecordType::Exit,
         KernelRecord::OomKill(_) => KernelRecordType::OomKill,
@@ -268,5 +303,10 @@ const fn kernel_type(kernel: &KernelRecord) -> KernelRecordType {
         KernelRecord::CgroupMkdir(_) => KernelRecordType::CgroupMkdir,
         KernelRecord::CgroupRmdir(_) => KernelRecordType::CgroupRmdir,
         KernelRecord::CgroupAttach(_) => KernelRecordType::CgroupAttach,
+        // `decode` makes these only for the health kinds, each of which has a type.
+        KernelRecord::Health(health) => match KernelRecordType::of_kind(health.header.kind) {
+            Some(kind) => kind,
+            None => KernelRecordType::KernelLog,
+        },
     }
 }

@@ -25,21 +25,26 @@ use tokio::{
 use self::{engine::Engine, handover::Handover, outbox::JournalOutbox};
 use crate::{
     cgroup::{CgroupError, CgroupTree, Resolver, registry::RegistryConfig},
-    config::{CriSocket, RunConfig, Sink, StreamSocket},
+    config::{CriSocket, NodeHealthConfig, RunConfig, Sink, StreamSocket},
     doctor::{self, DoctorError},
     events::EventOptions,
     filter::Filters,
+    health::{
+        conditions::{ConditionConfig, NodeConditions},
+        pressure::{self, PressureConfig},
+    },
     identify::Identifier,
     metadata::{self, MetadataCache, MetadataConfig, MetadataError},
     probe::{KernelCounters, ProbeConfig, ProbeError, Probes},
     reader::RingReader,
+    record::{PressureState, Record},
     recorder::{Recorder, RecorderConfig, RecorderError},
     resolve::RecordResolver,
     sinks::{
         ApiWrite,
         handler::{DEFAULT_QUEUE_CAPACITY, Handlers},
         journal::{self, ApiPath, Journal, JournalError, JournalHandler},
-        kubernetes::{self, Cluster, KubeSink, Runner, RunnerConfig, SinkConfig},
+        kubernetes::{self, Cluster, KubeSink, Runner, RunnerConfig, SinkConfig, node_status},
         stdout::StdoutSink,
         stream::{Clients, StreamError, StreamHandler, StreamServer},
         webhook::{
@@ -117,6 +122,9 @@ pub enum DaemonError {
     /// A webhook's client cannot be set up (https without CA certificates).
     #[error(transparent)]
     Webhook(#[from] ClientError),
+    /// A thread of the daemon's own (the pressure sampler) could not start.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] io::Error),
     /// Reading the ring buffer or writing output failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
@@ -177,11 +185,16 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     tokio::task::spawn_local(server.serve(stopped(stop_rx.clone())));
 
     let registry = RegistryConfig { tombstone_ttl: config.tombstone_ttl.0, ..RegistryConfig::default() };
-    let resolver =
-        RecordResolver::new(Resolver::new(CgroupTree::discover()?, registry)?, CgroupTree::discover_memory()?);
+    // Found once: the resolver and the pressure sampler read the same two trees.
+    let (v2, memory) = (CgroupTree::discover()?, CgroupTree::discover_memory()?);
+    let resolver = RecordResolver::new(Resolver::new(v2.clone(), registry)?, memory.clone());
     // Signal records tell the container runtime's stop signals from other senders' (see resolve::stop).
-    let probe_config = ProbeConfig { ring_bytes: config.ring_buffer_bytes, cgroup_subtree: None, emit_signals: true };
+    let probe_config =
+        ProbeConfig { ring_bytes: config.ring_buffer_bytes, cgroup_subtree: None, emit_signals: true, health: true };
     let (mut probes, ring) = Probes::load(&probe_config)?;
+    for &(probe, attached) in probes.health() {
+        metrics.set_probe_attached(probe, attached);
+    }
     // Now that the probes are attached, a daemon still running here (a rolling
     // update) may hand over: from now on the deaths are this one's to report.
     let started = crate::clock::Timestamp::now();
@@ -260,11 +273,36 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let mutate_drain = mutators.iter().map(|hook| hook.config.timeout.0).sum::<Duration>().min(MAX_MUTATE_DRAIN);
     let mutators = (!mutators.is_empty()).then(|| Mutators::new(mutators, Arc::clone(&metrics)));
     let (mutated, mut mutated_rx) = tokio::sync::mpsc::unbounded_channel();
+    let health = &config.node_health;
+    let conditions = NodeConditions::new(
+        ConditionConfig {
+            clear_after: health.condition_clear_after.0,
+            oom_kills: health.frequent_oom_kills,
+            oom_window: health.frequent_oom_window.0,
+        },
+        crate::clock::Timestamp::now(),
+    );
+    let (conditions_tx, conditions_rx) = watch::channel(conditions.conditions());
+    // Written to the Node only where events go to the API server; saved for `collector events` always.
+    let node_client = client.clone().filter(|_| to_api && !config.dry_run);
+    tokio::task::spawn_local(node_status::run(
+        node_client,
+        config.node_name.clone(),
+        conditions_rx,
+        config.state_dir.clone(),
+        Arc::clone(&metrics),
+    ));
+    let mut sampled = start_pressure(health, (v2, memory), Arc::clone(&metrics)).map_err(DaemonError::Thread)?;
     let mut engine = Engine {
         resolver,
         identifier: Identifier::new(metadata, config.metadata_wait.0),
-        recorder: Recorder::new(RecorderConfig::new(config.component.clone(), config.node_name.clone()))?,
-        options: EventOptions { node_name: config.node_name.clone(), emit_normal_exits: config.emit_normal_exits },
+        recorder: Recorder::new(RecorderConfig::new(config.component.clone(), config.node_name.clone()))?
+            .with_metrics(Arc::clone(&metrics)),
+        options: EventOptions {
+            node_name: config.node_name.clone(),
+            emit_normal_exits: config.emit_normal_exits,
+            probed_reasons: probed_reasons(probes.health()),
+        },
         filters: {
             metrics.set_filter_rules(config.filters.len());
             Filters::new(config.filters.clone())
@@ -281,7 +319,10 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         gone_pods: VecDeque::new(),
         pods_with_series: HashMap::new(),
         handover,
+        conditions,
+        conditions_tx,
     };
+    engine.publish_conditions();
     readiness.set_ready(true);
     let names: Vec<String> = sinks.iter().map(|s| format!("{s:?}").to_lowercase()).collect();
     let stream = stream_server.as_ref().map_or_else(|| "off".to_owned(), |server| server.path().display().to_string());
@@ -311,6 +352,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             }
             () = tokio::time::sleep(wait) => engine.housekeeping(Instant::now(), false),
             Some(mutated) = mutated_rx.recv() => engine.on_mutated(mutated),
+            Some(record) = sampled.recv() => engine.on_sampled(record),
             _ = sighup.recv() => engine.reload_filters(config.source_file.as_deref()),
             _ = sigint.recv() => break Ok(()),
             _ = sigterm.recv() => break Ok(()),
@@ -322,6 +364,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
             last_sync = now;
             if let Ok(counters) = probes.counters() {
                 metrics.set_kernel_counters(lost_by_type(&counters), counters.read_failed);
+                metrics.set_kernel_limited(limited_by_type(&counters));
             }
             engine.sync_cache_stats();
             engine.handover.poll();
@@ -339,6 +382,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     while engine.mutators.as_ref().is_some_and(|mutators| mutators.in_flight() > 0) {
         tokio::select! {
             Some(mutated) = mutated_rx.recv() => engine.on_mutated(mutated),
+            Some(record) = sampled.recv() => engine.on_sampled(record),
             () = tokio::time::sleep_until(deadline) => break,
         }
     }
@@ -376,16 +420,54 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Starts the memory pressure sampler on a thread of its own; its records come out of the
+/// returned channel.
+fn start_pressure(
+    health: &NodeHealthConfig,
+    (v2, memory): (CgroupTree, CgroupTree),
+    metrics: Arc<Metrics>,
+) -> io::Result<tokio::sync::mpsc::Receiver<Record>> {
+    let config = PressureConfig {
+        threshold_percent: health.pressure_threshold.value(),
+        window: health.pressure_window.0,
+        ..PressureConfig::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(PRESSURE_QUEUE);
+    std::thread::Builder::new().name("pressure".to_owned()).spawn(move || {
+        let read_error = || metrics.pressure_read_error();
+        let send = |record: Record| {
+            if let Record::Pressure(pressure) = &record {
+                metrics.pressure_episode("memory", pressure.state == PressureState::Stalled);
+            }
+            // Blocks only this thread, and only while the loop is behind; fails once it is gone.
+            tx.blocking_send(record).is_ok()
+        };
+        pressure::run(config, &v2, &memory, send, read_error);
+    })?;
+    Ok(rx)
+}
+
+/// Pressure records waiting for the event loop; they come one per container per episode.
+const PRESSURE_QUEUE: usize = 256;
+
+/// The kernel log rules whose problem an attached probe reports with more to say (the pod): the
+/// hung-task probe names the blocked task's pod, ext4's tracepoint the task that met the error.
+fn probed_reasons(attached: &[(&'static str, bool)]) -> Vec<String> {
+    let covers = |probe: &str| match probe {
+        "sched_process_hang" => Some("TaskHung"),
+        "ext4_error" => Some("Ext4Error"),
+        _ => None,
+    };
+    attached.iter().filter(|(_, on)| *on).filter_map(|(probe, _)| covers(probe)).map(str::to_owned).collect()
+}
+
 /// The kernel's lost-record counters, by the metrics' record type.
-fn lost_by_type(counters: &KernelCounters) -> [(KernelRecordType, u64); 6] {
-    use collector_common::{counter::lost, kind};
-    let at = |kind: u32| counters.lost.get(lost(kind) as usize).copied().unwrap_or(0);
-    [
-        (KernelRecordType::Exit, at(kind::EXIT)),
-        (KernelRecordType::OomKill, at(kind::OOM_KILL)),
-        (KernelRecordType::Signal, at(kind::SIGNAL)),
-        (KernelRecordType::CgroupMkdir, at(kind::CGROUP_MKDIR)),
-        (KernelRecordType::CgroupRmdir, at(kind::CGROUP_RMDIR)),
-        (KernelRecordType::CgroupAttach, at(kind::CGROUP_ATTACH)),
-    ]
+fn lost_by_type(counters: &KernelCounters) -> Vec<(KernelRecordType, u64)> {
+    let at = |kind: u32| counters.lost.get(collector_common::counter::lost(kind) as usize).copied().unwrap_or(0);
+    KernelRecordType::ALL.iter().map(|&t| (t, at(t.kind()))).collect()
+}
+
+/// The kernel's rate-limited node-health counters, by the metrics' record type.
+fn limited_by_type(counters: &KernelCounters) -> Vec<(KernelRecordType, u64)> {
+    KernelRecordType::ALL.iter().map(|&t| (t, counters.limited.get(t.kind() as usize).copied().unwrap_or(0))).collect()
 }

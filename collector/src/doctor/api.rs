@@ -22,15 +22,17 @@ pub(super) struct Access {
 }
 
 /// What the daemon does: it writes Events (a POST, then a PATCH for each
-/// repeat), watches its node's pods (a list, then a watch; a get per pod), and
-/// reads its Node.
-const ACCESS: [Access; 6] = [
+/// repeat), watches its node's pods (a list, then a watch; a get per pod),
+/// reads its Node, and patches the Node's status (node-problem-detector's
+/// conditions). A subresource is written as RBAC writes it, `nodes/status`.
+const ACCESS: [Access; 7] = [
     Access { verb: "create", resource: "events" },
     Access { verb: "patch", resource: "events" },
     Access { verb: "get", resource: "pods" },
     Access { verb: "list", resource: "pods" },
     Access { verb: "watch", resource: "pods" },
     Access { verb: "get", resource: "nodes" },
+    Access { verb: "patch", resource: "nodes/status" },
 ];
 
 /// What the API server answered for one [`Access`]: whether it is allowed, and
@@ -101,13 +103,16 @@ pub(super) fn absent() -> Check {
 }
 
 async fn ask(reviews: &Api<SelfSubjectAccessReview>, access: Access) -> Answer {
+    let (resource, subresource) =
+        access.resource.split_once('/').map_or((access.resource, None), |(r, s)| (r, Some(s)));
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
                 // The core group, every namespace (namespace "" for namespaced resources).
                 group: Some(String::new()),
                 namespace: Some(String::new()),
-                resource: Some(access.resource.to_owned()),
+                resource: Some(resource.to_owned()),
+                subresource: subresource.map(str::to_owned),
                 verb: Some(access.verb.to_owned()),
                 ..ResourceAttributes::default()
             }),
@@ -180,7 +185,9 @@ pub(super) fn rbac(answers: &[Answer]) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{doctor::Status, sinks::test_api::TestApi};
+    use api_double::TestApi;
+
+    use crate::{doctor::Status, sinks::kubernetes::tests::client};
 
     fn allowed(access: Access) -> Answer {
         (access, Ok((true, String::new())))
@@ -191,7 +198,10 @@ mod tests {
         let answers: Vec<Answer> = ACCESS.into_iter().map(allowed).collect();
         let check = rbac(&answers);
         assert_eq!(check.status, Status::Ok);
-        assert_eq!(check.detail, "allowed: create events, patch events, get pods, list pods, watch pods, get nodes");
+        assert_eq!(
+            check.detail,
+            "allowed: create events, patch events, get pods, list pods, watch pods, get nodes, patch nodes/status"
+        );
     }
 
     #[test]
@@ -232,7 +242,7 @@ mod tests {
     async fn reviews_go_to_the_api_server_one_per_verb() {
         let mut api = TestApi::start().await;
         api.deny("patch", "events");
-        let client = api.client().await;
+        let client = client(&mut api).await;
         let checks = check(&client).await;
         assert_eq!(checks.len(), 2);
         assert_eq!((checks[0].name, checks[0].status), ("api", Status::Ok));
@@ -249,17 +259,25 @@ mod tests {
             .map(|request| {
                 let attributes = &request.body["spec"]["resourceAttributes"];
                 assert_eq!((attributes["group"].as_str(), attributes["namespace"].as_str()), (Some(""), Some("")));
-                format!("{} {}", attributes["verb"].as_str().unwrap(), attributes["resource"].as_str().unwrap())
+                let subresource = attributes["subresource"].as_str().map_or(String::new(), |s| format!("/{s}"));
+                format!(
+                    "{} {}{subresource}",
+                    attributes["verb"].as_str().unwrap(),
+                    attributes["resource"].as_str().unwrap()
+                )
             })
             .collect();
         asked.sort();
-        assert_eq!(asked, ["create events", "get nodes", "get pods", "list pods", "patch events", "watch pods"]);
+        assert_eq!(
+            asked,
+            ["create events", "get nodes", "get pods", "list pods", "patch events", "patch nodes/status", "watch pods"]
+        );
     }
 
     #[tokio::test]
     async fn an_unreachable_api_server_fails_with_the_whole_cause() {
         let mut api = TestApi::start().await;
-        let client = api.client().await;
+        let client = client(&mut api).await;
         api.stop().await;
         let checks = check(&client).await;
         assert_eq!(checks.len(), 1, "no rbac check without an answer: {checks:?}");

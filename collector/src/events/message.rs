@@ -41,7 +41,7 @@ impl Container {
     }
 
     /// The noun phrase, e.g. `container app`.
-    fn noun(&self) -> Cow<'_, str> {
+    pub(super) fn noun(&self) -> Cow<'_, str> {
         match self {
             Self::Named(name) | Self::Id(name) => Cow::Owned(format!("container {name}")),
             Self::Sandbox => Cow::Borrowed("the pod sandbox"),
@@ -50,7 +50,7 @@ impl Container {
     }
 
     /// The noun phrase starting a sentence, e.g. `Container app`.
-    fn subject(&self) -> String {
+    pub(super) fn subject(&self) -> String {
         let noun = self.noun();
         let mut chars = noun.chars();
         chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()

@@ -12,6 +12,7 @@
 //! | ... ended after the runtime's stop signal (if `emit_normal_exits`) | ContainerStopped | Normal | Pod    |
 //! | another process was killed by a signal another process sent        | ProcessKilled   | Warning | Pod    |
 //! | another process died of a crash signal it was not sent             | ProcessCrashed  | Warning | Pod    |
+//! | node health (hung tasks, kernel problems, I/O, memory pressure)    | see [`health`]  | Warning | Node, Pod |
 //!
 //! ¹ first, then OOMKilling on the Pod if the victim is in one.
 //!
@@ -38,7 +39,12 @@
 //!   -SEGV`) is a kill, not a crash: the sender is the better answer to "why did it die".
 //! - SystemOOM needs a node name; with an empty `node_name` only the Pod event is made.
 
+mod health;
 mod message;
+
+pub use self::health::{
+    REASON_FILESYSTEM_ERROR, REASON_HARDWARE_ERROR, REASON_IO_ERROR, REASON_MEMORY_PRESSURE, REASON_TASK_HUNG,
+};
 
 use crate::{
     escape::escape_bytes,
@@ -73,6 +79,9 @@ pub struct EventOptions {
     pub node_name: String,
     /// Whether a main process that exits 0 gives a Normal ContainerExited event.
     pub emit_normal_exits: bool,
+    /// Reasons of kernel log rules that an attached probe reports better (`TaskHung` while the
+    /// hung-task probe is attached): such lines give no event of their own.
+    pub probed_reasons: Vec<String>,
 }
 
 /// The events a record gives: usually none or one; a node-wide OOM kill of a pod's process gives
@@ -81,6 +90,12 @@ pub fn events_for(record: &Record, options: &EventOptions) -> Vec<EventSpec> {
     match record {
         Record::Exit(exit) => exit_event(exit, options).into_iter().collect(),
         Record::OomKill(oom) => oom_events(oom, options),
+        Record::HungTask(hung) => health::hung_task(hung, options),
+        Record::KernelLog(log) => health::kernel_log(log, options),
+        Record::FsError(error) => health::fs_error(error, options),
+        Record::IoError(error) => health::io_error(error, options),
+        Record::HwError(error) => health::hw_error(error, options),
+        Record::Pressure(pressure) => health::pressure(pressure),
         Record::Signal(_) | Record::CgroupMkdir(_) | Record::CgroupRmdir(_) | Record::CgroupAttach(_) => Vec::new(),
     }
 }

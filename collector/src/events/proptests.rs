@@ -194,7 +194,7 @@ proptest! {
             stop: None,
             stop_request: None,
         };
-        let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits };
+        let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits, probed_reasons: Vec::new() };
         let events = events_for(&Record::Exit(exit.clone()), &options);
         let noun = noun(&container_name);
         let mut want = format!("C{} exited with code {exit_code}", &noun[1..]);
@@ -253,7 +253,7 @@ proptest! {
             main_process: Some(false),
             scope: Some(if node_wide { OomScope::Node } else { OomScope::Cgroup }),
         };
-        let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: false };
+        let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: false, probed_reasons: Vec::new() };
         let events = events_for(&Record::OomKill(oom), &options);
         let rss = anon_rss_kb.map(|kb| format!("; anon-rss {kb}kB")).unwrap_or_default();
         let mut want = Vec::new();
@@ -336,7 +336,7 @@ proptest! {
             main_process,
             scope,
         };
-        let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: true };
+        let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: true, probed_reasons: Vec::new() };
         for record in [Record::Exit(exit), Record::OomKill(oom)] {
             for event in events_for(&record, &options) {
                 check_message(&event.message)?;

@@ -10,7 +10,7 @@ const UID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
 const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn options() -> EventOptions {
-    EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: false }
+    EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: false, probed_reasons: Vec::new() }
 }
 
 fn identity() -> Identity {
@@ -163,7 +163,7 @@ fn system_oom_outside_pods_is_on_the_node_only() {
         [warning(ObjectReference::node("node-1"), "SystemOOM", "System OOM encountered")]
     );
     // No node name, no Node event.
-    let no_node = EventOptions { node_name: String::new(), emit_normal_exits: true };
+    let no_node = EventOptions { node_name: String::new(), emit_normal_exits: true, probed_reasons: Vec::new() };
     assert_eq!(events_for(&Record::OomKill(outside), &no_node), []);
 }
 
@@ -523,7 +523,11 @@ fn random_records_never_panic() {
                 ][rng.usize(..5)],
             })
         };
-        let options = EventOptions { node_name: text(&mut rng).unwrap_or_default(), emit_normal_exits: rng.bool() };
+        let options = EventOptions {
+            node_name: text(&mut rng).unwrap_or_default(),
+            emit_normal_exits: rng.bool(),
+            probed_reasons: Vec::new(),
+        };
         let events = events_for(&record, &options);
         assert!(events.len() <= 2, "round {round}: {events:?}");
         for event in events {

@@ -1,7 +1,9 @@
 //! `collector events`: the events this node's collector recorded, read from its local journal
 //! (they outlive the API server's one-hour event TTL): every event the kernel caused, once each
-//! (the default), counts of them (`--summary`), or the events as written to the API server
-//! (`--api`).
+//! (the default), counts of them (`--summary`), the events as written to the API server
+//! (`--api`), or the node conditions it set (`--conditions`).
+
+mod conditions;
 
 use std::{
     io::{self, BufWriter, Write},
@@ -54,6 +56,10 @@ pub struct EventsArgs {
     /// their counts, instead of every event the kernel caused.
     #[arg(long)]
     pub api: bool,
+    /// The node conditions the collector set (KernelDeadlock, ReadonlyFilesystem,
+    /// FrequentContainerOOM, ...), as it last wrote them, instead of events.
+    #[arg(long, conflicts_with_all = ["api", "summary", "limit", "namespace", "pod", "reason", "since"])]
+    pub conditions: bool,
 }
 
 /// How events are printed.
@@ -93,6 +99,24 @@ pub enum EventsError {
     /// The journal could not be opened or read.
     #[error(transparent)]
     Journal(JournalError),
+    /// The daemon never saved node conditions in the state directory.
+    #[error(
+        "no node conditions in {}: the collector daemon has not run with this --state-dir yet",
+        state_dir.display()
+    )]
+    NoConditions {
+        /// The state directory given.
+        state_dir: PathBuf,
+    },
+    /// The saved node conditions could not be read.
+    #[error("cannot read the node conditions in {}: {source}", state_dir.display())]
+    Conditions {
+        /// The state directory given.
+        state_dir: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// Writing the output failed.
     #[error("cannot write events: {0}")]
     Output(#[source] io::Error),
@@ -154,6 +178,10 @@ pub fn parse_since(input: &str) -> Result<Duration, EventsError> {
 /// Prints the matching events on stdout. A closed stdout (`| head`) ends the listing quietly.
 pub fn run(args: EventsArgs) -> Result<EventsSummary, EventsError> {
     let now = Timestamp::from_system_time(SystemTime::now());
+    if args.conditions {
+        let mut out = io::stdout().lock();
+        return conditions::print(&args, now, &mut out);
+    }
     let reader = JournalReader::open(&args.state_dir).map_err(|err| match EventsError::from(err) {
         EventsError::NoJournal { path, .. } => EventsError::NoJournal { path, state_dir: args.state_dir.clone() },
         other => other,

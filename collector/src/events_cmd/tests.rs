@@ -324,3 +324,48 @@ fn last_seen_matches_kubectl_human_duration() {
         assert_eq!(s(secs), want, "{secs}");
     }
 }
+
+#[test]
+fn conditions_print_as_describe_node_shows_them_or_say_none_were_saved() {
+    use crate::health::conditions::NodeCondition;
+    let dir = TempDir::new("conditions");
+    let none = conditions::print(&args(&["--conditions"], &dir), at(0), &mut Vec::new()).unwrap_err();
+    assert_eq!(
+        none.to_string(),
+        format!(
+            "no node conditions in {}: the collector daemon has not run with this --state-dir yet",
+            dir.path().display()
+        )
+    );
+    let saved = [
+        NodeCondition {
+            kind: "KernelDeadlock".to_owned(),
+            status: true,
+            reason: "TaskHung".to_owned(),
+            message: "Process 42 (dd) blocked for more than 2 s".to_owned(),
+            last_transition: clock::Timestamp(at(0).unix_nanos()),
+        },
+        NodeCondition {
+            kind: "ReadonlyFilesystem".to_owned(),
+            status: false,
+            reason: "FilesystemIsNotReadOnly".to_owned(),
+            message: "Filesystem is not read-only".to_owned(),
+            last_transition: clock::Timestamp(at(0).unix_nanos()),
+        },
+    ];
+    std::fs::write(dir.path().join("node-conditions.json"), serde_json::to_vec(&saved).unwrap()).unwrap();
+    let mut text = Vec::new();
+    conditions::print(&args(&["--conditions"], &dir), at(300), &mut text).unwrap();
+    assert_eq!(
+        String::from_utf8(text).unwrap(),
+        "CONDITION            STATUS   REASON                    SINCE   MESSAGE\n\
+         KernelDeadlock       True     TaskHung                  5m      Process 42 (dd) blocked for more than 2 s\n\
+         ReadonlyFilesystem   False    FilesystemIsNotReadOnly   5m      Filesystem is not read-only\n"
+    );
+    let mut json = Vec::new();
+    conditions::print(&args(&["--conditions", "--format", "json"], &dir), at(300), &mut json).unwrap();
+    let first: Value = serde_json::from_str(String::from_utf8(json).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "KernelDeadlock");
+    assert_eq!(first["status"], "True");
+    assert_eq!(first["reason"], "TaskHung");
+}

@@ -1,7 +1,7 @@
 //! The offsets of this kernel that the programs read at, from its BTF and
 //! its tracepoint format files.
 
-use collector_common::{ABSENT, CgroupLayout, Layout, SignalLayout, VictimLayout};
+use collector_common::{ABSENT, CgroupLayout, HealthLayout, Layout, SignalLayout, VictimLayout};
 
 use super::{
     ProbeError,
@@ -84,7 +84,38 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError>
             pid: offset(&attach, "pid"),
             comm: offset(&attach, "comm"),
         },
+        // Only the hung-task probe needs these: without them its records have no cgroup.
+        task_pid: optional("task_struct", "pid"),
+        task_cgroups: optional("task_struct", "cgroups"),
+        css_set_dfl_cgrp: optional("css_set", "dfl_cgrp"),
+        health: health_layout(tracefs),
     })
+}
+
+/// The node-health tracepoints' fields; a tracepoint this kernel lacks leaves its offsets
+/// absent, and its probe is not attached.
+fn health_layout(tracefs: &Tracefs) -> HealthLayout {
+    let format = |category, name| tracefs.format(category, name).unwrap_or_default();
+    let (console, ext4, block, mc) = (
+        format("printk", "console"),
+        format("ext4", "ext4_error"),
+        format("block", "block_rq_error"),
+        format("ras", "mc_event"),
+    );
+    HealthLayout {
+        console_msg: offset(&console, "msg"),
+        ext4_dev: offset(&ext4, "dev"),
+        ext4_function: offset(&ext4, "function"),
+        ext4_line: offset(&ext4, "line"),
+        block_dev: offset(&block, "dev"),
+        block_sector: offset(&block, "sector"),
+        block_error: offset(&block, "error"),
+        block_rwbs: offset(&block, "rwbs"),
+        mc_error_type: offset(&mc, "error_type"),
+        mc_msg: offset(&mc, "msg"),
+        mc_label: offset(&mc, "label"),
+        mc_error_count: offset(&mc, "error_count"),
+    }
 }
 
 fn offset(format: &Format, field: &str) -> u32 {

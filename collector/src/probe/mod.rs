@@ -9,7 +9,7 @@ pub mod tracefs;
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{CgroupArray, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{FEntry, ProgramError, TracePoint},
+    programs::{FEntry, ProgramError, RawTracePoint, TracePoint},
 };
 use std::os::fd::AsRawFd as _;
 
@@ -31,6 +31,23 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("cgroup", "cgroup_rmdir", "cgroup_rmdir"),
     ("cgroup", "cgroup_attach_task", "cgroup_attach_task"),
 ];
+
+/// The node-health probes, attached when asked for and where this kernel has them:
+/// (name, category, tracepoint). `sched_process_hang` is raw: its task pointer names the cgroup.
+pub const HEALTH_PROBES: &[(&str, &str, &str)] = &[
+    ("sched_process_hang", "sched", "sched_process_hang"),
+    ("console", "printk", "console"),
+    ("ext4_error", "ext4", "ext4_error"),
+    ("block_rq_error", "block", "block_rq_error"),
+    ("mc_event", "ras", "mc_event"),
+];
+
+/// Each CPU sends a node-health record of one kind at most this often once its burst is spent.
+const HEALTH_REFILL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How many node-health records of one kind a CPU may send at once: a kernel log storm of this
+/// many lines arrives whole.
+const HEALTH_BURST: u32 = 2048;
 
 /// The kernel always wakes the reader once this fraction of the ring is unread.
 const WAKEUP_FRACTION: u32 = 8;
@@ -118,6 +135,8 @@ pub struct ProbeConfig {
     /// Whether to emit a record for every fatal signal (exits name their
     /// sender either way).
     pub emit_signals: bool,
+    /// Whether to attach the node-health probes ([`HEALTH_PROBES`]).
+    pub health: bool,
 }
 
 /// Counters the kernel programs keep, summed over CPUs.
@@ -125,6 +144,8 @@ pub struct ProbeConfig {
 pub struct KernelCounters {
     /// Records lost because the ring buffer was full, by `collector_common::kind`.
     pub lost: [u64; counter::COUNT as usize],
+    /// Records dropped over the node-health rate limit, by `collector_common::kind`.
+    pub limited: [u64; collector_common::kind::LAST as usize + 1],
     /// Records sent with a field that could not be read.
     pub read_failed: u64,
 }
@@ -145,6 +166,8 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     /// What could not be attached on this kernel, and what that costs.
     missing: Vec<String>,
+    /// Each node-health probe asked for, and whether it is attached.
+    health: Vec<(&'static str, bool)>,
 }
 
 impl Probes {
@@ -164,6 +187,8 @@ impl Probes {
             wakeup_bytes: config.ring_bytes / WAKEUP_FRACTION,
             _pad: 0,
             wakeup_interval_ns: u64::try_from(WAKEUP_INTERVAL.as_nanos()).unwrap_or(u64::MAX),
+            health_refill_ns: u64::try_from(HEALTH_REFILL.as_nanos()).unwrap_or(u64::MAX),
+            health_burst_ns: u64::try_from((HEALTH_REFILL * HEALTH_BURST).as_nanos()).unwrap_or(u64::MAX),
         };
         tracing::debug!("kernel layout: {layout:?}");
 
@@ -208,9 +233,25 @@ impl Probes {
                  hit is inferred from the cgroup tree instead"
             ));
         }
+        let mut health = Vec::new();
+        if config.health {
+            for &(program, category, name) in HEALTH_PROBES {
+                match attach_health(&mut ebpf, &tracefs, program, category, name) {
+                    Ok(()) => health.push((program, true)),
+                    Err(err) => {
+                        tracing::info!(
+                            probe = program,
+                            "node-health probe {program} not attached on this kernel: {}",
+                            crate::chain(&err)
+                        );
+                        health.push((program, false));
+                    }
+                }
+            }
+        }
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
-        Ok((Self { _ebpf: ebpf, logger, counters, missing }, ring))
+        Ok((Self { _ebpf: ebpf, logger, counters, missing, health }, ring))
     }
 
     /// Reads the kernel-side counters.
@@ -220,10 +261,18 @@ impl Probes {
             Ok(values.iter().sum())
         };
         let mut counters = KernelCounters { read_failed: sum(counter::READ_FAILED)?, ..Default::default() };
-        for kind in 1..counter::COUNT {
+        for kind in 1..=collector_common::kind::LAST {
             counters.lost[kind as usize] = sum(counter::lost(kind))?;
         }
+        for kind in collector_common::kind::HUNG_TASK..=collector_common::kind::LAST {
+            counters.limited[kind as usize] = sum(counter::limited(kind))?;
+        }
         Ok(counters)
+    }
+
+    /// Each node-health probe asked for, and whether this kernel let it attach.
+    pub fn health(&self) -> &[(&'static str, bool)] {
+        &self.health
     }
 
     /// What this kernel could not attach, one sentence each.
@@ -235,11 +284,6 @@ impl Probes {
     pub fn flush_logs(&mut self) {
         self.logger.flush();
     }
-
-    /// The logger's file descriptor, readable when the kernel logged something.
-    pub fn log_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&self.logger)
-    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
@@ -249,6 +293,31 @@ where
     let map =
         ebpf.take_map(name).ok_or(ProbeError::Map { name, source: MapError::InvalidName { name: name.to_owned() } })?;
     T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// Loads and attaches one node-health program; fails where the kernel lacks its tracepoint.
+fn attach_health(
+    ebpf: &mut Ebpf,
+    tracefs: &Tracefs,
+    program: &'static str,
+    category: &str,
+    name: &str,
+) -> Result<(), ProbeError> {
+    let tracepoint = format!("{category}/{name}");
+    let fail = |source| ProbeError::Program { program, tracepoint: tracepoint.clone(), source };
+    // A missing tracepoint fails here with the path, rather than as a bare ENOENT at attach.
+    tracefs.format(category, name)?;
+    let prog = ebpf.program_mut(program).ok_or(ProgramError::UnexpectedProgramType).map_err(fail)?;
+    if program == "sched_process_hang" {
+        let raw: &mut RawTracePoint = prog.try_into().map_err(fail)?;
+        raw.load().map_err(fail)?;
+        raw.attach(name).map_err(fail)?;
+    } else {
+        let tp: &mut TracePoint = prog.try_into().map_err(fail)?;
+        tp.load().map_err(fail)?;
+        tp.attach(category, name).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// Loads and attaches an fentry program named after the function it traces.

@@ -9,21 +9,21 @@ mod event;
 mod keys;
 mod lru;
 mod spam;
-mod stats;
 mod time;
 
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
+
+use crate::telemetry::Metrics;
 
 pub use event::{
     COMBINED_PREFIX, DEFAULT_NAMESPACE, Event, EventMeta, EventSource, EventSpec, EventType, MAX_MESSAGE_BYTES,
     MAX_REASON_BYTES, NullTime, ObjectReference, TRUNCATION_MARKER, event_name, truncate_utf8,
 };
-pub use stats::{Evictions, MAX_REASON_LABELS, OTHER_REASON, RecorderStats, TypeCounts};
 pub use time::Timestamp;
 
 use aggregate::Aggregator;
@@ -162,7 +162,8 @@ pub struct Recorder {
     aggregator: Aggregator,
     dedup: DedupLog,
     spam: SpamFilter,
-    stats: RecorderStats,
+    /// Where aggregations, cuts and cache evictions are counted as they happen.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Recorder {
@@ -174,24 +175,33 @@ impl Recorder {
             dedup: DedupLog::new(config.cache_capacity),
             spam: SpamFilter::new(config.cache_capacity, config.spam_burst, config.spam_refill),
             source: EventSource { component: config.component, host: config.host },
-            stats: RecorderStats::default(),
+            metrics: None,
         })
+    }
+
+    /// The same recorder, counting into `metrics` as it decides.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Decides the write for one occurrence at `now`; never fails, never panics.
     pub fn record(&mut self, spec: EventSpec, now: Timestamp) -> Decision {
         let (mut event, cut) = self.make_event(spec, now);
+        let metrics = self.metrics.clone();
+        let metrics = metrics.as_deref();
         if cut.reason {
-            self.stats.reasons_truncated = self.stats.reasons_truncated.saturating_add(1);
+            metrics.inspect(|metrics| metrics.recorder_truncated("reason"));
         }
         if cut.message {
-            self.stats.messages_truncated = self.stats.messages_truncated.saturating_add(1);
+            metrics.inspect(|metrics| metrics.recorder_truncated("message"));
         }
-        self.stats.count_recorded(&event.reason, event.event_type);
+        let evicted = [self.spam.evictions(), self.aggregator.evictions(), self.dedup.evictions()];
 
         let aggregate_key = AggregateKey::of(&event);
         let dedup_key = if self.aggregator.observe(&aggregate_key, &event.message, now) {
-            self.stats.aggregations = self.stats.aggregations.saturating_add(1);
+            metrics.inspect(|metrics| metrics.recorder_aggregation());
             combine(&mut event, now);
             DedupKey::Aggregate(aggregate_key)
         } else {
@@ -199,13 +209,17 @@ impl Recorder {
         };
 
         let repeat = self.dedup.observe(&mut event, dedup_key);
-
-        if !self.spam.allow(&ObjectKey::of(&event.involved_object), now) {
-            self.stats.dropped_spam_filter = self.stats.dropped_spam_filter.saturating_add(1);
+        let allowed = self.spam.allow(&ObjectKey::of(&event.involved_object), now);
+        if let Some(metrics) = metrics {
+            let now_evicted = [self.spam.evictions(), self.aggregator.evictions(), self.dedup.evictions()];
+            for ((cache, after), before) in crate::telemetry::RECORDER_CACHES.iter().zip(now_evicted).zip(evicted) {
+                metrics.recorder_evicted(cache, after - before);
+            }
+        }
+        if !allowed {
             return Decision::SpamFiltered;
         }
         let write = if repeat {
-            self.stats.patches = self.stats.patches.saturating_add(1);
             Write::Patch {
                 name: event.metadata.name.clone(),
                 namespace: event.metadata.namespace.clone(),
@@ -213,7 +227,6 @@ impl Recorder {
                 event,
             }
         } else {
-            self.stats.posts = self.stats.posts.saturating_add(1);
             Write::Post(event)
         };
         Decision::Write(write)
@@ -255,30 +268,6 @@ impl Recorder {
             reporting_instance: self.source.host.clone(),
         };
         (event, cut)
-    }
-
-    /// A PATCH answered 404 (the event expired or was never created because its POST was
-    /// dropped): client-go `recordEvent` then creates the very same event, keeping its name,
-    /// firstTimestamp and count. The caches already hold that state, so only the write changes.
-    pub fn patch_not_found(&mut self, event: Event) -> Write {
-        self.stats.reposts_after_not_found = self.stats.reposts_after_not_found.saturating_add(1);
-        Write::Post(event)
-    }
-
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> RecorderStats {
-        let mut stats = self.stats.clone();
-        stats.evictions = Evictions {
-            spam_filter: self.spam.evictions(),
-            aggregator: self.aggregator.evictions(),
-            dedup_log: self.dedup.evictions(),
-        };
-        stats
-    }
-
-    /// `source.component` and `source.host` of every event.
-    pub fn source(&self) -> &EventSource {
-        &self.source
     }
 }
 

@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde_json::json;
 
 use super::*;
+use crate::telemetry::Metrics;
 
 const T0: i64 = 1_795_862_410; // 2026-11-28T10:40:10Z
 
@@ -14,6 +17,18 @@ fn at(secs_after_t0: u64) -> Timestamp {
 
 fn recorder() -> Recorder {
     Recorder::new(RecorderConfig::new("collector", "node-1")).unwrap()
+}
+
+/// A recorder counting into fresh metrics.
+fn counted(config: RecorderConfig) -> (Recorder, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new("test"));
+    (Recorder::new(config).unwrap().with_metrics(Arc::clone(&metrics)), metrics)
+}
+
+/// The value of the sample `series` (`name{labels}`, or a bare name) in the exposition.
+fn sample(metrics: &Metrics, series: &str) -> u64 {
+    let text = metrics.encode().unwrap();
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
 }
 
 fn pod() -> ObjectReference {
@@ -112,10 +127,6 @@ fn three_identical_events_post_then_patch_twice() {
         serde_json::to_string(&body).unwrap(),
         r#"{"count":3,"lastTimestamp":"2026-11-28T10:41:20Z","message":"killed"}"#
     );
-
-    let stats = rec.stats();
-    assert_eq!((stats.posts, stats.patches), (1, 2));
-    assert_eq!(stats.recorded("OOMKilled", EventType::Warning), 3);
 }
 
 #[test]
@@ -130,7 +141,7 @@ fn field_path_splits_dedup_but_not_aggregation_or_spam() {
 
 #[test]
 fn tenth_similar_event_is_posted_combined_eleventh_patches_it() {
-    let mut rec = recorder();
+    let (mut rec, metrics) = counted(RecorderConfig::new("collector", "node-1"));
     for i in 1..=9 {
         let event = post(rec.record(oom(&format!("process {i} killed")), at(i)));
         assert_eq!(event.message, format!("process {i} killed"));
@@ -163,9 +174,7 @@ fn tenth_similar_event_is_posted_combined_eleventh_patches_it() {
     assert_eq!(name, event_name("web-0", at(5)));
     assert_eq!(body["count"], 2);
 
-    let stats = rec.stats();
-    assert_eq!(stats.aggregations, 2);
-    assert_eq!((stats.posts, stats.patches), (10, 2));
+    assert_eq!(sample(&metrics, "collector_recorder_aggregations_total"), 2);
 }
 
 #[test]
@@ -193,10 +202,6 @@ fn spam_filter_lets_25_through_then_one_per_300s() {
     let (_, _, body, _) = patch(rec.record(oom("killed"), at(300)));
     assert_eq!(body["count"], 32);
     assert_eq!(rec.record(oom("killed"), at(300)), Decision::SpamFiltered);
-
-    let stats = rec.stats();
-    assert_eq!(stats.dropped_spam_filter, 7);
-    assert_eq!((stats.posts, stats.patches), (1, 25));
 }
 
 #[test]
@@ -220,25 +225,26 @@ fn dropped_post_then_repeat_patches_and_404_reposts_same_event() {
     post(rec.record(oom("first"), at(0)));
     // The POST of "killed" is dropped, but the dedup log remembers it under this name.
     assert_eq!(rec.record(oom("killed"), at(1)), Decision::SpamFiltered);
-    let (name, _, body, event) = patch(rec.record(oom("killed"), at(301)));
+    let Decision::Write(write) = rec.record(oom("killed"), at(301)) else { panic!("a PATCH") };
+    let (name, _, body, event) = patch(Decision::Write(write.clone()));
     assert_eq!(name, event_name("web-0", at(1)));
     assert_eq!(body["count"], 2);
 
-    // The API server never saw it: 404, so client-go creates it as is.
-    let repost = rec.patch_not_found(event.clone());
-    assert_eq!(repost, Write::Post(event.clone()));
-    assert_eq!(repost.event().count, 2);
-    assert_eq!(repost.event().metadata.name, name);
-    assert_eq!(repost.event().first_timestamp, at(1));
-    assert_eq!(repost.event().last_timestamp, at(301));
-    assert_eq!(rec.stats().reposts_after_not_found, 1);
+    // The API server never saw it: 404, so the sink POSTs the very same event, as client-go's
+    // recordEvent does (ApiWrite::as_repost).
+    let repost = crate::sinks::ApiWrite::try_from(&write).unwrap().as_repost();
+    assert_eq!(repost.verb, crate::sinks::Verb::Post);
+    assert_eq!(repost.name, name);
+    assert_eq!(repost.body, serde_json::to_value(&event).unwrap());
+    assert_eq!((&repost.body["count"], &repost.body["firstTimestamp"]), (&json!(2), &json!("2026-11-28T10:40:11Z")));
+    assert_eq!(repost.body["lastTimestamp"], "2026-11-28T10:45:11Z");
 }
 
 #[test]
 fn dedup_eviction_at_capacity_posts_the_repeat_again() {
     let mut config = RecorderConfig::new("collector", "node-1");
     config.cache_capacity = 2;
-    let mut rec = Recorder::new(config).unwrap();
+    let (mut rec, metrics) = counted(config);
     post(rec.record(oom("a"), at(0)));
     post(rec.record(oom("b"), at(1)));
     patch(rec.record(oom("a"), at(2))); // "a" is now the most recent
@@ -249,24 +255,23 @@ fn dedup_eviction_at_capacity_posts_the_repeat_again() {
     assert_eq!(again.count, 1);
     assert_eq!(again.first_timestamp, at(5));
 
-    let stats = rec.stats();
-    assert_eq!(stats.evictions.dedup_log, 2); // "b" by "c", then "c" by "b"
-    assert_eq!(stats.evictions.spam_filter, 0);
-    assert_eq!(stats.evictions.aggregator, 0);
+    let evictions =
+        |cache: &str| sample(&metrics, &format!("collector_recorder_cache_evictions_total{{cache=\"{cache}\"}}"));
+    assert_eq!(evictions("dedup_log"), 2); // "b" by "c", then "c" by "b"
+    assert_eq!(evictions("spam_filter"), 0);
+    assert_eq!(evictions("aggregator"), 0);
 }
 
 #[test]
 fn long_message_and_reason_are_cut_on_char_boundaries() {
-    let mut rec = recorder();
+    let (mut rec, metrics) = counted(RecorderConfig::new("collector", "node-1"));
     let spec = EventSpec::new(pod(), EventType::Warning, "é".repeat(100), "é".repeat(1000));
     let event = post(rec.record(spec, at(0)));
     assert_eq!(event.reason, "é".repeat(64));
     assert_eq!(event.message.len(), 1023);
     assert_eq!(event.message, format!("{}...", "é".repeat(510)));
-    let stats = rec.stats();
-    assert_eq!((stats.messages_truncated, stats.reasons_truncated), (1, 1));
-    // Counted under the reason as written.
-    assert_eq!(stats.recorded(&"é".repeat(64), EventType::Warning), 1);
+    let truncated = |field: &str| sample(&metrics, &format!("collector_recorder_truncated_total{{field=\"{field}\"}}"));
+    assert_eq!((truncated("message"), truncated("reason")), (1, 1));
 }
 
 #[test]

@@ -4,7 +4,10 @@
 //! an OOM kill with its victim's exit, which names the victim's cgroup, and
 //! tells a stop the container runtime was asked for ([`stop`]) from a failure.
 
+mod health;
 pub mod stop;
+
+pub use self::health::{device_name, errno_name, hw_severity};
 
 use std::{
     collections::VecDeque,
@@ -20,6 +23,7 @@ use crate::{
     clock::BootClock,
     decode::KernelRecord,
     escape::{c_str, escape_bytes},
+    health::kmsg::Patterns,
     record::{
         CgroupAttach, CgroupChange, Exit, ExitStatus, Identity, OomKill, OomScope, Process, Record, Signal,
         SignalResult, sent_by_process, signal_name,
@@ -51,6 +55,8 @@ pub struct RecordResolver {
     stops: StopTracker,
     /// What happened since the daemon last took the counts.
     counts: ResolveCounts,
+    /// The node-problem rules kernel log lines are matched against.
+    kernel_log: Patterns,
 }
 
 /// Things the resolver worked around, counted as they happen and taken by the daemon after each
@@ -77,6 +83,7 @@ impl RecordResolver {
             early_victims: VecDeque::new(),
             stops: StopTracker::default(),
             counts: ResolveCounts::default(),
+            kernel_log: Patterns::new(),
         }
     }
 
@@ -160,6 +167,10 @@ impl RecordResolver {
                     identity: change.identity,
                 })
             }
+            KernelRecord::Health(health) => match self.health(health) {
+                Some(record) => record,
+                None => return,
+            },
         };
         emit(record);
     }

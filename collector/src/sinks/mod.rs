@@ -7,8 +7,6 @@ pub mod journal;
 pub mod kubernetes;
 pub mod stdout;
 pub mod stream;
-#[cfg(any(test, feature = "test-api"))]
-pub mod test_api;
 pub mod webhook;
 
 use serde::{Deserialize, Serialize};

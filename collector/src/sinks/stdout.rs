@@ -8,6 +8,7 @@ use crate::{
     escape::{escape_bytes, scrub},
     recorder::Write as EventWrite,
     sinks::handler::{Dispatch, Handler},
+    telemetry::limit::WarnLimit,
 };
 
 /// Prints event writes.
@@ -15,14 +16,16 @@ pub struct StdoutSink<W: Write> {
     format: OutputFormat,
     out: W,
     header: bool,
-    /// Writes that failed; the first and every power of two is logged, not each.
+    /// Writes that failed, said in each warning.
     failed: u64,
+    /// Failures are warned about at the rate every repeating warning is.
+    warnings: WarnLimit,
 }
 
 impl<W: Write> StdoutSink<W> {
     /// A sink writing `format` to `out`.
     pub const fn new(format: OutputFormat, out: W) -> Self {
-        Self { format, out, header: false, failed: 0 }
+        Self { format, out, header: false, failed: 0, warnings: WarnLimit::new() }
     }
 
     /// Prints one write (a POST or a PATCH) and flushes, so each event shows at once.
@@ -70,8 +73,8 @@ impl<W: Write + Send + 'static> Handler for StdoutSink<W> {
         for write in dispatch.events.iter().filter_map(|decided| decided.write.as_ref()) {
             if let Err(err) = self.write(write) {
                 self.failed += 1;
-                if self.failed.is_power_of_two() {
-                    tracing::warn!("stdout sink: {err} ({} writes failed so far)", self.failed);
+                if let Some(suppressed) = self.warnings.allow() {
+                    tracing::warn!("stdout sink: {err} ({} writes failed so far){suppressed}", self.failed);
                 }
             }
         }

@@ -8,25 +8,28 @@
 //! per-container families live in a map so a pod's series can be removed when
 //! its tombstone expires (a `Family` cannot remove "every series of a pod").
 
+mod api;
 mod caches;
+mod health;
 pub mod http;
+mod kernel;
 pub mod limit;
 pub mod logs;
 mod plugins;
+mod recorder;
+mod series;
+
+pub use api::{ApiStatus, InFlight};
+pub use recorder::CACHES as RECORDER_CACHES;
 
 use std::{
-    collections::BTreeMap,
     fmt::{self, Write as _},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
 };
 
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, text},
-    metrics::{MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge, info::Info},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
     registry::{Registry, Unit},
 };
 use thiserror::Error;
@@ -97,6 +100,41 @@ label_values! {
         CgroupRmdir => "cgroup_rmdir",
         /// A task moved into a cgroup.
         CgroupAttach => "cgroup_attach",
+        /// The hung-task detector reported a task.
+        HungTask => "hung_task",
+        /// The kernel logged a line.
+        KernelLog => "kernel_log",
+        /// A filesystem reported an error.
+        FsError => "fs_error",
+        /// A block request failed.
+        IoError => "io_error",
+        /// A memory controller reported a hardware error.
+        HwError => "hw_error",
+    }
+}
+
+impl KernelRecordType {
+    /// The kernel's number for this type (`collector_common::kind`).
+    pub const fn kind(self) -> u32 {
+        use collector_common::kind;
+        match self {
+            Self::Exit => kind::EXIT,
+            Self::OomKill => kind::OOM_KILL,
+            Self::Signal => kind::SIGNAL,
+            Self::CgroupMkdir => kind::CGROUP_MKDIR,
+            Self::CgroupRmdir => kind::CGROUP_RMDIR,
+            Self::CgroupAttach => kind::CGROUP_ATTACH,
+            Self::HungTask => kind::HUNG_TASK,
+            Self::KernelLog => kind::KERNEL_LOG,
+            Self::FsError => kind::FS_ERROR,
+            Self::IoError => kind::IO_ERROR,
+            Self::HwError => kind::HW_ERROR,
+        }
+    }
+
+    /// The type of a kernel record of `kind`, if there is one.
+    pub fn of_kind(kind: u32) -> Option<Self> {
+        Self::ALL.iter().copied().find(|t| t.kind() == kind)
     }
 }
 
@@ -135,24 +173,6 @@ label_values! {
     }
 }
 
-/// The answer to an API request, for `collector_api_requests_total{status}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ApiStatus {
-    /// The server answered with this HTTP status code.
-    Code(u16),
-    /// No answer arrived (connection refused, timeout, TLS failure): `error`.
-    NoResponse,
-}
-
-impl EncodeLabelValue for ApiStatus {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
-        match self {
-            Self::Code(code) => write!(encoder, "{code}"),
-            Self::NoResponse => encoder.write_str("error"),
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TypeLabel {
     r#type: KernelRecordType,
@@ -167,12 +187,6 @@ struct EventLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CauseLabel {
     cause: DropCause,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ApiLabels {
-    verb: &'static str,
-    status: ApiStatus,
 }
 
 /// `result` of a lookup or a reload (`hit`, `miss`; `ok`, `error`).
@@ -219,7 +233,7 @@ pub struct ContainerRef<'a> {
 pub struct Metrics {
     registry: Registry,
     kernel_records: Family<TypeLabel, Counter>,
-    kernel: Arc<KernelSnapshot>,
+    kernel: Arc<kernel::KernelSnapshot>,
     records_malformed: Counter,
     records_unresolved: Counter,
     records_handed_over: Counter,
@@ -232,17 +246,17 @@ pub struct Metrics {
     filter_matches: Family<RuleLabel, Counter>,
     filter_rules: Gauge,
     filter_reloads: Family<ResultLabel, Counter>,
-    api_requests: Family<ApiLabels, Counter>,
-    api_retries: Counter,
-    api_deferred: Counter,
+    api: api::ApiMetrics,
     caches: Arc<caches::CacheSnapshot>,
-    containers: Arc<ContainerSeries>,
+    containers: Arc<series::ContainerSeries>,
     journal_appends: Counter,
     journal_append_errors: Counter,
     journal_pruned: Family<PruneLabel, Counter>,
     journal_size: Gauge,
     journal_outbox_pending: Gauge,
     plugins: plugins::PluginMetrics,
+    health: health::HealthMetrics,
+    recorder: recorder::RecorderMetrics,
 }
 
 /// The most pods with per-container series; beyond it increments are counted as dropped.
@@ -258,6 +272,8 @@ impl Metrics {
     pub fn new(version: &str) -> Self {
         let mut registry = Registry::with_prefix("collector");
         let plugins = plugins::PluginMetrics::register(&mut registry);
+        let health = health::HealthMetrics::register(&mut registry);
+        let recorder = recorder::RecorderMetrics::register(&mut registry);
         let mut metrics = Self {
             registry,
             kernel_records: Family::default(),
@@ -274,9 +290,7 @@ impl Metrics {
             filter_matches: Family::default(),
             filter_rules: Gauge::default(),
             filter_reloads: Family::default(),
-            api_requests: Family::default(),
-            api_retries: Counter::default(),
-            api_deferred: Counter::default(),
+            api: api::ApiMetrics::default(),
             caches: Arc::default(),
             containers: Arc::default(),
             journal_appends: Counter::default(),
@@ -285,6 +299,8 @@ impl Metrics {
             journal_size: Gauge::default(),
             journal_outbox_pending: Gauge::default(),
             plugins,
+            health,
+            recorder,
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -366,17 +382,7 @@ impl Metrics {
             "SIGHUP reloads of the filter rules, by result: ok, or error (the rules in force stay)",
             metrics.filter_reloads.clone(),
         );
-        registry.register(
-            "api_requests",
-            "Requests to the Kubernetes API server, by verb and HTTP status (error: no response)",
-            metrics.api_requests.clone(),
-        );
-        registry.register("api_retries", "Kubernetes API writes retried after a failure", metrics.api_retries.clone());
-        registry.register(
-            "api_writes_deferred",
-            "Kubernetes API writes that ran out of attempts and wait in the outbox for a later pass",
-            metrics.api_deferred.clone(),
-        );
+        metrics.api.register(registry);
         registry.register_collector(Box::new(Arc::clone(&metrics.caches)));
         registry.register_collector(Box::new(Arc::clone(&metrics.containers)));
         registry.register(
@@ -418,27 +424,9 @@ impl Metrics {
         self.caches.set_metadata(stats);
     }
 
-    /// Counts an API write put back in the outbox after its last attempt failed.
-    pub fn api_write_deferred(&self) {
-        self.api_deferred.inc();
-    }
-
     /// Counts a record the kernel delivered.
     pub fn kernel_record(&self, kind: KernelRecordType) {
         self.kernel_records.get_or_create(&TypeLabel { r#type: kind }).inc();
-    }
-
-    /// Stores the kernel programs' own counters, read from their map: records
-    /// lost to a full ring buffer, by type, and field reads that failed.
-    ///
-    /// They are totals kept by the kernel, so they are set, not added; a
-    /// reload of the probes restarts them at zero, which Prometheus treats as
-    /// a counter reset.
-    pub fn set_kernel_counters(&self, lost: impl IntoIterator<Item = (KernelRecordType, u64)>, read_failed: u64) {
-        for (kind, count) in lost {
-            self.kernel.lost[kind as usize].store(count, Ordering::Relaxed);
-        }
-        self.kernel.read_failed.store(read_failed, Ordering::Relaxed);
     }
 
     /// Counts a ring buffer item that did not decode.
@@ -504,35 +492,6 @@ impl Metrics {
         self.events_dropped.get_or_create(&CauseLabel { cause }).inc();
     }
 
-    /// Counts a request to the API server; `verb` is `sinks::Verb::as_str()` (`POST`, `PATCH`).
-    pub fn api_request(&self, verb: &'static str, status: ApiStatus) {
-        self.api_requests.get_or_create(&ApiLabels { verb, status }).inc();
-    }
-
-    /// Counts a retried API write.
-    pub fn api_retry(&self) {
-        self.api_retries.inc();
-    }
-
-    /// Counts an OOM kill in a container.
-    pub fn container_oom_kill(&self, container: &ContainerRef<'_>) {
-        self.containers.inc(container, |counts| &mut counts.oom_kills);
-    }
-
-    /// Counts a non-zero exit (status or signal) in a container.
-    pub fn container_nonzero_exit(&self, container: &ContainerRef<'_>) {
-        self.containers.inc(container, |counts| &mut counts.nonzero_exits);
-    }
-
-    /// Removes every per-container series of a pod; called when its tombstone expires.
-    ///
-    /// Nothing is removed if a pod with the same namespace and name but another
-    /// uid wrote to the series since: they now belong to that (live) pod.
-    /// Returns whether series were removed.
-    pub fn remove_pod(&self, namespace: &str, pod: &str, pod_uid: &str) -> bool {
-        self.containers.remove_pod(namespace, pod, pod_uid)
-    }
-
     /// Counts an entry appended to the journal.
     pub fn journal_appended(&self) {
         self.journal_appends.inc();
@@ -563,129 +522,6 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         text::encode(&mut out, &self.registry).map_err(TelemetryError::Encode)?;
         Ok(out)
-    }
-}
-
-/// Counters kept by the kernel programs, copied in by the daemon and read at scrape time.
-#[derive(Debug, Default)]
-struct KernelSnapshot {
-    /// Records lost because the ring buffer was full, indexed by [`KernelRecordType`].
-    lost: [AtomicU64; KernelRecordType::ALL.len()],
-    read_failed: AtomicU64,
-}
-
-impl Collector for KernelSnapshot {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        // By type, as `kernel_records` is: records delivered plus records lost is then what
-        // the kernel produced, type by type.
-        let mut metric = encoder.encode_descriptor(
-            "kernel_records_lost",
-            "Records the kernel programs dropped because the ring buffer was full, by record type.",
-            None,
-            MetricType::Counter,
-        )?;
-        for &kind in KernelRecordType::ALL {
-            let counter = ConstCounter::new(self.lost[kind as usize].load(Ordering::Relaxed));
-            counter.encode(metric.encode_family(&TypeLabel { r#type: kind })?)?;
-        }
-        let counter = ConstCounter::new(self.read_failed.load(Ordering::Relaxed));
-        let metric = encoder.encode_descriptor(
-            "kernel_field_read_failures",
-            "Records the kernel programs sent with a field they could not read.",
-            None,
-            counter.metric_type(),
-        )?;
-        counter.encode(metric)
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct ContainerCounts {
-    oom_kills: u64,
-    nonzero_exits: u64,
-}
-
-#[derive(Debug, Default)]
-struct PodSeries {
-    /// The uid of the pod that last wrote; see [`Metrics::remove_pod`].
-    uid: String,
-    containers: BTreeMap<String, ContainerCounts>,
-}
-
-/// Per-container counters, keyed by (namespace, pod).
-#[derive(Debug, Default)]
-struct ContainerSeries {
-    pods: Mutex<BTreeMap<(String, String), PodSeries>>,
-    dropped: AtomicU64,
-}
-
-impl ContainerSeries {
-    fn inc(&self, at: &ContainerRef<'_>, field: impl Fn(&mut ContainerCounts) -> &mut u64) {
-        // A panic elsewhere while holding the lock leaves plain counters, still usable.
-        let mut pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (at.namespace.to_owned(), at.pod.to_owned());
-        if !pods.contains_key(&key) && pods.len() >= MAX_PODS_WITH_SERIES {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let series = pods.entry(key).or_default();
-        if series.uid != at.pod_uid {
-            at.pod_uid.clone_into(&mut series.uid);
-        }
-        let counts = series.containers.entry(at.container.to_owned()).or_default();
-        let value = field(counts);
-        *value = value.saturating_add(1);
-    }
-
-    fn remove_pod(&self, namespace: &str, pod: &str, uid: &str) -> bool {
-        let mut pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (namespace.to_owned(), pod.to_owned());
-        if pods.get(&key).is_some_and(|series| series.uid == uid) {
-            pods.remove(&key);
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Reads one of a container's counts.
-type CountOf = fn(&ContainerCounts) -> u64;
-
-impl Collector for ContainerSeries {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
-        let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
-        let families: [(&str, &str, CountOf); 2] = [
-            ("container_oom_kills", "Processes in the container killed by the OOM killer.", |counts| counts.oom_kills),
-            (
-                "container_nonzero_exits",
-                "Processes in the container that exited with a non-zero status or by a signal.",
-                |counts| counts.nonzero_exits,
-            ),
-        ];
-        for (name, help, value) in families {
-            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for ((namespace, pod), series) in pods.iter() {
-                for (container, counts) in &series.containers {
-                    let value = value(counts);
-                    // Only series that happened, as a Family would show them.
-                    if value == 0 {
-                        continue;
-                    }
-                    let labels =
-                        [("namespace", namespace.as_str()), ("pod", pod.as_str()), ("container", container.as_str())];
-                    ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
-                }
-            }
-        }
-        let dropped = ConstCounter::new(self.dropped.load(Ordering::Relaxed));
-        let metric = encoder.encode_descriptor(
-            "container_series_dropped",
-            "Per-container increments not recorded because too many pods had series.",
-            None,
-            dropped.metric_type(),
-        )?;
-        dropped.encode(metric)
     }
 }
 

@@ -92,6 +92,11 @@ fn counters_show_exact_values() {
             "collector_kernel_records_total{type=\"cgroup_mkdir\"} 1",
             "collector_kernel_records_total{type=\"cgroup_rmdir\"} 0",
             "collector_kernel_records_total{type=\"exit\"} 2",
+            "collector_kernel_records_total{type=\"fs_error\"} 0",
+            "collector_kernel_records_total{type=\"hung_task\"} 0",
+            "collector_kernel_records_total{type=\"hw_error\"} 0",
+            "collector_kernel_records_total{type=\"io_error\"} 0",
+            "collector_kernel_records_total{type=\"kernel_log\"} 0",
             "collector_kernel_records_total{type=\"oom_kill\"} 0",
             "collector_kernel_records_total{type=\"signal\"} 0",
         ]
@@ -261,7 +266,22 @@ fn cache_counters_show_the_latest_totals() {
 #[test]
 fn label_spellings_are_stable() {
     let kinds: Vec<&str> = KernelRecordType::ALL.iter().map(|k| k.as_str()).collect();
-    assert_eq!(kinds, ["exit", "oom_kill", "signal", "cgroup_mkdir", "cgroup_rmdir", "cgroup_attach"]);
+    assert_eq!(
+        kinds,
+        [
+            "exit",
+            "oom_kill",
+            "signal",
+            "cgroup_mkdir",
+            "cgroup_rmdir",
+            "cgroup_attach",
+            "hung_task",
+            "kernel_log",
+            "fs_error",
+            "io_error",
+            "hw_error"
+        ]
+    );
     let causes: Vec<&str> = DropCause::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(causes, ["spam_filter", "queue_full", "filtered", "suppressed", "rejected", "expired"]);
 }

@@ -42,7 +42,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PREFIX")]
     pub cgroup: Option<String>,
     /// Only these record types (comma separated): exit, oom_kill, signal,
-    /// cgroup_mkdir, cgroup_rmdir, cgroup_attach. Default: all.
+    /// cgroup_mkdir, cgroup_rmdir, cgroup_attach, hung_task, kernel_log, fs_error,
+    /// io_error, hw_error (pressure comes from the daemon's stream only). Default: all.
     #[arg(long = "type", value_enum, value_delimiter = ',', value_name = "TYPE")]
     pub types: Vec<RecordType>,
     /// Only these process ids (comma separated). Default: all.
@@ -347,6 +348,15 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
         cgroup_subtree,
         // Exits need them too: the runtime's signals tell a requested stop (`stop`).
         emit_signals: filter.wants(RecordType::Signal) || filter.wants(RecordType::Exit),
+        health: [
+            RecordType::HungTask,
+            RecordType::KernelLog,
+            RecordType::FsError,
+            RecordType::IoError,
+            RecordType::HwError,
+        ]
+        .into_iter()
+        .any(|kind| filter.wants(kind)),
     };
     let metadata = match args.cri_socket {
         CriSocket::Off => None,

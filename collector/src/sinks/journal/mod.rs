@@ -83,29 +83,6 @@ impl Default for JournalConfig {
 /// The WAL is truncated to this size after a checkpoint.
 pub const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
-/// Counters of the writer since it was opened.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct JournalStats {
-    /// Events stored as new rows.
-    pub appended: u64,
-    /// Repeats (PATCHes) that updated an existing row in place.
-    pub updated: u64,
-    /// Writes put in the outbox.
-    pub enqueued: u64,
-    /// Outbox writes marked delivered.
-    pub delivered: u64,
-    /// Outbox writes dropped undelivered because they outlived the API server's TTL.
-    pub expired_undelivered: u64,
-    /// Occurrences stored.
-    pub occurrences: u64,
-    /// Occurrence and event rows deleted by pruning (age or size).
-    pub pruned_rows: u64,
-    /// Outbox rows that no longer decoded and were deleted rather than blocking the queue.
-    pub malformed_outbox: u64,
-    /// Write operations that failed.
-    pub write_errors: u64,
-}
-
 /// Errors of the journal. Each names the journal file.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

@@ -137,18 +137,12 @@ impl Journal {
         let records = serde_json::to_string(occurrence.context.records)
             .map_err(|source| JournalError::Encode { name: occurrence.spec.reason.clone(), source })?;
         let prepared = write.map(|write| Self::prepare(write, &occurrence.context)).transpose()?;
-        let result = self.transaction("store an occurrence", |tx, path| {
+        self.transaction("store an occurrence", |tx, path| {
             insert(tx, path, occurrence, outcome, write.map(|w| w.name.as_str()), &object, &records, now)?;
             prepared
                 .map(|prepared| Self::store_prepared(tx, path, &prepared, now, outcome == ApiOutcome::Queued))
                 .transpose()
-        });
-        let recorded = self.count(result)?;
-        self.stats.occurrences = self.stats.occurrences.saturating_add(1);
-        if let Some(recorded) = recorded {
-            self.note(recorded);
-        }
-        Ok(recorded)
+        })
     }
 }
 

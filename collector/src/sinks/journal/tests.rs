@@ -223,7 +223,8 @@ fn a_patch_updates_count_and_last_timestamp_in_place() {
     assert_eq!(json["lastTimestamp"], "2026-11-28T10:41:40Z");
     assert_eq!(json["firstTimestamp"], "2026-11-28T10:40:10Z");
     assert_eq!(serde_json::from_str::<Value>(&event.records).unwrap(), last_records);
-    assert_eq!(journal.stats(), JournalStats { appended: 1, updated: 2, enqueued: 3, ..JournalStats::default() });
+    // One row, updated twice; each of the three writes queued for the API server.
+    assert_eq!(journal.outbox_len().unwrap(), 3);
     let verbs: Vec<_> = journal
         .outbox(10)
         .unwrap()
@@ -262,7 +263,6 @@ fn outbox_is_fifo_and_survives_a_restart() {
         assert_eq!(journal.outbox(2).unwrap().len(), 2);
         assert!(journal.mark_delivered(ids[1]).unwrap());
         assert!(!journal.mark_delivered(ids[1]).unwrap());
-        assert_eq!(journal.stats().delivered, 1);
         ids
     };
     let mut journal = open(&dir);
@@ -292,7 +292,6 @@ fn drop_expired_counts_what_it_dropped() {
     assert_eq!(journal.drop_expired(DEFAULT_OUTBOX_MAX_AGE, at(5401)).unwrap(), 0);
     let left: Vec<Timestamp> = journal.outbox(10).unwrap().into_iter().map(|p| p.enqueued_at).collect();
     assert_eq!(left, [at(3600), at(3660)]);
-    assert_eq!(journal.stats().expired_undelivered, 2);
 }
 
 #[test]
@@ -308,7 +307,6 @@ fn prune_by_age_deletes_events_older_than_max_age() {
     }
     let pruned = journal.prune(at(0)).unwrap();
     assert_eq!(pruned, Pruned { events_by_age: 2, ..Pruned::default() });
-    assert_eq!(journal.stats().pruned_rows, 2);
     let reader = JournalReader::open(dir.path()).unwrap();
     let pods: Vec<_> = all(&reader).into_iter().map(|e| e.object_name).collect();
     assert_eq!(pods, ["p2", "p3", "p4"]);
@@ -404,7 +402,6 @@ fn malformed_events_are_refused_and_counted() {
     w.event["lastTimestamp"] = json!("yesterday");
     let err = journal.record(&w, &EventContext::NONE, at(0)).unwrap_err();
     assert!(matches!(err, JournalError::MalformedEvent { field: "lastTimestamp", .. }), "{err:?}");
-    assert_eq!(journal.stats().write_errors, 1);
     assert_eq!(journal.outbox_len().unwrap(), 0);
 }
 
@@ -444,7 +441,6 @@ fn every_occurrence_is_kept_while_the_spam_filter_caps_the_writes() {
     let (written, filtered) = storm(&mut journal, &mut recorder(), 0, 60, "killed");
     assert_eq!((written, filtered), (25, 35));
     assert_eq!(journal.outbox_len().unwrap(), 25);
-    assert_eq!(journal.stats().occurrences, 60);
     let reader = JournalReader::open(dir.path()).unwrap();
     let mut outcomes = Vec::new();
     reader

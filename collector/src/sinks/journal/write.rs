@@ -10,7 +10,7 @@ use rusqlite::{Connection, Transaction, params};
 use serde_json::Value;
 
 use super::{
-    JournalConfig, JournalError, JournalStats, journal_path, schema,
+    JournalConfig, JournalError, journal_path, schema,
     time::{before, parse_rfc3339},
 };
 use crate::{recorder::Timestamp, sinks::ApiWrite};
@@ -90,7 +90,6 @@ pub struct Journal {
     pub(super) conn: Connection,
     path: PathBuf,
     config: JournalConfig,
-    pub(super) stats: JournalStats,
 }
 
 /// The columns the journal indexes, taken from the event JSON.
@@ -119,17 +118,12 @@ impl Journal {
 
     /// Opens (creating if needed) the journal at exactly `path`.
     pub fn open_file(path: &Path, config: JournalConfig) -> Result<Self, JournalError> {
-        Ok(Self { conn: schema::open_writer(path)?, path: path.to_owned(), config, stats: JournalStats::default() })
+        Ok(Self { conn: schema::open_writer(path)?, path: path.to_owned(), config })
     }
 
     /// The journal file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// A snapshot of the counters.
-    pub fn stats(&self) -> JournalStats {
-        self.stats
     }
 
     /// Stores the event of `write` (a repeat updates its earlier row) and puts the write in the
@@ -140,8 +134,7 @@ impl Journal {
         context: &EventContext<'_>,
         now: Timestamp,
     ) -> Result<Recorded, JournalError> {
-        let result = self.store(write, context, now, true);
-        self.count(result)
+        self.store(write, context, now, true)
     }
 
     /// Stores the event of `write` without enqueueing it (no API sink configured).
@@ -151,29 +144,23 @@ impl Journal {
         context: &EventContext<'_>,
         now: Timestamp,
     ) -> Result<Recorded, JournalError> {
-        let result = self.store(write, context, now, false);
-        self.count(result)
+        self.store(write, context, now, false)
     }
 
     /// Puts only `write` in the outbox; returns its id.
     pub fn enqueue(&mut self, write: &ApiWrite, now: Timestamp) -> Result<i64, JournalError> {
-        let result = self.transaction("enqueue", |tx, path| insert_outbox(tx, path, write, now));
-        if result.is_ok() {
-            self.stats.enqueued = self.stats.enqueued.saturating_add(1);
-        }
-        self.count(result)
+        self.transaction("enqueue", |tx, path| insert_outbox(tx, path, write, now))
     }
 
     /// Up to `limit` undelivered writes, oldest first. Rows that no longer decode are deleted
-    /// and counted ([`JournalStats::malformed_outbox`]) so they cannot block the queue.
+    /// and logged so they cannot block the queue.
     pub fn outbox(&mut self, limit: usize) -> Result<Vec<Pending>, JournalError> {
         self.outbox_after(None, limit)
     }
 
     /// Like [`Self::outbox`], but only writes queued after the one with id `after`.
     pub fn outbox_after(&mut self, after: Option<i64>, limit: usize) -> Result<Vec<Pending>, JournalError> {
-        let result = self.read_outbox(after.unwrap_or(0), limit);
-        self.count(result)
+        self.read_outbox(after.unwrap_or(0), limit)
     }
 
     /// Undelivered writes.
@@ -191,11 +178,7 @@ impl Journal {
             .conn
             .execute("DELETE FROM outbox WHERE id = ?1", [id])
             .map_err(|source| schema::classify(&self.path, "mark delivered", source));
-        let removed = self.count(result)? > 0;
-        if removed {
-            self.stats.delivered = self.stats.delivered.saturating_add(1);
-        }
-        Ok(removed)
+        Ok(result? > 0)
     }
 
     /// Drops undelivered writes enqueued before `now - max_age` (use
@@ -206,31 +189,18 @@ impl Journal {
             .conn
             .execute("DELETE FROM outbox WHERE enqueued_at < ?1", [before(now, max_age)])
             .map_err(|source| schema::classify(&self.path, "drop expired writes", source));
-        let dropped = to_u64(self.count(result)?);
-        self.stats.expired_undelivered = self.stats.expired_undelivered.saturating_add(dropped);
-        Ok(dropped)
+        Ok(to_u64(result?))
     }
 
     /// Deletes occurrences and API events from before `now - max_age`, then the oldest of either
     /// until the pages in use fit `max_bytes`, and returns freed pages to the file system.
     pub fn prune(&mut self, now: Timestamp) -> Result<Pruned, JournalError> {
-        let result = self.prune_inner(now);
-        let pruned = self.count(result)?;
-        let rows = [pruned.by_age, pruned.by_size, pruned.events_by_age, pruned.events_by_size];
-        self.stats.pruned_rows = rows.into_iter().fold(self.stats.pruned_rows, u64::saturating_add);
-        Ok(pruned)
+        self.prune_inner(now)
     }
 
     /// Bytes of the pages in use (the file minus its free pages; the WAL not included).
     pub fn used_bytes(&self) -> Result<u64, JournalError> {
         used_bytes(&self.conn, &self.path)
-    }
-
-    pub(super) fn count<T>(&mut self, result: Result<T, JournalError>) -> Result<T, JournalError> {
-        if result.is_err() {
-            self.stats.write_errors = self.stats.write_errors.saturating_add(1);
-        }
-        result
     }
 
     pub(super) fn transaction<T>(
@@ -255,7 +225,6 @@ impl Journal {
         let prepared = Self::prepare(write, context)?;
         let recorded =
             self.transaction("store event", |tx, path| Self::store_prepared(tx, path, &prepared, now, enqueue))?;
-        self.note(recorded);
         Ok(recorded)
     }
 
@@ -281,17 +250,6 @@ impl Journal {
         let row = upsert(tx, path, &prepared.row, &prepared.event, &prepared.records, now)?;
         let outbox_id = if enqueue { Some(insert_outbox(tx, path, prepared.write, now)?) } else { None };
         Ok(Recorded { row, outbox_id })
-    }
-
-    /// Counts a committed store.
-    pub(super) fn note(&mut self, recorded: Recorded) {
-        match recorded.row {
-            RowChange::Appended => self.stats.appended = self.stats.appended.saturating_add(1),
-            RowChange::Updated => self.stats.updated = self.stats.updated.saturating_add(1),
-        }
-        if recorded.outbox_id.is_some() {
-            self.stats.enqueued = self.stats.enqueued.saturating_add(1);
-        }
     }
 
     fn read_outbox(&mut self, after: i64, limit: usize) -> Result<Vec<Pending>, JournalError> {
@@ -322,7 +280,8 @@ impl Journal {
             self.conn
                 .execute("DELETE FROM outbox WHERE id = ?1", [id])
                 .map_err(|source| schema::classify(&self.path, "drop a malformed write", source))?;
-            self.stats.malformed_outbox = self.stats.malformed_outbox.saturating_add(1);
+            // Only a corrupted file or a build that wrote another format leaves one behind.
+            tracing::warn!("journal {}: dropped outbox write {id}, which no longer decodes", self.path.display());
         }
         Ok(pending)
     }

@@ -19,10 +19,10 @@
 //! delivered stays in the outbox for a later pass.
 
 mod backoff;
+pub mod node_status;
 mod runner;
-mod stats;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,12 +33,10 @@ use http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use tokio::sync::Semaphore;
 
 pub use backoff::Backoff;
-pub use runner::{MemoryOutbox, Outbox, Runner, RunnerConfig};
-pub use stats::{Reply, StatsSnapshot};
+pub use runner::{Outbox, Runner, RunnerConfig};
 
 use super::{ApiWrite, Verb};
-use crate::telemetry::{ApiStatus, DropCause, Metrics, limit::WarnLimit};
-use stats::{InFlight, Stats};
+use crate::telemetry::{ApiStatus, DropCause, InFlight, Metrics, limit::WarnLimit};
 
 /// Errors setting up the connection to a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -163,23 +161,20 @@ pub struct KubeSink {
     target: Target,
     config: SinkConfig,
     slots: Semaphore,
-    stats: Stats,
     /// Where each count also goes as it happens (the daemon's /metrics).
     metrics: Option<Arc<Metrics>>,
     /// Refused and given-up writes are warned about at a bounded rate.
     warnings: WarnLimit,
 }
 
-/// What the sink counts, where it happens: one place updates both its own counters and the
-/// daemon's metrics, so nothing is pulled and diffed later.
+/// What the sink counts into the daemon's metrics, where it happens: nothing is pulled and
+/// diffed later.
 enum Counted {
-    Request(Verb, Reply),
+    Request(Verb, ApiStatus),
     Retry,
     Repost,
-    Delivered,
     Rejected,
     GaveUp,
-    Printed,
 }
 
 /// How a sequence of attempts for one request ended.
@@ -207,7 +202,7 @@ impl KubeSink {
 
     fn with_target(target: Target, config: SinkConfig) -> Self {
         let slots = Semaphore::new(config.max_in_flight.max(1));
-        Self { target, config, slots, stats: Stats::default(), metrics: None, warnings: WarnLimit::new() }
+        Self { target, config, slots, metrics: None, warnings: WarnLimit::new() }
     }
 
     /// The same sink, also counting into `metrics` as it goes.
@@ -218,38 +213,15 @@ impl KubeSink {
     }
 
     fn count(&self, what: Counted) {
-        let metrics = self.metrics.as_deref();
+        let Some(metrics) = self.metrics.as_deref() else { return };
         match what {
-            Counted::Request(verb, reply) => {
-                self.stats.request(verb, reply);
-                let status = match reply {
-                    Reply::Status(code) => ApiStatus::Code(code),
-                    Reply::Error => ApiStatus::NoResponse,
-                };
-                metrics.inspect(|metrics| metrics.api_request(verb.as_str(), status));
-            }
-            Counted::Retry => {
-                self.stats.lock().retries += 1;
-                metrics.inspect(|metrics| metrics.api_retry());
-            }
-            Counted::Repost => self.stats.lock().reposts += 1,
-            Counted::Delivered => self.stats.lock().delivered += 1,
-            Counted::Rejected => {
-                self.stats.lock().rejected += 1;
-                metrics.inspect(|metrics| metrics.event_dropped(DropCause::Rejected));
-            }
+            Counted::Request(verb, status) => metrics.api_request(verb.as_str(), status),
+            Counted::Retry => metrics.api_retry(),
+            Counted::Repost => metrics.api_repost(),
+            Counted::Rejected => metrics.event_dropped(DropCause::Rejected),
             // Not a drop: the write stays in the outbox and a later pass sends it.
-            Counted::GaveUp => {
-                self.stats.lock().gave_up += 1;
-                metrics.inspect(|metrics| metrics.api_write_deferred());
-            }
-            Counted::Printed => self.stats.lock().printed += 1,
+            Counted::GaveUp => metrics.api_write_deferred(),
         }
-    }
-
-    /// The counters so far.
-    pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
     }
 
     /// Deliver one write, retrying as documented on the module. Cancel-safe:
@@ -276,7 +248,7 @@ impl KubeSink {
             Attempts::Invalid => Outcome::Rejected { status: 0 },
         };
         match outcome {
-            Outcome::Delivered { .. } | Outcome::Reposted => self.count(Counted::Delivered),
+            Outcome::Delivered { .. } | Outcome::Reposted | Outcome::Printed => {}
             Outcome::Rejected { status } => {
                 self.count(Counted::Rejected);
                 if let Some(suppressed) = self.warnings.allow() {
@@ -297,7 +269,6 @@ impl KubeSink {
                     );
                 }
             }
-            Outcome::Printed => {}
         }
         outcome
     }
@@ -308,7 +279,6 @@ impl KubeSink {
         if let Err(err) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
             tracing::warn!("dry run: cannot print a write: {err}");
         }
-        self.count(Counted::Printed);
         Outcome::Printed
     }
 
@@ -342,7 +312,7 @@ impl KubeSink {
         // The semaphore is never closed, so acquiring only fails in theory; going
         // ahead without a slot is better than dropping the write.
         let _slot = self.slots.acquire().await.ok();
-        let _in_flight = InFlight::new(&self.stats);
+        let _in_flight = InFlight::start(self.metrics.as_deref());
         let exchange = async {
             let response = client.send(request.map(kube::client::Body::from)).await?;
             let status = response.status().as_u16();
@@ -354,7 +324,7 @@ impl KubeSink {
         };
         match tokio::time::timeout(self.config.request_timeout, exchange).await {
             Ok(Ok((status, retry_after, body))) => {
-                self.count(Counted::Request(write.verb, Reply::Status(status)));
+                self.count(Counted::Request(write.verb, ApiStatus::Code(status)));
                 if !(200..300).contains(&status) {
                     let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
                     tracing::debug!("{} {} -> {status}: {}", write.verb.as_str(), write.path(), text.trim());
@@ -362,12 +332,12 @@ impl KubeSink {
                 Ok(Answer { status, retry_after })
             }
             Ok(Err(err)) => {
-                self.count(Counted::Request(write.verb, Reply::Error));
+                self.count(Counted::Request(write.verb, ApiStatus::NoResponse));
                 tracing::debug!("{} {} failed: {err}", write.verb.as_str(), write.path());
                 Err(Failure::Transport)
             }
             Err(_elapsed) => {
-                self.count(Counted::Request(write.verb, Reply::Error));
+                self.count(Counted::Request(write.verb, ApiStatus::NoResponse));
                 tracing::debug!("{} {} timed out", write.verb.as_str(), write.path());
                 Err(Failure::Transport)
             }

@@ -1,9 +1,8 @@
 //! Draining an outbox of pending writes into the API server.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -236,67 +235,5 @@ fn finish<O: Outbox>(
             state.held.remove(&later);
         }
         state.blocked.insert(key);
-    }
-}
-
-/// An in-memory [`Outbox`], for tests and for running without a journal.
-/// Unbounded: a bounded, durable outbox is the journal's.
-#[derive(Debug, Default)]
-pub struct MemoryOutbox(Mutex<Memory>);
-
-#[derive(Debug, Default)]
-struct Memory {
-    next_id: i64,
-    pending: BTreeMap<i64, ApiWrite>,
-    done: Vec<(i64, Outcome)>,
-    largest_batch: usize,
-}
-
-impl MemoryOutbox {
-    fn lock(&self) -> MutexGuard<'_, Memory> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Queue a write; returns its id.
-    pub fn push(&self, write: ApiWrite) -> i64 {
-        let mut memory = self.lock();
-        memory.next_id += 1;
-        let id = memory.next_id;
-        memory.pending.insert(id, write);
-        id
-    }
-
-    /// Writes not yet done.
-    pub fn pending(&self) -> usize {
-        self.lock().pending.len()
-    }
-
-    /// Finished writes in the order they finished.
-    pub fn done(&self) -> Vec<(i64, Outcome)> {
-        self.lock().done.clone()
-    }
-
-    /// The largest batch ever handed out.
-    pub fn largest_batch(&self) -> usize {
-        self.lock().largest_batch
-    }
-}
-
-impl Outbox for MemoryOutbox {
-    type Error = Infallible;
-
-    async fn next_batch(&self, after: Option<i64>, limit: usize) -> Result<Vec<(i64, ApiWrite)>, Infallible> {
-        let mut memory = self.lock();
-        let start = after.map_or(i64::MIN, |a| a.saturating_add(1));
-        let batch: Vec<_> = memory.pending.range(start..).take(limit).map(|(id, w)| (*id, w.clone())).collect();
-        memory.largest_batch = memory.largest_batch.max(batch.len());
-        Ok(batch)
-    }
-
-    fn mark_done(&self, id: i64, outcome: Outcome) -> Result<(), Infallible> {
-        let mut memory = self.lock();
-        memory.pending.remove(&id);
-        memory.done.push((id, outcome));
-        Ok(())
     }
 }

@@ -1,13 +1,15 @@
 //! The sink against the API server test double, through kube's real client.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::*;
-use crate::sinks::test_api::{Recorded, Rule, TestApi};
+use api_double::{Recorded, Rule, TestApi};
 
 const FAST: SinkConfig = SinkConfig {
     request_timeout: Duration::from_millis(300),
@@ -44,8 +46,61 @@ fn patch(name: &str, count: u64) -> ApiWrite {
     ApiWrite { verb: Verb::Patch, namespace: "default".into(), name: name.into(), body, event: event(name, count) }
 }
 
-async fn sink(api: &mut TestApi, config: SinkConfig) -> Arc<KubeSink> {
-    Arc::new(KubeSink::new(api.client().await, config))
+/// A client for the double, built as the daemon builds one: through [`connect`] and a kubeconfig,
+/// so kube's own retries stay off.
+pub(crate) async fn client(api: &mut TestApi) -> kube::Client {
+    match connect(Some(&api.kubeconfig())).await {
+        Ok(Cluster::Api(client)) => client,
+        Ok(Cluster::NoCluster) => panic!("the double's kubeconfig gives no cluster"),
+        Err(err) => panic!("the double's kubeconfig gives no client: {err}"),
+    }
+}
+
+/// A sink for the double, counting into metrics of its own.
+async fn sink(api: &mut TestApi, config: SinkConfig) -> (Arc<KubeSink>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new("test"));
+    (Arc::new(KubeSink::new(client(api).await, config).with_metrics(Arc::clone(&metrics))), metrics)
+}
+
+/// What the sink counted, as /metrics shows it.
+#[derive(Debug)]
+struct Counts {
+    text: String,
+}
+
+impl Counts {
+    fn of(metrics: &Metrics) -> Self {
+        Self { text: metrics.encode().unwrap() }
+    }
+
+    fn value(&self, series: &str) -> u64 {
+        self.text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+    }
+
+    /// Requests with this verb and status (`201`, or `error` for no answer).
+    fn requests(&self, verb: Verb, status: &str) -> u64 {
+        self.value(&format!("collector_api_requests_total{{verb=\"{}\",status=\"{status}\"}}", verb.as_str()))
+    }
+
+    fn retries(&self) -> u64 {
+        self.value("collector_api_retries_total")
+    }
+
+    fn reposts(&self) -> u64 {
+        self.value("collector_api_reposts_total")
+    }
+
+    fn rejected(&self) -> u64 {
+        self.value("collector_events_dropped_total{cause=\"rejected\"}")
+    }
+
+    fn deferred(&self) -> u64 {
+        self.value("collector_api_writes_deferred_total")
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.value("collector_api_requests_in_flight")
+    }
 }
 
 /// (method, path, count) of each request, for compact sequence assertions.
@@ -81,7 +136,7 @@ fn spawn_runner(
 #[tokio::test]
 async fn a_burst_is_one_post_then_patches_in_order() {
     let mut api = TestApi::start().await;
-    let sink = sink(&mut api, FAST).await;
+    let (sink, metrics) = sink(&mut api, FAST).await;
     let outbox = Arc::new(MemoryOutbox::default());
     outbox.push(post("web.1"));
     outbox.push(patch("web.1", 2));
@@ -109,23 +164,23 @@ async fn a_burst_is_one_post_then_patches_in_order() {
         outcomes,
         [Outcome::Delivered { status: 201 }, Outcome::Delivered { status: 200 }, Outcome::Delivered { status: 200 }]
     );
-    let stats = sink.stats();
-    assert_eq!(stats.requests(Verb::Post, Reply::Status(201)), 1);
-    assert_eq!(stats.requests(Verb::Patch, Reply::Status(200)), 2);
-    assert_eq!((stats.delivered, stats.retries, stats.in_flight), (3, 0, 0));
+    let stats = Counts::of(&metrics);
+    assert_eq!(stats.requests(Verb::Post, "201"), 1);
+    assert_eq!(stats.requests(Verb::Patch, "200"), 2);
+    assert_eq!((stats.retries(), stats.in_flight()), (0, 0));
 }
 
 #[tokio::test]
 async fn server_errors_are_retried_then_delivered() {
     let mut api = TestApi::start().await;
     api.script(Rule::status(503).times(3));
-    let sink = sink(&mut api, FAST).await;
+    let (sink, metrics) = sink(&mut api, FAST).await;
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::Delivered { status: 201 });
     let statuses: Vec<u16> = api.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [503, 503, 503, 201]);
-    let stats = sink.stats();
-    assert_eq!(stats.requests(Verb::Post, Reply::Status(503)), 3);
-    assert_eq!((stats.retries, stats.delivered, stats.rejected), (3, 1, 0));
+    let stats = Counts::of(&metrics);
+    assert_eq!(stats.requests(Verb::Post, "503"), 3);
+    assert_eq!((stats.retries(), stats.rejected()), (3, 0));
 }
 
 #[tokio::test]
@@ -133,7 +188,7 @@ async fn requests_and_retries_reach_the_metrics_as_they_happen() {
     let mut api = TestApi::start().await;
     api.script(Rule::status(503).times(2));
     let metrics = Arc::new(Metrics::new("test"));
-    let sink = KubeSink::new(api.client().await, FAST).with_metrics(Arc::clone(&metrics));
+    let sink = KubeSink::new(client(&mut api).await, FAST).with_metrics(Arc::clone(&metrics));
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::Delivered { status: 201 });
     let text = metrics.encode().unwrap();
     for line in [
@@ -150,7 +205,7 @@ async fn refused_connections_are_retried_until_the_server_is_back() {
     let mut api = TestApi::start().await;
     // Full jitter can make 12 fast tries last less than the 150 ms outage: allow
     // enough tries (each at most 40 ms apart) that giving up cannot come first.
-    let sink = sink(&mut api, SinkConfig { max_attempts: 1000, ..FAST }).await;
+    let (sink, metrics) = sink(&mut api, SinkConfig { max_attempts: 1000, ..FAST }).await;
     api.stop().await;
     let delivery = tokio::spawn({
         let sink = Arc::clone(&sink);
@@ -160,15 +215,15 @@ async fn refused_connections_are_retried_until_the_server_is_back() {
     api.restart().await;
     assert_eq!(delivery.await.unwrap(), Outcome::Delivered { status: 201 });
     assert_eq!(api.requests().len(), 1);
-    let stats = sink.stats();
-    assert!(stats.requests(Verb::Post, Reply::Error) >= 1, "{stats:?}");
-    assert_eq!(stats.retries, stats.requests(Verb::Post, Reply::Error));
+    let stats = Counts::of(&metrics);
+    assert!(stats.requests(Verb::Post, "error") >= 1, "{stats:?}");
+    assert_eq!(stats.retries(), stats.requests(Verb::Post, "error"));
 }
 
 #[tokio::test]
 async fn a_patch_answered_404_is_reposted_with_the_whole_event() {
     let mut api = TestApi::start().await;
-    let sink = sink(&mut api, FAST).await;
+    let (sink, metrics) = sink(&mut api, FAST).await;
     assert_eq!(sink.deliver(patch("web.1", 7)).await, Outcome::Reposted);
     let requests = api.requests();
     assert_eq!(
@@ -181,14 +236,14 @@ async fn a_patch_answered_404_is_reposted_with_the_whole_event() {
     assert_eq!(requests[0].status, 404);
     assert_eq!(requests[1].body, event("web.1", 7));
     assert_eq!(api.stored("default", "web.1"), Some(event("web.1", 7)));
-    let stats = sink.stats();
-    assert_eq!((stats.reposts, stats.delivered, stats.retries), (1, 1, 0));
+    let stats = Counts::of(&metrics);
+    assert_eq!((stats.reposts(), stats.retries()), (1, 0));
 }
 
 #[tokio::test]
 async fn an_expired_event_is_reposted_after_retried_patches() {
     let mut api = TestApi::start().await;
-    let sink = sink(&mut api, FAST).await;
+    let (sink, metrics) = sink(&mut api, FAST).await;
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::Delivered { status: 201 });
     api.forget("default", "web.1");
     api.script(Rule::status(503).on("PATCH").times(2));
@@ -197,28 +252,28 @@ async fn an_expired_event_is_reposted_after_retried_patches() {
     let expected = [("POST", 201), ("PATCH", 503), ("PATCH", 503), ("PATCH", 404), ("POST", 201)];
     assert_eq!(statuses, expected.map(|(m, s)| (m.to_owned(), s)));
     assert_eq!(api.stored("default", "web.1"), Some(event("web.1", 2)));
-    assert_eq!((sink.stats().reposts, sink.stats().retries), (1, 2));
+    assert_eq!((Counts::of(&metrics).reposts(), Counts::of(&metrics).retries()), (1, 2));
 }
 
 #[tokio::test]
 async fn a_bad_request_is_not_retried() {
     let mut api = TestApi::start().await;
     api.script(Rule::status(400));
-    let sink = sink(&mut api, FAST).await;
+    let (sink, metrics) = sink(&mut api, FAST).await;
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::Rejected { status: 400 });
     assert_eq!(api.requests().len(), 1);
-    let stats = sink.stats();
-    assert_eq!((stats.rejected, stats.retries, stats.delivered), (1, 0, 0));
+    let stats = Counts::of(&metrics);
+    assert_eq!((stats.rejected(), stats.retries()), (1, 0));
 }
 
 #[tokio::test]
 async fn already_exists_counts_as_delivered() {
     let mut api = TestApi::start().await;
-    let sink = sink(&mut api, FAST).await;
+    let (sink, metrics) = sink(&mut api, FAST).await;
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::Delivered { status: 201 });
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::Delivered { status: 409 });
     assert_eq!(api.requests().len(), 2);
-    assert_eq!(sink.stats().retries, 0);
+    assert_eq!(Counts::of(&metrics).retries(), 0);
 }
 
 #[tokio::test]
@@ -227,12 +282,12 @@ async fn too_many_requests_waits_for_retry_after() {
     api.script(Rule::status(429).retry_after(1).times(1));
     let config =
         SinkConfig { backoff: Backoff { base: Duration::from_millis(5), cap: Duration::from_secs(5) }, ..FAST };
-    let sink = sink(&mut api, config).await;
+    let (sink, metrics) = sink(&mut api, config).await;
     let start = Instant::now();
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::Delivered { status: 201 });
     let elapsed = start.elapsed();
     assert!(elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(3), "{elapsed:?}");
-    assert_eq!(sink.stats().requests(Verb::Post, Reply::Status(429)), 1);
+    assert_eq!(Counts::of(&metrics).requests(Verb::Post, "429"), 1);
 }
 
 #[tokio::test]
@@ -240,24 +295,24 @@ async fn a_slow_answer_times_out_and_the_retry_finds_the_event_created() {
     let mut api = TestApi::start().await;
     api.script(Rule::slow(Duration::from_secs(2)).times(1));
     let config = SinkConfig { request_timeout: Duration::from_millis(200), ..FAST };
-    let sink = sink(&mut api, config).await;
+    let (sink, metrics) = sink(&mut api, config).await;
     // The double handled the first POST but answered too late; the retry meets AlreadyExists.
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::Delivered { status: 409 });
-    let stats = sink.stats();
-    assert_eq!(stats.requests(Verb::Post, Reply::Error), 1);
-    assert_eq!(stats.requests(Verb::Post, Reply::Status(409)), 1);
-    assert_eq!(stats.retries, 1);
+    let stats = Counts::of(&metrics);
+    assert_eq!(stats.requests(Verb::Post, "error"), 1);
+    assert_eq!(stats.requests(Verb::Post, "409"), 1);
+    assert_eq!(stats.retries(), 1);
 }
 
 #[tokio::test]
 async fn endless_server_errors_give_up_after_max_attempts() {
     let mut api = TestApi::start().await;
     api.script(Rule::status(500));
-    let sink = sink(&mut api, SinkConfig { max_attempts: 3, ..FAST }).await;
+    let (sink, metrics) = sink(&mut api, SinkConfig { max_attempts: 3, ..FAST }).await;
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::GaveUp { attempts: 3 });
     assert_eq!(api.requests().len(), 3);
-    let stats = sink.stats();
-    assert_eq!((stats.gave_up, stats.retries, stats.delivered), (1, 2, 0));
+    let stats = Counts::of(&metrics);
+    assert_eq!((stats.deferred(), stats.retries()), (1, 2));
 }
 
 #[tokio::test]
@@ -265,7 +320,7 @@ async fn an_outage_loses_nothing_and_delivers_each_write_once_in_order() {
     let mut api = TestApi::start().await;
     // Small bounds so the outage exercises give-ups, skipped writes and new passes.
     let config = SinkConfig { max_attempts: 4, ..FAST };
-    let sink = sink(&mut api, config).await;
+    let (sink, metrics) = sink(&mut api, config).await;
     let runner = RunnerConfig { max_held: 4, max_per_name: 2, poll: Duration::from_millis(20) };
     let outbox = Arc::new(MemoryOutbox::default());
     api.stop().await;
@@ -278,7 +333,7 @@ async fn an_outage_loses_nothing_and_delivers_each_write_once_in_order() {
     let _stop = spawn_runner(Arc::clone(&sink), runner, Arc::clone(&outbox));
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(outbox.pending(), 15, "nothing may be lost or marked done during the outage");
-    assert!(sink.stats().gave_up > 0);
+    assert!(Counts::of(&metrics).deferred() > 0);
     api.restart().await;
     until("recovery", Duration::from_secs(10), || outbox.pending() == 0).await;
 
@@ -294,14 +349,14 @@ async fn an_outage_loses_nothing_and_delivers_each_write_once_in_order() {
     }
     assert!(requests.iter().all(|r| r.status < 300));
     assert!(outbox.largest_batch() <= 4);
-    assert_eq!(sink.stats().in_flight, 0);
+    assert_eq!(Counts::of(&metrics).in_flight(), 0);
 }
 
 #[tokio::test]
 async fn a_failing_event_does_not_hold_up_the_others() {
     let mut api = TestApi::start().await;
     api.script(Rule::status(503).matching("stuck"));
-    let sink = sink(&mut api, SinkConfig { max_attempts: 1000, ..FAST }).await;
+    let (sink, metrics) = sink(&mut api, SinkConfig { max_attempts: 1000, ..FAST }).await;
     let outbox = Arc::new(MemoryOutbox::default());
     outbox.push(post("stuck.1"));
     outbox.push(patch("stuck.1", 2));
@@ -313,7 +368,7 @@ async fn a_failing_event_does_not_hold_up_the_others() {
     let stuck_patches =
         |api: &TestApi| api.requests().iter().filter(|r| r.method == "PATCH").map(|r| r.status).collect::<Vec<_>>();
     assert!(stuck_patches(&api).is_empty(), "a PATCH overtook its POST");
-    assert!(sink.stats().retries >= 1);
+    assert!(Counts::of(&metrics).retries() >= 1);
 
     api.clear_script();
     until("the failing event", Duration::from_secs(2), || outbox.pending() == 0).await;
@@ -325,7 +380,7 @@ async fn a_failing_event_does_not_hold_up_the_others() {
 async fn requests_in_flight_stay_bounded() {
     let mut api = TestApi::start().await;
     api.script(Rule::slow(Duration::from_millis(100)));
-    let sink = sink(&mut api, SinkConfig { max_in_flight: 2, ..FAST }).await;
+    let (sink, metrics) = sink(&mut api, SinkConfig { max_in_flight: 2, ..FAST }).await;
     let deliveries: Vec<_> = (0..6)
         .map(|i| {
             let sink = Arc::clone(&sink);
@@ -334,7 +389,7 @@ async fn requests_in_flight_stay_bounded() {
         .collect();
     let mut most = 0;
     while deliveries.iter().any(|d| !d.is_finished()) {
-        most = most.max(sink.stats().in_flight);
+        most = most.max(Counts::of(&metrics).in_flight());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     for delivery in deliveries {
@@ -376,15 +431,15 @@ async fn dry_run_prints_one_line_per_request() {
         lines[1],
         r#"PATCH /api/v1/namespaces/default/events/web.1 {"count":2,"lastTimestamp":"2025-01-01T00:00:02Z"}"#
     );
-    assert_eq!(sink.stats().printed, 2);
 }
 
 #[tokio::test]
 async fn an_invalid_name_is_rejected_without_a_request() {
     let mut api = TestApi::start().await;
-    let sink = sink(&mut api, FAST).await;
+    let (sink, metrics) = sink(&mut api, FAST).await;
     assert_eq!(sink.deliver(patch("bad name", 2)).await, Outcome::Rejected { status: 0 });
     assert!(api.requests().is_empty());
+    assert_eq!(Counts::of(&metrics).rejected(), 1);
 }
 
 #[tokio::test]
@@ -410,7 +465,69 @@ async fn an_https_cluster_gets_a_rustls_client() {
     let cluster = connect_with(Some(&path), false).await;
     std::fs::remove_file(&path).unwrap();
     let Ok(Cluster::Api(client)) = cluster else { panic!("no client for an https kubeconfig") };
-    let sink = KubeSink::new(client, SinkConfig { max_attempts: 2, ..FAST });
+    let metrics = Arc::new(Metrics::new("test"));
+    let sink = KubeSink::new(client, SinkConfig { max_attempts: 2, ..FAST }).with_metrics(Arc::clone(&metrics));
     assert_eq!(sink.deliver(post("web.1")).await, Outcome::GaveUp { attempts: 2 });
-    assert_eq!(sink.stats().requests(Verb::Post, Reply::Error), 2);
+    assert_eq!(Counts::of(&metrics).requests(Verb::Post, "error"), 2);
+}
+
+/// An in-memory [`Outbox`] for these tests; unbounded, as the product has only the journal's.
+#[derive(Debug, Default)]
+pub(crate) struct MemoryOutbox(Mutex<Memory>);
+
+#[derive(Debug, Default)]
+struct Memory {
+    next_id: i64,
+    pending: BTreeMap<i64, ApiWrite>,
+    done: Vec<(i64, Outcome)>,
+    largest_batch: usize,
+}
+
+impl MemoryOutbox {
+    fn lock(&self) -> MutexGuard<'_, Memory> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queue a write; returns its id.
+    pub(crate) fn push(&self, write: ApiWrite) -> i64 {
+        let mut memory = self.lock();
+        memory.next_id += 1;
+        let id = memory.next_id;
+        memory.pending.insert(id, write);
+        id
+    }
+
+    /// Writes not yet done.
+    pub(crate) fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Finished writes in the order they finished.
+    pub(crate) fn done(&self) -> Vec<(i64, Outcome)> {
+        self.lock().done.clone()
+    }
+
+    /// The largest batch ever handed out.
+    pub(crate) fn largest_batch(&self) -> usize {
+        self.lock().largest_batch
+    }
+}
+
+impl Outbox for MemoryOutbox {
+    type Error = Infallible;
+
+    async fn next_batch(&self, after: Option<i64>, limit: usize) -> Result<Vec<(i64, ApiWrite)>, Infallible> {
+        let mut memory = self.lock();
+        let start = after.map_or(i64::MIN, |a| a.saturating_add(1));
+        let batch: Vec<_> = memory.pending.range(start..).take(limit).map(|(id, w)| (*id, w.clone())).collect();
+        memory.largest_batch = memory.largest_batch.max(batch.len());
+        Ok(batch)
+    }
+
+    fn mark_done(&self, id: i64, outcome: Outcome) -> Result<(), Infallible> {
+        let mut memory = self.lock();
+        memory.pending.remove(&id);
+        memory.done.push((id, outcome));
+        Ok(())
+    }
 }

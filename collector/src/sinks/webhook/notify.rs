@@ -14,7 +14,7 @@ use super::{Mode, WebhookConfig, client::WebhookClient, request_body};
 use crate::{
     chain,
     sinks::handler::{Dispatch, Handler},
-    telemetry::Metrics,
+    telemetry::{Metrics, limit::WarnLimit},
 };
 
 /// Tries of one event, the first included.
@@ -31,8 +31,10 @@ pub struct NotifyHandler {
     client: WebhookClient,
     runtime: tokio::runtime::Runtime,
     metrics: Arc<Metrics>,
-    /// Events given up on; the first and every power of two is logged.
+    /// Events given up on, said in each warning.
     gave_up: u64,
+    /// Giving up is warned about at the rate every repeating warning is.
+    warnings: WarnLimit,
 }
 
 impl NotifyHandler {
@@ -40,7 +42,15 @@ impl NotifyHandler {
     /// of its own, on the handler's thread.
     pub fn new(config: WebhookConfig, client: WebhookClient, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Self { name: format!("webhook/{}", config.name), config, client, runtime, metrics, gave_up: 0 })
+        Ok(Self {
+            name: format!("webhook/{}", config.name),
+            config,
+            client,
+            runtime,
+            metrics,
+            gave_up: 0,
+            warnings: WarnLimit::new(),
+        })
     }
 
     /// POSTs `body` until it is taken, a try fails for good, or the tries are spent.
@@ -66,9 +76,10 @@ impl NotifyHandler {
             }
             self.metrics.webhook_dropped(webhook, "gave_up");
             self.gave_up += 1;
-            if self.gave_up.is_power_of_two() {
+            if let Some(suppressed) = self.warnings.allow() {
                 tracing::warn!(
-                    "webhook {webhook}: gave up on a {reason} event after {attempt} tries: {} ({} given up so far)",
+                    "webhook {webhook}: gave up on a {reason} event after {attempt} tries: {} ({} given up so \
+                     far){suppressed}",
                     chain(&err),
                     self.gave_up
                 );

@@ -1,8 +1,11 @@
 //! The records `collector trace` prints: kernel records with wall time, exit
 //! status decoded and cgroup paths resolved.
 
+mod health;
+
 use serde::{Deserialize, Serialize};
 
+pub use self::health::{FsError, HungTask, HwError, IoError, KernelLog, Pressure, PressureState};
 use crate::clock::Timestamp;
 
 /// A resolved record, serialised with a `type` tag.
@@ -21,6 +24,18 @@ pub enum Record {
     CgroupRmdir(CgroupChange),
     /// A process was moved into a cgroup v2 directory.
     CgroupAttach(CgroupAttach),
+    /// The hung-task detector found a task blocked too long.
+    HungTask(HungTask),
+    /// The kernel logged a line.
+    KernelLog(KernelLog),
+    /// A filesystem reported an error.
+    FsError(FsError),
+    /// A block request failed.
+    IoError(IoError),
+    /// A memory controller reported a hardware error.
+    HwError(HwError),
+    /// A container began or stopped stalling on memory.
+    Pressure(Pressure),
 }
 
 impl Record {
@@ -33,6 +48,12 @@ impl Record {
             Self::CgroupMkdir(_) => RecordType::CgroupMkdir,
             Self::CgroupRmdir(_) => RecordType::CgroupRmdir,
             Self::CgroupAttach(_) => RecordType::CgroupAttach,
+            Self::HungTask(_) => RecordType::HungTask,
+            Self::KernelLog(_) => RecordType::KernelLog,
+            Self::FsError(_) => RecordType::FsError,
+            Self::IoError(_) => RecordType::IoError,
+            Self::HwError(_) => RecordType::HwError,
+            Self::Pressure(_) => RecordType::Pressure,
         }
     }
 
@@ -43,7 +64,14 @@ impl Record {
             Self::OomKill(oom) => Some(oom.pid),
             Self::Signal(signal) => Some(signal.target_pid),
             Self::CgroupAttach(attach) => Some(attach.pid),
-            Self::CgroupMkdir(_) | Self::CgroupRmdir(_) => None,
+            Self::HungTask(hung) => Some(hung.pid),
+            Self::FsError(error) => Some(error.pid),
+            Self::CgroupMkdir(_)
+            | Self::CgroupRmdir(_)
+            | Self::KernelLog(_)
+            | Self::IoError(_)
+            | Self::HwError(_)
+            | Self::Pressure(_) => None,
         }
     }
 
@@ -55,6 +83,12 @@ impl Record {
             Self::Signal(signal) => signal.time,
             Self::CgroupMkdir(change) | Self::CgroupRmdir(change) => change.time,
             Self::CgroupAttach(attach) => attach.time,
+            Self::HungTask(hung) => hung.time,
+            Self::KernelLog(log) => log.time,
+            Self::FsError(error) => error.time,
+            Self::IoError(error) => error.time,
+            Self::HwError(error) => error.time,
+            Self::Pressure(pressure) => pressure.time,
         }
     }
 
@@ -66,6 +100,12 @@ impl Record {
             Self::Signal(signal) => &signal.identity,
             Self::CgroupMkdir(change) | Self::CgroupRmdir(change) => &change.identity,
             Self::CgroupAttach(attach) => &attach.identity,
+            Self::HungTask(hung) => &hung.identity,
+            Self::KernelLog(log) => &log.identity,
+            Self::FsError(error) => &error.identity,
+            Self::IoError(error) => &error.identity,
+            Self::HwError(error) => &error.identity,
+            Self::Pressure(pressure) => &pressure.identity,
         }
     }
 
@@ -77,6 +117,12 @@ impl Record {
             Self::Signal(signal) => &mut signal.identity,
             Self::CgroupMkdir(change) | Self::CgroupRmdir(change) => &mut change.identity,
             Self::CgroupAttach(attach) => &mut attach.identity,
+            Self::HungTask(hung) => &mut hung.identity,
+            Self::KernelLog(log) => &mut log.identity,
+            Self::FsError(error) => &mut error.identity,
+            Self::IoError(error) => &mut error.identity,
+            Self::HwError(error) => &mut error.identity,
+            Self::Pressure(pressure) => &mut pressure.identity,
         }
     }
 
@@ -88,6 +134,10 @@ impl Record {
             Self::Signal(signal) => signal.target_cgroup_path.as_deref(),
             Self::CgroupMkdir(change) | Self::CgroupRmdir(change) => Some(&change.cgroup_path),
             Self::CgroupAttach(attach) => Some(&attach.cgroup_path),
+            Self::HungTask(hung) => hung.cgroup_path.as_deref(),
+            Self::FsError(error) => error.cgroup_path.as_deref(),
+            Self::Pressure(pressure) => Some(&pressure.cgroup_path),
+            Self::KernelLog(_) | Self::IoError(_) | Self::HwError(_) => None,
         }
     }
 }
@@ -108,6 +158,18 @@ pub enum RecordType {
     CgroupRmdir,
     /// A process moved into a cgroup.
     CgroupAttach,
+    /// The hung-task detector found a task blocked too long.
+    HungTask,
+    /// The kernel logged a line.
+    KernelLog,
+    /// A filesystem reported an error.
+    FsError,
+    /// A block request failed.
+    IoError,
+    /// A memory controller reported a hardware error.
+    HwError,
+    /// A container began or stopped stalling on memory.
+    Pressure,
 }
 
 /// Which pod and container a record belongs to; every field is null where unknown.

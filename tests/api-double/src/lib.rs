@@ -11,16 +11,17 @@
 //! `kube::Client` at it, so tests exercise kube's own HTTP stack.
 //!
 //! It also answers `GET /version` and SelfSubjectAccessReviews (allowed,
-//! unless [`TestApi::deny`] said otherwise), for `collector doctor`'s checks.
+//! unless [`TestApi::deny`] said otherwise), for `collector doctor`'s checks, and
+//! a PATCH of a Node's status (the node conditions) with 200, keeping nothing.
 //!
 //! It is no model of the API server beyond that: no auth, no resourceVersion,
 //! no field validation, and PATCH is a shallow merge of top-level keys.
 //!
-//! Compiled for the collector's unit tests and, with the `test-api` feature, for the
-//! end-to-end tests crate; never part of the daemon.
+//! A crate of its own, a dev-dependency of the collector and a dependency of the end-to-end
+//! tests: never part of the daemon. Clients are built by the caller from
+//! [`TestApi::kubeconfig`], the way the code under test builds them.
 #![expect(
     clippy::expect_used,
-    clippy::panic,
     reason = "a test double: failing to bind or write its kubeconfig is a failure of the test using it"
 )]
 
@@ -156,15 +157,6 @@ impl TestApi {
         std::fs::write(&path, yaml).expect("write kubeconfig");
         self.kubeconfig = Some(path.clone());
         path
-    }
-
-    /// A `kube::Client` for the double, built through the kubeconfig path.
-    pub async fn client(&mut self) -> kube::Client {
-        let path = self.kubeconfig();
-        match crate::sinks::kubernetes::connect(Some(&path)).await.expect("connect") {
-            crate::sinks::kubernetes::Cluster::Api(client) => client,
-            crate::sinks::kubernetes::Cluster::NoCluster => panic!("a kubeconfig must give a cluster"),
-        }
     }
 
     /// Add a scripted answer; earlier rules win.
@@ -350,7 +342,7 @@ fn answer(state: &Mutex<State>, request: &Request) -> Answer {
             let (status, reply) = match (request.method.as_str(), path) {
                 ("GET", "/version") => (200, version()),
                 ("POST", ACCESS_REVIEWS) => (201, access_review(&state.denied, &body)),
-                _ => events_api(&mut state.events, &request.method, &request.path, &body),
+                _ => events_api(&mut state.events, &request.method, path, &body),
             };
             (status, Vec::new(), reply)
         }
@@ -391,6 +383,10 @@ fn events_api(events: &mut HashMap<(String, String), Value>, method: &str, path:
                 }
                 None => (404, status_body(404, "NotFound", "events not found")),
             }
+        }
+        // The node conditions' strategic merge patch; the Node is not kept, only answered.
+        ("PATCH", ["api", "v1", "nodes", name, "status"]) => {
+            (200, json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "status": body["status"]}))
         }
         _ => (404, status_body(404, "NotFound", "the server could not find the requested resource")),
     }

@@ -1,0 +1,283 @@
+//! Memory pressure per container, from PSI: how long some task of the container waited for
+//! memory (reclaim, refaults of its page cache, swap-in). A container that stalls on memory is
+//! usually an OOM kill a few seconds or minutes away, and a slow one before that.
+//!
+//! The sampler reads each container's `memory.pressure` (`some ... total=<µs>`) once a second on
+//! a thread of its own and compares it with the reading one window earlier. It reads, never
+//! writes: a PSI trigger (a `memory.pressure` write, then `poll(POLLPRI)`) would need the cgroup
+//! tree writable, which the DaemonSet mounts read-only, and one file descriptor per container.
+//! Reading costs one small file per container per second and measures any window, not only
+//! multiples of 2 s.
+//!
+//! A container starts an episode (`stalled`) when its stall over the window reaches the
+//! threshold, and ends it (`cleared`) when the stall falls under half the threshold, so one that
+//! hovers at the threshold does not flap.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cgroup::{CgroupTree, layout},
+    clock::Timestamp,
+    record::{Identity, Pressure, PressureState, Record},
+};
+
+/// How the sampler decides.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PressureConfig {
+    /// Percent of the window some task of the container stalled, at which an episode starts.
+    pub threshold_percent: f64,
+    /// The window the stall is measured over.
+    pub window: Duration,
+    /// How often each container's pressure is read.
+    pub interval: Duration,
+    /// How often the tree is walked for new containers.
+    pub rescan: Duration,
+}
+
+impl Default for PressureConfig {
+    /// The configuration's defaults (`[node_health]`), read each second, new containers found
+    /// every 5 s.
+    fn default() -> Self {
+        Self {
+            threshold_percent: crate::config::DEFAULT_PRESSURE_THRESHOLD.value(),
+            window: crate::config::DEFAULT_PRESSURE_WINDOW.0,
+            interval: Duration::from_secs(1),
+            rescan: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `some total=` of a `*.pressure` file, in microseconds.
+pub fn parse_some_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|line| line.starts_with("some "))?;
+    line.split_whitespace().find_map(|field| field.strip_prefix("total=")).and_then(|total| total.parse().ok())
+}
+
+/// One container being watched.
+#[derive(Debug)]
+struct Watched {
+    identity: Identity,
+    /// Readings, oldest first, covering a little more than the window.
+    samples: VecDeque<(Instant, u64)>,
+    stalled: bool,
+    /// Seen in the last walk.
+    seen: bool,
+}
+
+/// Episodes of memory pressure per container; fed readings, it says when one starts or ends.
+#[derive(Debug)]
+pub struct PressureTracker {
+    config: PressureConfig,
+    watched: HashMap<String, Watched>,
+}
+
+/// What a reading changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// Started or ended.
+    pub state: PressureState,
+    /// Microseconds stalled over `window`.
+    pub stalled_us: u64,
+    /// The span measured.
+    pub window: Duration,
+}
+
+impl PressureTracker {
+    /// A tracker with nothing watched.
+    pub fn new(config: PressureConfig) -> Self {
+        Self { config, watched: HashMap::new() }
+    }
+
+    /// Starts watching the container cgroup at `path` (no-op if watched); marks it seen.
+    pub fn watch(&mut self, path: &str, identity: Identity) {
+        self.watched
+            .entry(path.to_owned())
+            .or_insert_with(|| Watched { identity, samples: VecDeque::new(), stalled: false, seen: true })
+            .seen = true;
+    }
+
+    /// Forgets containers not seen since the last call; returns those that were stalled, so
+    /// their episodes can be ended.
+    pub fn sweep(&mut self) -> Vec<(String, Identity)> {
+        let mut ended = Vec::new();
+        self.watched.retain(|path, watched| {
+            let keep = std::mem::replace(&mut watched.seen, false);
+            if !keep && watched.stalled {
+                ended.push((path.clone(), watched.identity.clone()));
+            }
+            keep
+        });
+        ended
+    }
+
+    /// The paths watched.
+    pub fn paths(&self) -> Vec<String> {
+        self.watched.keys().cloned().collect()
+    }
+
+    /// Records a reading of `path`'s `some total` at `now`; a transition when an episode starts or ends.
+    pub fn observe(&mut self, path: &str, total_us: u64, now: Instant) -> Option<(Transition, Identity)> {
+        let config = self.config;
+        let watched = self.watched.get_mut(path)?;
+        watched.samples.push_back((now, total_us));
+        // Keep the newest reading at least a window old as the base, and nothing older.
+        while watched.samples.len() > 2 && watched.samples.get(1).is_some_and(|(at, _)| now - *at >= config.window) {
+            watched.samples.pop_front();
+        }
+        let &(since, base) = watched.samples.front()?;
+        let span = now - since;
+        // Not a whole window yet: too early to say.
+        if span < config.window {
+            return None;
+        }
+        let stalled_us = total_us.saturating_sub(base);
+        #[expect(clippy::cast_precision_loss, reason = "a percentage")]
+        let percent = stalled_us as f64 / span.as_micros() as f64 * 100.0;
+        let state = if !watched.stalled && percent >= config.threshold_percent {
+            PressureState::Stalled
+        } else if watched.stalled && percent < config.threshold_percent / 2.0 {
+            PressureState::Cleared
+        } else {
+            return None;
+        };
+        watched.stalled = state == PressureState::Stalled;
+        Some((Transition { state, stalled_us, window: span }, watched.identity.clone()))
+    }
+}
+
+/// Reads the pressure of every container on the node and sends a record for each episode's
+/// start and end, until `send` fails (the daemon stopped). Runs on a thread of its own.
+pub fn run(
+    config: PressureConfig,
+    v2: &CgroupTree,
+    memory: &CgroupTree,
+    mut send: impl FnMut(Record) -> bool,
+    mut read_error: impl FnMut(),
+) {
+    let mut tracker = PressureTracker::new(config);
+    let mut last_walk: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if last_walk.is_none_or(|at| now - at >= config.rescan) {
+            last_walk = Some(now);
+            for (_, path) in v2.walk() {
+                if let Some(parsed) = layout::parse(&path)
+                    && parsed.container_id.is_some()
+                {
+                    let identity =
+                        Identity { container_id: parsed.container_id, pod_uid: parsed.pod_uid, ..Identity::default() };
+                    tracker.watch(&path, identity);
+                }
+            }
+            for (path, identity) in tracker.sweep() {
+                let transition = Transition { state: PressureState::Cleared, stalled_us: 0, window: Duration::ZERO };
+                if !send(record(&path, transition, identity, memory)) {
+                    return;
+                }
+            }
+        }
+        for path in tracker.paths() {
+            let Some(total) = read_total(v2.root(), &path) else {
+                read_error();
+                continue;
+            };
+            if let Some((transition, identity)) = tracker.observe(&path, total, Instant::now())
+                && !send(record(&path, transition, identity, memory))
+            {
+                return;
+            }
+        }
+        std::thread::sleep(config.interval.saturating_sub(now.elapsed()));
+    }
+}
+
+fn read_total(root: &Path, path: &str) -> Option<u64> {
+    let file = root.join(path.trim_start_matches('/')).join("memory.pressure");
+    parse_some_total(&std::fs::read_to_string(file).ok()?)
+}
+
+fn record(path: &str, transition: Transition, identity: Identity, memory: &CgroupTree) -> Record {
+    let limit = memory.memory_limit(path);
+    Record::Pressure(Pressure {
+        time: Timestamp::now(),
+        resource: "memory".to_owned(),
+        state: transition.state,
+        stalled_us: transition.stalled_us,
+        window_ms: u64::try_from(transition.window.as_millis()).unwrap_or(u64::MAX),
+        cgroup_path: path.to_owned(),
+        memory_limit_bytes: limit.map(|limit| limit.limit),
+        memory_usage_bytes: limit.map(|limit| limit.usage),
+        identity,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PSI: &str =
+        "some avg10=1.50 avg60=0.40 avg300=0.09 total=2831117\nfull avg10=1.10 avg60=0.30 avg300=0.07 total=2100000\n";
+
+    #[test]
+    fn reads_some_total() {
+        assert_eq!(parse_some_total(PSI), Some(2_831_117));
+        assert_eq!(parse_some_total("full avg10=0.00 total=5\n"), None);
+        assert_eq!(parse_some_total(""), None);
+    }
+
+    fn tracker() -> (PressureTracker, Instant) {
+        let config = PressureConfig { threshold_percent: 10.0, window: Duration::from_secs(10), ..Default::default() };
+        let mut tracker = PressureTracker::new(config);
+        tracker.watch("/kubepods/pod1/c1", Identity::default());
+        (tracker, Instant::now())
+    }
+
+    #[test]
+    fn an_episode_starts_at_the_threshold_over_a_whole_window_and_ends_under_half() {
+        let (mut tracker, t0) = tracker();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let path = "/kubepods/pod1/c1";
+        // 5% a second for ten seconds: under the threshold.
+        for s in 0..=10 {
+            assert_eq!(tracker.observe(path, s * 50_000, at(s)), None);
+        }
+        // Then 20% a second: the window over seconds 4..14 holds 1.1 s of stall, 11%.
+        let mut total = 500_000;
+        let mut started = None;
+        for s in 11..=20 {
+            total += 200_000;
+            if let Some((transition, _)) = tracker.observe(path, total, at(s)) {
+                started.get_or_insert((s, transition));
+            }
+        }
+        let (second, transition) = started.expect("an episode starts");
+        assert_eq!(second, 14);
+        assert_eq!(transition.state, PressureState::Stalled);
+        assert_eq!(transition.window, Duration::from_secs(10));
+        assert_eq!(transition.stalled_us, 1_100_000);
+        // Calm again: the window over seconds 18..28 holds 0.4 s, under half the threshold.
+        let mut ended = None;
+        for s in 21..=40 {
+            if let Some((transition, _)) = tracker.observe(path, total, at(s)) {
+                ended.get_or_insert((s, transition.state));
+            }
+        }
+        assert_eq!(ended, Some((28, PressureState::Cleared)));
+    }
+
+    #[test]
+    fn a_container_gone_while_stalled_ends_its_episode() {
+        let (mut tracker, t0) = tracker();
+        let path = "/kubepods/pod1/c1";
+        assert_eq!(tracker.observe(path, 0, t0), None);
+        let started = tracker.observe(path, 5_000_000, t0 + Duration::from_secs(10));
+        assert_eq!(started.map(|(t, _)| t.state), Some(PressureState::Stalled));
+        assert!(tracker.sweep().is_empty(), "seen since watch: kept");
+        assert_eq!(tracker.sweep().len(), 1, "not seen again: gone, and it was stalled");
+        assert!(tracker.paths().is_empty());
+    }
+}

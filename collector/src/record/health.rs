@@ -1,0 +1,160 @@
+//! Node-health records: what the kernel says about the node beyond deaths (hung tasks, kernel
+//! log lines, filesystem, block and memory errors) and how much containers stall on memory.
+
+use serde::{Deserialize, Serialize};
+
+use super::Identity;
+use crate::clock::Timestamp;
+
+/// The kernel's hung-task detector found a task blocked (state D) longer than
+/// `kernel.hung_task_timeout_secs`; it reports it again each check while it stays blocked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HungTask {
+    /// When the detector reported it.
+    pub time: Timestamp,
+    /// Process id (thread group) of the blocked task.
+    pub pid: u32,
+    /// The blocked thread.
+    pub tid: u32,
+    /// Its name, escaped.
+    pub comm: String,
+    /// Its cgroup v2 id; 0 where this kernel's layout could not say.
+    pub cgroup_id: u64,
+    /// Its cgroup v2 path; none if unknown.
+    pub cgroup_path: Option<String>,
+    /// `kernel.hung_task_timeout_secs` when it was reported: it was blocked at least this long.
+    pub timeout_secs: Option<u64>,
+    /// Its pod and container.
+    #[serde(flatten)]
+    pub identity: Identity,
+}
+
+/// A line the kernel logged (`printk`, `/dev/kmsg` writes too), and the node-problem rule it
+/// matched, if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelLog {
+    /// When it was logged.
+    pub time: Timestamp,
+    /// The line, escaped, without its trailing newline.
+    pub line: String,
+    /// Whether the kernel's line was longer than the record carries.
+    pub truncated: bool,
+    /// The task that logged it (for a kernel thread's line, that thread).
+    pub pid: u32,
+    /// Its name, escaped.
+    pub comm: String,
+    /// The matched rule's reason (`KernelOops`, `TaskHung`, ...); none for an ordinary line.
+    pub reason: Option<String>,
+    /// The node condition the matched rule sets (`KernelDeadlock`, `ReadonlyFilesystem`).
+    pub condition: Option<String>,
+    /// Not about a pod.
+    #[serde(skip)]
+    pub identity: Identity,
+}
+
+/// A filesystem reported an error (`ext4_error`: corruption, or a failed metadata operation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsError {
+    /// When.
+    pub time: Timestamp,
+    /// The device, by name (`loop0`, `nvme0n1p2`) or else `major:minor`.
+    pub device: String,
+    /// The filesystem.
+    pub filesystem: String,
+    /// The kernel function that reported it, and its line.
+    pub function: String,
+    /// The source line.
+    pub line: u32,
+    /// The task that met the error.
+    pub pid: u32,
+    /// Its name, escaped.
+    pub comm: String,
+    /// Its cgroup v2 path; none if unknown.
+    pub cgroup_path: Option<String>,
+    /// Its pod and container.
+    #[serde(flatten)]
+    pub identity: Identity,
+}
+
+/// A block request failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoError {
+    /// When it completed with the error.
+    pub time: Timestamp,
+    /// The device, by name or else `major:minor`.
+    pub device: String,
+    /// The request's first sector.
+    pub sector: u64,
+    /// The error, by name (`EIO`, `ENOSPC`, `ETIMEDOUT`).
+    pub error: String,
+    /// What the request was (`W` write, `R` read, `F` flush, `S` sync, ...).
+    pub rwbs: String,
+    /// Not about a pod: the task current at completion is seldom the one that asked.
+    #[serde(skip)]
+    pub identity: Identity,
+}
+
+/// A memory controller reported a hardware error (EDAC, `ras/mc_event`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HwError {
+    /// When.
+    pub time: Timestamp,
+    /// `corrected`, `uncorrected`, `fatal` or `info`.
+    pub severity: String,
+    /// How many errors the report stands for.
+    pub count: u64,
+    /// The driver's message, escaped.
+    pub message: String,
+    /// The memory module's label, escaped; empty when unknown.
+    pub label: String,
+    /// Not about a pod.
+    #[serde(skip)]
+    pub identity: Identity,
+}
+
+/// What a pressure record says: a container began to stall, or stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PressureState {
+    /// Its tasks stalled on the resource more than the threshold over the window.
+    Stalled,
+    /// The stall fell back under the threshold.
+    Cleared,
+}
+
+/// A container began or stopped stalling on memory (PSI: the time some of its tasks waited for
+/// memory: reclaim, refaults, swap-in).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pressure {
+    /// When it was measured.
+    pub time: Timestamp,
+    /// `memory`.
+    pub resource: String,
+    /// Began or stopped.
+    pub state: PressureState,
+    /// Microseconds some task of the container stalled over the window (`some total` delta).
+    pub stalled_us: u64,
+    /// The window measured, in milliseconds.
+    pub window_ms: u64,
+    /// The container's cgroup v2 path.
+    pub cgroup_path: String,
+    /// Its memory limit in bytes; none when unlimited or unknown.
+    pub memory_limit_bytes: Option<u64>,
+    /// Its memory use in bytes when measured; none when unknown.
+    pub memory_usage_bytes: Option<u64>,
+    /// Its pod and container.
+    #[serde(flatten)]
+    pub identity: Identity,
+}
+
+impl Pressure {
+    /// The stall as a percentage of the window, to one decimal.
+    pub fn percent(&self) -> f64 {
+        if self.window_ms == 0 {
+            return 0.0;
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a percentage to one decimal")]
+        let percent = self.stalled_us as f64 / (self.window_ms as f64 * 10.0);
+        (percent * 10.0).round() / 10.0
+    }
+}

@@ -1,0 +1,202 @@
+//! Node health in containers, caused for real through CRI: a task hung on a frozen filesystem,
+//! a corrupt ext4 read from a container, and a container thrashing its memory limit; and a block
+//! device whose writes fail. Each gives the Events `kubectl describe` would show and the node
+//! conditions NPD would set. Host only: they need containerd and e2fsprogs, which the VM lacks.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use collector_tests::containerd::Containerd;
+use collector_tests::daemon::{Daemon, StateDir, sample};
+use collector_tests::kubelet::{ContainerSpec, PodSpec};
+use collector_tests::node::{LoopDevice, LoopFs, Sysctl, node_events, wait_condition};
+use collector_tests::privileged;
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Held by the tests that remount a filesystem read-only: each daemon sees every kernel line.
+static READONLY: Mutex<()> = Mutex::new(());
+
+#[test]
+fn a_task_hung_on_a_frozen_filesystem_is_named_on_its_pod_and_sets_kernel_deadlock_until_released() {
+    if !privileged("a_task_hung_on_a_frozen_filesystem_is_named_on_its_pod_and_sets_kernel_deadlock_until_released") {
+        return;
+    }
+    let _timeout = Sysctl::set("kernel.hung_task_timeout_secs", "2").unwrap();
+    let mut volume = LoopFs::new("hung", 16).unwrap();
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("hung").unwrap();
+    let socket = containerd.address().display().to_string();
+    let daemon = Daemon::start(&state, &["stdout", "journal"], &socket, &["--condition-clear-after", "3s"]).unwrap();
+    let spec = PodSpec { name: "db-0".to_owned(), namespace: "shop".to_owned(), ..PodSpec::unique("db") };
+    let pod = containerd.cri().run_pod(spec).unwrap();
+    volume.freeze().unwrap();
+    let container = ContainerSpec {
+        mounts: vec![(volume.path().to_owned(), "/data".to_owned())],
+        ..ContainerSpec::shell("writer", "echo row > /data/table; sleep 600")
+    };
+    let writer = containerd.cri().create_and_start(&pod, container).unwrap();
+    let pid = containerd.cri().container_pid(&writer).unwrap();
+
+    let expected = format!("Process {pid} (sh) of container writer blocked for more than 2 s");
+    let events = daemon
+        .wait_for(TIMEOUT, |events| {
+            events.iter().any(|e| e["reason"] == "TaskHung" && e["involvedObject"]["name"] == "db-0")
+        })
+        .unwrap();
+    let hung: Vec<&Value> = events.iter().filter(|e| e["reason"] == "TaskHung").collect();
+    let event = hung[0];
+    assert_eq!(event["message"], expected.as_str(), "{hung:#?}");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(
+        (&event["involvedObject"]["kind"], &event["involvedObject"]["namespace"]),
+        (&"Pod".into(), &"shop".into())
+    );
+    assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{writer}");
+    // The kernel's own "blocked for more than" line gives no second, pod-less event.
+    assert!(node_events(&events, "TaskHung").is_empty(), "{hung:#?}");
+
+    let deadlock = wait_condition(&state, "KernelDeadlock", "True", TIMEOUT).unwrap();
+    assert_eq!(deadlock["reason"], "TaskHung");
+    assert_eq!(
+        deadlock["message"],
+        format!("Process {pid} (sh) of container writer of pod shop/db-0 blocked for more than 2 s").as_str()
+    );
+
+    // Released: the detector stops reporting it, and the condition clears 3 s after the last report.
+    volume.thaw().unwrap();
+    let released = Instant::now();
+    wait_condition(&state, "KernelDeadlock", "False", TIMEOUT).unwrap();
+    assert!(released.elapsed() >= Duration::from_secs(2), "cleared before the clear time: {:?}", released.elapsed());
+    let metrics = daemon.metrics().unwrap();
+    assert_eq!(sample(&metrics, "collector_node_condition", "condition=\"KernelDeadlock\""), 0, "{metrics}");
+}
+
+#[test]
+fn a_container_thrashing_its_memory_limit_gets_memory_pressure_before_any_oom_kill_and_a_calm_one_nothing() {
+    if !privileged(
+        "a_container_thrashing_its_memory_limit_gets_memory_pressure_before_any_oom_kill_and_a_calm_one_nothing",
+    ) {
+        return;
+    }
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("pressure").unwrap();
+    let socket = containerd.address().display().to_string();
+    let flags = ["--pressure-threshold", "3%", "--pressure-window", "4s"];
+    let daemon = Daemon::start(&state, &["stdout", "journal"], &socket, &flags).unwrap();
+    let spec = PodSpec { name: "cache-0".to_owned(), namespace: "shop".to_owned(), ..PodSpec::unique("cache") };
+    let pod = containerd.cri().run_pod(spec).unwrap();
+    // 48 MiB it cannot give back (tmpfs, no swap) and a 24 MiB file it rereads: a working set over
+    // its 64 MiB limit, so it refaults its own page cache; measured at about 9% stalled here.
+    let script = "dd if=/dev/zero of=/dev/shm/hog bs=1M count=48 2>/dev/null; \
+                  dd if=/dev/urandom of=/file bs=1M count=24 2>/dev/null; \
+                  end=$(($(date +%s)+20)); while [ $(date +%s) -lt $end ]; do cat /file > /dev/null; done; \
+                  rm /dev/shm/hog; echo calm; sleep 600";
+    let thrash = ContainerSpec { memory_limit_bytes: Some(64 << 20), ..ContainerSpec::shell("thrash", script) };
+    let calm = ContainerSpec { memory_limit_bytes: Some(64 << 20), ..ContainerSpec::shell("calm", "sleep 600") };
+    let thrash = containerd.cri().create_and_start(&pod, thrash).unwrap();
+    containerd.cri().create_and_start(&pod, calm).unwrap();
+
+    let events = daemon.wait_for(TIMEOUT, |events| events.iter().any(|e| e["reason"] == "MemoryPressure")).unwrap();
+    let pressure: Vec<&Value> = events.iter().filter(|e| e["reason"] == "MemoryPressure").collect();
+    assert_eq!(pressure.len(), 1, "{pressure:#?}");
+    let event = pressure[0];
+    assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{thrash}");
+    let message = event["message"].as_str().unwrap();
+    let prefix = "Container thrash stalled on memory ";
+    let rest = message.strip_prefix(prefix).unwrap_or_else(|| panic!("{message}"));
+    let (percent, rest) = rest.split_once("% of the last ").unwrap_or_else(|| panic!("{message}"));
+    let percent: f64 = percent.parse().unwrap();
+    assert!(percent >= 3.0, "{message}");
+    assert!(rest.starts_with("4 s; limit 64Mi, usage "), "{message}");
+    assert!(!events.iter().any(|e| e["reason"] == "OOMKilling"), "pressure came with an OOM kill: {events:#?}");
+
+    // The thrash ends: the episode ends (a record, no event), and nothing came for the calm one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !containerd.cri().container_log(&thrash).unwrap().contains("calm") {
+        assert!(Instant::now() < deadline, "the thrash did not end");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.wait_metric("collector_pressure_stalled_containers", "resource=\"memory\"", 0, TIMEOUT).unwrap();
+    let metrics = daemon.metrics().unwrap();
+    assert_eq!(sample(&metrics, "collector_pressure_episodes_total", "resource=\"memory\""), 1, "{metrics}");
+    let stopped = daemon.stop().unwrap();
+    let pressure = stopped.events.iter().filter(|e| e["reason"] == "MemoryPressure").count();
+    assert_eq!(pressure, 1, "{:#?}", stopped.events);
+}
+
+#[test]
+fn a_corrupt_filesystem_read_from_a_container_gives_filesystem_error_on_node_and_pod_and_readonly_filesystem() {
+    if !privileged(
+        "a_corrupt_filesystem_read_from_a_container_gives_filesystem_error_on_node_and_pod_and_readonly_filesystem",
+    ) {
+        return;
+    }
+    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
+    let volume = LoopFs::corrupted("fserror").unwrap();
+    let device = volume.device().unwrap();
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("fserror").unwrap();
+    let socket = containerd.address().display().to_string();
+    let daemon = Daemon::start(&state, &["stdout", "journal"], &socket, &[]).unwrap();
+    let spec = PodSpec { name: "files-0".to_owned(), namespace: "shop".to_owned(), ..PodSpec::unique("files") };
+    let pod = containerd.cri().run_pod(spec).unwrap();
+    let container = ContainerSpec {
+        mounts: vec![(volume.path().to_owned(), "/data".to_owned())],
+        ..ContainerSpec::shell("reader", "ls -l /data/d; sleep 600")
+    };
+    containerd.cri().create_and_start(&pod, container).unwrap();
+
+    let events = daemon
+        .wait_for(TIMEOUT, |events| {
+            let errors = events.iter().filter(|e| e["reason"] == "FilesystemError").count();
+            errors >= 2
+                && node_events(events, "FilesystemIsReadOnly")
+                    .iter()
+                    .any(|e| e["message"].as_str().is_some_and(|m| m.contains(&format!("EXT4-fs ({device})"))))
+        })
+        .unwrap();
+    let errors: Vec<&Value> = events.iter().filter(|e| e["reason"] == "FilesystemError").collect();
+    let message = |kind: &str| {
+        errors.iter().find(|e| e["involvedObject"]["kind"] == kind).map(|e| e["message"].as_str().unwrap().to_owned())
+    };
+    let node = message("Node").unwrap_or_else(|| panic!("{errors:#?}"));
+    let pid_and_rest =
+        node.strip_prefix(&format!("ext4 error on {device} in ext4_lookup (line ")).unwrap_or_else(|| panic!("{node}"));
+    let (line, process) = pid_and_rest.split_once("), met by process ").unwrap_or_else(|| panic!("{node}"));
+    assert!(line.parse::<u32>().is_ok() && process.ends_with(" (ls)"), "{node}");
+    assert_eq!(message("Pod").unwrap_or_else(|| panic!("{errors:#?}")), format!("{node} of container reader"));
+    let pod_event = errors.iter().find(|e| e["involvedObject"]["kind"] == "Pod").unwrap();
+    assert_eq!(pod_event["involvedObject"]["name"], "files-0");
+    // The kernel's own "EXT4-fs error" line adds no event: the probe's has the pod.
+    assert!(node_events(&events, "Ext4Error").is_empty(), "{events:#?}");
+    let readonly = wait_condition(&state, "ReadonlyFilesystem", "True", TIMEOUT).unwrap();
+    assert_eq!(readonly["reason"], "FilesystemIsReadOnly");
+    assert_eq!(readonly["message"], format!("EXT4-fs ({device}): Remounting filesystem read-only").as_str());
+}
+
+#[test]
+fn a_failed_block_write_is_an_io_error_on_the_node() {
+    if !privileged("a_failed_block_write_is_an_io_error_on_the_node") {
+        return;
+    }
+    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
+    let outer = LoopFs::corrupted("ioerror").unwrap();
+    let inner = LoopDevice::attach(&outer.path().join("inner.img")).unwrap();
+    let device = inner.path().strip_prefix("/dev/").unwrap().to_owned();
+    let state = StateDir::new("ioerror").unwrap();
+    let daemon = Daemon::start(&state, &["stdout", "journal"], "none", &[]).unwrap();
+    // The backing file's filesystem goes read-only on its first error: the loop device's
+    // writes then fail in the block layer.
+    assert!(std::fs::read_dir(outer.path().join("d")).unwrap().all(|entry| entry.unwrap().metadata().is_err()));
+    assert!(inner.write_fails().unwrap(), "a write to {} succeeded", inner.path());
+    let expected = format!("I/O error on {device}: EIO on a WS request at sector 0");
+    let events = daemon
+        .wait_for(TIMEOUT, |events| node_events(events, "IOError").iter().any(|e| e["message"] == expected.as_str()))
+        .unwrap();
+    let event = node_events(&events, "IOError").into_iter().find(|e| e["message"] == expected.as_str()).unwrap();
+    assert_eq!(event["type"], "Warning");
+    let metrics = daemon.metrics().unwrap();
+    assert!(sample(&metrics, "collector_kernel_records_total", "type=\"io_error\"") >= 1, "{metrics}");
+}
