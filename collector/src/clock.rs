@@ -1,6 +1,9 @@
 //! Kernel boot time to wall-clock time, and RFC 3339 timestamps.
 
-use std::fmt;
+use std::{
+    fmt,
+    time::{Duration, SystemTime},
+};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
@@ -13,6 +16,58 @@ impl Timestamp {
     pub fn now() -> Self {
         Self(clock_ns(libc::CLOCK_REALTIME))
     }
+
+    /// The instant `nanos` nanoseconds after the Unix epoch (negative: before it).
+    pub const fn from_unix_nanos(nanos: i64) -> Self {
+        Self(nanos)
+    }
+
+    /// The instant `secs` whole seconds after the Unix epoch, saturating at the representable range.
+    pub const fn from_unix_secs(secs: i64) -> Self {
+        Self(secs.saturating_mul(NANOS_PER_SEC))
+    }
+
+    /// Converts a wall-clock reading, saturating outside 1677..2262 (the range of i64 nanoseconds).
+    pub fn from_system_time(time: SystemTime) -> Self {
+        match time.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(after) => Self(i64::try_from(after.as_nanos()).unwrap_or(i64::MAX)),
+            Err(before) => {
+                Self(i64::try_from(before.duration().as_nanos()).map(i64::saturating_neg).unwrap_or(i64::MIN))
+            }
+        }
+    }
+
+    /// Nanoseconds since the Unix epoch.
+    pub const fn unix_nanos(self) -> i64 {
+        self.0
+    }
+
+    /// This instant moved `by` later, saturating at the end of the range.
+    #[must_use]
+    pub fn saturating_add(self, by: Duration) -> Self {
+        Self(self.0.saturating_add(i64::try_from(by.as_nanos()).unwrap_or(i64::MAX)))
+    }
+
+    /// Nanoseconds from `earlier` to `self`; zero when the clock went backwards, as a negative
+    /// `time.Duration` never exceeds a positive limit in client-go either.
+    pub(crate) fn nanos_since(self, earlier: Self) -> u128 {
+        u128::try_from(i128::from(self.0) - i128::from(earlier.0)).unwrap_or(0)
+    }
+
+    /// RFC 3339 in UTC with whole seconds, as `metav1.Time` serialises (`2026-11-28T10:40:10Z`);
+    /// `Display` keeps the nanoseconds, as the collector's own records do.
+    pub fn metav1(self) -> String {
+        // Floor division: Go formats instants before the epoch by flooring too.
+        let secs = self.0.div_euclid(NANOS_PER_SEC);
+        let (days, in_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", in_day / 3600, in_day % 3600 / 60, in_day % 60)
+    }
+}
+
+/// Serialises a [`Timestamp`] as `metav1.Time` does (whole seconds), for Kubernetes objects.
+pub fn serialize_metav1<S: Serializer>(time: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&time.metav1())
 }
 
 impl fmt::Display for Timestamp {
@@ -213,5 +268,47 @@ mod tests {
         let live = BootClock::now();
         let wall = live.wall(u64::try_from(clock_ns(libc::CLOCK_BOOTTIME)).unwrap());
         assert!((wall.0 - Timestamp::now().0).abs() < 1_000_000_000, "{wall} is not now");
+    }
+
+    #[test]
+    fn rfc3339_matches_metav1_time() {
+        assert_eq!(Timestamp::from_unix_secs(0).metav1(), "1970-01-01T00:00:00Z");
+        assert_eq!(Timestamp::from_unix_secs(1_795_862_410).metav1(), "2026-11-28T10:40:10Z");
+        // Sub-second parts are cut, not rounded.
+        assert_eq!(Timestamp::from_unix_nanos(1_795_862_410_999_999_999).metav1(), "2026-11-28T10:40:10Z");
+        assert_eq!(Timestamp::from_unix_secs(1_709_164_800).metav1(), "2024-02-29T00:00:00Z");
+        assert_eq!(Timestamp::from_unix_secs(951_782_400).metav1(), "2000-02-29T00:00:00Z");
+        assert_eq!(Timestamp::from_unix_nanos(-1).metav1(), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn extremes_do_not_panic() {
+        assert_eq!(Timestamp::from_unix_nanos(i64::MIN).metav1(), "1677-09-21T00:12:43Z");
+        assert_eq!(Timestamp::from_unix_nanos(i64::MAX).metav1(), "2262-04-11T23:47:16Z");
+        assert_eq!(
+            Timestamp::from_unix_nanos(i64::MAX).saturating_add(Duration::MAX),
+            Timestamp::from_unix_nanos(i64::MAX)
+        );
+        assert_eq!(Timestamp::from_unix_secs(i64::MIN).unix_nanos(), i64::MIN);
+    }
+
+    #[test]
+    fn system_time_conversion() {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_795_862_410, 5);
+        assert_eq!(Timestamp::from_system_time(t).unix_nanos(), 1_795_862_410_000_000_005);
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(Timestamp::from_system_time(before).unix_nanos(), -1_000_000_000);
+    }
+
+    #[test]
+    fn nanos_since_is_zero_backwards() {
+        let a = Timestamp::from_unix_secs(10);
+        let b = Timestamp::from_unix_secs(20);
+        assert_eq!(b.nanos_since(a), 10_000_000_000);
+        assert_eq!(a.nanos_since(b), 0);
+        assert_eq!(
+            Timestamp::from_unix_nanos(i64::MAX).nanos_since(Timestamp::from_unix_nanos(i64::MIN)),
+            u128::from(u64::MAX)
+        );
     }
 }

@@ -12,13 +12,14 @@ use tokio::sync::Notify;
 
 use super::handover::{Handover, Owner};
 use crate::{
+    clock::Timestamp,
     decode::{KernelRecord, decode},
     events::{EventOptions, events_for},
     filter::{Filters, Verdict},
     health::conditions::{NodeCondition, NodeConditions},
     identify::Identifier,
     record::Record,
-    recorder::{Decision, EventSpec, Recorder, Timestamp},
+    recorder::{Decision, EventSpec, Recorder},
     resolve::{RecordResolver, ResolveCounts},
     sinks::{
         handler::{Decided, Dispatch, Handlers, encode_record},
@@ -90,7 +91,7 @@ impl Engine {
             self.resolver.expire(now, &mut |record| identifier.push(record, now));
         }
         self.release(now, flush);
-        if self.conditions.tick(now, crate::clock::Timestamp::now()) {
+        if self.conditions.tick(now, Timestamp::now()) {
             self.publish_conditions();
         }
         self.resolver.refresh_clock();
@@ -135,9 +136,7 @@ impl Engine {
             self.metrics.kernel_problem(reason);
         }
         // Checked first: an exit storm must not pay two clock reads per record for nothing.
-        if NodeConditions::concerns(record)
-            && self.conditions.observe(record, Instant::now(), crate::clock::Timestamp::now())
-        {
+        if NodeConditions::concerns(record) && self.conditions.observe(record, Instant::now(), Timestamp::now()) {
             self.publish_conditions();
         }
         if count_container_deaths(&self.metrics, record)

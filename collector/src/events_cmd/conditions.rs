@@ -6,7 +6,7 @@ use std::io::Write;
 use serde_json::json;
 
 use super::{EventsArgs, EventsError, EventsSummary, Format, human_duration, print_table};
-use crate::{escape::escape_bytes, recorder::Timestamp, sinks::kubernetes::node_status};
+use crate::{clock::Timestamp, escape::escape_bytes, sinks::kubernetes::node_status};
 
 /// The columns, as `kubectl describe node` names them.
 const HEADERS: [&str; 5] = ["CONDITION", "STATUS", "REASON", "SINCE", "MESSAGE"];

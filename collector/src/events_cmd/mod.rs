@@ -16,9 +16,8 @@ use serde_json::{Map, Value, json};
 use thiserror::Error;
 
 use crate::{
-    clock,
+    clock::Timestamp,
     escape::escape_bytes,
-    recorder::Timestamp,
     sinks::journal::{self, JournalError, JournalReader, Query, StoredEvent, StoredOccurrence},
 };
 
@@ -256,7 +255,7 @@ fn print_occurrences_json(
             return Ok(());
         };
         let line = json!({
-            "time": clock::Timestamp(stored.time.unix_nanos()).to_string(),
+            "time": stored.time.to_string(),
             "namespace": stored.namespace,
             "involvedObject": object,
             "type": stored.event_type,
@@ -265,7 +264,7 @@ fn print_occurrences_json(
             "container": stored.container,
             "api": {"outcome": stored.api, "event": stored.event_name},
             "records": records,
-            "storedAt": clock::Timestamp(stored.stored_at.unix_nanos()).to_string(),
+            "storedAt": stored.stored_at.to_string(),
         });
         writeln!(out, "{line}").map_err(EventsError::Output)?;
         summary.printed += 1;
@@ -299,7 +298,7 @@ fn json_line(stored: &StoredEvent) -> Option<Value> {
     journal.insert("container".to_owned(), json!(stored.container));
     journal.insert("node".to_owned(), json!(stored.node));
     journal.insert("records".to_owned(), records);
-    journal.insert("storedAt".to_owned(), json!(clock::Timestamp(stored.stored_at.unix_nanos()).to_string()));
+    journal.insert("storedAt".to_owned(), json!(stored.stored_at.to_string()));
     event.insert("journal".to_owned(), Value::Object(journal));
     Some(Value::Object(event))
 }
@@ -319,8 +318,8 @@ fn print_summary_json(
             "type": row.event_type,
             "count": row.count,
             "spamFiltered": row.spam_filtered,
-            "first": clock::Timestamp(row.first.unix_nanos()).to_string(),
-            "last": clock::Timestamp(row.last.unix_nanos()).to_string(),
+            "first": row.first.to_string(),
+            "last": row.last.to_string(),
         });
         writeln!(out, "{line}").map_err(EventsError::Output)?;
         summary.printed += 1;

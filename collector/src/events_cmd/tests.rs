@@ -343,14 +343,14 @@ fn conditions_print_as_describe_node_shows_them_or_say_none_were_saved() {
             status: true,
             reason: "TaskHung".to_owned(),
             message: "Process 42 (dd) blocked for more than 2 s".to_owned(),
-            last_transition: clock::Timestamp(at(0).unix_nanos()),
+            last_transition: at(0),
         },
         NodeCondition {
             kind: "ReadonlyFilesystem".to_owned(),
             status: false,
             reason: "FilesystemIsNotReadOnly".to_owned(),
             message: "Filesystem is not read-only".to_owned(),
-            last_transition: clock::Timestamp(at(0).unix_nanos()),
+            last_transition: at(0),
         },
     ];
     std::fs::write(dir.path().join("node-conditions.json"), serde_json::to_vec(&saved).unwrap()).unwrap();

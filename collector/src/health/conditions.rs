@@ -210,17 +210,12 @@ pub fn status_patch(conditions: &[NodeCondition], heartbeat: Timestamp) -> serde
                 "status": if condition.status { "True" } else { "False" },
                 "reason": condition.reason,
                 "message": condition.message,
-                "lastTransitionTime": rfc3339(condition.last_transition),
-                "lastHeartbeatTime": rfc3339(heartbeat),
+                "lastTransitionTime": condition.last_transition.metav1(),
+                "lastHeartbeatTime": heartbeat.metav1(),
             })
         })
         .collect();
     serde_json::json!({ "status": { "conditions": conditions } })
-}
-
-/// Whole seconds, as `metav1.Time` is written.
-fn rfc3339(time: Timestamp) -> String {
-    crate::recorder::Timestamp::from_unix_nanos(time.0).rfc3339()
 }
 
 #[cfg(test)]

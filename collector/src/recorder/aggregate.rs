@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::keys::AggregateKey;
 use super::lru::Lru;
-use super::time::Timestamp;
+use crate::clock::Timestamp;
 
 #[derive(Default)]
 struct Record {

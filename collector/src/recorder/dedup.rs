@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use super::event::Event;
 use super::keys::DedupKey;
 use super::lru::Lru;
-use super::time::Timestamp;
+use crate::clock::Timestamp;
 
 struct Observation {
     count: i32,
@@ -63,8 +63,8 @@ impl DedupLog {
 pub(super) fn patch_body(event: &Event) -> Value {
     let mut patch = Map::new();
     patch.insert("count".to_owned(), Value::from(event.count));
-    let last = event.last_timestamp.rfc3339();
-    if last != Timestamp::from_unix_secs(0).rfc3339() {
+    let last = event.last_timestamp.metav1();
+    if last != Timestamp::from_unix_secs(0).metav1() {
         patch.insert("lastTimestamp".to_owned(), Value::from(last));
     }
     if !event.message.is_empty() {

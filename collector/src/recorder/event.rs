@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Serialize, Serializer};
 
-use super::time::Timestamp;
+use crate::clock::Timestamp;
 
 /// Longest message written, in bytes (the events.k8s.io `note` limit; core/v1 itself has none).
 pub const MAX_MESSAGE_BYTES: usize = 1024;
@@ -147,8 +147,10 @@ pub struct Event {
     /// Component and host that reported it.
     pub source: EventSource,
     /// First occurrence of this (deduplicated) event.
+    #[serde(serialize_with = "crate::clock::serialize_metav1")]
     pub first_timestamp: Timestamp,
     /// Latest occurrence.
+    #[serde(serialize_with = "crate::clock::serialize_metav1")]
     pub last_timestamp: Timestamp,
     /// Occurrences so far, starting at 1.
     pub count: i32,

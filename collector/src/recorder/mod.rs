@@ -9,7 +9,6 @@ mod event;
 mod keys;
 mod lru;
 mod spam;
-mod time;
 
 #[cfg(test)]
 mod tests;
@@ -18,13 +17,12 @@ use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
 
-use crate::telemetry::Metrics;
+use crate::{clock::Timestamp, telemetry::Metrics};
 
 pub use event::{
     COMBINED_PREFIX, DEFAULT_NAMESPACE, Event, EventMeta, EventSource, EventSpec, EventType, MAX_MESSAGE_BYTES,
     MAX_REASON_BYTES, NullTime, ObjectReference, TRUNCATION_MARKER, event_name, truncate_utf8,
 };
-pub use time::Timestamp;
 
 use aggregate::Aggregator;
 use dedup::DedupLog;

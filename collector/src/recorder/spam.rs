@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::keys::ObjectKey;
 use super::lru::Lru;
-use super::time::Timestamp;
+use crate::clock::Timestamp;
 
 struct Bucket {
     /// Accumulated refill time; one token is worth `SpamFilter::token_ns`.

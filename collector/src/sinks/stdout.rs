@@ -50,7 +50,7 @@ impl<W: Write> StdoutSink<W> {
                 writeln!(
                     self.out,
                     "{:<20} {:<8} {:<18} {:<40} {}{count}",
-                    event.last_timestamp.rfc3339(),
+                    event.last_timestamp.metav1(),
                     event.event_type.as_str(),
                     escape_bytes(event.reason.as_bytes()),
                     object,
@@ -84,8 +84,9 @@ impl<W: Write + Send + 'static> Handler for StdoutSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recorder::{
-        Decision, EventSpec, EventType, ObjectReference, Recorder, RecorderConfig, Timestamp, Write as EventWrite,
+    use crate::{
+        clock::Timestamp,
+        recorder::{Decision, EventSpec, EventType, ObjectReference, Recorder, RecorderConfig, Write as EventWrite},
     };
 
     fn write(message: &str) -> EventWrite {

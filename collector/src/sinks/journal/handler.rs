@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::{DEFAULT_OUTBOX_MAX_AGE, EventContext, Journal, Occurrence};
 use crate::{
-    recorder::Timestamp,
+    clock::Timestamp,
     sinks::{
         ApiWrite,
         handler::{Decided, Dispatch, Handler},
@@ -69,8 +69,7 @@ impl JournalHandler {
             }
         };
         let context = EventContext { container: dispatch.record.identity().container_name.as_deref(), records };
-        let occurrence =
-            Occurrence { time: Timestamp::from_unix_nanos(dispatch.record.time().0), spec: &decided.spec, context };
+        let occurrence = Occurrence { time: dispatch.record.time(), spec: &decided.spec, context };
         let now = Timestamp::from_system_time(SystemTime::now());
         let stored = self.lock().record_occurrence(&occurrence, api.as_ref(), self.api.is_some(), now);
         match stored {
@@ -151,7 +150,6 @@ impl Handler for JournalHandler {
 mod tests {
     use super::*;
     use crate::{
-        clock,
         record::{CgroupChange, Identity, Record},
         recorder::{Decision, EventSpec, EventType},
         sinks::{
@@ -165,7 +163,7 @@ mod tests {
 
     fn dispatch(message: &str) -> Dispatch {
         let record = Record::CgroupMkdir(CgroupChange {
-            time: clock::Timestamp(0),
+            time: Timestamp(0),
             cgroup_id: 1,
             cgroup_path: "/x".into(),
             identity: Identity::default(),

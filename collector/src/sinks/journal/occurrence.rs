@@ -14,7 +14,8 @@ use super::{
     write::{EventContext, Journal},
 };
 use crate::{
-    recorder::{DEFAULT_NAMESPACE, EventSpec, Timestamp},
+    clock::Timestamp,
+    recorder::{DEFAULT_NAMESPACE, EventSpec},
     sinks::ApiWrite,
 };
 

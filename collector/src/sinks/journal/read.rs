@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, Row};
 
 use super::{JournalError, journal_path, schema};
-use crate::recorder::Timestamp;
+use crate::clock::Timestamp;
 
 /// Which events to read. Every filter is exact; `None` matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

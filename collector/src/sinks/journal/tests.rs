@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::{
-    recorder::{Decision, EventSpec, EventType, ObjectReference, Recorder, RecorderConfig, Timestamp},
+    clock::Timestamp,
+    recorder::{Decision, EventSpec, EventType, ObjectReference, Recorder, RecorderConfig},
     sinks::{ApiWrite, Verb},
 };
 

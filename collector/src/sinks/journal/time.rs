@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::clock::Timestamp;
 pub(super) use crate::clock::parse_rfc3339;
-use crate::recorder::Timestamp;
 
 /// `now - age`, saturating at the start of the representable range.
 pub(super) fn before(now: Timestamp, age: Duration) -> i64 {
@@ -28,7 +28,7 @@ mod tests {
     #[test]
     fn round_trips_the_recorders_format() {
         for secs in [0_i64, 1, 951_782_400, 1_795_862_410, -86_401, 4_102_444_800] {
-            let text = Timestamp::from_unix_secs(secs).rfc3339();
+            let text = Timestamp::from_unix_secs(secs).metav1();
             assert_eq!(parse_rfc3339(&text), Some(secs * NANOS_PER_SEC), "{text}");
         }
     }

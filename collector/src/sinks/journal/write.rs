@@ -13,7 +13,7 @@ use super::{
     JournalConfig, JournalError, journal_path, schema,
     time::{before, parse_rfc3339},
 };
-use crate::{recorder::Timestamp, sinks::ApiWrite};
+use crate::{clock::Timestamp, sinks::ApiWrite};
 
 /// Rows deleted per statement when pruning for size, so one prune never holds the write lock for
 /// long and never builds a huge statement journal.

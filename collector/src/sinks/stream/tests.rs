@@ -26,7 +26,7 @@ fn record(path: &str, namespace: &str) -> Record {
 fn with_event(record: Record, reason: &str) -> Dispatch {
     let mut recorder = Recorder::new(RecorderConfig::new("collector", "node-1")).unwrap();
     let spec = EventSpec::new(ObjectReference::pod("shop", "web-0", "u1"), EventType::Warning, reason, "m");
-    let Decision::Write(write) = recorder.record(spec.clone(), crate::recorder::Timestamp::from_unix_secs(1)) else {
+    let Decision::Write(write) = recorder.record(spec.clone(), Timestamp::from_unix_secs(1)) else {
         panic!("expected a write");
     };
     Dispatch::new(record, vec![Decided { spec, write: Some(write) }])
