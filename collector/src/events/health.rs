@@ -102,7 +102,7 @@ pub(super) fn pressure(pressure: &Pressure) -> Vec<EventSpec> {
         container.subject(),
         pressure.resource,
         pressure.percent(),
-        seconds(pressure.window_ms)
+        message::seconds_of_ms(pressure.window_ms)
     );
     if let Some(limit) = pressure.memory_limit_bytes {
         text.push_str(&format!("; limit {}", message::quantity(limit)));
@@ -111,11 +111,6 @@ pub(super) fn pressure(pressure: &Pressure) -> Vec<EventSpec> {
         text.push_str(&format!(", usage {}", mebibytes(usage)));
     }
     vec![EventSpec::new(pod, EventType::Warning, REASON_MEMORY_PRESSURE, message::finish(text))]
-}
-
-/// Milliseconds as seconds, with one decimal only when needed (`10`, `2.5`).
-fn seconds(ms: u64) -> String {
-    if ms.is_multiple_of(1000) { (ms / 1000).to_string() } else { format!("{:.1}", ms as f64 / 1000.0) }
 }
 
 /// Bytes as mebibytes to one decimal (`63.1Mi`): a usage is never a round number.

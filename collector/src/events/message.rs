@@ -158,8 +158,14 @@ fn grace_seconds(from: Timestamp, to: Timestamp) -> String {
 
 /// The time from `from` to `to` in seconds with one decimal, `.0` left out: `2`, `0.4`.
 fn seconds(from: Timestamp, to: Timestamp) -> String {
-    let tenths = (to.0.saturating_sub(from.0).max(0) + 50_000_000) / 100_000_000;
-    if tenths % 10 == 0 { (tenths / 10).to_string() } else { format!("{}.{}", tenths / 10, tenths % 10) }
+    let ms = u64::try_from(to.0.saturating_sub(from.0) / 1_000_000).unwrap_or(0);
+    seconds_of_ms(ms)
+}
+
+/// Milliseconds as seconds rounded to a tenth, the decimal dropped when it is zero (`2`, `2.1`).
+pub(super) fn seconds_of_ms(ms: u64) -> String {
+    let tenths = ms.saturating_add(50) / 100;
+    if tenths.is_multiple_of(10) { (tenths / 10).to_string() } else { format!("{}.{}", tenths / 10, tenths % 10) }
 }
 
 /// ProcessCrashed: `Process 4300 (worker) of container app crashed: SIGSEGV (core dumped)`.
@@ -257,6 +263,11 @@ mod tests {
         assert_eq!(seconds(at(1000), at(3049)), "2");
         assert_eq!(seconds(at(1000), at(3050)), "2.1");
         assert_eq!(seconds(at(0), at(400)), "0.4");
+        // A pressure window measured a millisecond or two long is still the whole second.
+        assert_eq!(seconds_of_ms(4001), "4");
+        assert_eq!(seconds_of_ms(4049), "4");
+        assert_eq!(seconds_of_ms(4050), "4.1");
+        assert_eq!(seconds_of_ms(10_000), "10");
         assert_eq!(seconds(at(0), at(0)), "0");
         assert_eq!(seconds(at(5000), at(0)), "0");
     }
