@@ -1,6 +1,6 @@
 //! Node health in containers, caused for real through CRI: a task hung on a frozen filesystem,
-//! a corrupt ext4 read from a container, and a container thrashing its memory limit; and a block
-//! device whose writes fail. Each gives the Events `kubectl describe` would show and the node
+//! a corrupt ext4 read from a container, a container thrashing its memory limit, one with more
+//! busy threads than CPUs; and a block device whose writes fail. Each gives the Events `kubectl describe` would show and the node
 //! conditions NPD would set. Host only: they need containerd and e2fsprogs, which the VM lacks.
 
 use std::sync::{Mutex, PoisonError};
@@ -124,6 +124,56 @@ fn a_container_thrashing_its_memory_limit_gets_memory_pressure_before_any_oom_ki
     let stopped = daemon.stop().unwrap();
     let pressure = stopped.events.iter().filter(|e| e["reason"] == "MemoryPressure").count();
     assert_eq!(pressure, 1, "{:#?}", stopped.events);
+}
+
+#[test]
+fn a_container_with_more_busy_threads_than_cpus_gets_cpu_pressure_when_asked_and_an_idle_one_nothing() {
+    if !privileged("a_container_with_more_busy_threads_than_cpus_gets_cpu_pressure_when_asked_and_an_idle_one_nothing")
+    {
+        return;
+    }
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("cpu-pressure").unwrap();
+    let socket = containerd.address().display().to_string();
+    let flags = ["--pressure-resources", "memory,cpu", "--pressure-threshold", "20%", "--pressure-window", "4s"];
+    let daemon = Daemon::start(&state, &["stdout", "journal"], &socket, &flags).unwrap();
+    let spec = PodSpec { name: "batch-0".to_owned(), namespace: "jobs".to_owned(), ..PodSpec::unique("batch") };
+    let pod = containerd.cri().run_pod(spec).unwrap();
+    // Twice as many spinning shells as CPUs: some of them always wait for one, for 15 s.
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+    let spinners = "while :; do :; done & pids=\"$pids $!\"; ".repeat(2 * cpus);
+    let script = format!("pids=; {spinners}sleep 15; kill $pids; echo calm; sleep 600");
+    let spin = containerd.cri().create_and_start(&pod, ContainerSpec::shell("spin", &script)).unwrap();
+    containerd.cri().create_and_start(&pod, ContainerSpec::shell("idle", "sleep 600")).unwrap();
+
+    let ours = |e: &&Value| e["reason"] == "CPUPressure" && e["involvedObject"]["name"] == "batch-0";
+    let events = daemon.wait_for(TIMEOUT, |events| events.iter().any(|e| ours(&e))).unwrap();
+    let pressure: Vec<&Value> = events.iter().filter(ours).collect();
+    assert_eq!(pressure.len(), 1, "{pressure:#?}");
+    assert_eq!(pressure[0]["involvedObject"]["fieldPath"], "spec.containers{spin}");
+    assert_eq!(pressure[0]["type"], "Warning");
+    let message = pressure[0]["message"].as_str().unwrap();
+    let rest = message.strip_prefix("Container spin stalled on CPU ").unwrap_or_else(|| panic!("{message}"));
+    let (percent, rest) = rest.split_once("% of the last ").unwrap_or_else(|| panic!("{message}"));
+    assert!(percent.parse::<f64>().unwrap() >= 20.0, "{message}");
+    // No CPU limit in the spec, so none in the message.
+    assert_eq!(rest, "4 s", "{message}");
+
+    // The spinning stops: the episode ends, and the idle container never had one.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !containerd.cri().container_log(&spin).unwrap().contains("calm") {
+        assert!(Instant::now() < deadline, "the spinners did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.wait_metric("collector_pressure_stalled_containers", "resource=\"cpu\"", 0, TIMEOUT).unwrap();
+    let stopped = daemon.stop().unwrap();
+    let ours: Vec<&Value> = stopped.events.iter().filter(|e| e["involvedObject"]["name"] == "batch-0").collect();
+    let reasons: Vec<(&str, &str)> = ours
+        .iter()
+        .filter(|e| e["reason"].as_str().is_some_and(|reason| reason.ends_with("Pressure")))
+        .map(|e| (e["reason"].as_str().unwrap(), e["involvedObject"]["fieldPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(reasons, [("CPUPressure", "spec.containers{spin}")], "{ours:#?}");
 }
 
 #[test]

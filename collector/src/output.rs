@@ -214,8 +214,12 @@ impl Line {
                     crate::record::PressureState::Stalled => "stalled",
                     crate::record::PressureState::Cleared => "cleared",
                 };
-                let details =
-                    format!(" [{state} on {} {}% of {} ms]", pressure.resource, pressure.percent(), pressure.window_ms);
+                let details = format!(
+                    " [{state} on {} {}% of {} ms]",
+                    pressure.resource.as_str(),
+                    pressure.percent(),
+                    pressure.window_ms
+                );
                 Self {
                     pid: dash(),
                     ..Self::other(pressure.time, "pressure", 0, "-", path(Some(&pressure.cgroup_path)), details)

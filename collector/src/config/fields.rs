@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use crate::record::PressureResource;
+
 use super::{
     ByteSize, CriSocket, HumanDuration, OutputFormat, Percent, ProblemKind, RunConfig, Sink, SinkSelection,
     StreamSocket,
@@ -27,6 +29,7 @@ pub(super) enum Field {
     JournalMaxAge,
     JournalMaxBytes,
     StreamSocket,
+    PressureResources,
     PressureThreshold,
     PressureWindow,
     ConditionClearAfter,
@@ -71,7 +74,7 @@ pub(super) const MAX_PRESSURE_WINDOW: HumanDuration = HumanDuration::from_secs(5
 pub(super) const MIN_JOURNAL_BYTES: ByteSize = ByteSize(1 << 20);
 
 impl Field {
-    pub(super) const ALL: [Self; 21] = [
+    pub(super) const ALL: [Self; 22] = [
         Self::Sinks,
         Self::Format,
         Self::NodeName,
@@ -88,6 +91,7 @@ impl Field {
         Self::JournalMaxAge,
         Self::JournalMaxBytes,
         Self::StreamSocket,
+        Self::PressureResources,
         Self::PressureThreshold,
         Self::PressureWindow,
         Self::ConditionClearAfter,
@@ -114,6 +118,7 @@ impl Field {
             Self::JournalMaxAge => "journal.max_age",
             Self::JournalMaxBytes => "journal.max_bytes",
             Self::StreamSocket => "stream_socket",
+            Self::PressureResources => "node_health.pressure_resources",
             Self::PressureThreshold => "node_health.pressure_threshold",
             Self::PressureWindow => "node_health.pressure_window",
             Self::ConditionClearAfter => "node_health.condition_clear_after",
@@ -141,6 +146,7 @@ impl Field {
             Self::JournalMaxAge => "--journal-max-age",
             Self::JournalMaxBytes => "--journal-max-bytes",
             Self::StreamSocket => "--stream-socket",
+            Self::PressureResources => "--pressure-resources",
             Self::PressureThreshold => "--pressure-threshold",
             Self::PressureWindow => "--pressure-window",
             Self::ConditionClearAfter => "--condition-clear-after",
@@ -168,6 +174,7 @@ impl Field {
             Self::JournalMaxAge => "COLLECTOR_JOURNAL_MAX_AGE",
             Self::JournalMaxBytes => "COLLECTOR_JOURNAL_MAX_BYTES",
             Self::StreamSocket => "COLLECTOR_STREAM_SOCKET",
+            Self::PressureResources => "COLLECTOR_PRESSURE_RESOURCES",
             Self::PressureThreshold => "COLLECTOR_PRESSURE_THRESHOLD",
             Self::PressureWindow => "COLLECTOR_PRESSURE_WINDOW",
             Self::ConditionClearAfter => "COLLECTOR_CONDITION_CLEAR_AFTER",
@@ -180,6 +187,7 @@ impl Field {
     const fn expected(self) -> &'static str {
         match self {
             Self::Sinks => "an array of sink names",
+            Self::PressureResources => "an array of memory, cpu, io",
             Self::DryRun | Self::EmitNormalExits => "a boolean",
             Self::RingBufferBytes | Self::JournalMaxBytes => "an integer or a size string",
             Self::MetadataWait
@@ -202,6 +210,12 @@ impl Field {
                 config.sinks = parse_sinks(text.split(','))?;
             }
             (Self::Sinks, Raw::List(items)) => config.sinks = parse_sinks(items.iter().copied())?,
+            (Self::PressureResources, Raw::Text(text)) => {
+                config.node_health.pressure_resources = parse_pressure_resources(text.split(','))?;
+            }
+            (Self::PressureResources, Raw::List(items)) => {
+                config.node_health.pressure_resources = parse_pressure_resources(items.iter().copied())?;
+            }
             (Self::DryRun, Raw::Bool(value)) => config.dry_run = *value,
             (Self::DryRun, Raw::Text(text)) => config.dry_run = parse_bool(text)?,
             (Self::EmitNormalExits, Raw::Bool(value)) => config.emit_normal_exits = *value,
@@ -291,6 +305,7 @@ impl Field {
                 parse_positive(text).map(|window| config.node_health.frequent_oom_window = window)
             }
             Self::Sinks
+            | Self::PressureResources
             | Self::DryRun
             | Self::EmitNormalExits
             | Self::RingBufferBytes
@@ -301,6 +316,22 @@ impl Field {
         };
         Some(result)
     }
+}
+
+/// `memory,cpu,io` in any order and without repeats; `none` or nothing turns the sampler off.
+pub(super) fn parse_pressure_resources<'a>(
+    names: impl Iterator<Item = &'a str>,
+) -> Result<Vec<PressureResource>, ProblemKind> {
+    let mut resources = Vec::new();
+    let mut unknown = Vec::new();
+    for name in names.map(str::trim).filter(|name| !name.is_empty() && *name != "none") {
+        match PressureResource::parse(name) {
+            Some(resource) if !resources.contains(&resource) => resources.push(resource),
+            Some(_) => {}
+            None => unknown.push(name.to_owned()),
+        }
+    }
+    if unknown.is_empty() { Ok(resources) } else { Err(ProblemKind::UnknownPressureResources(unknown)) }
 }
 
 pub(super) fn parse_sinks<'a>(names: impl Iterator<Item = &'a str>) -> Result<SinkSelection, ProblemKind> {

@@ -35,9 +35,9 @@ pub use values::{ByteSize, DurationSyntax, HumanDuration, Percent, SizeSyntax};
 
 use fields::{Field, Raw};
 
-use crate::sinks::journal;
 /// Default `state_dir`: the journal's.
 pub use crate::sinks::journal::DEFAULT_STATE_DIR;
+use crate::{record::PressureResource, sinks::journal};
 /// Default `metrics_addr`: loopback, so pod names are not exposed to the network
 /// unless asked for; the DaemonSet in deploy/ passes `--metrics-addr 0.0.0.0:9835` so
 /// Prometheus and the kubelet's probes reach it.
@@ -53,6 +53,9 @@ pub const DEFAULT_TOMBSTONE_TTL: HumanDuration = HumanDuration::from_secs(5 * 60
 pub const DEFAULT_JOURNAL_MAX_AGE: HumanDuration = HumanDuration(journal::DEFAULT_MAX_AGE);
 /// Default `journal.max_bytes`.
 pub const DEFAULT_JOURNAL_MAX_BYTES: ByteSize = ByteSize(journal::DEFAULT_MAX_BYTES);
+/// Default `node_health.pressure_resources`: memory only, the stall that comes before an OOM
+/// kill. CPU stalls are normal for a busy container at its limit, so they are asked for.
+pub const DEFAULT_PRESSURE_RESOURCES: &[PressureResource] = &[PressureResource::Memory];
 /// Default `node_health.pressure_threshold`; `docs/operations.md` says what it was chosen from.
 pub const DEFAULT_PRESSURE_THRESHOLD: Percent = Percent { tenths: 50 };
 /// Default `node_health.pressure_window`.
@@ -80,8 +83,11 @@ pub struct JournalConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeHealthConfig {
-    /// A container whose tasks stall on memory this share of the window starts a
-    /// `MemoryPressure` episode; it ends under half of it. Default `5%`; more than 0, at most 100.
+    /// What the pressure sampler reads of each container: `memory`, `cpu`, `io` (Events
+    /// `MemoryPressure`, `CPUPressure`, `IOPressure`). Default `["memory"]`; empty turns it off.
+    pub pressure_resources: Vec<PressureResource>,
+    /// A container whose tasks stall on a resource this share of the window starts an episode
+    /// (`MemoryPressure`); it ends under half of it. Default `5%`; more than 0, at most 100.
     pub pressure_threshold: Percent,
     /// The window the stall is measured over. Default `10s`; 2s to 5m.
     pub pressure_window: HumanDuration,
@@ -98,6 +104,7 @@ pub struct NodeHealthConfig {
 impl Default for NodeHealthConfig {
     fn default() -> Self {
         Self {
+            pressure_resources: DEFAULT_PRESSURE_RESOURCES.to_vec(),
             pressure_threshold: DEFAULT_PRESSURE_THRESHOLD,
             pressure_window: DEFAULT_PRESSURE_WINDOW,
             condition_clear_after: DEFAULT_CONDITION_CLEAR_AFTER,
@@ -256,7 +263,11 @@ pub struct RunArgs {
     /// [env: COLLECTOR_STREAM_SOCKET] [default: /run/collector/stream.sock].
     #[arg(long, value_name = "PATH|none")]
     pub stream_socket: Option<String>,
-    /// Memory stall share that starts a MemoryPressure episode, e.g. 10%
+    /// What to watch for stalls: memory, cpu, io, comma-separated, or none
+    /// [env: COLLECTOR_PRESSURE_RESOURCES] [default: memory].
+    #[arg(long, value_name = "RESOURCES")]
+    pub pressure_resources: Option<String>,
+    /// Stall share that starts a MemoryPressure (CPUPressure, IOPressure) episode, e.g. 10%
     /// [env: COLLECTOR_PRESSURE_THRESHOLD] [default: 5%].
     #[arg(long, value_name = "PERCENT")]
     pub pressure_threshold: Option<String>,
@@ -321,6 +332,7 @@ impl RunArgs {
             Field::JournalMaxAge => text(&self.journal_max_age),
             Field::JournalMaxBytes => text(&self.journal_max_bytes),
             Field::StreamSocket => text(&self.stream_socket),
+            Field::PressureResources => text(&self.pressure_resources),
             Field::PressureThreshold => text(&self.pressure_threshold),
             Field::PressureWindow => text(&self.pressure_window),
             Field::ConditionClearAfter => text(&self.condition_clear_after),
@@ -399,6 +411,9 @@ pub enum ProblemKind {
     /// Sink names that do not exist.
     #[error("unknown sink {} (expected kubernetes, stdout, journal or auto)", quoted(.0))]
     UnknownSinks(Vec<String>),
+    /// Pressure resources that do not exist.
+    #[error("unknown pressure resource {} (expected memory, cpu, io or none)", quoted(.0))]
+    UnknownPressureResources(Vec<String>),
     /// `auto` given with other sinks.
     #[error("`auto` cannot be combined with other sinks")]
     AutoWithOthers,

@@ -128,6 +128,9 @@ fn valid_text(field: Field) -> BoxedStrategy<String> {
             prop_oneof![millis(u64::MAX), duration_parts().prop_map(|(text, _)| text)].boxed()
         }
         Field::JournalMaxBytes => ((1_u64 << 20)..=u64::MAX).prop_map(|bytes| ByteSize(bytes).to_string()).boxed(),
+        Field::PressureResources => {
+            select(vec!["memory", "cpu,io", "memory, cpu ,io", "none", "io,io", ""]).prop_map(str::to_owned).boxed()
+        }
         Field::PressureThreshold => (1..=1000_u32).prop_map(|tenths| Percent { tenths }.to_string()).boxed(),
         Field::PressureWindow => {
             (2000..=300_000_u64).prop_map(|ms| HumanDuration(Duration::from_millis(ms)).to_string()).boxed()

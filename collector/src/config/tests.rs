@@ -212,7 +212,8 @@ fn file_values_of_every_form() {
          emit_normal_exits = false\ncomponent = \"oom watcher\"\nkubeconfig = \"kc.yaml\"\n\
          cri_socket = \"none\"\nring_buffer_bytes = \"256KiB\"\nmetadata_wait = \"250ms\"\n\
          tombstone_ttl = \"1h\"\njournal.max_age = \"7d\"\njournal.max_bytes = \"1GiB\"\n\
-         stream_socket = \"none\"\n[node_health]\npressure_threshold = \"1.5%\"\npressure_window = \"4s\"\n\
+         stream_socket = \"none\"\n[node_health]\npressure_resources = [\"cpu\", \"memory\", \"cpu\"]\n\
+         pressure_threshold = \"1.5%\"\npressure_window = \"4s\"\n\
          condition_clear_after = \"3s\"\nfrequent_oom_kills = 3\nfrequent_oom_window = \"1m\"\n",
     );
     assert_eq!(problems, Vec::<String>::new());
@@ -235,6 +236,7 @@ fn file_values_of_every_form() {
             stream_socket: StreamSocket::Disabled,
             journal: JournalConfig { max_age: HumanDuration::from_secs(7 * 86_400), max_bytes: ByteSize(1 << 30) },
             node_health: NodeHealthConfig {
+                pressure_resources: vec![PressureResource::Cpu, PressureResource::Memory],
                 pressure_threshold: Percent { tenths: 15 },
                 pressure_window: HumanDuration::from_secs(4),
                 condition_clear_after: HumanDuration::from_secs(3),
@@ -325,7 +327,8 @@ fn check_prints_the_effective_config_as_toml_that_reads_back() {
          emit_normal_exits = false\ncomponent = \"collector\"\nkubeconfig = \"/etc/kc\"\n\
          cri_socket = \"auto\"\nring_buffer_bytes = 1048576\nmetadata_wait = \"1s500ms\"\n\
          tombstone_ttl = \"5m\"\nstream_socket = \"/run/collector/stream.sock\"\n\n[journal]\nmax_age = \"1d\"\nmax_bytes = \"2MiB\"\n\n\
-         [node_health]\npressure_threshold = \"5%\"\npressure_window = \"10s\"\ncondition_clear_after = \"30m\"\n\
+         [node_health]\npressure_resources = [\"memory\"]\npressure_threshold = \"5%\"\npressure_window = \"10s\"\n\
+         condition_clear_after = \"30m\"\n\
          frequent_oom_kills = 5\nfrequent_oom_window = \"10m\"\n"
     );
     let mut expected = resolve_with(
@@ -494,6 +497,7 @@ fn random_flag_and_env_values_never_panic() {
             journal_max_age: pick(),
             journal_max_bytes: pick(),
             stream_socket: pick(),
+            pressure_resources: pick(),
             pressure_threshold: pick(),
             pressure_window: pick(),
             condition_clear_after: pick(),
@@ -544,7 +548,7 @@ fn node_health_problems_name_their_key_and_range() {
     let file = TempFile::new(
         "node-health",
         "[node_health]\npressure_threshold = \"0%\"\npressure_window = \"1s\"\nfrequent_oom_kills = 0\n\
-         condition_clear_after = \"0s\"\nfrequent_oom_window = \"soon\"\n",
+         condition_clear_after = \"0s\"\nfrequent_oom_window = \"soon\"\npressure_resources = [\"disk\", \"cpu\", \"pids\"]\n",
     );
     let env = env_of(&[("NODE_NAME", "node-1"), ("COLLECTOR_PRESSURE_THRESHOLD", "12.25%")]);
     let problems = resolve_with(&args(&["--config", file.path.to_str().unwrap()]), &env, no_host).unwrap_err();
@@ -564,6 +568,9 @@ fn node_health_problems_name_their_key_and_range() {
             format!(
                 "{f}:6: node_health.frequent_oom_window: invalid duration \"soon\": expected a number followed by a unit, such as 2s or 1h30m"
             ),
+            format!(
+                "{f}:7: node_health.pressure_resources: unknown pressure resource \"disk\", \"pids\" (expected memory, cpu, io or none)"
+            ),
             "COLLECTOR_PRESSURE_THRESHOLD: invalid percentage \"12.25%\": expected more than 0% and at most 100%, \
              with at most one decimal, such as 10% or 1.5%"
                 .to_owned(),
@@ -573,4 +580,11 @@ fn node_health_problems_name_their_key_and_range() {
         resolve_with(&args(&["--pressure-threshold", "2.5%"]), &env_of(&[("NODE_NAME", "n")]), no_host).unwrap();
     assert_eq!(config.node_health.pressure_threshold, Percent { tenths: 25 });
     assert_eq!(config.node_health.pressure_threshold.to_string(), "2.5%");
+    assert_eq!(config.node_health.pressure_resources, [PressureResource::Memory]);
+    let env = env_of(&[("NODE_NAME", "n"), ("COLLECTOR_PRESSURE_RESOURCES", "io, cpu")]);
+    let config = resolve_with(&args(&[]), &env, no_host).unwrap();
+    assert_eq!(config.node_health.pressure_resources, [PressureResource::Io, PressureResource::Cpu]);
+    // The flag wins over the variable; `none` turns the sampler off.
+    let config = resolve_with(&args(&["--pressure-resources", "none"]), &env, no_host).unwrap();
+    assert_eq!(config.node_health.pressure_resources, []);
 }

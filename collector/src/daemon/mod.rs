@@ -420,7 +420,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Starts the memory pressure sampler on a thread of its own; its records come out of the
+/// Starts the pressure sampler on a thread of its own; its records come out of the
 /// returned channel.
 fn start_pressure(
     health: &NodeHealthConfig,
@@ -428,16 +428,21 @@ fn start_pressure(
     metrics: Arc<Metrics>,
 ) -> io::Result<tokio::sync::mpsc::Receiver<Record>> {
     let config = PressureConfig {
+        resources: health.pressure_resources.clone(),
         threshold_percent: health.pressure_threshold.value(),
         window: health.pressure_window.0,
         ..PressureConfig::default()
     };
     let (tx, rx) = tokio::sync::mpsc::channel(PRESSURE_QUEUE);
+    if config.resources.is_empty() {
+        // Turned off: the channel is closed at once and its branch of the loop never fires.
+        return Ok(rx);
+    }
     std::thread::Builder::new().name("pressure".to_owned()).spawn(move || {
         let read_error = || metrics.pressure_read_error();
         let send = |record: Record| {
             if let Record::Pressure(pressure) = &record {
-                metrics.pressure_episode("memory", pressure.state == PressureState::Stalled);
+                metrics.pressure_episode(pressure.resource.as_str(), pressure.state == PressureState::Stalled);
             }
             // Blocks only this thread, and only while the loop is behind; fails once it is gone.
             tx.blocking_send(record).is_ok()

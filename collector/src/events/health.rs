@@ -9,6 +9,7 @@
 //! | a block request failed (`io_error`)                     | IOError         | Warning | Node        |
 //! | a memory controller reported an error (`hw_error`)      | HardwareError   | Warning | Node        |
 //! | a container stalled on memory beyond the threshold      | MemoryPressure  | Warning | Pod         |
+//! | ... on CPU, on I/O (when `pressure_resources` asks)     | CPUPressure, IOPressure | Warning | Pod |
 //!
 //! A kernel log rule whose problem a probe reports better gives no event while that probe is
 //! attached ([`EventOptions::probed_reasons`]): the hung-task probe names the pod, the kernel's
@@ -17,7 +18,7 @@
 
 use super::{EventOptions, message, pod_reference};
 use crate::{
-    record::{FsError, HungTask, HwError, IoError, KernelLog, Pressure, PressureState},
+    record::{FsError, HungTask, HwError, IoError, KernelLog, Pressure, PressureResource, PressureState},
     recorder::{EventSpec, EventType, ObjectReference},
 };
 
@@ -33,6 +34,10 @@ pub const REASON_IO_ERROR: &str = "IOError";
 pub const REASON_HARDWARE_ERROR: &str = "HardwareError";
 /// Reason of a container stalling on memory, on the Pod.
 pub const REASON_MEMORY_PRESSURE: &str = "MemoryPressure";
+/// A container stalled on CPU.
+pub const REASON_CPU_PRESSURE: &str = "CPUPressure";
+/// A container stalled on block I/O.
+pub const REASON_IO_PRESSURE: &str = "IOPressure";
 
 pub(super) fn hung_task(hung: &HungTask, options: &EventOptions) -> Vec<EventSpec> {
     let blocked = hung.timeout_secs.map_or_else(String::new, |secs| format!(" blocked for more than {secs} s"));
@@ -100,7 +105,7 @@ pub(super) fn pressure(pressure: &Pressure) -> Vec<EventSpec> {
     let mut text = format!(
         "{} stalled on {} {}% of the last {} s",
         container.subject(),
-        pressure.resource,
+        pressure.resource.noun(),
         pressure.percent(),
         message::seconds_of_ms(pressure.window_ms)
     );
@@ -110,7 +115,20 @@ pub(super) fn pressure(pressure: &Pressure) -> Vec<EventSpec> {
     if let Some(usage) = pressure.memory_usage_bytes {
         text.push_str(&format!(", usage {}", mebibytes(usage)));
     }
-    vec![EventSpec::new(pod, EventType::Warning, REASON_MEMORY_PRESSURE, message::finish(text))]
+    if let Some(millicores) = pressure.cpu_limit_millicores {
+        text.push_str(&format!("; limit {}", cpu_quantity(millicores)));
+    }
+    let reason = match pressure.resource {
+        PressureResource::Memory => REASON_MEMORY_PRESSURE,
+        PressureResource::Cpu => REASON_CPU_PRESSURE,
+        PressureResource::Io => REASON_IO_PRESSURE,
+    };
+    vec![EventSpec::new(pod, EventType::Warning, reason, message::finish(text))]
+}
+
+/// Millicores as a pod spec writes them: `2` for whole CPUs, else `500m`.
+fn cpu_quantity(millicores: u64) -> String {
+    if millicores.is_multiple_of(1000) { (millicores / 1000).to_string() } else { format!("{millicores}m") }
 }
 
 /// Bytes as mebibytes to one decimal (`63.1Mi`): a usage is never a round number.
@@ -259,13 +277,14 @@ mod tests {
     fn memory_pressure_names_the_share_the_window_the_limit_and_the_usage() {
         let stalled = Pressure {
             time: Timestamp(0),
-            resource: "memory".to_owned(),
+            resource: PressureResource::Memory,
             state: PressureState::Stalled,
             stalled_us: 2_300_000,
             window_ms: 10_000,
             cgroup_path: "/kubepods/pod/c".to_owned(),
             memory_limit_bytes: Some(64 << 20),
             memory_usage_bytes: Some(66_165_555),
+            cpu_limit_millicores: None,
             identity: in_pod(),
         };
         let (kind, _, reason, _, text) = one(&Record::Pressure(stalled.clone()), &options());
@@ -273,5 +292,30 @@ mod tests {
         assert_eq!(text, "Container postgres stalled on memory 23% of the last 10 s; limit 64Mi, usage 63.1Mi");
         let cleared = Pressure { state: PressureState::Cleared, ..stalled };
         assert!(events_for(&Record::Pressure(cleared), &options()).is_empty());
+    }
+
+    #[test]
+    fn cpu_and_io_pressure_have_their_own_reasons_and_cpu_names_its_limit() {
+        let cpu = Pressure {
+            time: Timestamp(0),
+            resource: PressureResource::Cpu,
+            state: PressureState::Stalled,
+            stalled_us: 8_700_000,
+            window_ms: 10_004,
+            cgroup_path: "/kubepods/pod/c".to_owned(),
+            memory_limit_bytes: None,
+            memory_usage_bytes: None,
+            cpu_limit_millicores: Some(500),
+            identity: in_pod(),
+        };
+        let (_, _, reason, _, text) = one(&Record::Pressure(cpu.clone()), &options());
+        assert_eq!(reason, "CPUPressure");
+        assert_eq!(text, "Container postgres stalled on CPU 87% of the last 10 s; limit 500m");
+        let two = Pressure { cpu_limit_millicores: Some(2000), ..cpu.clone() };
+        assert!(one(&Record::Pressure(two), &options()).4.ends_with("; limit 2"));
+        let io = Pressure { resource: PressureResource::Io, cpu_limit_millicores: None, ..cpu };
+        let (_, _, reason, _, text) = one(&Record::Pressure(io), &options());
+        assert_eq!(reason, "IOPressure");
+        assert_eq!(text, "Container postgres stalled on I/O 87% of the last 10 s");
     }
 }

@@ -1,8 +1,10 @@
-//! Memory pressure per container, from PSI: how long some task of the container waited for
-//! memory (reclaim, refaults of its page cache, swap-in). A container that stalls on memory is
-//! usually an OOM kill a few seconds or minutes away, and a slow one before that.
+//! Pressure per container, from PSI: how long some task of the container waited for memory
+//! (reclaim, refaults of its page cache, swap-in), and, when configured, for CPU or block I/O. A
+//! container that stalls on memory is usually an OOM kill a few seconds or minutes away, and a
+//! slow one before that; one that stalls on CPU (its limit, or more threads than it may run)
+//! answers slowly, and its liveness probe may be what kills it.
 //!
-//! The sampler reads each container's `memory.pressure` (`some ... total=<µs>`) once a second on
+//! The sampler reads each container's `<resource>.pressure` (`some ... total=<µs>`) once a second on
 //! a thread of its own and compares it with the reading one window earlier. It reads, never
 //! writes: a PSI trigger (a `memory.pressure` write, then `poll(POLLPRI)`) would need the cgroup
 //! tree writable, which the DaemonSet mounts read-only, and one file descriptor per container.
@@ -22,12 +24,14 @@ use std::{
 use crate::{
     cgroup::{CgroupTree, layout},
     clock::Timestamp,
-    record::{Identity, Pressure, PressureState, Record},
+    record::{Identity, Pressure, PressureResource, PressureState, Record},
 };
 
 /// How the sampler decides.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PressureConfig {
+    /// What is read; nothing means the sampler does not run.
+    pub resources: Vec<PressureResource>,
     /// Percent of the window some task of the container stalled, at which an episode starts.
     pub threshold_percent: f64,
     /// The window the stall is measured over.
@@ -43,6 +47,7 @@ impl Default for PressureConfig {
     /// every 5 s.
     fn default() -> Self {
         Self {
+            resources: crate::config::DEFAULT_PRESSURE_RESOURCES.to_vec(),
             threshold_percent: crate::config::DEFAULT_PRESSURE_THRESHOLD.value(),
             window: crate::config::DEFAULT_PRESSURE_WINDOW.0,
             interval: Duration::from_secs(1),
@@ -57,7 +62,7 @@ pub fn parse_some_total(text: &str) -> Option<u64> {
     line.split_whitespace().find_map(|field| field.strip_prefix("total=")).and_then(|total| total.parse().ok())
 }
 
-/// One container being watched.
+/// One container's resource being watched.
 #[derive(Debug)]
 struct Watched {
     identity: Identity,
@@ -68,11 +73,14 @@ struct Watched {
     seen: bool,
 }
 
-/// Episodes of memory pressure per container; fed readings, it says when one starts or ends.
+/// A container's cgroup path and what is read of it.
+pub type Key = (String, PressureResource);
+
+/// Episodes of pressure per container and resource; fed readings, it says when one starts or ends.
 #[derive(Debug)]
 pub struct PressureTracker {
     config: PressureConfig,
-    watched: HashMap<String, Watched>,
+    watched: HashMap<Key, Watched>,
 }
 
 /// What a reading changed.
@@ -92,37 +100,45 @@ impl PressureTracker {
         Self { config, watched: HashMap::new() }
     }
 
-    /// Starts watching the container cgroup at `path` (no-op if watched); marks it seen.
-    pub fn watch(&mut self, path: &str, identity: Identity) {
-        self.watched
-            .entry(path.to_owned())
-            .or_insert_with(|| Watched { identity, samples: VecDeque::new(), stalled: false, seen: true })
-            .seen = true;
+    /// Starts watching each configured resource of the container cgroup at `path` (no-op if
+    /// watched); marks it seen.
+    pub fn watch(&mut self, path: &str, identity: &Identity) {
+        for &resource in &self.config.resources {
+            self.watched
+                .entry((path.to_owned(), resource))
+                .or_insert_with(|| Watched {
+                    identity: identity.clone(),
+                    samples: VecDeque::new(),
+                    stalled: false,
+                    seen: true,
+                })
+                .seen = true;
+        }
     }
 
     /// Forgets containers not seen since the last call; returns those that were stalled, so
     /// their episodes can be ended.
-    pub fn sweep(&mut self) -> Vec<(String, Identity)> {
+    pub fn sweep(&mut self) -> Vec<(Key, Identity)> {
         let mut ended = Vec::new();
-        self.watched.retain(|path, watched| {
+        self.watched.retain(|key, watched| {
             let keep = std::mem::replace(&mut watched.seen, false);
             if !keep && watched.stalled {
-                ended.push((path.clone(), watched.identity.clone()));
+                ended.push((key.clone(), watched.identity.clone()));
             }
             keep
         });
         ended
     }
 
-    /// The paths watched.
-    pub fn paths(&self) -> Vec<String> {
+    /// What is watched.
+    pub fn keys(&self) -> Vec<Key> {
         self.watched.keys().cloned().collect()
     }
 
-    /// Records a reading of `path`'s `some total` at `now`; a transition when an episode starts or ends.
-    pub fn observe(&mut self, path: &str, total_us: u64, now: Instant) -> Option<(Transition, Identity)> {
-        let config = self.config;
-        let watched = self.watched.get_mut(path)?;
+    /// Records a reading of `key`'s `some total` at `now`; a transition when an episode starts or ends.
+    pub fn observe(&mut self, key: &Key, total_us: u64, now: Instant) -> Option<(Transition, Identity)> {
+        let config = &self.config;
+        let watched = self.watched.get_mut(key)?;
         watched.samples.push_back((now, total_us));
         // Keep the newest reading at least a window old as the base, and nothing older.
         while watched.samples.len() > 2 && watched.samples.get(1).is_some_and(|(at, _)| now - *at >= config.window) {
@@ -158,11 +174,12 @@ pub fn run(
     mut send: impl FnMut(Record) -> bool,
     mut read_error: impl FnMut(),
 ) {
+    let (interval, rescan) = (config.interval, config.rescan);
     let mut tracker = PressureTracker::new(config);
     let mut last_walk: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if last_walk.is_none_or(|at| now - at >= config.rescan) {
+        if last_walk.is_none_or(|at| now - at >= rescan) {
             last_walk = Some(now);
             for (_, path) in v2.walk() {
                 if let Some(parsed) = layout::parse(&path)
@@ -170,47 +187,61 @@ pub fn run(
                 {
                     let identity =
                         Identity { container_id: parsed.container_id, pod_uid: parsed.pod_uid, ..Identity::default() };
-                    tracker.watch(&path, identity);
+                    tracker.watch(&path, &identity);
                 }
             }
-            for (path, identity) in tracker.sweep() {
+            for (key, identity) in tracker.sweep() {
                 let transition = Transition { state: PressureState::Cleared, stalled_us: 0, window: Duration::ZERO };
-                if !send(record(&path, transition, identity, memory)) {
+                if !send(record(&key, transition, identity, v2, memory)) {
                     return;
                 }
             }
         }
-        for path in tracker.paths() {
-            let Some(total) = read_total(v2.root(), &path) else {
+        for key in tracker.keys() {
+            let Some(total) = read_total(v2.root(), &key) else {
                 read_error();
                 continue;
             };
-            if let Some((transition, identity)) = tracker.observe(&path, total, Instant::now())
-                && !send(record(&path, transition, identity, memory))
+            if let Some((transition, identity)) = tracker.observe(&key, total, Instant::now())
+                && !send(record(&key, transition, identity, v2, memory))
             {
                 return;
             }
         }
-        std::thread::sleep(config.interval.saturating_sub(now.elapsed()));
+        std::thread::sleep(interval.saturating_sub(now.elapsed()));
     }
 }
 
-fn read_total(root: &Path, path: &str) -> Option<u64> {
-    let file = root.join(path.trim_start_matches('/')).join("memory.pressure");
+fn read_total(root: &Path, (path, resource): &Key) -> Option<u64> {
+    let file = root.join(path.trim_start_matches('/')).join(resource.file());
     parse_some_total(&std::fs::read_to_string(file).ok()?)
 }
 
-fn record(path: &str, transition: Transition, identity: Identity, memory: &CgroupTree) -> Record {
-    let limit = memory.memory_limit(path);
+/// `cpu.max` (`<quota> <period>` in µs, or `max <period>`) as millicores; none when unlimited.
+pub fn parse_cpu_max(text: &str) -> Option<u64> {
+    let mut fields = text.split_whitespace();
+    let quota: u64 = fields.next()?.parse().ok()?;
+    let period: u64 = fields.next()?.parse().ok().filter(|period| *period > 0)?;
+    Some(quota.saturating_mul(1000) / period)
+}
+
+fn record(key: &Key, transition: Transition, identity: Identity, v2: &CgroupTree, memory: &CgroupTree) -> Record {
+    let (path, resource) = key;
+    let limit = (*resource == PressureResource::Memory).then(|| memory.memory_limit(path)).flatten();
+    let cpu_limit_millicores = (*resource == PressureResource::Cpu)
+        .then(|| std::fs::read_to_string(v2.root().join(path.trim_start_matches('/')).join("cpu.max")).ok())
+        .flatten()
+        .and_then(|text| parse_cpu_max(&text));
     Record::Pressure(Pressure {
         time: Timestamp::now(),
-        resource: "memory".to_owned(),
+        resource: *resource,
         state: transition.state,
         stalled_us: transition.stalled_us,
         window_ms: u64::try_from(transition.window.as_millis()).unwrap_or(u64::MAX),
-        cgroup_path: path.to_owned(),
+        cgroup_path: path.clone(),
         memory_limit_bytes: limit.map(|limit| limit.limit),
         memory_usage_bytes: limit.map(|limit| limit.usage),
+        cpu_limit_millicores,
         identity,
     })
 }
@@ -223,6 +254,39 @@ mod tests {
         "some avg10=1.50 avg60=0.40 avg300=0.09 total=2831117\nfull avg10=1.10 avg60=0.30 avg300=0.07 total=2100000\n";
 
     #[test]
+    fn reads_cpu_max_as_millicores() {
+        assert_eq!(parse_cpu_max("50000 100000\n"), Some(500));
+        assert_eq!(parse_cpu_max("200000 100000\n"), Some(2000));
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("10000 0\n"), None);
+        assert_eq!(parse_cpu_max(""), None);
+    }
+
+    #[test]
+    fn each_configured_resource_is_its_own_episode() {
+        let config = PressureConfig {
+            resources: vec![PressureResource::Memory, PressureResource::Cpu],
+            threshold_percent: 10.0,
+            window: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let mut tracker = PressureTracker::new(config);
+        tracker.watch("/kubepods/pod1/c1", &Identity::default());
+        let mut keys = tracker.keys();
+        keys.sort_by_key(|(_, resource)| resource.as_str());
+        let cpu = ("/kubepods/pod1/c1".to_owned(), PressureResource::Cpu);
+        let memory = ("/kubepods/pod1/c1".to_owned(), PressureResource::Memory);
+        assert_eq!(keys, [cpu.clone(), memory.clone()]);
+        let t0 = Instant::now();
+        // CPU stalls half of the window, memory not at all: only CPU starts an episode.
+        assert_eq!(tracker.observe(&cpu, 0, t0), None);
+        assert_eq!(tracker.observe(&memory, 0, t0), None);
+        let at = t0 + Duration::from_secs(2);
+        assert_eq!(tracker.observe(&cpu, 1_000_000, at).map(|(t, _)| t.state), Some(PressureState::Stalled));
+        assert_eq!(tracker.observe(&memory, 0, at), None);
+    }
+
+    #[test]
     fn reads_some_total() {
         assert_eq!(parse_some_total(PSI), Some(2_831_117));
         assert_eq!(parse_some_total("full avg10=0.00 total=5\n"), None);
@@ -232,7 +296,7 @@ mod tests {
     fn tracker() -> (PressureTracker, Instant) {
         let config = PressureConfig { threshold_percent: 10.0, window: Duration::from_secs(10), ..Default::default() };
         let mut tracker = PressureTracker::new(config);
-        tracker.watch("/kubepods/pod1/c1", Identity::default());
+        tracker.watch("/kubepods/pod1/c1", &Identity::default());
         (tracker, Instant::now())
     }
 
@@ -240,7 +304,7 @@ mod tests {
     fn an_episode_starts_at_the_threshold_over_a_whole_window_and_ends_under_half() {
         let (mut tracker, t0) = tracker();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let path = "/kubepods/pod1/c1";
+        let path = &("/kubepods/pod1/c1".to_owned(), PressureResource::Memory);
         // 5% a second for ten seconds: under the threshold.
         for s in 0..=10 {
             assert_eq!(tracker.observe(path, s * 50_000, at(s)), None);
@@ -272,12 +336,12 @@ mod tests {
     #[test]
     fn a_container_gone_while_stalled_ends_its_episode() {
         let (mut tracker, t0) = tracker();
-        let path = "/kubepods/pod1/c1";
+        let path = &("/kubepods/pod1/c1".to_owned(), PressureResource::Memory);
         assert_eq!(tracker.observe(path, 0, t0), None);
         let started = tracker.observe(path, 5_000_000, t0 + Duration::from_secs(10));
         assert_eq!(started.map(|(t, _)| t.state), Some(PressureState::Stalled));
         assert!(tracker.sweep().is_empty(), "seen since watch: kept");
         assert_eq!(tracker.sweep().len(), 1, "not seen again: gone, and it was stalled");
-        assert!(tracker.paths().is_empty());
+        assert!(tracker.keys().is_empty());
     }
 }

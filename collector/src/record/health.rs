@@ -122,14 +122,63 @@ pub enum PressureState {
     Cleared,
 }
 
-/// A container began or stopped stalling on memory (PSI: the time some of its tasks waited for
-/// memory: reclaim, refaults, swap-in).
+/// What a container's tasks stalled on, as PSI measures it in the cgroup's `<resource>.pressure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PressureResource {
+    /// Reclaim, refaults of its page cache, swap-in: usually an OOM kill on the way.
+    Memory,
+    /// Runnable but not running: more threads than CPU, or its CPU limit.
+    Cpu,
+    /// Waiting for block I/O.
+    Io,
+}
+
+impl PressureResource {
+    /// Every resource, in the order they are read.
+    pub const ALL: [Self; 3] = [Self::Memory, Self::Cpu, Self::Io];
+
+    /// The configuration's and the metrics' name: `memory`, `cpu`, `io`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Cpu => "cpu",
+            Self::Io => "io",
+        }
+    }
+
+    /// The cgroup v2 file PSI reports it in.
+    pub const fn file(self) -> &'static str {
+        match self {
+            Self::Memory => "memory.pressure",
+            Self::Cpu => "cpu.pressure",
+            Self::Io => "io.pressure",
+        }
+    }
+
+    /// As an Event's message names it: `memory`, `CPU`, `I/O`.
+    pub const fn noun(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Cpu => "CPU",
+            Self::Io => "I/O",
+        }
+    }
+
+    /// The resource of a configuration name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|resource| resource.as_str() == name)
+    }
+}
+
+/// A container began or stopped stalling on memory, CPU or I/O (PSI: the time some of its tasks
+/// waited for the resource).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pressure {
     /// When it was measured.
     pub time: Timestamp,
-    /// `memory`.
-    pub resource: String,
+    /// What it stalled on.
+    pub resource: PressureResource,
     /// Began or stopped.
     pub state: PressureState,
     /// Microseconds some task of the container stalled over the window (`some total` delta).
@@ -142,6 +191,9 @@ pub struct Pressure {
     pub memory_limit_bytes: Option<u64>,
     /// Its memory use in bytes when measured; none when unknown.
     pub memory_usage_bytes: Option<u64>,
+    /// `cpu` only: its CPU limit in millicores (`cpu.max`); none when unlimited or unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit_millicores: Option<u64>,
     /// Its pod and container.
     #[serde(flatten)]
     pub identity: Identity,

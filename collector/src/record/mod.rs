@@ -5,7 +5,7 @@ mod health;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::health::{FsError, HungTask, HwError, IoError, KernelLog, Pressure, PressureState};
+pub use self::health::{FsError, HungTask, HwError, IoError, KernelLog, Pressure, PressureResource, PressureState};
 use crate::clock::Timestamp;
 
 /// A resolved record, serialised with a `type` tag.
