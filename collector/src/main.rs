@@ -65,9 +65,7 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(err) => return fail(&format!("cannot start the runtime: {err}")),
             };
-            // The identity stage spawns local (not `Send`) metadata lookups.
-            let local = tokio::task::LocalSet::new();
-            match runtime.block_on(local.run_until(trace::run(args))) {
+            match trace::run_on(&runtime, args) {
                 Ok(stats) => {
                     summarize(&stats);
                     ExitCode::SUCCESS
@@ -80,8 +78,7 @@ fn main() -> ExitCode {
                 Ok(ready) => ready,
                 Err(code) => return code,
             };
-            let local = tokio::task::LocalSet::new();
-            match runtime.block_on(local.run_until(daemon::run(config))) {
+            match daemon::run_on(&runtime, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => fail(&chain(&err)),
             }
@@ -91,7 +88,7 @@ fn main() -> ExitCode {
                 Ok(ready) => ready,
                 Err(code) => return code,
             };
-            match runtime.block_on(doctor::doctor(&config, args.format, &mut std::io::stdout())) {
+            match doctor::doctor_on(&runtime, &config, args.format) {
                 Ok(report) if report.failed() => ExitCode::FAILURE,
                 Ok(_) => ExitCode::SUCCESS,
                 Err(err) => fail(&chain(&err)),

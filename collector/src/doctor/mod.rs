@@ -264,6 +264,16 @@ impl DoctorArgs {
     }
 }
 
+/// `collector doctor` on `runtime`, the report on stdout; a plain function for the same reason
+/// as `daemon::run_on`.
+pub fn doctor_on(
+    runtime: &tokio::runtime::Runtime,
+    config: &RunConfig,
+    format: ReportFormat,
+) -> Result<Report, DoctorError> {
+    runtime.block_on(doctor(config, format, &mut io::stdout()))
+}
+
 /// `collector doctor`: checks what `config` would use and writes the report to `out`.
 pub async fn doctor(config: &RunConfig, format: ReportFormat, out: &mut impl io::Write) -> Result<Report, DoctorError> {
     let cluster = kubernetes::connect(config.kubeconfig.as_deref()).await;

@@ -321,6 +321,12 @@ fn print<W: Write>(
     }
 }
 
+/// Runs `collector trace` on `runtime`, on a local task set as the daemon does; a plain
+/// function for the same reason as `daemon::run_on`.
+pub fn run_on(runtime: &tokio::runtime::Runtime, args: TraceArgs) -> Result<TraceStats, TraceError> {
+    runtime.block_on(tokio::task::LocalSet::new().run_until(run(args)))
+}
+
 /// Runs `collector trace` until SIGINT or SIGTERM, then flushes and reports.
 pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
     let format = match args.format {
