@@ -3,6 +3,7 @@
 //! it to `target/bench/results.md`. Nothing here asserts on timing: it fails only when something
 //! breaks (the collector does not start, a cgroup cannot be made).
 
+mod breakdown;
 mod daemon;
 mod floor;
 mod phases;
@@ -100,6 +101,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     let overhead = phases::overhead(&bins, &plan, workers)?;
     let mut programs = phases::program_cost(&bins, &plan, workers, &v2, &overhead)?;
     programs.extend(floor::exit_floor(&bins, &plan, workers)?);
+    programs.extend(breakdown::exit_breakdown(&bins, &plan, workers)?);
     let storm = storm::storm(&bins, &plan, workers, &v2, &overhead)?;
 
     let sections: [(&str, &[Row]); 6] = [
