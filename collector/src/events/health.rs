@@ -40,23 +40,11 @@ pub const REASON_CPU_PRESSURE: &str = "CPUPressure";
 pub const REASON_IO_PRESSURE: &str = "IOPressure";
 
 pub(super) fn hung_task(hung: &HungTask, options: &EventOptions) -> Vec<EventSpec> {
-    let blocked = hung.timeout_secs.map_or_else(String::new, |secs| format!(" blocked for more than {secs} s"));
-    let process = format!("Process {} ({})", hung.pid, hung.comm);
     if let Some(pod) = pod_reference(&hung.identity) {
-        let container = Container::of(&hung.identity);
-        let text = format!("{process} of {}{}", container_noun(&container), or_blocked(&blocked));
+        let text = hung.describe(&format!(" of {}", Container::of(&hung.identity).noun()));
         return vec![EventSpec::new(pod, EventType::Warning, REASON_TASK_HUNG, message::finish(text))];
     }
-    node(options, REASON_TASK_HUNG, format!("{process}{}", or_blocked(&blocked)))
-}
-
-/// "blocked", when the timeout is unknown.
-fn or_blocked(blocked: &str) -> &str {
-    if blocked.is_empty() { " is blocked" } else { blocked }
-}
-
-fn container_noun(container: &Container) -> String {
-    container.noun().into_owned()
+    node(options, REASON_TASK_HUNG, hung.describe(""))
 }
 
 pub(super) fn kernel_log(log: &KernelLog, options: &EventOptions) -> Vec<EventSpec> {
@@ -75,7 +63,7 @@ pub(super) fn fs_error(error: &FsError, options: &EventOptions) -> Vec<EventSpec
     let mut events = node(options, REASON_FILESYSTEM_ERROR, what.clone());
     if let Some(pod) = pod_reference(&error.identity) {
         let container = Container::of(&error.identity);
-        let text = format!("{what} of {}", container_noun(&container));
+        let text = format!("{what} of {}", container.noun());
         events.push(EventSpec::new(pod, EventType::Warning, REASON_FILESYSTEM_ERROR, message::finish(text)));
     }
     events

@@ -110,14 +110,13 @@ impl NodeConditions {
     pub fn observe(&mut self, record: &Record, now: Instant, wall: Timestamp) -> bool {
         match record {
             Record::HungTask(hung) => {
-                let blocked = hung.timeout_secs.map_or_else(String::new, |secs| format!(" for more than {secs} s"));
                 let owner = match (&hung.identity.namespace, &hung.identity.pod_name, &hung.identity.container_name) {
                     (Some(namespace), Some(pod), Some(container)) => {
                         format!(" of container {container} of pod {namespace}/{pod}")
                     }
                     _ => String::new(),
                 };
-                let message = format!("Process {} ({}){owner} blocked{blocked}", hung.pid, hung.comm);
+                let message = hung.describe(&owner);
                 self.report(KERNEL_DEADLOCK, "TaskHung", message, now, wall)
             }
             Record::KernelLog(log) => match (&log.condition, &log.reason) {

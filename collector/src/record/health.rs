@@ -29,6 +29,18 @@ pub struct HungTask {
     pub identity: Identity,
 }
 
+impl HungTask {
+    /// The one sentence the Event and the `KernelDeadlock` condition say, with `owner` (` of
+    /// container db`, or nothing) after the process: `Process 4242 (postgres) of container db
+    /// blocked for more than 120 s`, or `... is blocked` when the timeout is unknown.
+    pub fn describe(&self, owner: &str) -> String {
+        match self.timeout_secs {
+            Some(secs) => format!("Process {} ({}){owner} blocked for more than {secs} s", self.pid, self.comm),
+            None => format!("Process {} ({}){owner} is blocked", self.pid, self.comm),
+        }
+    }
+}
+
 /// A line the kernel logged (`printk`, `/dev/kmsg` writes too), and the node-problem rule it
 /// matched, if any.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,5 +220,28 @@ impl Pressure {
         #[expect(clippy::cast_precision_loss, reason = "a percentage to one decimal")]
         let percent = self.stalled_us as f64 / (self.window_ms as f64 * 10.0);
         (percent * 10.0).round() / 10.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hung_task_is_described_once_for_the_event_and_the_condition() {
+        let hung = HungTask {
+            time: Timestamp(0),
+            pid: 42,
+            tid: 43,
+            comm: "dd".to_owned(),
+            cgroup_id: 0,
+            cgroup_path: None,
+            timeout_secs: Some(2),
+            identity: Identity::default(),
+        };
+        assert_eq!(hung.describe(""), "Process 42 (dd) blocked for more than 2 s");
+        assert_eq!(hung.describe(" of container app"), "Process 42 (dd) of container app blocked for more than 2 s");
+        let unknown = HungTask { timeout_secs: None, ..hung };
+        assert_eq!(unknown.describe(""), "Process 42 (dd) is blocked");
     }
 }
