@@ -72,8 +72,7 @@ impl CgroupTree {
     /// tree), in bytes; none without a finite limit. Reads v1's
     /// `memory.limit_in_bytes`/`memory.usage_in_bytes` or v2's `memory.max`/`memory.current`.
     pub fn memory_limit(&self, path: &str) -> Option<MemoryLimit> {
-        let dir = self.root.join(path.trim_start_matches('/'));
-        let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok();
+        let read = |file: &str| self.read(path, file);
         let number = |text: String| text.trim().parse::<u64>().ok();
         let (limit, usage) = match read("memory.limit_in_bytes") {
             Some(v1) => (number(v1)?, read("memory.usage_in_bytes").and_then(number)?),
@@ -81,6 +80,17 @@ impl CgroupTree {
         };
         // v1 writes "no limit" as a huge page-aligned number; v2 as "max" (no number).
         (limit < UNLIMITED_V1).then_some(MemoryLimit { limit, usage })
+    }
+
+    /// The v2 cgroup at `path`'s CPU limit (`cpu.max`) in millicores; none when unlimited.
+    pub fn cpu_limit_millicores(&self, path: &str) -> Option<u64> {
+        parse_cpu_max(&self.read(path, "cpu.max")?)
+    }
+
+    /// The interface file `file` of the cgroup at `path` (relative to this tree); none if it
+    /// cannot be read (the cgroup went away, or this kernel lacks the file).
+    pub fn read(&self, path: &str, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(path.trim_start_matches('/')).join(file)).ok()
     }
 
     /// The tree mounted at `root`.
@@ -122,6 +132,14 @@ impl CgroupTree {
         let rel = dir.strip_prefix(&self.root).unwrap_or(dir);
         format!("/{}", escape_bytes(rel.as_os_str().as_bytes()))
     }
+}
+
+/// `cpu.max` (`<quota> <period>` in µs, or `max <period>`) as millicores; none when unlimited.
+fn parse_cpu_max(text: &str) -> Option<u64> {
+    let mut fields = text.split_whitespace();
+    let quota: u64 = fields.next()?.parse().ok()?;
+    let period: u64 = fields.next()?.parse().ok().filter(|period| *period > 0)?;
+    Some(quota.saturating_mul(1000) / period)
 }
 
 /// v1 reports an unlimited memory cgroup as `PAGE_COUNTER_MAX` pages, about 2^63 bytes.
@@ -199,6 +217,15 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_cpu_max_as_millicores() {
+        assert_eq!(parse_cpu_max("50000 100000\n"), Some(500));
+        assert_eq!(parse_cpu_max("200000 100000\n"), Some(2000));
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("10000 0\n"), None);
+        assert_eq!(parse_cpu_max(""), None);
+    }
 
     #[test]
     fn walks_a_tree_with_inode_ids_and_escaped_relative_paths() {

@@ -17,7 +17,6 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -198,7 +197,7 @@ pub fn run(
             }
         }
         for key in tracker.keys() {
-            let Some(total) = read_total(v2.root(), &key) else {
+            let Some(total) = v2.read(&key.0, key.1.file()).and_then(|text| parse_some_total(&text)) else {
                 read_error();
                 continue;
             };
@@ -212,26 +211,10 @@ pub fn run(
     }
 }
 
-fn read_total(root: &Path, (path, resource): &Key) -> Option<u64> {
-    let file = root.join(path.trim_start_matches('/')).join(resource.file());
-    parse_some_total(&std::fs::read_to_string(file).ok()?)
-}
-
-/// `cpu.max` (`<quota> <period>` in µs, or `max <period>`) as millicores; none when unlimited.
-pub fn parse_cpu_max(text: &str) -> Option<u64> {
-    let mut fields = text.split_whitespace();
-    let quota: u64 = fields.next()?.parse().ok()?;
-    let period: u64 = fields.next()?.parse().ok().filter(|period| *period > 0)?;
-    Some(quota.saturating_mul(1000) / period)
-}
-
 fn record(key: &Key, transition: Transition, identity: Identity, v2: &CgroupTree, memory: &CgroupTree) -> Record {
     let (path, resource) = key;
     let limit = (*resource == PressureResource::Memory).then(|| memory.memory_limit(path)).flatten();
-    let cpu_limit_millicores = (*resource == PressureResource::Cpu)
-        .then(|| std::fs::read_to_string(v2.root().join(path.trim_start_matches('/')).join("cpu.max")).ok())
-        .flatten()
-        .and_then(|text| parse_cpu_max(&text));
+    let cpu_limit_millicores = (*resource == PressureResource::Cpu).then(|| v2.cpu_limit_millicores(path)).flatten();
     Record::Pressure(Pressure {
         time: Timestamp::now(),
         resource: *resource,
@@ -252,15 +235,6 @@ mod tests {
 
     const PSI: &str =
         "some avg10=1.50 avg60=0.40 avg300=0.09 total=2831117\nfull avg10=1.10 avg60=0.30 avg300=0.07 total=2100000\n";
-
-    #[test]
-    fn reads_cpu_max_as_millicores() {
-        assert_eq!(parse_cpu_max("50000 100000\n"), Some(500));
-        assert_eq!(parse_cpu_max("200000 100000\n"), Some(2000));
-        assert_eq!(parse_cpu_max("max 100000\n"), None);
-        assert_eq!(parse_cpu_max("10000 0\n"), None);
-        assert_eq!(parse_cpu_max(""), None);
-    }
 
     #[test]
     fn each_configured_resource_is_its_own_episode() {
