@@ -1,14 +1,16 @@
 //! Node health in containers, caused for real through CRI: a task hung on a frozen filesystem,
 //! a corrupt ext4 read from a container, a container thrashing its memory limit, one with more
-//! busy threads than CPUs; and a block device whose writes fail. Each gives the Events `kubectl describe` would show and the node
-//! conditions NPD would set. Host only: they need containerd and e2fsprogs, which the VM lacks.
+//! busy threads than CPUs; and a block device whose writes fail. Each gives the Events
+//! `kubectl describe` would show and the node conditions NPD would set. Host only: they need
+//! containerd and e2fsprogs, which the VM lacks.
+#![expect(clippy::unwrap_used, clippy::panic, reason = "the helpers are test steps: a failure fails the test")]
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use collector_tests::containerd::Containerd;
 use collector_tests::daemon::{Daemon, StateDir, sample};
-use collector_tests::kubelet::{ContainerSpec, PodSpec};
+use collector_tests::kubelet::{Container, ContainerSpec, PodSpec};
 use collector_tests::node::{LoopDevice, LoopFs, Sysctl, node_events, wait_condition};
 use collector_tests::privileged;
 use serde_json::Value;
@@ -73,6 +75,23 @@ fn a_task_hung_on_a_frozen_filesystem_is_named_on_its_pod_and_sets_kernel_deadlo
     assert_eq!(sample(&metrics, "collector_node_condition", "condition=\"KernelDeadlock\""), 0, "{metrics}");
 }
 
+/// The share of `Container X stalled on R <share>% of the last <rest>`, and the rest; panics,
+/// naming the message, if it says anything else.
+fn stalled_share<'a>(message: &'a str, prefix: &str) -> (f64, &'a str) {
+    let rest = message.strip_prefix(prefix).unwrap_or_else(|| panic!("{message}"));
+    let (percent, rest) = rest.split_once("% of the last ").unwrap_or_else(|| panic!("{message}"));
+    (percent.parse().unwrap_or_else(|_| panic!("{message}")), rest)
+}
+
+/// Waits up to a minute for `container`'s script to print `calm`: its load has stopped.
+fn wait_until_calm(containerd: &Containerd, container: &Container) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !containerd.cri().container_log(container).unwrap().contains("calm") {
+        assert!(Instant::now() < deadline, "{} did not calm down", container.name);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_container_thrashing_its_memory_limit_gets_memory_pressure_before_any_oom_kill_and_a_calm_one_nothing() {
     if !privileged(
@@ -104,20 +123,13 @@ fn a_container_thrashing_its_memory_limit_gets_memory_pressure_before_any_oom_ki
     let event = pressure[0];
     assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{thrash}");
     let message = event["message"].as_str().unwrap();
-    let prefix = "Container thrash stalled on memory ";
-    let rest = message.strip_prefix(prefix).unwrap_or_else(|| panic!("{message}"));
-    let (percent, rest) = rest.split_once("% of the last ").unwrap_or_else(|| panic!("{message}"));
-    let percent: f64 = percent.parse().unwrap();
+    let (percent, rest) = stalled_share(message, "Container thrash stalled on memory ");
     assert!(percent >= 3.0, "{message}");
     assert!(rest.starts_with("4 s; limit 64Mi, usage "), "{message}");
     assert!(!events.iter().any(|e| e["reason"] == "OOMKilling"), "pressure came with an OOM kill: {events:#?}");
 
     // The thrash ends: the episode ends (a record, no event), and nothing came for the calm one.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !containerd.cri().container_log(&thrash).unwrap().contains("calm") {
-        assert!(Instant::now() < deadline, "the thrash did not end");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_calm(&containerd, &thrash);
     daemon.wait_metric("collector_pressure_stalled_containers", "resource=\"memory\"", 0, TIMEOUT).unwrap();
     let metrics = daemon.metrics().unwrap();
     assert_eq!(sample(&metrics, "collector_pressure_episodes_total", "resource=\"memory\""), 1, "{metrics}");
@@ -153,18 +165,13 @@ fn a_container_with_more_busy_threads_than_cpus_gets_cpu_pressure_when_asked_and
     assert_eq!(pressure[0]["involvedObject"]["fieldPath"], "spec.containers{spin}");
     assert_eq!(pressure[0]["type"], "Warning");
     let message = pressure[0]["message"].as_str().unwrap();
-    let rest = message.strip_prefix("Container spin stalled on CPU ").unwrap_or_else(|| panic!("{message}"));
-    let (percent, rest) = rest.split_once("% of the last ").unwrap_or_else(|| panic!("{message}"));
-    assert!(percent.parse::<f64>().unwrap() >= 20.0, "{message}");
+    let (percent, rest) = stalled_share(message, "Container spin stalled on CPU ");
+    assert!(percent >= 20.0, "{message}");
     // No CPU limit in the spec, so none in the message.
     assert_eq!(rest, "4 s", "{message}");
 
     // The spinning stops: the episode ends, and the idle container never had one.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !containerd.cri().container_log(&spin).unwrap().contains("calm") {
-        assert!(Instant::now() < deadline, "the spinners did not stop");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until_calm(&containerd, &spin);
     daemon.wait_metric("collector_pressure_stalled_containers", "resource=\"cpu\"", 0, TIMEOUT).unwrap();
     let stopped = daemon.stop().unwrap();
     let ours: Vec<&Value> = stopped.events.iter().filter(|e| e["involvedObject"]["name"] == "batch-0").collect();
