@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use collector_tests::cluster::{Applied, Cluster, NODE_NAME, Namespace};
+use collector_tests::cluster::{Applied, Cluster, NODE_NAME, Namespace, assert_pod_event, main_pid, sample};
 use serde_json::Value;
 
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:collector:collector";
@@ -88,38 +88,6 @@ spec:
     )
 }
 
-fn run_pod(cluster: &Cluster, manifest: &str, namespace: &str, name: &str) -> Result<Value> {
-    cluster.kubectl_stdin(&["apply", "-f", "-"], Some(manifest))?;
-    cluster.kubectl(&["-n", namespace, "wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=120s"])?;
-    cluster.json(&["-n", namespace, "get", "pod", name])
-}
-
-/// Waits for exactly one Event of `reason` on the pod and returns it.
-fn one_event(cluster: &Cluster, namespace: &str, pod: &str, reason: &str) -> Result<Value> {
-    cluster.wait(&format!("a {reason} Event on pod {namespace}/{pod}"), EVENT_TIMEOUT, || {
-        let events = cluster.events_for(namespace, "Pod", pod)?;
-        let matching: Vec<Value> = events.into_iter().filter(|e| e["reason"] == reason).collect();
-        match matching.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(Some(one.clone())),
-            many => bail!("{} {reason} Events, expected one: {many:?}", many.len()),
-        }
-    })
-}
-
-/// The involved object, source and type every collector Event on a container has.
-fn assert_pod_event(event: &Value, pod: &Value, container: &str) {
-    let object = &event["involvedObject"];
-    assert_eq!(object["kind"], "Pod", "{event}");
-    assert_eq!(object["name"], pod["metadata"]["name"], "{event}");
-    assert_eq!(object["namespace"], pod["metadata"]["namespace"], "{event}");
-    assert_eq!(object["uid"], pod["metadata"]["uid"], "{event}");
-    assert_eq!(object["fieldPath"], format!("spec.containers{{{container}}}"), "{event}");
-    assert_eq!(event["source"]["component"], "collector", "{event}");
-    assert_eq!(event["source"]["host"], NODE_NAME, "{event}");
-    assert_eq!(event["type"], "Warning", "{event}");
-}
-
 /// The words of `message` that are numbers replaced by `N`, so a message with
 /// kernel pids and sizes compares exactly.
 fn shape(message: &str) -> String {
@@ -143,8 +111,8 @@ fn child_oom_kill_becomes_an_event(cluster: &Cluster, ns: &Namespace) -> Result<
     // dd's 64 MiB buffer cannot fit under 32Mi: the OOM killer takes dd, the
     // shell (the container's main process) lives on, and the kubelet says nothing.
     let script = "dd if=/dev/zero of=/dev/null bs=64M count=1; echo dd-exited-$?; exec sleep 3600";
-    let pod = run_pod(cluster, &pod(&ns.name, "oom", script, Some("32Mi")), &ns.name, "oom")?;
-    let event = one_event(cluster, &ns.name, "oom", "OOMKilling")?;
+    let pod = cluster.run_pod(&pod(&ns.name, "oom", script, Some("32Mi")), &ns.name, "oom")?;
+    let event = cluster.one_event(&ns.name, "oom", "OOMKilling", EVENT_TIMEOUT)?;
     assert_pod_event(&event, &pod, "app");
     let message = event["message"].as_str().context("no message")?;
     // The kubelet gives the pod cgroup the sum of its containers' limits, and the
@@ -168,49 +136,21 @@ fn child_oom_kill_becomes_an_event(cluster: &Cluster, ns: &Namespace) -> Result<
 }
 
 /// The host pid of the container's main process, from its cgroup in the v2 tree.
-fn main_pid(pod: &Value) -> Result<u32> {
-    let id = pod["status"]["containerStatuses"][0]["containerID"].as_str().context("no containerID")?;
-    let id = id.strip_prefix("containerd://").context("not a containerd id")?;
-    let qos = pod["status"]["qosClass"].as_str().context("no qosClass")?.to_lowercase();
-    let uid = pod["metadata"]["uid"].as_str().context("no uid")?;
-    let parent = if qos == "guaranteed" { String::new() } else { format!("/{qos}") };
-    let procs = format!("/sys/fs/cgroup/unified/kubepods{parent}/pod{uid}/{id}/cgroup.procs");
-    let text = std::fs::read_to_string(&procs).with_context(|| format!("reading {procs}"))?;
-    let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    match pids.as_slice() {
-        [pid] => Ok(*pid),
-        other => bail!("{procs} lists {other:?}, expected the main process alone"),
-    }
-}
-
 fn sigkill_names_its_sender(cluster: &Cluster, ns: &Namespace) -> Result<()> {
-    let pod = run_pod(cluster, &pod(&ns.name, "victim", "exec sleep 3600", None), &ns.name, "victim")?;
+    let pod = cluster.run_pod(&pod(&ns.name, "victim", "exec sleep 3600", None), &ns.name, "victim")?;
     let target = main_pid(&pod)?;
     let kill = Command::new("kill").args(["-KILL", &target.to_string()]).spawn().context("running kill")?;
     let sender = kill.id();
     let status = kill.wait_with_output()?.status;
     assert!(status.success(), "kill -KILL {target}: {status}");
-    let event = one_event(cluster, &ns.name, "victim", "ContainerExited")?;
+    let event = cluster.one_event(&ns.name, "victim", "ContainerExited", EVENT_TIMEOUT)?;
     assert_pod_event(&event, &pod, "app");
     assert_eq!(event["message"], format!("Container app exited with code 137: SIGKILL from pid {sender} (kill)"));
     Ok(())
 }
 
-/// `/metrics` of the DaemonSet's pod, through the API server's proxy to its metrics port
-/// (by number: the pod proxy panics on a port name in v1.34).
-fn daemon_metrics(cluster: &Cluster) -> Result<String> {
-    let pods = cluster.json(&["-n", "collector", "get", "pods", "-l", "app.kubernetes.io/name=collector"])?;
-    let name = pods["items"][0]["metadata"]["name"].as_str().context("no collector pod")?.to_owned();
-    cluster.kubectl(&["get", "--raw", &format!("/api/v1/namespaces/collector/pods/{name}:9835/proxy/metrics")])
-}
-
-/// The value of the series whose line starts with `series ` in an exposition.
-fn sample(exposition: &str, series: &str) -> Option<f64> {
-    exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn metrics_count_what_happened(cluster: &Cluster) -> Result<()> {
-    let metrics = daemon_metrics(cluster)?;
+    let metrics = cluster.daemon_metrics()?;
     // This pod saw exactly the test's one OOM kill and one SIGKILLed main process.
     assert_eq!(
         sample(&metrics, r#"collector_events_total{reason="OOMKilling",type="Warning"}"#),
@@ -232,31 +172,22 @@ fn metrics_count_what_happened(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// The Node's condition of `kind`, as the API server has it, once `ready` holds for it.
-fn node_condition(cluster: &Cluster, kind: &str, ready: impl Fn(&Value) -> bool) -> Result<Value> {
-    cluster.wait(&format!("the Node's {kind} condition"), EVENT_TIMEOUT, || {
-        let node = cluster.json(&["get", "node", NODE_NAME])?;
-        let conditions = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        Ok(conditions.into_iter().find(|c| c["type"] == kind && ready(c)))
-    })
-}
-
 fn kernel_problems_reach_the_node(cluster: &Cluster) -> Result<()> {
     // The DaemonSet writes NPD's conditions, False, under its own ServiceAccount; the kubelet's stay.
-    let calm = node_condition(cluster, "KernelDeadlock", |c| c["status"] == "False")?;
+    let calm = cluster.node_condition("KernelDeadlock", EVENT_TIMEOUT, |c| c["status"] == "False")?;
     assert_eq!((&calm["reason"], &calm["message"]), (&"KernelHasNoDeadlock".into(), &"kernel has no deadlock".into()));
-    node_condition(cluster, "Ready", |c| c["status"] == "True")?;
+    cluster.node_condition("Ready", EVENT_TIMEOUT, |c| c["status"] == "True")?;
     // A read-only remount as ext4 logs it, on this node's kernel.
     let line = format!("EXT4-fs (loop{}): Remounting filesystem read-only", std::process::id());
     collector_tests::node::kmsg(3, &line)?;
-    let readonly = node_condition(cluster, "ReadonlyFilesystem", |c| c["status"] == "True")?;
+    let readonly = cluster.node_condition("ReadonlyFilesystem", EVENT_TIMEOUT, |c| c["status"] == "True")?;
     assert_eq!((&readonly["reason"], &readonly["message"]), (&"FilesystemIsReadOnly".into(), &line.as_str().into()));
     let event = cluster.wait("the FilesystemIsReadOnly Event on the Node", EVENT_TIMEOUT, || {
         let events = cluster.events_for("default", "Node", NODE_NAME)?;
         Ok(events.into_iter().find(|e| e["reason"] == "FilesystemIsReadOnly" && e["message"] == line.as_str()))
     })?;
     assert_eq!((&event["type"], &event["source"]["component"]), (&"Warning".into(), &"collector".into()));
-    let metrics = daemon_metrics(cluster)?;
+    let metrics = cluster.daemon_metrics()?;
     assert_eq!(sample(&metrics, r#"collector_node_condition_patches_total{reason="error"}"#), None, "{metrics}");
     assert_eq!(sample(&metrics, r#"collector_node_condition{condition="ReadonlyFilesystem"}"#), Some(1.0), "{metrics}");
     Ok(())

@@ -98,12 +98,84 @@ impl Cluster {
         Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Applies the pod `manifest` and returns pod `namespace/name` once it is Ready.
+    pub fn run_pod(&self, manifest: &str, namespace: &str, name: &str) -> Result<Value> {
+        self.kubectl_stdin(&["apply", "-f", "-"], Some(manifest))?;
+        self.kubectl(&["-n", namespace, "wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=120s"])?;
+        self.json(&["-n", namespace, "get", "pod", name])
+    }
+
+    /// Waits up to `timeout` for an Event of `reason` on the pod and returns it; more than one
+    /// is an error.
+    pub fn one_event(&self, namespace: &str, pod: &str, reason: &str, timeout: Duration) -> Result<Value> {
+        self.wait(&format!("a {reason} Event on pod {namespace}/{pod}"), timeout, || {
+            let events = self.events_for(namespace, "Pod", pod)?;
+            let matching: Vec<Value> = events.into_iter().filter(|e| e["reason"] == reason).collect();
+            match matching.as_slice() {
+                [] => Ok(None),
+                [one] => Ok(Some(one.clone())),
+                many => bail!("{} {reason} Events, expected one: {many:?}", many.len()),
+            }
+        })
+    }
+
+    /// The Node's condition of `kind`, as the API server has it, once `ready` holds for it.
+    pub fn node_condition(&self, kind: &str, timeout: Duration, ready: impl Fn(&Value) -> bool) -> Result<Value> {
+        self.wait(&format!("the Node's {kind} condition"), timeout, || {
+            let node = self.json(&["get", "node", NODE_NAME])?;
+            let conditions = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            Ok(conditions.into_iter().find(|c| c["type"] == kind && ready(c)))
+        })
+    }
+
+    /// `/metrics` of the DaemonSet's pod, through the API server's proxy to its metrics port
+    /// (by number: the pod proxy panics on a port name in v1.34).
+    pub fn daemon_metrics(&self) -> Result<String> {
+        let pods = self.json(&["-n", "collector", "get", "pods", "-l", "app.kubernetes.io/name=collector"])?;
+        let name = pods["items"][0]["metadata"]["name"].as_str().context("no collector pod")?.to_owned();
+        self.kubectl(&["get", "--raw", &format!("/api/v1/namespaces/collector/pods/{name}:9835/proxy/metrics")])
+    }
+
     /// Creates a namespace that is deleted (with everything in it) when the guard drops.
     pub fn namespace(&self, prefix: &str) -> Result<Namespace> {
         let name = format!("{prefix}-{:08x}", fastrand_u32());
         self.kubectl(&["create", "namespace", &name])?;
         Ok(Namespace { cluster: self.clone(), name })
     }
+}
+
+/// The host pid of the pod's first container's main process, from its cgroup in the v2 tree.
+pub fn main_pid(pod: &Value) -> Result<u32> {
+    let id = pod["status"]["containerStatuses"][0]["containerID"].as_str().context("no containerID")?;
+    let id = id.strip_prefix("containerd://").context("not a containerd id")?;
+    let qos = pod["status"]["qosClass"].as_str().context("no qosClass")?.to_lowercase();
+    let uid = pod["metadata"]["uid"].as_str().context("no uid")?;
+    let parent = if qos == "guaranteed" { String::new() } else { format!("/{qos}") };
+    let procs = format!("/sys/fs/cgroup/unified/kubepods{parent}/pod{uid}/{id}/cgroup.procs");
+    let text = std::fs::read_to_string(&procs).with_context(|| format!("reading {procs}"))?;
+    let pids: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    match pids.as_slice() {
+        [pid] => Ok(*pid),
+        other => bail!("{procs} lists {other:?}, expected the main process alone"),
+    }
+}
+
+/// Asserts the involved object, source and type every collector Warning on a container has.
+pub fn assert_pod_event(event: &Value, pod: &Value, container: &str) {
+    let object = &event["involvedObject"];
+    assert_eq!(object["kind"], "Pod", "{event}");
+    assert_eq!(object["name"], pod["metadata"]["name"], "{event}");
+    assert_eq!(object["namespace"], pod["metadata"]["namespace"], "{event}");
+    assert_eq!(object["uid"], pod["metadata"]["uid"], "{event}");
+    assert_eq!(object["fieldPath"], format!("spec.containers{{{container}}}"), "{event}");
+    assert_eq!(event["source"]["component"], "collector", "{event}");
+    assert_eq!(event["source"]["host"], NODE_NAME, "{event}");
+    assert_eq!(event["type"], "Warning", "{event}");
+}
+
+/// The value of the series whose line starts with `series ` in an exposition.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A namespace that a test made; deleted on drop, also when the test fails.
