@@ -1,8 +1,8 @@
 //! Node health in containers, caused for real through CRI: a task hung on a frozen filesystem,
 //! a corrupt ext4 read from a container, a container thrashing its memory limit, one with more
-//! busy threads than CPUs; and a block device whose writes fail. Each gives the Events
-//! `kubectl describe` would show and the node conditions NPD would set. Host only: they need
-//! containerd and e2fsprogs, which the VM lacks.
+//! busy threads than CPUs, one waiting on direct reads from the disk; and a block device whose
+//! writes fail. Each gives the Events `kubectl describe` would show and the node conditions NPD
+//! would set. Host only: they need containerd and e2fsprogs, which the VM lacks.
 #![expect(clippy::unwrap_used, clippy::panic, reason = "the helpers are test steps: a failure fails the test")]
 
 use std::sync::{Mutex, PoisonError};
@@ -256,4 +256,53 @@ fn a_failed_block_write_is_an_io_error_on_the_node() {
     assert_eq!(event["type"], "Warning");
     let metrics = daemon.metrics().unwrap();
     assert!(sample(&metrics, "collector_kernel_records_total", "type=\"io_error\"") >= 1, "{metrics}");
+}
+
+#[test]
+fn a_container_waiting_on_direct_reads_gets_io_pressure_when_asked_and_an_idle_one_nothing() {
+    if !privileged("a_container_waiting_on_direct_reads_gets_io_pressure_when_asked_and_an_idle_one_nothing") {
+        return;
+    }
+    // A file on the host's disk: O_DIRECT reads bypass the page cache, so each one waits for the
+    // device (measured here at about 20 % of the time stalled).
+    let data = StateDir::new("io-data").unwrap();
+    std::fs::write(data.path().join("file"), vec![7u8; 32 << 20]).unwrap();
+    let containerd = Containerd::start().unwrap();
+    let state = StateDir::new("io-pressure").unwrap();
+    let socket = containerd.address().display().to_string();
+    let flags = ["--pressure-resources", "memory,io", "--pressure-threshold", "5%", "--pressure-window", "4s"];
+    let daemon = Daemon::start(&state, &["stdout", "journal"], &socket, &flags).unwrap();
+    let spec = PodSpec { name: "scan-0".to_owned(), namespace: "jobs".to_owned(), ..PodSpec::unique("scan") };
+    let pod = containerd.cri().run_pod(spec).unwrap();
+    let script = "end=$(($(date +%s)+15)); while [ $(date +%s) -lt $end ]; do \
+                  dd if=/data/file of=/dev/null bs=4k iflag=direct 2>/dev/null; done; echo calm; sleep 600";
+    let reader = ContainerSpec {
+        mounts: vec![(data.path().to_owned(), "/data".to_owned())],
+        ..ContainerSpec::shell("reader", script)
+    };
+    let reader = containerd.cri().create_and_start(&pod, reader).unwrap();
+    containerd.cri().create_and_start(&pod, ContainerSpec::shell("idle", "sleep 600")).unwrap();
+
+    let ours = |e: &&Value| e["reason"] == "IOPressure" && e["involvedObject"]["name"] == "scan-0";
+    let events = daemon.wait_for(TIMEOUT, |events| events.iter().any(|e| ours(&e))).unwrap();
+    let pressure: Vec<&Value> = events.iter().filter(ours).collect();
+    assert_eq!(pressure.len(), 1, "{pressure:#?}");
+    assert_eq!(pressure[0]["involvedObject"]["fieldPath"], "spec.containers{reader}");
+    assert_eq!(pressure[0]["type"], "Warning");
+    let message = pressure[0]["message"].as_str().unwrap();
+    let (percent, rest) = stalled_share(message, "Container reader stalled on I/O ");
+    assert!(percent >= 5.0, "{message}");
+    assert_eq!(rest, "4 s", "{message}");
+
+    // The reads stop: the episode ends, and the idle container never had one.
+    wait_until_calm(&containerd, &reader);
+    daemon.wait_metric("collector_pressure_stalled_containers", "resource=\"io\"", 0, TIMEOUT).unwrap();
+    let stopped = daemon.stop().unwrap();
+    let ours: Vec<&Value> = stopped.events.iter().filter(|e| e["involvedObject"]["name"] == "scan-0").collect();
+    let reasons: Vec<(&str, &str)> = ours
+        .iter()
+        .filter(|e| e["reason"].as_str().is_some_and(|reason| reason.ends_with("Pressure")))
+        .map(|e| (e["reason"].as_str().unwrap(), e["involvedObject"]["fieldPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(reasons, [("IOPressure", "spec.containers{reader}")], "{ours:#?}");
 }
