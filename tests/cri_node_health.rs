@@ -1,24 +1,20 @@
 //! Node health in containers, caused for real through CRI: a task hung on a frozen filesystem,
 //! a corrupt ext4 read from a container, a container thrashing its memory limit, one with more
-//! busy threads than CPUs, one waiting on direct reads from the disk; and a block device whose
-//! writes fail. Each gives the Events `kubectl describe` would show and the node conditions NPD
-//! would set. Host only: they need containerd and e2fsprogs, which the VM lacks.
+//! busy threads than CPUs, one waiting on direct reads from the disk. Each gives the Events
+//! `kubectl describe` would show and the node conditions NPD would set. Host only: they need
+//! containerd. (`node_health.rs` causes the same kernel faults outside containers, also on 6.1.)
 #![expect(clippy::unwrap_used, clippy::panic, reason = "the helpers are test steps: a failure fails the test")]
 
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use collector_tests::containerd::Containerd;
 use collector_tests::daemon::{Daemon, StateDir, sample};
 use collector_tests::kubelet::{Container, ContainerSpec, PodSpec};
-use collector_tests::node::{LoopDevice, LoopFs, Sysctl, node_events, wait_condition};
+use collector_tests::node::{LoopFs, Sysctl, node_events, wait_condition};
 use collector_tests::privileged;
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Held by the tests that remount a filesystem read-only: each daemon sees every kernel line.
-static READONLY: Mutex<()> = Mutex::new(());
 
 #[test]
 fn a_task_hung_on_a_frozen_filesystem_is_named_on_its_pod_and_sets_kernel_deadlock_until_released() {
@@ -190,7 +186,6 @@ fn a_corrupt_filesystem_read_from_a_container_gives_filesystem_error_on_node_and
     ) {
         return;
     }
-    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
     let volume = LoopFs::corrupted("fserror").unwrap();
     let device = volume.device().unwrap();
     let containerd = Containerd::start().unwrap();
@@ -231,31 +226,6 @@ fn a_corrupt_filesystem_read_from_a_container_gives_filesystem_error_on_node_and
     let readonly = wait_condition(&state, "ReadonlyFilesystem", "True", TIMEOUT).unwrap();
     assert_eq!(readonly["reason"], "FilesystemIsReadOnly");
     assert_eq!(readonly["message"], format!("EXT4-fs ({device}): Remounting filesystem read-only").as_str());
-}
-
-#[test]
-fn a_failed_block_write_is_an_io_error_on_the_node() {
-    if !privileged("a_failed_block_write_is_an_io_error_on_the_node") {
-        return;
-    }
-    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
-    let outer = LoopFs::corrupted("ioerror").unwrap();
-    let inner = LoopDevice::attach(&outer.path().join("inner.img")).unwrap();
-    let device = inner.path().strip_prefix("/dev/").unwrap().to_owned();
-    let state = StateDir::new("ioerror").unwrap();
-    let daemon = Daemon::start(&state, &["stdout", "journal"], "none", &[]).unwrap();
-    // The backing file's filesystem goes read-only on its first error: the loop device's
-    // writes then fail in the block layer.
-    assert!(std::fs::read_dir(outer.path().join("d")).unwrap().all(|entry| entry.unwrap().metadata().is_err()));
-    assert!(inner.write_fails().unwrap(), "a write to {} succeeded", inner.path());
-    let expected = format!("I/O error on {device}: EIO on a WS request at sector 0");
-    let events = daemon
-        .wait_for(TIMEOUT, |events| node_events(events, "IOError").iter().any(|e| e["message"] == expected.as_str()))
-        .unwrap();
-    let event = node_events(&events, "IOError").into_iter().find(|e| e["message"] == expected.as_str()).unwrap();
-    assert_eq!(event["type"], "Warning");
-    let metrics = daemon.metrics().unwrap();
-    assert!(sample(&metrics, "collector_kernel_records_total", "type=\"io_error\"") >= 1, "{metrics}");
 }
 
 #[test]

@@ -1,22 +1,31 @@
-//! Node health from the kernel log, caused for real: lines in node-problem-detector's formats
-//! written to `/dev/kmsg` become the Node Events and conditions NPD would set, and a storm of
-//! them one Event with an exact count. Needs no container runtime, so it runs in the 6.1 VM too.
+//! Node health caused for real outside containers: lines in node-problem-detector's formats
+//! written to `/dev/kmsg`, a task hung on a frozen ext4, a corrupt ext4 and a block device whose
+//! writes fail become the Node Events and conditions NPD would set, and a storm of log lines one
+//! Event with an exact count. Needs no container runtime, so it runs in the 6.1 VM too
+//! (`cri_node_health.rs` has the same faults in pods).
 
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use collector_tests::daemon::{Daemon, StateDir, journal_summary, node_conditions, sample};
-use collector_tests::node::{kmsg, node_events, wait_condition};
+use collector_tests::node::{LoopDevice, LoopFs, Sysctl, kmsg, node_events, wait_condition};
 use collector_tests::privileged;
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Held by the tests whose filesystem goes read-only, and the one that asserts on
+/// `ReadonlyFilesystem`: each daemon sees every kernel line.
+static READONLY: Mutex<()> = Mutex::new(());
 
 #[test]
 fn kernel_log_problems_become_node_events_and_conditions_and_a_storm_one_event_with_exact_counts() {
     if !privileged("kernel_log_problems_become_node_events_and_conditions_and_a_storm_one_event_with_exact_counts") {
         return;
     }
+    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
     let state = StateDir::new("kmsg").unwrap();
     let daemon = Daemon::start(&state, &["stdout", "journal"], "none", &["--condition-clear-after", "3s"]).unwrap();
     // Each probe is attached exactly where this kernel has its tracepoint (ext4's only once
@@ -101,4 +110,103 @@ fn kernel_log_problems_become_node_events_and_conditions_and_a_storm_one_event_w
     let summary = journal_summary(state.path(), &["--reason", "SoftLockup"]).unwrap();
     let counted: u64 = summary.iter().map(|row| row["count"].as_u64().unwrap()).sum();
     assert_eq!(counted, 1001, "{summary:#?}");
+}
+
+#[test]
+fn a_task_hung_on_a_frozen_filesystem_is_a_node_event_and_sets_kernel_deadlock_until_released() {
+    if !privileged("a_task_hung_on_a_frozen_filesystem_is_a_node_event_and_sets_kernel_deadlock_until_released") {
+        return;
+    }
+    let _timeout = Sysctl::set("kernel.hung_task_timeout_secs", "2").unwrap();
+    let mut volume = LoopFs::new("hung-node", 16).unwrap();
+    let state = StateDir::new("hung-node").unwrap();
+    let daemon = Daemon::start(&state, &["stdout", "journal"], "none", &["--condition-clear-after", "3s"]).unwrap();
+    volume.freeze().unwrap();
+    let table = volume.path().join("table");
+    let mut writer = Command::new("sh").arg("-c").arg(format!("echo row > {}", table.display())).spawn().unwrap();
+    let expected = format!("Process {} (sh) blocked for more than 2 s", writer.id());
+
+    // Not in a pod: the Event is the Node's, and the condition says the same.
+    let events = daemon
+        .wait_for(TIMEOUT, |events| node_events(events, "TaskHung").iter().any(|e| e["message"] == expected.as_str()))
+        .unwrap();
+    let event = node_events(&events, "TaskHung").into_iter().find(|e| e["message"] == expected.as_str()).unwrap();
+    assert_eq!((&event["type"], &event["involvedObject"]["uid"]), (&"Warning".into(), &"test-node".into()));
+    let deadlock = wait_condition(&state, "KernelDeadlock", "True", TIMEOUT).unwrap();
+    assert_eq!((&deadlock["reason"], &deadlock["message"]), (&"TaskHung".into(), &expected.as_str().into()));
+
+    // Released: the write completes, and the condition clears 3 s after the last report.
+    volume.thaw().unwrap();
+    let released = Instant::now();
+    assert!(writer.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&table).unwrap(), "row\n");
+    wait_condition(&state, "KernelDeadlock", "False", TIMEOUT).unwrap();
+    assert!(released.elapsed() >= Duration::from_secs(2), "cleared before the clear time: {:?}", released.elapsed());
+    let metrics = daemon.metrics().unwrap();
+    assert!(sample(&metrics, "collector_kernel_records_total", "type=\"hung_task\"") >= 1, "{metrics}");
+}
+
+#[test]
+fn a_corrupt_filesystem_is_a_filesystem_error_on_the_node_and_sets_readonly_filesystem() {
+    if !privileged("a_corrupt_filesystem_is_a_filesystem_error_on_the_node_and_sets_readonly_filesystem") {
+        return;
+    }
+    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
+    let volume = LoopFs::corrupted("fserror-node").unwrap();
+    let device = volume.device().unwrap();
+    let state = StateDir::new("fserror-node").unwrap();
+    let daemon = Daemon::start(&state, &["stdout", "journal"], "none", &[]).unwrap();
+    // Looking up the file whose inode was cleared is the ext4 error.
+    let ls =
+        Command::new("ls").arg("-l").arg(volume.path().join("d")).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+    let mut ls = ls.unwrap();
+    let ls_pid = ls.id();
+    assert!(!ls.wait().unwrap().success(), "ls of the corrupt directory succeeded");
+    let prefix = format!("ext4 error on {device} in ext4_lookup (line ");
+    let events = daemon
+        .wait_for(TIMEOUT, |events| {
+            node_events(events, "FilesystemError")
+                .iter()
+                .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with(&prefix)))
+        })
+        .unwrap();
+    let errors = node_events(&events, "FilesystemError");
+    let message = errors[0]["message"].as_str().unwrap();
+    let (line, process) = message
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.split_once("), met by process "))
+        .unwrap_or_else(|| panic!("{message}"));
+    assert!(line.parse::<u32>().is_ok(), "{message}");
+    assert_eq!(process, format!("{ls_pid} (ls)"), "{message}");
+    assert_eq!(errors[0]["type"], "Warning");
+    // The kernel's own "EXT4-fs error" line adds no event: the probe's says more.
+    assert!(node_events(&events, "Ext4Error").is_empty(), "{events:#?}");
+    let readonly = wait_condition(&state, "ReadonlyFilesystem", "True", TIMEOUT).unwrap();
+    assert_eq!(readonly["reason"], "FilesystemIsReadOnly");
+    assert_eq!(readonly["message"], format!("EXT4-fs ({device}): Remounting filesystem read-only").as_str());
+}
+
+#[test]
+fn a_failed_block_write_is_an_io_error_on_the_node() {
+    if !privileged("a_failed_block_write_is_an_io_error_on_the_node") {
+        return;
+    }
+    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
+    let outer = LoopFs::corrupted("ioerror").unwrap();
+    let inner = LoopDevice::attach(&outer.path().join("inner.img")).unwrap();
+    let device = inner.path().strip_prefix("/dev/").unwrap().to_owned();
+    let state = StateDir::new("ioerror").unwrap();
+    let daemon = Daemon::start(&state, &["stdout", "journal"], "none", &[]).unwrap();
+    // The backing file's filesystem goes read-only on its first error: the loop device's
+    // writes then fail in the block layer.
+    assert!(std::fs::read_dir(outer.path().join("d")).unwrap().all(|entry| entry.unwrap().metadata().is_err()));
+    assert!(inner.write_fails().unwrap(), "a write to {} succeeded", inner.path());
+    let expected = format!("I/O error on {device}: EIO on a WS request at sector 0");
+    let events = daemon
+        .wait_for(TIMEOUT, |events| node_events(events, "IOError").iter().any(|e| e["message"] == expected.as_str()))
+        .unwrap();
+    let event = node_events(&events, "IOError").into_iter().find(|e| e["message"] == expected.as_str()).unwrap();
+    assert_eq!(event["type"], "Warning");
+    let metrics = daemon.metrics().unwrap();
+    assert!(sample(&metrics, "collector_kernel_records_total", "type=\"io_error\"") >= 1, "{metrics}");
 }

@@ -65,27 +65,34 @@ impl LoopFs {
         &self.mount
     }
 
-    /// `fsfreeze -f`: writers block in the kernel (state D) until [`Self::thaw`].
+    /// `fsfreeze --freeze` (busybox takes only the long option): writers block in the kernel
+    /// (state D) until [`Self::thaw`].
     pub fn freeze(&mut self) -> Result<()> {
-        run("fsfreeze", &["-f", &self.mount.display().to_string()])?;
+        run("fsfreeze", &["--freeze", &self.mount.display().to_string()])?;
         self.frozen = true;
         Ok(())
     }
 
-    /// `fsfreeze -u`.
+    /// `fsfreeze --unfreeze`.
     pub fn thaw(&mut self) -> Result<()> {
         if self.frozen {
-            run("fsfreeze", &["-u", &self.mount.display().to_string()])?;
+            run("fsfreeze", &["--unfreeze", &self.mount.display().to_string()])?;
             self.frozen = false;
         }
         Ok(())
     }
 
-    /// The loop device behind the mount (`loop3`).
+    /// The loop device behind the mount (`loop3`), from the mount table (no findmnt in the VM).
     pub fn device(&self) -> Result<String> {
-        let output = Command::new("findmnt").args(["-n", "-o", "SOURCE"]).arg(&self.mount).output()?;
-        let source = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        source.strip_prefix("/dev/").map(str::to_owned).with_context(|| format!("findmnt said {source:?}"))
+        let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+        let mount = self.mount.display().to_string();
+        mounts
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(_, rest)| rest.split(' ').next() == Some(mount.as_str()))
+            .find_map(|(source, _)| source.strip_prefix("/dev/"))
+            .map(str::to_owned)
+            .with_context(|| format!("no /dev source is mounted at {mount}"))
     }
 }
 
@@ -108,9 +115,15 @@ pub struct LoopDevice {
 }
 
 impl LoopDevice {
-    /// `losetup -f --show FILE`.
+    /// `losetup -f --show --direct-io=on FILE`: its writes go straight to the file's blocks, so
+    /// they fail when its filesystem cannot take them, whatever the kernel caches (6.1 would
+    /// otherwise accept them into the page cache and fail only the writeback).
     pub fn attach(file: &Path) -> Result<Self> {
-        let output = Command::new("losetup").args(["-f", "--show"]).arg(file).output().context("cannot run losetup")?;
+        let output = Command::new("losetup")
+            .args(["-f", "--show", "--direct-io=on"])
+            .arg(file)
+            .output()
+            .context("cannot run losetup")?;
         if !output.status.success() {
             bail!("losetup {}: {}", file.display(), String::from_utf8_lossy(&output.stderr).trim());
         }

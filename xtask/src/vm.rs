@@ -35,8 +35,16 @@ use initramfs::{Archive, shell_quote};
 const HOST_ONLY_PREFIXES: &[&str] = &["cri_", "containerd_", "cluster_"];
 const HOST_ONLY_TESTS: &[&str] = &[];
 
-/// util-linux's setpriv, always on Debian.
-const SETPRIV: &str = "/usr/bin/setpriv";
+/// Host binaries the VM holds, at their path there, from their path here (util-linux and
+/// e2fsprogs, which `cargo xtask setup --tests` installs).
+const HOST_TOOLS: &[(&str, &str)] = &[
+    ("/usr/bin/setpriv", "/usr/bin/setpriv"),
+    ("/usr/sbin/losetup", "/usr/sbin/losetup"),
+    ("/usr/sbin/mkfs.ext4", "/usr/sbin/mke2fs"),
+    ("/usr/sbin/debugfs", "/usr/sbin/debugfs"),
+];
+/// Where the VM finds the kernel modules it loads at boot.
+const MODULE_DIR: &str = "/lib/modules";
 const VERDICT: &str = "VM-VERDICT: ";
 const INIT_UP: &str = "VM-INIT: up";
 
@@ -71,7 +79,7 @@ pub(crate) fn run(root: &Path, options: &Options) -> Result<()> {
     let work = collector.parent().context("the collector binary has no parent directory")?.join("vm");
     let initrd = work.join(format!("initramfs-{}.cpio", options.kernel));
     let stage = work.join(format!("stage-{}", options.kernel));
-    let size = assemble(&stage, &collector, &built, &options.args)?.write(&initrd)?;
+    let size = assemble(&stage, &collector, &built, &kernel.modules, &options.args)?.write(&initrd)?;
     std::fs::remove_dir_all(&stage).ok();
     let assembled_at = start.elapsed();
     eprintln!(
@@ -216,7 +224,7 @@ fn cargo_json(root: &Path, args: &[&str]) -> Result<Vec<Value>> {
 
 /// Everything the VM holds, at its host path.
 /// `stage` holds the stripped copies of the binaries until the archive is written.
-fn assemble(stage: &Path, collector: &Path, built: &Built, args: &[String]) -> Result<Archive> {
+fn assemble(stage: &Path, collector: &Path, built: &Built, modules: &[PathBuf], args: &[String]) -> Result<Archive> {
     if stage.exists() {
         std::fs::remove_dir_all(stage)?;
     }
@@ -232,9 +240,20 @@ fn assemble(stage: &Path, collector: &Path, built: &Built, args: &[String]) -> R
     }
 
     // util-linux's setpriv (busybox's lacks --bounding-set): the tests drop capabilities with it.
-    let setpriv = Path::new(SETPRIV);
-    archive.file(setpriv, setpriv)?;
-    libraries.extend(crate::command::shared_libraries(setpriv)?);
+    // e2fsprogs and losetup (busybox's lack ext4, debugfs and `--show`): the node-health tests
+    // make, corrupt and loop-mount ext4 images.
+    for (path, source) in HOST_TOOLS {
+        let source = Path::new(source);
+        archive
+            .file(path, source)
+            .with_context(|| format!("{} is missing (`cargo xtask setup --tests`)", source.display()))?;
+        libraries.extend(crate::command::shared_libraries(source)?);
+    }
+    archive.file("/etc/mke2fs.conf", Path::new("/etc/mke2fs.conf"))?;
+    for module in modules {
+        let name = module.file_name().context("a module without a name")?;
+        archive.file(Path::new(MODULE_DIR).join(name), module)?;
+    }
 
     // busybox is the shell, sleep, true, mount and poweroff the tests and /init call.
     let busybox = crate::command::which("busybox")
@@ -282,6 +301,7 @@ mnt cgroup2 cgroup2 /sys/fs/cgroup
 mnt tracefs tracefs /sys/kernel/tracing
 mnt bpf bpf /sys/fs/bpf
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+for m in {modules}/*.ko; do [ -e "$m" ] && {{ insmod "$m" || fail "cannot load $m"; }}; done
 # The daemon's tests serve metrics on 127.0.0.1: bring loopback up (busybox ip).
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null
 # Controllers for the test cgroups (memory.max and memcg OOM kills), as on a pure v2 node.
@@ -302,6 +322,7 @@ ok=0
 failed=""
 "#,
         collector = shell_quote(&collector.to_string_lossy()),
+        modules = MODULE_DIR,
     );
     for test in tests {
         script.push_str(&format!(

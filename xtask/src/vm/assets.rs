@@ -29,6 +29,10 @@ pub(crate) fn cache_dir() -> PathBuf {
     base.join("collector-vm")
 }
 
+/// The kernel modules the VM loads, under the package's `lib/modules/<version>/`: loop devices,
+/// for the node-health tests' ext4 images (the cloud kernel builds them as a module).
+const MODULES: &[&str] = &["kernel/drivers/block/loop.ko"];
+
 /// A bootable kernel image.
 #[derive(Debug)]
 pub(crate) struct Kernel {
@@ -36,6 +40,8 @@ pub(crate) struct Kernel {
     pub(crate) image: PathBuf,
     /// The Debian package it came from, e.g. `linux-image-6.1.0-56-cloud-amd64`.
     pub(crate) package: String,
+    /// The [`MODULES`], unpacked, in load order.
+    pub(crate) modules: Vec<PathBuf>,
 }
 
 /// The newest Debian cloud kernel of `series` (`6.1`, `6.12`, or an exact
@@ -51,21 +57,43 @@ pub(crate) fn kernel(cache: &Path, series: &str) -> Result<Kernel> {
     if let Some(kernel) = cached_kernel(&dir)? {
         return Ok(kernel);
     }
-    let package = newest_kernel_package(series)?;
+    // A cache from before the modules were kept: fetch the same package again.
+    let pinned = std::fs::read_to_string(dir.join("package")).ok().map(|p| p.trim().to_owned());
+    let package = match pinned {
+        Some(package) => package,
+        None => newest_kernel_package(series)?,
+    };
     eprintln!("xtask test-vm: downloading {package} (about 27 MB)");
     let tmp = fresh_dir(&cache.join(format!("kernel-{series}.tmp")))?;
     let deb = download(std::slice::from_ref(&package), &tmp)?.pop().context("no .deb")?;
-    // Only /boot: the modules are of no use without a disk, and four times the size.
+    // /boot and the few modules the tests need: all the modules would be four times the size.
+    let modules: Vec<String> = MODULES.iter().map(|m| format!("./lib/modules/*/{m}")).collect();
     crate::command::run(
         Command::new("sh")
             .arg("-c")
-            .arg(r#"dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" ./boot"#)
+            .arg(r#"deb=$1 dir=$2; shift 2; dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$dir" --wildcards ./boot "$@""#)
             .arg("sh")
             .arg(&deb)
-            .arg(&tmp),
+            .arg(&tmp)
+            .args(&modules),
     )?;
     std::fs::remove_file(&deb).ok();
+    let unpacked = tmp.join("modules");
+    std::fs::create_dir_all(&unpacked)?;
+    for module in MODULES {
+        let name = Path::new(module).file_name().context("a module path without a name")?;
+        let found = std::fs::read_dir(tmp.join("lib/modules"))?
+            .filter_map(Result::ok)
+            .map(|version| version.path().join(module))
+            .find(|path| path.is_file())
+            .with_context(|| format!("{package} holds no lib/modules/*/{module}"))?;
+        std::fs::rename(&found, unpacked.join(name))?;
+    }
+    std::fs::remove_dir_all(tmp.join("lib"))?;
     std::fs::write(tmp.join("package"), &package)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove the stale {}", dir.display()))?;
+    }
     publish(&tmp, &dir)?;
     cached_kernel(&dir)?.with_context(|| format!("{package} holds no /boot/vmlinuz-*"))
 }
@@ -77,10 +105,18 @@ fn cached_kernel(dir: &Path) -> Result<Option<Kernel>> {
     let Ok(entries) = std::fs::read_dir(dir.join("boot")) else {
         return Ok(None);
     };
+    let mut modules = Vec::new();
+    for module in MODULES {
+        let path = dir.join("modules").join(Path::new(module).file_name().context("a module path without a name")?);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        modules.push(path);
+    }
     for entry in entries {
         let path = entry?.path();
         if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")) {
-            return Ok(Some(Kernel { image: path, package: package.trim().to_owned() }));
+            return Ok(Some(Kernel { image: path, package: package.trim().to_owned(), modules }));
         }
     }
     Ok(None)
