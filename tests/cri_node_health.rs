@@ -79,6 +79,16 @@ fn stalled_share<'a>(message: &'a str, prefix: &str) -> (f64, &'a str) {
     (percent.parse().unwrap_or_else(|_| panic!("{message}")), rest)
 }
 
+/// The reason and fieldPath of every `...Pressure` Event on pod `pod`.
+fn pressure_events<'a>(events: &'a [Value], pod: &str) -> Vec<(&'a str, &'a str)> {
+    events
+        .iter()
+        .filter(|e| e["involvedObject"]["name"] == pod)
+        .filter(|e| e["reason"].as_str().is_some_and(|reason| reason.ends_with("Pressure")))
+        .map(|e| (e["reason"].as_str().unwrap(), e["involvedObject"]["fieldPath"].as_str().unwrap()))
+        .collect()
+}
+
 /// Waits up to a minute for `container`'s script to print `calm`: its load has stopped.
 fn wait_until_calm(containerd: &Containerd, container: &Container) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -170,13 +180,7 @@ fn a_container_with_more_busy_threads_than_cpus_gets_cpu_pressure_when_asked_and
     wait_until_calm(&containerd, &spin);
     daemon.wait_metric("collector_pressure_stalled_containers", "resource=\"cpu\"", 0, TIMEOUT).unwrap();
     let stopped = daemon.stop().unwrap();
-    let ours: Vec<&Value> = stopped.events.iter().filter(|e| e["involvedObject"]["name"] == "batch-0").collect();
-    let reasons: Vec<(&str, &str)> = ours
-        .iter()
-        .filter(|e| e["reason"].as_str().is_some_and(|reason| reason.ends_with("Pressure")))
-        .map(|e| (e["reason"].as_str().unwrap(), e["involvedObject"]["fieldPath"].as_str().unwrap()))
-        .collect();
-    assert_eq!(reasons, [("CPUPressure", "spec.containers{spin}")], "{ours:#?}");
+    assert_eq!(pressure_events(&stopped.events, "batch-0"), [("CPUPressure", "spec.containers{spin}")]);
 }
 
 #[test]
@@ -268,11 +272,5 @@ fn a_container_waiting_on_direct_reads_gets_io_pressure_when_asked_and_an_idle_o
     wait_until_calm(&containerd, &reader);
     daemon.wait_metric("collector_pressure_stalled_containers", "resource=\"io\"", 0, TIMEOUT).unwrap();
     let stopped = daemon.stop().unwrap();
-    let ours: Vec<&Value> = stopped.events.iter().filter(|e| e["involvedObject"]["name"] == "scan-0").collect();
-    let reasons: Vec<(&str, &str)> = ours
-        .iter()
-        .filter(|e| e["reason"].as_str().is_some_and(|reason| reason.ends_with("Pressure")))
-        .map(|e| (e["reason"].as_str().unwrap(), e["involvedObject"]["fieldPath"].as_str().unwrap()))
-        .collect();
-    assert_eq!(reasons, [("IOPressure", "spec.containers{reader}")], "{ours:#?}");
+    assert_eq!(pressure_events(&stopped.events, "scan-0"), [("IOPressure", "spec.containers{reader}")]);
 }
