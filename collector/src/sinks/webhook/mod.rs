@@ -43,6 +43,30 @@ impl Mode {
     }
 }
 
+/// A webhook's URL, parsed once, when the configuration is read; [`parse`] checks that it is
+/// absolute http or https, and the client sends to it as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookUrl(pub http::Uri);
+
+impl std::fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for WebhookUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WebhookUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map(Self).map_err(|_err| serde::de::Error::custom(format!("`url` {text:?}: not a URL")))
+    }
+}
+
 /// One `[[webhooks]]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,7 +74,7 @@ pub struct WebhookConfig {
     /// Unique among the webhooks: the metric label and the name in every message.
     pub name: String,
     /// `http://` or `https://` URL the events are POSTed to.
-    pub url: String,
+    pub url: WebhookUrl,
     /// `notify` (default) or `mutate`.
     #[serde(default)]
     pub mode: Mode,

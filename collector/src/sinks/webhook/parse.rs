@@ -95,8 +95,8 @@ pub fn webhooks(value: &DeValue<'_>, offset: usize) -> (Vec<WebhookConfig>, Vec<
         } else if !names.insert(config.name.clone()) {
             report(WebhookProblem::DuplicateName(config.name.clone()));
         }
-        if let Err(reason) = check_url(&config.url) {
-            report(WebhookProblem::Url { url: config.url.clone(), reason });
+        if let Err(reason) = check_url(&config.url.0) {
+            report(WebhookProblem::Url { url: config.url.to_string(), reason });
         }
         if config.timeout.0.is_zero() || config.timeout.0 > MAX_TIMEOUT {
             report(WebhookProblem::Timeout(config.timeout));
@@ -118,9 +118,8 @@ pub fn webhooks(value: &DeValue<'_>, offset: usize) -> (Vec<WebhookConfig>, Vec<
     (found, problems)
 }
 
-/// Whether `url` is an absolute `http://` or `https://` URL with a host.
-fn check_url(url: &str) -> Result<http::Uri, &'static str> {
-    let uri: http::Uri = url.parse().map_err(|_err| "not a URL")?;
+/// Whether `uri` is an absolute `http://` or `https://` URL with a host.
+fn check_url(uri: &http::Uri) -> Result<(), &'static str> {
     match uri.scheme_str() {
         Some("http" | "https") => {}
         Some(_) => return Err("the scheme must be http or https"),
@@ -129,7 +128,7 @@ fn check_url(url: &str) -> Result<http::Uri, &'static str> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("no host");
     }
-    Ok(uri)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -185,6 +184,18 @@ mod tests {
         );
         assert_eq!(problems[5], "#4: missing field `name`");
         assert!(problems[6].starts_with("\"t\": unknown field `secret`"), "{}", problems[6]);
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_named_and_a_good_one_is_kept_as_parsed() {
+        let (found, problems) = parse("[[webhooks]]\nname = \"u\"\nurl = \"http://a b/\"\n");
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(problems, ["\"u\": `url` \"http://a b/\": not a URL"]);
+        let (found, problems) = parse("[[webhooks]]\nname = \"u\"\nurl = \"https://hooks.example:8443/x?y=1\"\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        let uri = &found[0].url.0;
+        assert_eq!((uri.scheme_str(), uri.host(), uri.port_u16()), (Some("https"), Some("hooks.example"), Some(8443)));
+        assert_eq!(found[0].url.to_string(), "https://hooks.example:8443/x?y=1");
     }
 
     #[test]

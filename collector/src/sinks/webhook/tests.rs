@@ -17,7 +17,7 @@ fn the_body_is_the_event_and_the_record_as_trace_prints_it() {
 fn empty_selectors_select_everything_and_namespaces_are_globs() {
     let hook = WebhookConfig {
         name: "audit".to_owned(),
-        url: "http://127.0.0.1:9/hook".to_owned(),
+        url: WebhookUrl("http://127.0.0.1:9/hook".parse().unwrap()),
         mode: Mode::Notify,
         reasons: Vec::new(),
         namespaces: Vec::new(),
