@@ -1,7 +1,8 @@
 //! Node health on the real cluster, with the collector installed from `deploy/` with its
-//! defaults, as an operator reads it: `kubectl describe pod` says a container stalled on
-//! memory (and nothing was OOM-killed), and that a process of a pod is blocked; `kubectl
-//! describe node` shows NPD's `KernelDeadlock` for it.
+//! defaults (the log at debug), as an operator reads it: `kubectl describe pod` says a container
+//! stalled on memory (and nothing was OOM-killed), and that a process of a pod is blocked;
+//! `kubectl describe node` shows NPD's `KernelDeadlock` for it; the DaemonSet's JSON log names
+//! the crate and the record behind an Event.
 #![expect(clippy::print_stderr, reason = "progress of a long end-to-end test")]
 
 use std::{path::PathBuf, time::Duration};
@@ -27,6 +28,8 @@ fn kubectl_describe_shows_a_pod_stalled_on_memory_and_a_pods_hung_process_with_k
         return;
     };
     let _installed = Applied::kustomization(&cluster, deploy_dir()).unwrap();
+    // As an operator asks "what did it do with that record": the DaemonSet's log at debug.
+    cluster.kubectl(&["-n", "collector", "set", "env", "ds/collector", "COLLECTOR_LOG=debug"]).unwrap();
     cluster.kubectl(&["-n", "collector", "rollout", "status", "ds/collector", "--timeout=180s"]).unwrap();
     let ns = cluster.namespace("e2e-health").unwrap();
     eprintln!("step 1: a container thrashing its memory limit, in {}", ns.name);
@@ -70,6 +73,24 @@ fn memory_pressure_comes_before_any_oom_kill(cluster: &Cluster, ns: &Namespace) 
     assert!(rest.starts_with("10 s; limit 64Mi, usage "), "{message}");
     let lines = described(cluster, &["-n", &ns.name, "pod", "cache"], "MemoryPressure")?;
     assert!(lines.iter().any(|l| l.starts_with("Warning MemoryPressure") && l.contains(message)), "{lines:?}");
+    // Its log says the same in JSON, with the crate and the record (kind, pod, container).
+    let log = cluster.kubectl(&["-n", "collector", "logs", "ds/collector"])?;
+    let line = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["reason"] == "MemoryPressure")
+        .with_context(|| format!("no MemoryPressure line in the collector's log:\n{log}"))?;
+    assert_eq!(
+        (&line["level"], &line["target"], &line["message"], &line["count"]),
+        (&"DEBUG".into(), &"collector::daemon::engine".into(), &format!("event: {message}").into(), &1.into()),
+        "{line}"
+    );
+    let span = &line["span"];
+    assert_eq!(
+        (&span["name"], &span["kind"], &span["namespace"], &span["pod"], &span["container"]),
+        (&"events".into(), &"Pressure".into(), &ns.name.as_str().into(), &"cache".into(), &"thrash".into()),
+        "{line}"
+    );
 
     // It ends without an OOM kill; the episode closes, and the calm container got nothing.
     cluster.wait("the thrash to stop", TIMEOUT, || {

@@ -129,7 +129,17 @@ impl Engine {
     }
 
     pub(super) fn on_record(&mut self, record: &Record) {
-        let _span = tracing::debug_span!("events", pid = record.pid()).entered();
+        // Which record the lines below are about, at debug (`COLLECTOR_LOG=collector=debug`).
+        let identity = record.identity();
+        let _span = tracing::debug_span!(
+            "events",
+            kind = ?record.kind(),
+            pid = record.pid(),
+            namespace = identity.namespace.as_deref(),
+            pod = identity.pod_name.as_deref(),
+            container = identity.container_name.as_deref(),
+        )
+        .entered();
         if let Record::KernelLog(log) = record
             && let Some(reason) = &log.reason
         {
@@ -228,10 +238,12 @@ impl Engine {
             match self.recorder.record(spec.clone(), now) {
                 Decision::Write(write) => {
                     let event = write.event();
+                    tracing::debug!(reason = %event.reason, count = event.count, "event: {}", event.message);
                     self.metrics.event_emitted(&event.reason, event.event_type);
                     events.push(Decided { spec, write: Some(write) });
                 }
                 Decision::SpamFiltered => {
+                    tracing::debug!(reason = %spec.reason, "event spam-filtered: {}", spec.message);
                     self.metrics.event_dropped(DropCause::SpamFilter);
                     // Dropped on its way to the API server, not from the node's history.
                     events.push(Decided { spec, write: None });

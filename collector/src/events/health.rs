@@ -1,5 +1,5 @@
 //! Node-health events: hung tasks, kernel problems, filesystem, block and memory errors, and
-//! containers stalling on memory.
+//! containers stalling on memory, CPU or I/O.
 //!
 //! | what happened                                           | reason          | type    | object      |
 //! |---------------------------------------------------------|-----------------|---------|-------------|

@@ -34,7 +34,7 @@ pub enum Record {
     IoError(IoError),
     /// A memory controller reported a hardware error.
     HwError(HwError),
-    /// A container began or stopped stalling on memory.
+    /// A container began or stopped stalling on memory, CPU or I/O.
     Pressure(Pressure),
 }
 
@@ -168,7 +168,7 @@ pub enum RecordType {
     IoError,
     /// A memory controller reported a hardware error.
     HwError,
-    /// A container began or stopped stalling on memory.
+    /// A container began or stopped stalling on memory, CPU or I/O.
     Pressure,
 }
 
