@@ -22,6 +22,15 @@ use crate::escape::escape_bytes;
 /// A miss re-reads the tree at most this often, so a storm of records from
 /// unknown cgroups cannot turn into a storm of directory walks.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(20);
+/// After a walk, the next waits at least this many times as long as it took: the walk runs on
+/// the thread that drains the ring, and a big tree (1,000 cgroups: about 15 ms here) must not
+/// hold that thread for more than a fifth of its time.
+const RESCAN_PAUSE_PER_WALK: u32 = 4;
+
+/// When the tree may be walked again after a walk that ended at `end` and took `took`.
+fn next_walk(end: Instant, took: Duration) -> Instant {
+    end + RESCAN_INTERVAL.max(took.saturating_mul(RESCAN_PAUSE_PER_WALK))
+}
 
 /// Errors finding the cgroup v2 tree.
 #[derive(Debug, Error)]
@@ -159,13 +168,14 @@ pub struct MemoryLimit {
 pub struct Resolver {
     tree: CgroupTree,
     registry: Registry,
-    last_scan: Option<Instant>,
+    /// No walk on a miss before this.
+    next_scan: Instant,
 }
 
 impl Resolver {
     /// A resolver that has read the whole tree once.
     pub fn new(tree: CgroupTree, config: RegistryConfig) -> Result<Self, CgroupError> {
-        let mut resolver = Self { tree, registry: Registry::new(config)?, last_scan: None };
+        let mut resolver = Self { tree, registry: Registry::new(config)?, next_scan: Instant::now() };
         resolver.scan(Instant::now());
         Ok(resolver)
     }
@@ -174,15 +184,14 @@ impl Resolver {
         for (id, path) in self.tree.walk() {
             self.registry.insert(id, &path, now);
         }
-        self.last_scan = Some(now);
+        let end = Instant::now();
+        self.next_scan = next_walk(end, end.duration_since(now));
     }
 
     /// The cgroup `id`, if it exists or was removed less than the tombstone time ago.
     pub fn get(&mut self, id: u64) -> Option<&Entry> {
         let now = Instant::now();
-        if self.registry.get(id, now).is_none()
-            && self.last_scan.is_none_or(|last| now.duration_since(last) >= RESCAN_INTERVAL)
-        {
+        if self.registry.get(id, now).is_none() && now >= self.next_scan {
             self.scan(now);
         }
         self.registry.get(id, now)
@@ -219,6 +228,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_slow_walk_waits_four_times_as_long_before_the_next() {
+        let end = Instant::now();
+        assert_eq!(next_walk(end, Duration::from_millis(1)), end + RESCAN_INTERVAL);
+        assert_eq!(next_walk(end, Duration::from_millis(15)), end + Duration::from_millis(60));
+    }
+
+    #[test]
     fn reads_cpu_max_as_millicores() {
         assert_eq!(parse_cpu_max("50000 100000\n"), Some(500));
         assert_eq!(parse_cpu_max("200000 100000\n"), Some(2000));
@@ -248,7 +264,7 @@ mod tests {
         let mut resolver = Resolver::new(tree, RegistryConfig::default()).unwrap();
         assert_eq!(resolver.path(ino("a/b")), Some("/a/b"));
         std::fs::create_dir(dir.join("late")).unwrap();
-        std::thread::sleep(RESCAN_INTERVAL);
+        std::thread::sleep(resolver.next_scan.saturating_duration_since(Instant::now()));
         assert_eq!(resolver.path(ino("late")), Some("/late"), "a miss re-reads the tree");
         assert_eq!(resolver.path(u64::MAX), None);
         assert_eq!(resolver.stats().misses, 3, "a/b hit; late and u64::MAX missed once each before the re-read");
