@@ -16,16 +16,16 @@ use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Held by the tests whose filesystem goes read-only, and the one that asserts on
-/// `ReadonlyFilesystem`: each daemon sees every kernel line.
-static READONLY: Mutex<()> = Mutex::new(());
+/// Held by every test here: each daemon sees every hung task and kernel line, and the kernel-log
+/// test asserts that `KernelDeadlock` and `ReadonlyFilesystem` start False.
+static NODE_WIDE: Mutex<()> = Mutex::new(());
 
 #[test]
 fn kernel_log_problems_become_node_events_and_conditions_and_a_storm_one_event_with_exact_counts() {
     if !privileged("kernel_log_problems_become_node_events_and_conditions_and_a_storm_one_event_with_exact_counts") {
         return;
     }
-    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
+    let _node = NODE_WIDE.lock().unwrap_or_else(PoisonError::into_inner);
     let state = StateDir::new("kmsg").unwrap();
     let daemon = Daemon::start(&state, &["stdout", "journal"], "none", &["--condition-clear-after", "3s"]).unwrap();
     // Each probe is attached exactly where this kernel has its tracepoint (ext4's only once
@@ -117,6 +117,7 @@ fn a_task_hung_on_a_frozen_filesystem_is_a_node_event_and_sets_kernel_deadlock_u
     if !privileged("a_task_hung_on_a_frozen_filesystem_is_a_node_event_and_sets_kernel_deadlock_until_released") {
         return;
     }
+    let _node = NODE_WIDE.lock().unwrap_or_else(PoisonError::into_inner);
     let _timeout = Sysctl::set("kernel.hung_task_timeout_secs", "2").unwrap();
     let mut volume = LoopFs::new("hung-node", 16).unwrap();
     let state = StateDir::new("hung-node").unwrap();
@@ -151,7 +152,7 @@ fn a_corrupt_filesystem_is_a_filesystem_error_on_the_node_and_sets_readonly_file
     if !privileged("a_corrupt_filesystem_is_a_filesystem_error_on_the_node_and_sets_readonly_filesystem") {
         return;
     }
-    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
+    let _node = NODE_WIDE.lock().unwrap_or_else(PoisonError::into_inner);
     let volume = LoopFs::corrupted("fserror-node").unwrap();
     let device = volume.device().unwrap();
     let state = StateDir::new("fserror-node").unwrap();
@@ -191,7 +192,7 @@ fn a_failed_block_write_is_an_io_error_on_the_node() {
     if !privileged("a_failed_block_write_is_an_io_error_on_the_node") {
         return;
     }
-    let _readonly = READONLY.lock().unwrap_or_else(PoisonError::into_inner);
+    let _node = NODE_WIDE.lock().unwrap_or_else(PoisonError::into_inner);
     let outer = LoopFs::corrupted("ioerror").unwrap();
     let inner = LoopDevice::attach(&outer.path().join("inner.img")).unwrap();
     let device = inner.path().strip_prefix("/dev/").unwrap().to_owned();
