@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use collector_tests::containerd::Containerd;
 use collector_tests::daemon::{Daemon, StateDir, sample};
 use collector_tests::kubelet::{Container, ContainerSpec, PodSpec};
-use collector_tests::node::{LoopFs, Sysctl, node_events, wait_condition};
+use collector_tests::node::{LoopFs, Sysctl, ext4_lookup_error, node_events, wait_condition};
 use collector_tests::privileged;
 use serde_json::Value;
 
@@ -77,6 +77,16 @@ fn stalled_share<'a>(message: &'a str, prefix: &str) -> (f64, &'a str) {
     let rest = message.strip_prefix(prefix).unwrap_or_else(|| panic!("{message}"));
     let (percent, rest) = rest.split_once("% of the last ").unwrap_or_else(|| panic!("{message}"));
     (percent.parse().unwrap_or_else(|_| panic!("{message}")), rest)
+}
+
+/// Waits for a `reason` Event on pod `pod` and returns it; panics unless it is one Warning.
+fn one_warning(daemon: &Daemon, reason: &str, pod: &str) -> Value {
+    let ours = |e: &Value| e["reason"] == reason && e["involvedObject"]["name"] == pod;
+    let events = daemon.wait_for(TIMEOUT, |events| events.iter().any(ours)).unwrap();
+    let matching: Vec<&Value> = events.iter().filter(|e| ours(e)).collect();
+    assert_eq!(matching.len(), 1, "{matching:#?}");
+    assert_eq!(matching[0]["type"], "Warning");
+    matching[0].clone()
 }
 
 /// The reason and fieldPath of every `...Pressure` Event on pod `pod`.
@@ -164,13 +174,9 @@ fn a_container_with_more_busy_threads_than_cpus_gets_cpu_pressure_when_asked_and
     let spin = containerd.cri().create_and_start(&pod, ContainerSpec::shell("spin", &script)).unwrap();
     containerd.cri().create_and_start(&pod, ContainerSpec::shell("idle", "sleep 600")).unwrap();
 
-    let ours = |e: &&Value| e["reason"] == "CPUPressure" && e["involvedObject"]["name"] == "batch-0";
-    let events = daemon.wait_for(TIMEOUT, |events| events.iter().any(|e| ours(&e))).unwrap();
-    let pressure: Vec<&Value> = events.iter().filter(ours).collect();
-    assert_eq!(pressure.len(), 1, "{pressure:#?}");
-    assert_eq!(pressure[0]["involvedObject"]["fieldPath"], "spec.containers{spin}");
-    assert_eq!(pressure[0]["type"], "Warning");
-    let message = pressure[0]["message"].as_str().unwrap();
+    let event = one_warning(&daemon, "CPUPressure", "batch-0");
+    assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{spin}");
+    let message = event["message"].as_str().unwrap();
     let (percent, rest) = stalled_share(message, "Container spin stalled on CPU ");
     assert!(percent >= 20.0, "{message}");
     // No CPU limit in the spec, so none in the message.
@@ -218,10 +224,8 @@ fn a_corrupt_filesystem_read_from_a_container_gives_filesystem_error_on_node_and
         errors.iter().find(|e| e["involvedObject"]["kind"] == kind).map(|e| e["message"].as_str().unwrap().to_owned())
     };
     let node = message("Node").unwrap_or_else(|| panic!("{errors:#?}"));
-    let pid_and_rest =
-        node.strip_prefix(&format!("ext4 error on {device} in ext4_lookup (line ")).unwrap_or_else(|| panic!("{node}"));
-    let (line, process) = pid_and_rest.split_once("), met by process ").unwrap_or_else(|| panic!("{node}"));
-    assert!(line.parse::<u32>().is_ok() && process.ends_with(" (ls)"), "{node}");
+    let (_, process) = ext4_lookup_error(&node, &device).unwrap_or_else(|| panic!("{node}"));
+    assert!(process.ends_with(" (ls)"), "{node}");
     assert_eq!(message("Pod").unwrap_or_else(|| panic!("{errors:#?}")), format!("{node} of container reader"));
     let pod_event = errors.iter().find(|e| e["involvedObject"]["kind"] == "Pod").unwrap();
     assert_eq!(pod_event["involvedObject"]["name"], "files-0");
@@ -257,13 +261,9 @@ fn a_container_waiting_on_direct_reads_gets_io_pressure_when_asked_and_an_idle_o
     let reader = containerd.cri().create_and_start(&pod, reader).unwrap();
     containerd.cri().create_and_start(&pod, ContainerSpec::shell("idle", "sleep 600")).unwrap();
 
-    let ours = |e: &&Value| e["reason"] == "IOPressure" && e["involvedObject"]["name"] == "scan-0";
-    let events = daemon.wait_for(TIMEOUT, |events| events.iter().any(|e| ours(&e))).unwrap();
-    let pressure: Vec<&Value> = events.iter().filter(ours).collect();
-    assert_eq!(pressure.len(), 1, "{pressure:#?}");
-    assert_eq!(pressure[0]["involvedObject"]["fieldPath"], "spec.containers{reader}");
-    assert_eq!(pressure[0]["type"], "Warning");
-    let message = pressure[0]["message"].as_str().unwrap();
+    let event = one_warning(&daemon, "IOPressure", "scan-0");
+    assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{reader}");
+    let message = event["message"].as_str().unwrap();
     let (percent, rest) = stalled_share(message, "Container reader stalled on I/O ");
     assert!(percent >= 5.0, "{message}");
     assert_eq!(rest, "4 s", "{message}");

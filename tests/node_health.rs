@@ -10,7 +10,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use collector_tests::daemon::{Daemon, StateDir, journal_summary, node_conditions, sample};
-use collector_tests::node::{LoopDevice, LoopFs, Sysctl, kmsg, node_events, wait_condition};
+use collector_tests::node::{LoopDevice, LoopFs, Sysctl, ext4_lookup_error, kmsg, node_events, wait_condition};
 use collector_tests::privileged;
 use serde_json::Value;
 
@@ -163,21 +163,16 @@ fn a_corrupt_filesystem_is_a_filesystem_error_on_the_node_and_sets_readonly_file
     let mut ls = ls.unwrap();
     let ls_pid = ls.id();
     assert!(!ls.wait().unwrap().success(), "ls of the corrupt directory succeeded");
-    let prefix = format!("ext4 error on {device} in ext4_lookup (line ");
     let events = daemon
         .wait_for(TIMEOUT, |events| {
             node_events(events, "FilesystemError")
                 .iter()
-                .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with(&prefix)))
+                .any(|e| e["message"].as_str().is_some_and(|m| ext4_lookup_error(m, &device).is_some()))
         })
         .unwrap();
     let errors = node_events(&events, "FilesystemError");
     let message = errors[0]["message"].as_str().unwrap();
-    let (line, process) = message
-        .strip_prefix(&prefix)
-        .and_then(|rest| rest.split_once("), met by process "))
-        .unwrap_or_else(|| panic!("{message}"));
-    assert!(line.parse::<u32>().is_ok(), "{message}");
+    let (_, process) = ext4_lookup_error(message, &device).unwrap_or_else(|| panic!("{message}"));
     assert_eq!(process, format!("{ls_pid} (ls)"), "{message}");
     assert_eq!(errors[0]["type"], "Warning");
     // The kernel's own "EXT4-fs error" line adds no event: the probe's says more.

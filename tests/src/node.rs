@@ -185,6 +185,15 @@ pub fn kmsg(level: u8, line: &str) -> Result<()> {
     fs::write("/dev/kmsg", format!("<{level}>{line}\n")).context("writing /dev/kmsg")
 }
 
+/// The line number and the `PID (comm)` in `ext4 error on DEVICE in ext4_lookup (line N), met by
+/// process PID (comm)`, the FilesystemError message for a lookup of a cleared inode; none if
+/// `message` says anything else.
+pub fn ext4_lookup_error<'a>(message: &'a str, device: &str) -> Option<(u32, &'a str)> {
+    let rest = message.strip_prefix(&format!("ext4 error on {device} in ext4_lookup (line "))?;
+    let (line, process) = rest.split_once("), met by process ")?;
+    Some((line.parse().ok()?, process))
+}
+
 /// The events about the Node `test-node` (the daemon harness's node) with `reason`.
 pub fn node_events<'a>(events: &'a [Value], reason: &str) -> Vec<&'a Value> {
     events
