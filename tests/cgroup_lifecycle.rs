@@ -166,3 +166,52 @@ fn short_lived_cgroups_resolve_from_the_kernels_reports() {
         assert_eq!(mkdirs[0]["cgroup_path"], json!(path));
     }
 }
+
+#[test]
+fn a_cgroup_whose_creation_was_lost_is_found_by_walking_the_tree() {
+    if !privileged("a_cgroup_whose_creation_was_lost_is_found_by_walking_the_tree") {
+        return;
+    }
+    let parent = CgroupDir::new("lifecycle-lost").unwrap();
+    // 4096 bytes hold 30 exit records: 600 exits while the collector is stopped fill it, so the
+    // child's creation, right after them, is lost too.
+    let collector =
+        Collector::trace(&["--cgroup", parent.path(), "--type", "cgroup_mkdir,exit", "--ring-buffer-bytes", "4096"])
+            .unwrap();
+    let child = Child { dir: parent.dir().join("late") };
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(collector.pid(), libc::SIGSTOP) };
+    let flood = parent
+        .command("sh")
+        .unwrap()
+        .args(["-c", "i=0; while [ $i -lt 600 ]; do /bin/true; i=$((i+1)); done"])
+        .status();
+    let made = std::fs::create_dir(&child.dir);
+    // SAFETY: as above.
+    unsafe { libc::kill(collector.pid(), libc::SIGCONT) };
+    assert!(flood.unwrap().success());
+    made.unwrap();
+    let id = std::fs::metadata(&child.dir).unwrap().ino();
+    // Time to drain the full ring, so that the exit below finds room.
+    std::thread::sleep(Duration::from_millis(300));
+    let procs = child.dir.join("cgroup.procs");
+    let status =
+        std::process::Command::new("sh").args(["-c", &format!("echo $$ > {}; exit 3", procs.display())]).status();
+    assert_eq!(status.unwrap().code(), Some(3));
+    collector
+        .wait_for(Duration::from_secs(10), |records| {
+            records.iter().any(|r| r["type"] == "exit" && r["cgroup_id"] == id)
+        })
+        .unwrap();
+    let stopped = collector.stop().unwrap();
+    assert!(stopped.status.success(), "collector failed: {}", stopped.stderr);
+    let about_child: Vec<&Value> = stopped.records.iter().filter(|r| r["cgroup_id"] == id).collect();
+    // No cgroup_mkdir: the registry could only learn of the child by reading the tree.
+    assert_eq!(about_child.len(), 1, "{about_child:#?}\n{}", stopped.stderr);
+    assert_eq!(
+        (&about_child[0]["type"], &about_child[0]["cgroup_path"], &about_child[0]["exit_code"]),
+        (&json!("exit"), &json!(format!("{}/late", parent.path())), &json!(3))
+    );
+    let lost = stopped.summary("lost").unwrap();
+    assert!(lost > stopped.summary("exits").unwrap(), "a cgroup_mkdir was lost too ({lost} lost)");
+}

@@ -7,24 +7,30 @@
 
 pub mod layout;
 pub mod registry;
+mod walker;
 
 use std::{
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use thiserror::Error;
+use tokio::sync::Notify;
 
-use self::registry::{Entry, Registry, RegistryConfig, RegistryError, RegistryStats};
+use self::{
+    registry::{Entry, Registry, RegistryConfig, RegistryError, RegistryStats},
+    walker::{Walk, Walker},
+};
 use crate::escape::escape_bytes;
 
 /// A miss re-reads the tree at most this often, so a storm of records from
 /// unknown cgroups cannot turn into a storm of directory walks.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(20);
-/// After a walk, the next waits at least this many times as long as it took: the walk runs on
-/// the thread that drains the ring, and a big tree (1,000 cgroups: about 15 ms here) must not
-/// hold that thread for more than a fifth of its time.
+/// After a walk, the next waits at least this many times as long as it took: records wait for
+/// a walk, and a big tree (1,000 cgroups: about 15 ms here) must not hold them back for more
+/// than a fifth of the time.
 const RESCAN_PAUSE_PER_WALK: u32 = 4;
 
 /// When the tree may be walked again after a walk that ended at `end` and took `took`.
@@ -47,6 +53,9 @@ pub enum CgroupError {
     /// The registry's configuration is invalid.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The thread that walks the tree could not start.
+    #[error("cannot start the cgroup walker thread")]
+    Walker(#[source] std::io::Error),
 }
 
 /// Where a cgroup hierarchy is mounted.
@@ -163,38 +172,71 @@ pub struct MemoryLimit {
     pub usage: u64,
 }
 
-/// Resolves cgroup ids to paths and identities, re-reading the tree when an id is unknown.
+/// Resolves cgroup ids to paths and identities; an unknown id can ask for the tree to be
+/// re-read, which happens on the walker's thread while the records that need it wait.
 #[derive(Debug)]
 pub struct Resolver {
-    tree: CgroupTree,
     registry: Registry,
+    walker: Walker,
     /// No walk on a miss before this.
     next_scan: Instant,
+    /// Walks taken in.
+    walks: u64,
 }
 
 impl Resolver {
-    /// A resolver that has read the whole tree once.
+    /// A resolver that has read the whole tree once (on the caller's thread: at start-up).
     pub fn new(tree: CgroupTree, config: RegistryConfig) -> Result<Self, CgroupError> {
-        let mut resolver = Self { tree, registry: Registry::new(config)?, next_scan: Instant::now() };
-        resolver.scan(Instant::now());
+        let started = Instant::now();
+        let found = tree.walk();
+        let walker = Walker::spawn(tree).map_err(CgroupError::Walker)?;
+        let mut resolver = Self { registry: Registry::new(config)?, walker, next_scan: started, walks: 0 };
+        resolver.apply(Walk { found, started, ended: Instant::now() });
         Ok(resolver)
     }
 
-    fn scan(&mut self, now: Instant) {
-        for (id, path) in self.tree.walk() {
-            self.registry.insert(id, &path, now);
+    fn apply(&mut self, walk: Walk) {
+        let took = walk.ended.duration_since(walk.started);
+        tracing::debug!("read the cgroup tree: {} cgroups in {took:?}", walk.found.len());
+        for (id, path) in walk.found {
+            self.registry.insert(id, &path, walk.started);
         }
-        let end = Instant::now();
-        self.next_scan = next_walk(end, end.duration_since(now));
+        self.walks += 1;
+        self.next_scan = next_walk(walk.ended, took);
+    }
+
+    /// Whether cgroup `id` is known (live, or removed less than the tombstone time ago); not
+    /// counted as a lookup.
+    pub fn knows(&self, id: u64) -> bool {
+        self.registry.contains(id, Instant::now())
+    }
+
+    /// Asks for the tree to be re-read because an id is unknown. True while a walk is running,
+    /// which the asker should wait for; false when it is too soon after the last one.
+    pub fn want_walk(&mut self, now: Instant) -> bool {
+        self.walker.in_flight() || (now >= self.next_scan && self.walker.start())
+    }
+
+    /// Takes a finished walk into the registry; with `block`, waits for the running one.
+    /// True if a walk was taken (or the walker is gone), so what waited for it may go on.
+    pub fn walk_finished(&mut self, block: bool) -> bool {
+        if !self.walker.in_flight() {
+            return false;
+        }
+        if let Some(walk) = self.walker.finished(block) {
+            self.apply(walk);
+        }
+        !self.walker.in_flight()
+    }
+
+    /// Notified each time a walk finishes: the event loop then calls [`Self::walk_finished`].
+    pub fn walk_done(&self) -> Arc<Notify> {
+        self.walker.done()
     }
 
     /// The cgroup `id`, if it exists or was removed less than the tombstone time ago.
     pub fn get(&mut self, id: u64) -> Option<&Entry> {
-        let now = Instant::now();
-        if self.registry.get(id, now).is_none() && now >= self.next_scan {
-            self.scan(now);
-        }
-        self.registry.get(id, now)
+        self.registry.get(id, Instant::now())
     }
 
     /// The path of cgroup `id`, if known.
@@ -217,9 +259,9 @@ impl Resolver {
         self.registry.remove(id, now);
     }
 
-    /// Lookup, hit, miss and eviction counts.
+    /// Lookup, hit, miss, eviction and walk counts.
     pub fn stats(&self) -> RegistryStats {
-        self.registry.stats()
+        RegistryStats { walks: self.walks, ..self.registry.stats() }
     }
 }
 
@@ -264,10 +306,17 @@ mod tests {
         let mut resolver = Resolver::new(tree, RegistryConfig::default()).unwrap();
         assert_eq!(resolver.path(ino("a/b")), Some("/a/b"));
         std::fs::create_dir(dir.join("late")).unwrap();
+        assert!(!resolver.knows(ino("late")));
+        assert!(!resolver.want_walk(Instant::now()), "too soon after the first walk");
         std::thread::sleep(resolver.next_scan.saturating_duration_since(Instant::now()));
-        assert_eq!(resolver.path(ino("late")), Some("/late"), "a miss re-reads the tree");
+        assert!(resolver.want_walk(Instant::now()));
+        assert!(resolver.walker.in_flight());
+        assert!(resolver.walk_finished(true));
+        assert!(!resolver.walker.in_flight());
+        assert_eq!(resolver.path(ino("late")), Some("/late"), "the walk re-read the tree");
         assert_eq!(resolver.path(u64::MAX), None);
-        assert_eq!(resolver.stats().misses, 3, "a/b hit; late and u64::MAX missed once each before the re-read");
+        assert_eq!(resolver.stats().misses, 1, "only u64::MAX missed: knows() is not a lookup");
+        assert_eq!(resolver.stats().walks, 2, "at start-up, and the one asked for");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,8 +11,11 @@
 //! any live entry, and expired tombstones are dropped from the head of their list, so every
 //! operation is O(1) amortised.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -81,6 +84,8 @@ pub struct RegistryStats {
     pub inserts: u64,
     /// `remove` calls that turned a live entry into a tombstone.
     pub removes: u64,
+    /// Walks of the tree taken in, the first (at start-up) included; counted by the resolver.
+    pub walks: u64,
 }
 
 /// Slab index meaning "no node".
@@ -104,11 +109,35 @@ impl List {
     const EMPTY: Self = Self { head: NIL, tail: NIL };
 }
 
+/// Hashes a cgroup id with one multiply (as rustc's FxHash does). Every record is looked up here,
+/// and the ids are inode numbers the kernel hands out, which no workload can choose, so SipHash's
+/// defence against chosen keys would cost a third of each lookup for nothing.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // An odd constant keeps the low bits (the bucket) a bijection of the id's, and spreads
+        // the high bits (the tag hashbrown compares first).
+        self.0 = (self.0.rotate_left(5) ^ id).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
 /// Map from cgroup v2 id (the directory's inode number) to path and identity.
 #[derive(Debug)]
 pub struct Registry {
     config: RegistryConfig,
-    index: HashMap<u64, usize>,
+    index: HashMap<u64, usize, BuildHasherDefault<IdHasher>>,
     nodes: Vec<Node>,
     free: Vec<usize>,
     live: List,
@@ -134,7 +163,7 @@ impl Registry {
     fn with_valid_config(config: RegistryConfig) -> Self {
         Self {
             config,
-            index: HashMap::new(),
+            index: HashMap::default(),
             nodes: Vec::new(),
             free: Vec::new(),
             live: List::EMPTY,
@@ -196,6 +225,11 @@ impl Registry {
         self.unlink(slot);
         self.nodes[slot].entry.removed_at = Some(now);
         self.push_back(slot);
+    }
+
+    /// Whether [`Self::get`] would find `id` at `now`; neither counted nor reordered.
+    pub fn contains(&self, id: u64, now: Instant) -> bool {
+        self.index.get(&id).is_some_and(|&slot| !self.is_expired(slot, now))
     }
 
     /// The entry for `id`: a live cgroup (now most recently used) or an unexpired tombstone.
@@ -512,6 +546,7 @@ mod tests {
                 tombstones_expired: 1,
                 inserts: 4,
                 removes: 2,
+                walks: 0,
             }
         );
     }

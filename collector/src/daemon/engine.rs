@@ -78,7 +78,15 @@ impl Engine {
         let _span = tracing::debug_span!("record", kind = kernel_type(&kernel).as_str()).entered();
         let now = Instant::now();
         let identifier = &mut self.identifier;
-        self.resolver.resolve(&kernel, &mut |record| identifier.push(record, now));
+        self.resolver.push(kernel, &mut |record| identifier.push(record, now));
+        self.release(now, false);
+    }
+
+    /// Resolves the records that waited for a walk of the cgroup tree, once it has finished.
+    pub(super) fn walk_finished(&mut self) {
+        let now = Instant::now();
+        let identifier = &mut self.identifier;
+        self.resolver.walk_finished(&mut |record| identifier.push(record, now));
         self.release(now, false);
     }
 

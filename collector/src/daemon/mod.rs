@@ -349,6 +349,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     ))?;
 
     let mut last_sync = Instant::now();
+    // A record from an unknown cgroup waits for a walk of the tree on the walker's thread.
+    let walk_done = engine.resolver.cgroups().walk_done();
     let result = loop {
         // At most SYNC_EVERY: an idle loop still copies the kernel's counters that often,
         // so a loss right after the reader resumes shows in /metrics within 250 ms.
@@ -361,6 +363,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
                 }
                 engine.housekeeping(Instant::now(), false);
             }
+            () = walk_done.notified() => engine.walk_finished(),
             () = tokio::time::sleep(wait) => engine.housekeeping(Instant::now(), false),
             Some(mutated) = mutated_rx.recv() => engine.on_mutated(mutated),
             Some(record) = sampled.recv() => engine.on_sampled(record),

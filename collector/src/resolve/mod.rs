@@ -4,10 +4,14 @@
 //! an OOM kill with its victim's exit, which names the victim's cgroup, and
 //! tells a stop the container runtime was asked for ([`stop`]) from a failure.
 
+mod backlog;
 mod health;
 pub mod stop;
 
-pub use self::health::{device_name, errno_name, hw_severity};
+pub use self::{
+    backlog::BACKLOG_CAP,
+    health::{device_name, errno_name, hw_severity},
+};
 
 use std::{
     collections::VecDeque,
@@ -57,6 +61,8 @@ pub struct RecordResolver {
     counts: ResolveCounts,
     /// The node-problem rules kernel log lines are matched against.
     kernel_log: Patterns,
+    /// Records waiting for a walk of the cgroup tree ([`backlog`]).
+    backlog: VecDeque<KernelRecord>,
 }
 
 /// Things the resolver worked around, counted as they happen and taken by the daemon after each
@@ -84,6 +90,7 @@ impl RecordResolver {
             stops: StopTracker::default(),
             counts: ResolveCounts::default(),
             kernel_log: Patterns::new(),
+            backlog: VecDeque::new(),
         }
     }
 
@@ -110,8 +117,8 @@ impl RecordResolver {
     /// Resolves one kernel record into zero or more records, handed to `emit`
     /// in the order things happened: an OOM kill waits for its victim's exit,
     /// and a signal whose target is already gone waits for the target's exit,
-    /// which names its cgroup.
-    pub fn resolve(&mut self, kernel: &KernelRecord, emit: &mut impl FnMut(Record)) {
+    /// which names its cgroup. [`Self::push`] calls it once the cgroups it names are known.
+    fn resolve(&mut self, kernel: &KernelRecord, emit: &mut impl FnMut(Record)) {
         let now = Instant::now();
         let record = match kernel {
             KernelRecord::Exit(record) => {
@@ -187,6 +194,7 @@ impl RecordResolver {
 
     /// Sends out everything still waiting (at shutdown).
     pub fn flush(&mut self, emit: &mut impl FnMut(Record)) {
+        self.flush_backlog(emit);
         while !self.waiting.is_empty() {
             self.emit_oldest(emit);
         }

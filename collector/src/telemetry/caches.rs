@@ -69,8 +69,14 @@ impl Collector for CacheSnapshot {
         counters(
             e,
             "cgroup_cache_lookups",
-            "Cgroup id lookups in the registry, by result: hit or miss (a miss reads the cgroup tree).",
+            "Cgroup id lookups in the registry, by result: hit or miss.",
             &[(ResultLabel { result: "hit" }, cgroups.hits), (ResultLabel { result: "miss" }, cgroups.misses)],
+        )?;
+        counter(
+            e,
+            "cgroup_tree_walks",
+            "Reads of the whole cgroup tree: at start-up, and for records from cgroups whose creation was not seen.",
+            cgroups.walks,
         )?;
         counter(
             e,

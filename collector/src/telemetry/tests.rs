@@ -26,6 +26,7 @@ fn fresh_metrics_have_help_and_type_for_every_family() {
         ("collector_api_writes_deferred", "counter"),
         ("collector_cgroup_cache_lookups", "counter"),
         ("collector_cgroup_cache_evictions", "counter"),
+        ("collector_cgroup_tree_walks", "counter"),
         ("collector_cgroup_cache_tombstones_expired", "counter"),
         ("collector_container_oom_kills", "counter"),
         ("collector_container_nonzero_exits", "counter"),
@@ -228,8 +229,15 @@ fn cache_counters_show_the_latest_totals() {
     let metrics = Metrics::new("0.1.0");
     // No metadata cache (`--cri-socket none`): its families are absent, not zero.
     assert!(!scrape(&metrics).contains("collector_metadata_"));
-    let cgroups =
-        RegistryStats { lookups: 9, hits: 7, misses: 2, evictions: 3, tombstones_expired: 4, ..Default::default() };
+    let cgroups = RegistryStats {
+        lookups: 9,
+        hits: 7,
+        misses: 2,
+        evictions: 3,
+        tombstones_expired: 4,
+        walks: 5,
+        ..Default::default()
+    };
     metrics.set_cgroup_cache(RegistryStats { hits: 1, ..cgroups });
     metrics.set_cgroup_cache(cgroups);
     metrics.set_metadata_cache(MetadataStats {
@@ -249,6 +257,7 @@ fn cache_counters_show_the_latest_totals() {
         "collector_cgroup_cache_lookups_total{result=\"miss\"} 2",
         "collector_cgroup_cache_evictions_total 3",
         "collector_cgroup_cache_tombstones_expired_total 4",
+        "collector_cgroup_tree_walks_total 5",
         "collector_metadata_lookups_total{result=\"hit\"} 11",
         "collector_metadata_lookups_total{result=\"miss\"} 5",
         "collector_metadata_refreshes_total 6",

@@ -7,12 +7,16 @@ use std::{
     collections::HashSet,
     io::{self, IsTerminal as _, Write},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use clap::Args;
 use thiserror::Error;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+};
 
 use crate::{
     cgroup::{CgroupError, CgroupTree, Resolver, registry::RegistryConfig},
@@ -254,8 +258,21 @@ impl<W: Write> Pipeline<W> {
         // Resolved even when filtered out: cgroup records keep the registry current.
         let now = Instant::now();
         let identifier = &mut self.identifier;
-        self.resolver.resolve(&kernel, &mut |record| identifier.push(record, now));
+        self.resolver.push(kernel, &mut |record| identifier.push(record, now));
         self.release(now, false);
+    }
+
+    /// Resolves the records that waited for a walk of the cgroup tree, once it has finished.
+    pub fn walk_finished(&mut self) {
+        let now = Instant::now();
+        let identifier = &mut self.identifier;
+        self.resolver.walk_finished(&mut |record| identifier.push(record, now));
+        self.release(now, false);
+    }
+
+    /// Notified when a walk of the cgroup tree finishes.
+    pub fn walk_done(&self) -> Arc<Notify> {
+        self.resolver.cgroups().walk_done()
     }
 
     /// Prints the records that are named or have waited long enough.
@@ -381,12 +398,19 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
     // Tests and scripts wait for this line before causing events.
     writeln!(io::stderr(), "collector: tracing; SIGINT or SIGTERM stops")?;
 
+    let walk_done = pipeline.walk_done();
     let result = loop {
         let wait = pipeline.next_wakeup();
         tokio::select! {
             batch = reader.next_batch(|bytes| pipeline.handle(bytes)) => {
                 probes.flush_logs();
                 if let Err(err) = batch.and_then(|_| pipeline.end_batch()) {
+                    break Err(err);
+                }
+            }
+            () = walk_done.notified() => {
+                pipeline.walk_finished();
+                if let Err(err) = pipeline.end_batch() {
                     break Err(err);
                 }
             }
