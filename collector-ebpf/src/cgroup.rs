@@ -4,12 +4,12 @@
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::tracepoint, programs::TracePointContext};
 use collector_common::{ABSENT, CgroupLayout, CgroupRecord, counter, kind};
 
-use crate::{EVENTS, LAYOUT, SETTINGS, count, tp_data_loc, tp_field};
+use crate::{EVENTS, SETTINGS, count, layout, tp_data_loc, tp_field};
 
 /// A cgroup directory was created.
 #[tracepoint]
 fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
-    let layout = LAYOUT.load().mkdir;
+    let layout = layout!(mkdir);
     match emit(&ctx, &layout, kind::CGROUP_MKDIR) {
         Ok(ret) | Err(ret) => ret,
     }
@@ -18,7 +18,7 @@ fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
 /// A cgroup directory was removed.
 #[tracepoint]
 fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
-    let layout = LAYOUT.load().mkdir;
+    let layout = layout!(mkdir);
     match emit(&ctx, &layout, kind::CGROUP_RMDIR) {
         Ok(ret) | Err(ret) => ret,
     }
@@ -27,7 +27,7 @@ fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
 /// A process was moved into a cgroup.
 #[tracepoint]
 fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
-    let layout = LAYOUT.load().attach;
+    let layout = layout!(attach);
     match emit(&ctx, &layout, kind::CGROUP_ATTACH) {
         Ok(ret) | Err(ret) => ret,
     }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use collector_common::{ABSENT, COMM_LEN, ExitRecord, Header, SignalInfo, counter, exit_flags, kind};
 
-use crate::{LAYOUT, SIGNALS, count, filtered_out, read_field, submit, tp_field};
+use crate::{SIGNALS, count, filtered_out, layout, read_field, submit, tp_field};
 
 /// Fires once per exiting thread; emits a record only for the thread that ends its group.
 #[tracepoint]
@@ -20,24 +20,22 @@ fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
-    let layout = LAYOUT.load();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
 
     // A thread storm must not reach user space: keep the exit that ends the group.
-    let last = if layout.exit_group_dead == ABSENT {
+    let last = if layout!(exit_group_dead) == ABSENT {
         // Older kernels do not say; the leader's exit stands for the group.
         tid == tgid
     } else {
-        tp_field::<u8, _>(ctx, layout.exit_group_dead).map_err(|_| 1u32)? != 0
+        tp_field::<u8, _>(ctx, layout!(exit_group_dead)).map_err(|_| 1u32)? != 0
     };
     if !last {
         // A thread that dies alone takes its pending signal with it.
         let _ = SIGNALS.remove(tid);
         return Ok(0);
     }
-    let signal = take_signal(tgid, tid);
     if filtered_out() {
         return Ok(0);
     }
@@ -46,35 +44,41 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let mut failed = false;
     // Offsets in `task` (the current task_struct) come from the running kernel's BTF.
-    let exit_status: i32 = read_field(task, layout.task_exit_code).unwrap_or_else(|_| {
+    let exit_status: i32 = read_field(task, layout!(task_exit_code)).unwrap_or_else(|_| {
         failed = true;
         0
     });
-    let ppid = read_field::<*const u8>(task, layout.task_real_parent)
-        .and_then(|parent| read_field::<u32>(parent, layout.task_tgid))
+    // The sender matters only when a signal ended the process (user space names it only
+    // then), and most processes exit by themselves: they skip the shared map. A signal one
+    // handled stays there until the LRU drops it; a later death by signal always follows a
+    // new `signal_generate`, which replaces it.
+    let signal = if exit_status & 0x7f != 0 { take_signal(tgid, tid) } else { None };
+    let ppid = read_field::<*const u8>(task, layout!(task_real_parent))
+        .and_then(|parent| read_field::<u32>(parent, layout!(task_tgid)))
         .unwrap_or_else(|_| {
             failed = true;
             0
         });
     // The leader's name names the process; a worker thread may have renamed itself. Most
     // processes are one thread: the exiting task is then the leader, one read fewer.
-    let leader = if tid == tgid { Ok(task) } else { read_field::<*const u8>(task, layout.task_group_leader) };
-    let comm = leader.and_then(|leader| read_field::<[u8; COMM_LEN]>(leader, layout.task_comm)).unwrap_or_else(|_| {
-        failed = true;
-        [0; COMM_LEN]
-    });
+    let leader = if tid == tgid { Ok(task) } else { read_field::<*const u8>(task, layout!(task_group_leader)) };
+    let comm =
+        leader.and_then(|leader| read_field::<[u8; COMM_LEN]>(leader, layout!(task_comm))).unwrap_or_else(|_| {
+            failed = true;
+            [0; COMM_LEN]
+        });
     // mark_oom_victim() sets signal->oom_mm for the whole thread group.
-    let oom_mm = read_field::<*const u8>(task, layout.task_signal)
-        .and_then(|sig| read_field::<u64>(sig, layout.signal_oom_mm))
+    let oom_mm = read_field::<*const u8>(task, layout!(task_signal))
+        .and_then(|sig| read_field::<u64>(sig, layout!(signal_oom_mm)))
         .unwrap_or(0);
     // The main process of a container is pid 1 in the container's own pid namespace.
-    let ns_init = read_field::<*const u8>(task, layout.task_thread_pid)
+    let ns_init = read_field::<*const u8>(task, layout!(task_thread_pid))
         .and_then(|pid| {
-            let level = read_field::<u32>(pid, layout.pid_level)?;
-            if level == 0 || level > 32 || layout.upid_size == ABSENT || layout.pid_numbers == ABSENT {
+            let level = read_field::<u32>(pid, layout!(pid_level))?;
+            if level == 0 || level > 32 || layout!(upid_size) == ABSENT || layout!(pid_numbers) == ABSENT {
                 return Ok(false);
             }
-            let nr_offset = layout.pid_numbers + level * layout.upid_size;
+            let nr_offset = layout!(pid_numbers) + level * layout!(upid_size);
             Ok(read_field::<u32>(pid, nr_offset)? == 1)
         })
         .unwrap_or(false);

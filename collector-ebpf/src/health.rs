@@ -12,9 +12,9 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use collector_common::{COMM_LEN, HealthRecord, Layout, counter, kind};
+use collector_common::{COMM_LEN, HealthRecord, counter, kind};
 
-use crate::{EVENTS, HEALTH_BUDGET, LAYOUT, SETTINGS, cgroup_id, count, read_field, tp_data_loc, tp_field};
+use crate::{EVENTS, HEALTH_BUDGET, SETTINGS, cgroup_id, count, layout, read_field, tp_data_loc, tp_field};
 
 /// `sched_process_hang(struct task_struct *)`, raw: the record must name the hung task's cgroup,
 /// and only the task pointer has it (the tracepoint's fields are its pid and name).
@@ -26,13 +26,12 @@ fn sched_process_hang(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_sched_process_hang(ctx: &RawTracePointContext) -> Result<u32, u32> {
-    let layout = LAYOUT.load();
     let task: *const u8 = ctx.arg(0);
     emit(kind::HUNG_TASK, |record| {
-        record.pid = read_field(task, layout.task_tgid)?;
-        record.tid = read_field(task, layout.task_pid).unwrap_or(record.pid);
-        record.comm = read_field(task, layout.task_comm).unwrap_or([0; COMM_LEN]);
-        record.cgroup_id = task_cgroup_id(task, &layout).unwrap_or_else(|_| {
+        record.pid = read_field(task, layout!(task_tgid))?;
+        record.tid = read_field(task, layout!(task_pid)).unwrap_or(record.pid);
+        record.comm = read_field(task, layout!(task_comm)).unwrap_or([0; COMM_LEN]);
+        record.cgroup_id = task_cgroup_id(task).unwrap_or_else(|_| {
             count(counter::READ_FAILED);
             0
         });
@@ -53,7 +52,7 @@ fn try_console(ctx: &TracePointContext) -> Result<u32, u32> {
     if !within_budget(kind::KERNEL_LOG) {
         return Ok(0);
     }
-    let layout = LAYOUT.load().health;
+    let layout = layout!(health);
     emit(kind::KERNEL_LOG, |record| {
         current(record);
         record.text_len = tp_data_loc(ctx, layout.console_msg, &mut record.text)?;
@@ -73,7 +72,7 @@ fn try_ext4_error(ctx: &TracePointContext) -> Result<u32, u32> {
     if !within_budget(kind::FS_ERROR) {
         return Ok(0);
     }
-    let layout = LAYOUT.load().health;
+    let layout = layout!(health);
     emit(kind::FS_ERROR, |record| {
         current(record);
         record.dev = tp_field(ctx, layout.ext4_dev)?;
@@ -102,7 +101,7 @@ fn try_block_rq_error(ctx: &TracePointContext) -> Result<u32, u32> {
     if !within_budget(kind::IO_ERROR) {
         return Ok(0);
     }
-    let layout = LAYOUT.load().health;
+    let layout = layout!(health);
     emit(kind::IO_ERROR, |record| {
         current(record);
         record.dev = tp_field(ctx, layout.block_dev)?;
@@ -126,7 +125,7 @@ fn try_mc_event(ctx: &TracePointContext) -> Result<u32, u32> {
     if !within_budget(kind::HW_ERROR) {
         return Ok(0);
     }
-    let layout = LAYOUT.load().health;
+    let layout = layout!(health);
     emit(kind::HW_ERROR, |record| {
         current(record);
         record.code = tp_field::<u32, _>(ctx, layout.mc_error_type)? as i32;
@@ -200,8 +199,8 @@ fn current(record: &mut HealthRecord) {
 
 /// The v2 cgroup id of `task`: `task->cgroups->dfl_cgrp`'s kernfs id.
 #[inline(always)]
-fn task_cgroup_id(task: *const u8, layout: &Layout) -> Result<u64, i64> {
-    let css_set = read_field::<*const u8>(task, layout.task_cgroups)?;
-    let cgroup = read_field::<*const u8>(css_set, layout.css_set_dfl_cgrp)?;
-    cgroup_id(cgroup, layout)
+fn task_cgroup_id(task: *const u8) -> Result<u64, i64> {
+    let css_set = read_field::<*const u8>(task, layout!(task_cgroups))?;
+    let cgroup = read_field::<*const u8>(css_set, layout!(css_set_dfl_cgrp))?;
+    cgroup_id(cgroup)
 }

@@ -54,6 +54,21 @@ static LAYOUT: Global<Layout> = Global::new(Layout::UNSET);
 #[unsafe(no_mangle)]
 static SETTINGS: Global<Settings> = Global::new(Settings::DEFAULT);
 
+/// One field of [`LAYOUT`], read where it lies. `Global::load` copies the whole struct (about
+/// 250 bytes: a load and a stack store per offset, some sixty) on every run, for the few offsets
+/// a program uses; volatile, as `load` is, so the loader's value is read, not the default.
+macro_rules! layout {
+    ($($field:tt)+) => {
+        // SAFETY: `Global` is `repr(transparent)` over a `Layout` the loader initialised.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*core::ptr::addr_of!(crate::LAYOUT).cast::<collector_common::Layout>()).$($field)+
+            ))
+        }
+    };
+}
+pub(crate) use layout;
+
 /// Non-zero when user space asked for one subtree only (`--cgroup`): then
 /// tasks outside the cgroup in slot 0 of `CGROUP_FILTER` never reach the ring.
 #[unsafe(no_mangle)]
@@ -178,9 +193,9 @@ fn tp_data_loc<C: aya_ebpf::EbpfContext>(ctx: &C, loc_offset: u32, dest: &mut [u
 
 /// The id of a `struct cgroup` at `cgroup`: its kernfs node's id (the directory's inode).
 #[inline(always)]
-fn cgroup_id(cgroup: *const u8, layout: &Layout) -> Result<u64, i64> {
-    let kn = read_field::<*const u8>(cgroup, layout.cgroup_kn)?;
-    read_field::<u64>(kn, layout.kernfs_node_id)
+fn cgroup_id(cgroup: *const u8) -> Result<u64, i64> {
+    let kn = read_field::<*const u8>(cgroup, layout!(cgroup_kn))?;
+    read_field::<u64>(kn, layout!(kernfs_node_id))
 }
 
 #[cfg(not(test))]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use collector_common::{ABSENT, COMM_LEN, Header, OomRecord, OomScope, kind, oom_flags};
 
-use crate::{LAYOUT, OOM_SCOPES, cgroup_id, read_field, submit, tp_data_loc, tp_field};
+use crate::{OOM_SCOPES, cgroup_id, layout, read_field, submit, tp_data_loc, tp_field};
 
 /// `bool out_of_memory(struct oom_control *oc)`: for a memcg OOM `oc->memcg` is set.
 #[fentry(function = "out_of_memory")]
@@ -21,19 +21,16 @@ fn out_of_memory(ctx: FEntryContext) -> u32 {
 }
 
 fn try_out_of_memory(ctx: &FEntryContext) -> Result<u32, u32> {
-    let layout = LAYOUT.load();
     let oc: *const u8 = ctx.arg(0);
     // Pointers from the function's arguments, offsets from BTF.
     // NULL for a node-wide OOM.
-    let memcg = read_field::<*const u8>(oc, layout.oom_control_memcg).unwrap_or_default();
+    let memcg = read_field::<*const u8>(oc, layout!(oom_control_memcg)).unwrap_or_default();
     let scope = if memcg.is_null() {
         OomScope { memcg_id: 0, limit_pages: 0 }
     } else {
         OomScope {
-            memcg_id: read_field::<*const u8>(memcg, layout.mem_cgroup_cgroup)
-                .and_then(|cgroup| cgroup_id(cgroup, &layout))
-                .unwrap_or(0),
-            limit_pages: read_field::<u64>(memcg, layout.mem_cgroup_max).unwrap_or(0),
+            memcg_id: read_field::<*const u8>(memcg, layout!(mem_cgroup_cgroup)).and_then(cgroup_id).unwrap_or(0),
+            limit_pages: read_field::<u64>(memcg, layout!(mem_cgroup_max)).unwrap_or(0),
         }
     };
     // mark_victim fires in this same task; the thread id pairs them.
@@ -50,7 +47,7 @@ fn mark_victim(ctx: TracePointContext) -> u32 {
 }
 
 fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
-    let layout = LAYOUT.load().victim;
+    let layout = layout!(victim);
     let victim_pid: u32 = tp_field(ctx, layout.pid).map_err(|_| 1u32)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;

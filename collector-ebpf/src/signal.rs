@@ -9,9 +9,9 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use collector_common::{COMM_LEN, EXE_LEN, Header, Layout, SignalInfo, SignalRecord, kind};
+use collector_common::{COMM_LEN, EXE_LEN, Header, SignalInfo, SignalRecord, kind};
 
-use crate::{LAYOUT, SETTINGS, SIGNALS, read_field, submit, tp_field};
+use crate::{SETTINGS, SIGNALS, layout, read_field, submit, tp_field};
 
 /// Fires for every signal generated; keeps only those that can end a process.
 #[tracepoint]
@@ -22,8 +22,7 @@ fn signal_generate(ctx: TracePointContext) -> u32 {
 }
 
 fn try_signal_generate(ctx: &TracePointContext) -> Result<u32, u32> {
-    let full = LAYOUT.load();
-    let layout = full.signal;
+    let layout = layout!(signal);
     let settings = SETTINGS.load();
     let sig: u32 = tp_field(ctx, layout.sig).map_err(|_| 1u32)?;
     // SIGCHLD and friends are most of all signals and never end a process.
@@ -52,7 +51,7 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<u32, u32> {
                 boot_ns: unsafe { bpf_ktime_get_boot_ns() },
             },
             info,
-            sender_exe: sender_exe(&full),
+            sender_exe: sender_exe(),
         };
         submit(record, kind::SIGNAL, record.header.boot_ns);
     }
@@ -63,14 +62,14 @@ fn try_signal_generate(ctx: &TracePointContext) -> Result<u32, u32> {
 /// kernel thread or where this kernel's layout is unknown. Only fatal signals
 /// get here, so the four reads cost nothing on the hot paths.
 #[inline(always)]
-fn sender_exe(layout: &Layout) -> [u8; EXE_LEN] {
+fn sender_exe() -> [u8; EXE_LEN] {
     let mut exe = [0u8; EXE_LEN];
     // SAFETY: a helper with no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let name = read_field::<*const u8>(task, layout.task_mm)
-        .and_then(|mm| read_field::<*const u8>(mm, layout.mm_exe_file))
-        .and_then(|file| read_field::<*const u8>(file, layout.file_dentry))
-        .and_then(|dentry| read_field::<*const u8>(dentry, layout.dentry_name));
+    let name = read_field::<*const u8>(task, layout!(task_mm))
+        .and_then(|mm| read_field::<*const u8>(mm, layout!(mm_exe_file)))
+        .and_then(|file| read_field::<*const u8>(file, layout!(file_dentry)))
+        .and_then(|dentry| read_field::<*const u8>(dentry, layout!(dentry_name)));
     if let Ok(name) = name
         && !name.is_null()
     {
