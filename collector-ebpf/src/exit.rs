@@ -9,7 +9,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use collector_common::{ABSENT, COMM_LEN, ExitRecord, Header, SignalInfo, counter, exit_flags, kind};
 
-use crate::{SIGNALS, count, filtered_out, layout, read_field, submit, tp_field};
+use crate::{EVENTS, SIGNALS, count, filtered_out, layout, read_field, read_field_into, tp_field, wakeup_flags};
 
 /// Fires once per exiting thread; emits a record only for the thread that ends its group.
 #[tracepoint]
@@ -40,6 +40,12 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
 
+    // Written in place: a record built on the stack would be zeroed and copied again.
+    let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
+        count(counter::lost(kind::EXIT));
+        return Ok(0);
+    };
+    let record = entry.as_mut_ptr();
     // SAFETY: a helper with no preconditions.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let mut failed = false;
@@ -48,11 +54,6 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         failed = true;
         0
     });
-    // The sender matters only when a signal ended the process (user space names it only
-    // then), and most processes exit by themselves: they skip the shared map. A signal one
-    // handled stays there until the LRU drops it; a later death by signal always follows a
-    // new `signal_generate`, which replaces it.
-    let signal = if exit_status & 0x7f != 0 { take_signal(tgid, tid) } else { None };
     let ppid = read_field::<*const u8>(task, layout!(task_real_parent))
         .and_then(|parent| read_field::<u32>(parent, layout!(task_tgid)))
         .unwrap_or_else(|_| {
@@ -62,11 +63,6 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     // The leader's name names the process; a worker thread may have renamed itself. Most
     // processes are one thread: the exiting task is then the leader, one read fewer.
     let leader = if tid == tgid { Ok(task) } else { read_field::<*const u8>(task, layout!(task_group_leader)) };
-    let comm =
-        leader.and_then(|leader| read_field::<[u8; COMM_LEN]>(leader, layout!(task_comm))).unwrap_or_else(|_| {
-            failed = true;
-            [0; COMM_LEN]
-        });
     // mark_oom_victim() sets signal->oom_mm for the whole thread group.
     let oom_mm = read_field::<*const u8>(task, layout!(task_signal))
         .and_then(|sig| read_field::<u64>(sig, layout!(signal_oom_mm)))
@@ -82,11 +78,8 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
             Ok(read_field::<u32>(pid, nr_offset)? == 1)
         })
         .unwrap_or(false);
-    if failed {
-        count(counter::READ_FAILED);
-        warn!(ctx, "sched_process_exit: a task field could not be read for pid {}", tgid);
-    }
 
+    let comm_offset = layout!(task_comm);
     let mut flags = 0;
     if oom_mm != 0 {
         flags |= exit_flags::OOM_VICTIM;
@@ -94,33 +87,61 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     if ns_init {
         flags |= exit_flags::NS_INIT;
     }
-    let signal = match signal {
-        Some(info) => {
-            flags |= exit_flags::SIGNAL_KNOWN;
-            info
+    // SAFETY: `record` points to the reserved, writable ring buffer space of an ExitRecord;
+    // every field is written before submit.
+    let now = unsafe {
+        let now = bpf_ktime_get_boot_ns();
+        (*record).header = Header { kind: kind::EXIT, _pad: 0, boot_ns: now };
+        (*record).cgroup_id = bpf_get_current_cgroup_id();
+        (*record).pid = tgid;
+        (*record).ppid = ppid;
+        (*record).tid = tid;
+        (*record).exit_status = exit_status as u32;
+        // Straight into the record: an array returned by value is copied byte by byte.
+        let comm =
+            leader.and_then(|leader| read_field_into(leader, comm_offset, &mut (*record).comm).map_err(i64::from));
+        if comm.is_err() {
+            failed = true;
+            (*record).comm = [0; COMM_LEN];
         }
-        None => SignalInfo::NONE,
+        // The sender matters only when a signal ended the process (user space names it only
+        // then), and most processes exit by themselves: they skip the shared map. A signal one
+        // handled stays there until the LRU drops it; a later death by signal always follows a
+        // new `signal_generate`, which replaces it.
+        match if exit_status & 0x7f != 0 { take_signal(tgid, tid) } else { None } {
+            Some(info) => {
+                flags |= exit_flags::SIGNAL_KNOWN;
+                (*record).signal = info;
+            }
+            None => clear(&raw mut (*record).signal),
+        }
+        (*record).flags = flags;
+        (*record)._pad = 0;
+        now
     };
-    let record = ExitRecord {
-        header: Header {
-            kind: kind::EXIT,
-            _pad: 0,
-            // SAFETY: a helper with no preconditions.
-            boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        },
-        // SAFETY: a helper with no preconditions.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        pid: tgid,
-        ppid,
-        tid,
-        exit_status: exit_status as u32,
-        comm,
-        flags,
-        _pad: 0,
-        signal,
-    };
-    submit(record, kind::EXIT, record.header.boot_ns);
+    entry.submit(wakeup_flags(now));
+    if failed {
+        count(counter::READ_FAILED);
+        warn!(ctx, "sched_process_exit: a task field could not be read for pid {}", tgid);
+    }
     Ok(0)
+}
+
+/// Zeroes a record's signal (`SignalInfo::NONE`) with eight stores: a plain assignment becomes
+/// a call to the program's `memset`, on the path of every exit.
+///
+/// # Safety
+///
+/// `signal` must be valid for writes and 8-byte aligned, as a field of a reserved record is.
+#[inline(always)]
+unsafe fn clear(signal: *mut SignalInfo) {
+    const WORDS: usize = size_of::<SignalInfo>() / 8;
+    let words = signal.cast::<u64>();
+    for at in 0..WORDS {
+        // SAFETY: within the SignalInfo the caller vouches for; volatile, so that the stores
+        // are not merged back into a memset.
+        unsafe { core::ptr::write_volatile(words.add(at), 0) };
+    }
 }
 
 /// The last fatal signal for the process, from its leader or this thread, removed from the map.

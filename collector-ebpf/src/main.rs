@@ -16,7 +16,7 @@ mod signal;
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes},
     macros::map,
     maps::{CgroupArray, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -169,6 +169,17 @@ fn read_field<T: Plain>(base: *const u8, offset: u32) -> Result<T, i64> {
     // SAFETY: bpf_probe_read_kernel copies with the kernel's fault handling (a bad
     // address is an error, not a fault), and any bytes are a `T: Plain`.
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.map_err(i64::from)
+}
+
+/// Copies `dest.len()` bytes at `base + offset` in kernel memory into `dest` (ring buffer space,
+/// say), with the same checks as [`read_field`].
+#[inline(always)]
+fn read_field_into(base: *const u8, offset: u32, dest: &mut [u8]) -> Result<(), i32> {
+    if offset == ABSENT || base.is_null() {
+        return Err(-1);
+    }
+    // SAFETY: as in `read_field`: a fault-handling copy, into bytes.
+    unsafe { bpf_probe_read_kernel_buf(base.wrapping_add(offset as usize), dest) }
 }
 
 /// Reads a tracepoint field of type `T` at `offset` in the record.
