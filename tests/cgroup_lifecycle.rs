@@ -179,18 +179,7 @@ fn a_cgroup_whose_creation_was_lost_is_found_by_walking_the_tree() {
         Collector::trace(&["--cgroup", parent.path(), "--type", "cgroup_mkdir,exit", "--ring-buffer-bytes", "4096"])
             .unwrap();
     let child = Child { dir: parent.dir().join("late") };
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(collector.pid(), libc::SIGSTOP) };
-    let flood = parent
-        .command("sh")
-        .unwrap()
-        .args(["-c", "i=0; while [ $i -lt 600 ]; do /bin/true; i=$((i+1)); done"])
-        .status();
-    let made = std::fs::create_dir(&child.dir);
-    // SAFETY: as above.
-    unsafe { libc::kill(collector.pid(), libc::SIGCONT) };
-    assert!(flood.unwrap().success());
-    made.unwrap();
+    parent.exits_while_stopped(collector.pid(), || std::fs::create_dir(&child.dir)).unwrap().unwrap();
     let id = std::fs::metadata(&child.dir).unwrap().ino();
     // Time to drain the full ring, so that the exit below finds room.
     std::thread::sleep(Duration::from_millis(300));

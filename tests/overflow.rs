@@ -25,21 +25,6 @@ const RING_EXITS: u64 = 30;
 /// interval, `collector::reader::POLL_INTERVAL`, with room for a slow machine).
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Makes 601 exits in `cgroup` (a shell and the 600 children it waits for) while `pid` is
-/// stopped and cannot read its ring buffer.
-fn exits_while_stopped(pid: i32, cgroup: &CgroupDir) {
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let status = cgroup
-        .command("sh")
-        .unwrap()
-        .args(["-c", "i=0; while [ $i -lt 600 ]; do /bin/true; i=$((i+1)); done"])
-        .status();
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
-    assert!(status.unwrap().success());
-}
-
 /// One test at a time: the daemon's test counts the node's exits, the other test's among them.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -54,7 +39,7 @@ fn every_record_is_received_or_counted_as_lost() {
     // the loop below makes 601 exits while the collector is stopped and cannot read.
     let collector =
         Collector::trace(&["--cgroup", cgroup.path(), "--type", "exit", "--ring-buffer-bytes", "4096"]).unwrap();
-    exits_while_stopped(collector.pid(), &cgroup);
+    cgroup.exits_while_stopped(collector.pid(), || {}).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let stopped = collector.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
@@ -126,7 +111,7 @@ fn the_daemon_counts_every_lost_exit_in_metrics() {
     let start = Timestamp::now();
     let daemon = Daemon::start(&state, &["stdout"], "none", &["--ring-buffer-bytes", "4096"]).unwrap();
     let ready = Timestamp::now();
-    exits_while_stopped(daemon.pid(), &cgroup);
+    cgroup.exits_while_stopped(daemon.pid(), || {}).unwrap();
 
     // Losses stop once the daemon reads again; wait until the copied kernel counter shows them,
     // on a busy node: a process exits every 20 ms, so the daemon always has records to read.

@@ -68,6 +68,25 @@ impl CgroupDir {
             .collect()
     }
 
+    /// Makes 601 exits in this cgroup (a shell and the 600 children it waits for) while process
+    /// `pid` is stopped and cannot read its ring buffer, then runs `meanwhile`, then resumes
+    /// `pid`: enough to fill a small ring before whatever `meanwhile` causes.
+    pub fn exits_while_stopped<T>(&self, pid: i32, meanwhile: impl FnOnce() -> T) -> Result<T> {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        let status = self
+            .command("sh")
+            .map(|mut sh| sh.args(["-c", "i=0; while [ $i -lt 600 ]; do /bin/true; i=$((i+1)); done"]).status());
+        let result = meanwhile();
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        let status = status?.context("cannot run the exit loop")?;
+        if !status.success() {
+            bail!("the exit loop failed: {status}");
+        }
+        Ok(result)
+    }
+
     /// Kills everything in the cgroup and waits until it is empty.
     pub fn kill_all(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
