@@ -205,10 +205,10 @@ impl Resolver {
         self.next_scan = next_walk(walk.ended, took);
     }
 
-    /// Whether cgroup `id` is known (live, or removed less than the tombstone time ago); not
-    /// counted as a lookup.
-    pub fn knows(&self, id: u64) -> bool {
-        self.registry.contains(id, Instant::now())
+    /// Whether cgroup `id` is known at `now` (live, or removed less than the tombstone time
+    /// ago); not counted as a lookup.
+    pub fn knows(&self, id: u64, now: Instant) -> bool {
+        self.registry.contains(id, now)
     }
 
     /// Asks for the tree to be re-read because an id is unknown. True while a walk is running,
@@ -306,7 +306,7 @@ mod tests {
         let mut resolver = Resolver::new(tree, RegistryConfig::default()).unwrap();
         assert_eq!(resolver.path(ino("a/b")), Some("/a/b"));
         std::fs::create_dir(dir.join("late")).unwrap();
-        assert!(!resolver.knows(ino("late")));
+        assert!(!resolver.knows(ino("late"), Instant::now()));
         assert!(!resolver.want_walk(Instant::now()), "too soon after the first walk");
         std::thread::sleep(resolver.next_scan.saturating_duration_since(Instant::now()));
         assert!(resolver.want_walk(Instant::now()));

@@ -66,7 +66,13 @@ impl RecordResolver {
 
 /// Whether a cgroup `kernel` names is unknown and a walk (now running) may find it.
 fn needs_walk(cgroups: &mut Resolver, kernel: &KernelRecord) -> bool {
-    cgroup_ids(kernel).into_iter().any(|id| id != 0 && !cgroups.knows(id)) && cgroups.want_walk(Instant::now())
+    let ids = cgroup_ids(kernel);
+    if ids == [0, 0] {
+        return false;
+    }
+    // One clock read for both ids and the walk: this runs for every record.
+    let now = Instant::now();
+    ids.into_iter().any(|id| id != 0 && !cgroups.knows(id, now)) && cgroups.want_walk(now)
 }
 
 /// The cgroups resolving `kernel` looks up in the registry (0: none).
