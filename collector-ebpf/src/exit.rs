@@ -98,8 +98,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         (*record).tid = tid;
         (*record).exit_status = exit_status as u32;
         // Straight into the record: an array returned by value is copied byte by byte.
-        let comm =
-            leader.and_then(|leader| read_field_into(leader, comm_offset, &mut (*record).comm).map_err(i64::from));
+        let comm = leader.and_then(|leader| read_field_into(leader, comm_offset, &mut (*record).comm));
         if comm.is_err() {
             failed = true;
             (*record).comm = [0; COMM_LEN];

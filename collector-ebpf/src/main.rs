@@ -163,23 +163,26 @@ unsafe impl<const N: usize> Plain for [u8; N] {}
 /// kernel's fault-handling copy, never a plain load.
 #[inline(always)]
 fn read_field<T: Plain>(base: *const u8, offset: u32) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel copies with the kernel's fault handling (a bad
+    // address is an error, not a fault), and any bytes are a `T: Plain`.
+    unsafe { bpf_probe_read_kernel(field_addr(base, offset)?.cast::<T>()) }.map_err(i64::from)
+}
+
+/// `base + offset`; an error for an `ABSENT` offset or a NULL base.
+#[inline(always)]
+fn field_addr(base: *const u8, offset: u32) -> Result<*const u8, i64> {
     if offset == ABSENT || base.is_null() {
         return Err(-1);
     }
-    // SAFETY: bpf_probe_read_kernel copies with the kernel's fault handling (a bad
-    // address is an error, not a fault), and any bytes are a `T: Plain`.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.map_err(i64::from)
+    Ok(base.wrapping_add(offset as usize))
 }
 
 /// Copies `dest.len()` bytes at `base + offset` in kernel memory into `dest` (ring buffer space,
 /// say), with the same checks as [`read_field`].
 #[inline(always)]
-fn read_field_into(base: *const u8, offset: u32, dest: &mut [u8]) -> Result<(), i32> {
-    if offset == ABSENT || base.is_null() {
-        return Err(-1);
-    }
+fn read_field_into(base: *const u8, offset: u32, dest: &mut [u8]) -> Result<(), i64> {
     // SAFETY: as in `read_field`: a fault-handling copy, into bytes.
-    unsafe { bpf_probe_read_kernel_buf(base.wrapping_add(offset as usize), dest) }
+    unsafe { bpf_probe_read_kernel_buf(field_addr(base, offset)?, dest) }.map_err(i64::from)
 }
 
 /// Reads a tracepoint field of type `T` at `offset` in the record.
