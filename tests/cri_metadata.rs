@@ -79,6 +79,7 @@ fn a_cache_started_after_the_pod_names_its_containers_and_sandbox() {
             name: pod.spec.name.clone(),
             namespace: "collector-test".to_owned(),
             owner: None,
+            stopping: None,
             labels: Some(Default::default()),
         })
     );

@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     metadata::{ContainerMeta, MetadataCache, MetadataStats},
-    record::{Identity, Record},
+    record::{Exit, Identity, Record},
 };
 
 /// At most this many records wait for metadata; beyond it the oldest goes out unresolved.
@@ -202,10 +202,15 @@ fn name(metadata: &MetadataCache, record: &mut Record) {
         }
     }
     if let Some(pod) = pod {
+        // A stop the runtime carried out says why the pod was being stopped, while the pod says so.
+        if let Record::Exit(Exit { stop_request: Some(request), .. }) = record {
+            request.pod_stop = pod.stopping;
+        }
         let identity = record.identity_mut();
         identity.pod_name.get_or_insert(pod.name);
         identity.namespace.get_or_insert(pod.namespace);
         identity.pod_labels = pod.labels;
+        identity.owner = pod.owner;
     }
 }
 
@@ -224,8 +229,8 @@ mod tests {
     use super::*;
     use crate::{
         clock::Timestamp,
-        metadata::ContainerState,
-        record::{CgroupChange, Exit},
+        metadata::{ContainerState, Owner, PodMeta, PodStop},
+        record::{CgroupChange, Exit, Process, StopRequest},
     };
 
     const KNOWN: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -241,6 +246,24 @@ mod tests {
             cgroup_id: 1,
             cgroup_path: format!("/kubepods/pod-uid-1/{id}"),
             identity: in_container(id),
+        }
+    }
+
+    /// Container `app` of pod `web-0` in `shop`, its main process `pid`.
+    fn app(pid: u32) -> ContainerMeta {
+        ContainerMeta {
+            container_id: KNOWN.to_owned(),
+            container_name: "app".to_owned(),
+            pod_uid: "uid-1".to_owned(),
+            pod_name: "web-0".to_owned(),
+            namespace: "shop".to_owned(),
+            restart_count: 0,
+            image: "busybox".to_owned(),
+            is_sandbox: false,
+            pid: Some(pid),
+            init_container: Some(false),
+            sandbox_id: None,
+            state: ContainerState::Running,
         }
     }
 
@@ -268,22 +291,8 @@ mod tests {
     /// even if its container's tombstone runs out while it waits.
     #[tokio::test]
     async fn a_record_waiting_in_line_keeps_names_its_container_had_when_it_came() {
-        let app = ContainerMeta {
-            container_id: KNOWN.to_owned(),
-            container_name: "app".to_owned(),
-            pod_uid: "uid-1".to_owned(),
-            pod_name: "web-0".to_owned(),
-            namespace: "shop".to_owned(),
-            restart_count: 0,
-            image: "busybox".to_owned(),
-            is_sandbox: false,
-            pid: Some(1),
-            init_container: Some(false),
-            sandbox_id: None,
-            state: ContainerState::Running,
-        };
         let tombstone = Duration::from_millis(20);
-        let metadata = MetadataCache::holding(vec![app], tombstone);
+        let metadata = MetadataCache::holding(vec![app(1)], tombstone);
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
@@ -312,6 +321,51 @@ mod tests {
                 // One lookup per record, although the waiting one was polled twice.
                 let stats = identifier.metadata_stats().unwrap();
                 assert_eq!((stats.hits, stats.misses), (2, 1));
+            })
+            .await;
+    }
+
+    /// What the API server says about the pod reaches the record: its owner, and why a stop the
+    /// runtime carried out was asked for.
+    #[tokio::test]
+    async fn a_record_gets_its_pods_owner_and_why_the_pod_was_stopped() {
+        let owner = Owner { kind: "ReplicaSet".to_owned(), name: "web-5d8f".to_owned() };
+        let evicted = PodStop {
+            deleted: true,
+            reason: Some("EvictionByEvictionAPI".to_owned()),
+            message: Some("Eviction API: evicting".to_owned()),
+        };
+        let metadata = MetadataCache::holding(vec![app(7)], Duration::from_secs(1)).with_api_pod(PodMeta {
+            uid: "uid-1".to_owned(),
+            name: "web-0".to_owned(),
+            namespace: "shop".to_owned(),
+            owner: Some(owner.clone()),
+            labels: None,
+            stopping: Some(evicted.clone()),
+        });
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let mut identifier = Identifier::new(Some(metadata), Duration::from_secs(1));
+                let now = Instant::now();
+                let Record::Exit(mut stopped) = exit(KNOWN) else { unreachable!() };
+                stopped.stop_request = Some(StopRequest {
+                    time: Timestamp(0),
+                    signal: 15,
+                    signal_name: "SIGTERM".to_owned(),
+                    ignored: true,
+                    kill_time: Some(Timestamp(2)),
+                    sender: Process { pid: 9, comm: "runc".to_owned(), exe: None, cgroup_path: None },
+                    pod_stop: None,
+                });
+                identifier.push(Record::Exit(stopped), now);
+                identifier.push(exit(KNOWN), now);
+                let Some(Record::Exit(stopped)) = identifier.pop_ready(now, false) else { panic!("no exit") };
+                assert_eq!(stopped.identity.owner.as_ref(), Some(&owner));
+                assert_eq!(stopped.stop_request.and_then(|r| r.pod_stop), Some(evicted));
+                // An exit nobody asked for stays without one.
+                let Some(Record::Exit(other)) = identifier.pop_ready(now, false) else { panic!("no exit") };
+                assert_eq!((other.identity.owner.as_ref(), other.stop_request), (Some(&owner), None));
             })
             .await;
     }

@@ -116,7 +116,21 @@ impl Line {
                         Some(Stop::GraceExceeded) => "grace period exceeded",
                         None => "ended during a requested stop",
                     };
-                    details.push_str(&format!(" [{how}: {} by {}]", request.signal_name, describe(&request.sender)));
+                    let why = match &request.pod_stop {
+                        Some(stop) => {
+                            let state = if stop.deleted { "pod being deleted" } else { "pod being stopped" };
+                            match &stop.reason {
+                                Some(reason) => format!("; {state}: {}", escape_bytes(reason.as_bytes())),
+                                None => format!("; {state}"),
+                            }
+                        }
+                        None => String::new(),
+                    };
+                    details.push_str(&format!(
+                        " [{how}: {} by {}{why}]",
+                        request.signal_name,
+                        describe(&request.sender)
+                    ));
                 }
                 Self {
                     time: exit.time.to_string(),
@@ -308,6 +322,35 @@ mod tests {
         out.write(&record).unwrap();
         let text = String::from_utf8(out.into_inner()).unwrap();
         assert!(text.contains(" SIGKILL  shop/web-0/app\\x0a [sent by"), "{text}");
+    }
+
+    #[test]
+    fn a_requested_stop_says_who_asked_and_why_the_pod_was_stopped() {
+        let mut record = exit(7);
+        let Record::Exit(stopped) = &mut record else { unreachable!() };
+        stopped.stop = Some(Stop::GraceExceeded);
+        stopped.stop_request = Some(crate::record::StopRequest {
+            time: Timestamp(0),
+            signal: 15,
+            signal_name: "SIGTERM".into(),
+            ignored: true,
+            kill_time: None,
+            sender: Process { pid: 900, comm: "runc".into(), exe: None, cgroup_path: Some("/".into()) },
+            pod_stop: Some(crate::record::PodStop {
+                deleted: true,
+                reason: Some("Eviction\nByEvictionAPI".into()),
+                message: Some("Eviction API: evicting".into()),
+            }),
+        });
+        let mut out = Output::new(Format::Text, Vec::new());
+        out.write(&record).unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        assert!(
+            text.ends_with(
+                " [grace period exceeded: SIGTERM by pid 900 (runc) in /; pod being deleted: Eviction\\x0aByEvictionAPI]\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! Rollouts on the real cluster, with the collector installed from `deploy/`: the kubelet stops
 //! the old pods' containers (CRI StopContainer with the pod's grace period, then
 //! StopPodSandbox). A Deployment whose containers shut down on SIGTERM gives no Warning at all;
-//! one whose containers ignore it gives exactly one `GracePeriodExceeded` per container.
+//! one whose containers ignore it gives exactly one `GracePeriodExceeded` per container, saying
+//! the pod was being deleted (and, for a pod evicted through the Eviction API, why, in the API
+//! server's words); the journal on the node keeps the pod's owner with each record.
 
 use std::{path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use collector_tests::cluster::{Applied, Cluster};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Rollouts, deletions and the collector's writes, on a loaded CI machine.
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -94,18 +97,67 @@ fn a_rollout_gives_no_warning_unless_a_container_outlives_its_grace_period() {
             Ok(left.is_empty().then_some(()))
         })
         .unwrap();
-    let events = cluster
-        .wait("two GracePeriodExceeded events", TIMEOUT, || {
-            let events = collector_events(&cluster, &ns.name);
-            Ok((events.iter().filter(|e| e["reason"] == "GracePeriodExceeded").count() >= 2).then_some(()))
-        })
-        .map(|()| {
-            std::thread::sleep(QUIET);
-            collector_events(&cluster, &ns.name)
-        })
-        .unwrap();
+    let events = grace_period_events(&cluster, &ns.name, 2).unwrap();
 
-    // Exactly the two containers that ignore SIGTERM, once each, and nothing else.
+    // Exactly the two containers that ignore SIGTERM, once each, and nothing else; the
+    // ReplicaSet controller deleted their pod.
+    let old = &old_stubborn[0];
+    let deleted = "; the pod was being deleted";
+    assert_eq!(seen(&events), [grace(old, "app", deleted), grace(old, "sidecar", deleted)], "{events:#?}");
+    for event in &events {
+        assert_eq!((&event["reason"], &event["count"]), (&Value::from("GracePeriodExceeded"), &Value::from(1)));
+    }
+    // The journal on the node keeps the records behind them: the pod's owner from the pod
+    // watch, and why the pod was stopped.
+    let replica_set = old.rsplit_once('-').map(|(set, _)| set.to_owned()).unwrap_or_default();
+    let journaled = journal(&cluster, &ns.name).unwrap();
+    assert_eq!(journaled.len(), 2, "{journaled:#?}");
+    for line in &journaled {
+        let exit = &line["records"][0];
+        assert_eq!(
+            (&exit["type"], &exit["pod_name"], &exit["owner"], &exit["stop_request"]["pod_stop"]),
+            (
+                &json!("exit"),
+                &json!(old),
+                &json!({"kind": "ReplicaSet", "name": replica_set}),
+                &json!({"deleted": true, "reason": null, "message": null})
+            ),
+            "{line:#}"
+        );
+    }
+
+    // Evicted through the Eviction API, the new pod's Events say so, in the API server's words.
+    let new = pods(&cluster, &ns.name, "stubborn");
+    assert_eq!(new.len(), 1, "{new:?}");
+    let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                          "metadata": {"name": new[0], "namespace": ns.name}});
+    let path = format!("/api/v1/namespaces/{}/pods/{}/eviction", ns.name, new[0]);
+    cluster.kubectl_stdin(&["create", "--raw", &path, "-f", "-"], Some(&eviction.to_string())).unwrap();
+    let events = grace_period_events(&cluster, &ns.name, 4).unwrap();
+    let evicted = "; the pod was being deleted (EvictionByEvictionAPI: Eviction API: evicting)";
+    let mut want = vec![
+        grace(old, "app", deleted),
+        grace(old, "sidecar", deleted),
+        grace(&new[0], "app", evicted),
+        grace(&new[0], "sidecar", evicted),
+    ];
+    want.sort();
+    assert_eq!(seen(&events), want, "{events:#?}");
+}
+
+/// The collector's Events in `namespace` once `count` GracePeriodExceeded are there, and
+/// [`QUIET`] later, so that any extra one shows.
+fn grace_period_events(cluster: &Cluster, namespace: &str, count: usize) -> anyhow::Result<Vec<Value>> {
+    cluster.wait(&format!("{count} GracePeriodExceeded events"), TIMEOUT, || {
+        let events = collector_events(cluster, namespace);
+        Ok((events.iter().filter(|e| e["reason"] == "GracePeriodExceeded").count() >= count).then_some(()))
+    })?;
+    std::thread::sleep(QUIET);
+    Ok(collector_events(cluster, namespace))
+}
+
+/// Each Event as (pod, fieldPath, type, message), sorted.
+fn seen(events: &[Value]) -> Vec<(String, String, String, String)> {
     let mut seen: Vec<(String, String, String, String)> = events
         .iter()
         .map(|e| {
@@ -119,20 +171,28 @@ fn a_rollout_gives_no_warning_unless_a_container_outlives_its_grace_period() {
         })
         .collect();
     seen.sort();
-    let old = &old_stubborn[0];
-    let grace = |container: &str| {
-        (
-            old.clone(),
-            format!("spec.containers{{{container}}}"),
-            "Warning".to_owned(),
-            format!(
-                "Container {container} did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime); \
-                 it ignores SIGTERM"
-            ),
-        )
-    };
-    assert_eq!(seen, [grace("app"), grace("sidecar")], "{events:#?}");
-    for event in &events {
-        assert_eq!((&event["reason"], &event["count"]), (&Value::from("GracePeriodExceeded"), &Value::from(1)));
-    }
+    seen
+}
+
+/// The GracePeriodExceeded Event of `container` of `pod`, its message ending in `why`.
+fn grace(pod: &str, container: &str, why: &str) -> (String, String, String, String) {
+    (
+        pod.to_owned(),
+        format!("spec.containers{{{container}}}"),
+        "Warning".to_owned(),
+        format!(
+            "Container {container} did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime); \
+             it ignores SIGTERM{why}"
+        ),
+    )
+}
+
+/// The GracePeriodExceeded occurrences in `namespace` from the journal on the node, as
+/// `collector events --format json` prints them in the collector's pod.
+fn journal(cluster: &Cluster, namespace: &str) -> anyhow::Result<Vec<Value>> {
+    let args = ["events", "--format", "json", "--namespace", namespace, "--reason", "GracePeriodExceeded"];
+    let mut command = vec!["-n", "collector", "exec", "ds/collector", "--", "/usr/bin/collector"];
+    command.extend(args);
+    let text = cluster.kubectl(&command)?;
+    text.lines().map(|line| serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))).collect()
 }

@@ -5,7 +5,7 @@ use std::{borrow::Cow, fmt::Write as _};
 use crate::{
     clock::Timestamp,
     escape::escape_bytes,
-    record::{Exit, Identity, OomKill, OomScope, Process, StopRequest, signal_name},
+    record::{Exit, Identity, OomKill, OomScope, PodStop, Process, StopRequest, signal_name},
     recorder::{MAX_MESSAGE_BYTES, TRUNCATION_MARKER},
 };
 
@@ -123,7 +123,7 @@ pub(super) fn container_exited(exit: &Exit, container: &Container) -> String {
 }
 
 /// GracePeriodExceeded: `Container sidecar did not exit within 2 s of SIGTERM and was killed
-/// (SIGKILL from the runtime); it ignores SIGTERM`.
+/// (SIGKILL from the runtime); it ignores SIGTERM; the pod was being deleted`.
 pub(super) fn grace_period_exceeded(exit: &Exit, request: &StopRequest, container: &Container) -> String {
     let grace = request.kill_time.unwrap_or(exit.time);
     let mut out = format!(
@@ -135,7 +135,24 @@ pub(super) fn grace_period_exceeded(exit: &Exit, request: &StopRequest, containe
     if request.ignored {
         push(&mut out, &["; it ignores ", &request.signal_name]);
     }
+    push_pod_stop(&mut out, request.pod_stop.as_ref());
     finish(out)
+}
+
+/// Why the pod was stopped, as the API server said: `; the pod was being deleted
+/// (EvictionByEvictionAPI: Eviction API: evicting)`; nothing for a container restarted in a
+/// running pod.
+fn push_pod_stop(out: &mut String, stop: Option<&PodStop>) {
+    let Some(stop) = stop else {
+        return;
+    };
+    // The kubelet's own node-pressure eviction stops the pod without deleting it.
+    push(out, &[if stop.deleted { "; the pod was being deleted" } else { "; the pod was being stopped" }]);
+    match (&stop.reason, &stop.message) {
+        (Some(reason), Some(message)) => push(out, &[" (", &scrub(reason), ": ", &scrub(message), ")"]),
+        (Some(reason), None) => push(out, &[" (", &scrub(reason), ")"]),
+        (None, _) => {}
+    }
 }
 
 /// ContainerStopped: `Container app stopped on request: exited with code 143, 0.4 s after SIGTERM`.
@@ -145,6 +162,7 @@ pub(super) fn container_stopped(exit: &Exit, request: &StopRequest, container: &
         push(&mut out, &[" (", &signal_name(signal), ")"]);
     }
     push(&mut out, &[", ", &seconds(request.time, exit.time), " s after ", &request.signal_name]);
+    push_pod_stop(&mut out, request.pod_stop.as_ref());
     finish(out)
 }
 

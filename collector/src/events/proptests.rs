@@ -50,6 +50,7 @@ fn identity(container_name: Option<String>) -> Identity {
         container_name,
         init_container: Some(false),
         pod_labels: None,
+        owner: None,
         sandbox: false,
     }
 }

@@ -2,7 +2,7 @@ use super::*;
 use crate::{
     clock::Timestamp,
     escape::escape_bytes,
-    record::{CgroupChange, Process, Signal},
+    record::{CgroupChange, PodStop, Process, Signal},
     recorder::{MAX_MESSAGE_BYTES, TRUNCATION_MARKER},
 };
 
@@ -22,6 +22,7 @@ fn identity() -> Identity {
         container_name: Some("app".to_owned()),
         init_container: Some(false),
         pod_labels: None,
+        owner: None,
         sandbox: false,
     }
 }
@@ -465,6 +466,7 @@ fn random_records_never_panic() {
         container_name: text(rng),
         init_container: [None, Some(true), Some(false)][rng.usize(..3)],
         pod_labels: None,
+        owner: None,
         sandbox: rng.bool(),
     };
     let tri = |rng: &mut fastrand::Rng| [None, Some(true), Some(false)][rng.usize(..3)];
@@ -569,6 +571,7 @@ fn stopped(mut exit: Exit, stop: Option<Stop>, signal: u32, ignored: bool, kill_
         ignored,
         kill_time: kill_ms.map(at),
         sender: Process { pid: 900, comm: "runc".into(), exe: Some("runc".into()), cgroup_path: Some("/".into()) },
+        pod_stop: None,
     });
     exit
 }
@@ -587,11 +590,43 @@ fn a_main_process_that_outlived_its_grace_period_is_grace_period_exceeded() {
         )
     );
     // A handler that did not finish in time: no "ignores".
-    let mut slow = killed;
+    let mut slow = killed.clone();
     slow.stop_request.as_mut().unwrap().ignored = false;
     assert_eq!(
         one(Record::Exit(slow), &options()).message,
         "Container app did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime)"
+    );
+}
+
+#[test]
+fn a_stop_says_why_the_pod_was_being_stopped_when_the_api_said_so() {
+    let mut killed = stopped(exit(Some(true), 137, Some(9)), Some(Stop::GraceExceeded), 15, true, Some(3_000));
+    killed.sender = sender(901, "runc");
+    let with = |deleted: bool, reason: Option<&str>, message: Option<&str>| {
+        let mut exit = killed.clone();
+        exit.stop_request.as_mut().unwrap().pod_stop =
+            Some(PodStop { deleted, reason: reason.map(Into::into), message: message.map(Into::into) });
+        one(Record::Exit(exit), &options()).message
+    };
+    let head = "Container app did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime); it ignores \
+                SIGTERM; the pod was being";
+    assert_eq!(with(true, None, None), format!("{head} deleted"));
+    assert_eq!(
+        with(true, Some("EvictionByEvictionAPI"), Some("Eviction API: evicting")),
+        format!("{head} deleted (EvictionByEvictionAPI: Eviction API: evicting)")
+    );
+    assert_eq!(
+        with(false, Some("TerminationByKubelet"), Some("The node was low on resource: memory.\n")),
+        format!("{head} stopped (TerminationByKubelet: The node was low on resource: memory.\\x0a)")
+    );
+    assert_eq!(with(true, Some("DeletionByPodGC"), None), format!("{head} deleted (DeletionByPodGC)"));
+    // The Normal event for a polite stop says it too.
+    let normal = EventOptions { emit_normal_exits: true, ..options() };
+    let mut polite = stopped(exit(Some(true), 143, None), Some(Stop::Requested), 15, false, None);
+    polite.stop_request.as_mut().unwrap().pod_stop = Some(PodStop { deleted: true, reason: None, message: None });
+    assert_eq!(
+        one(Record::Exit(polite), &normal).message,
+        "Container app stopped on request: exited with code 143, 0.4 s after SIGTERM; the pod was being deleted"
     );
 }
 

@@ -167,6 +167,7 @@ pub(crate) fn pod_meta(sandbox: &PodSandbox) -> Option<PodMeta> {
         name: id.name,
         namespace: id.namespace,
         owner: None,
+        stopping: None,
         labels: Some(without_kubelet_labels(&sandbox.labels)),
     })
 }

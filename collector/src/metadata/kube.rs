@@ -13,7 +13,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 
 use super::store::Source;
-use super::{ContainerMeta, ContainerState, MetadataConfig, MetadataError, Owner, PodMeta, Shared, bump};
+use super::{ContainerMeta, ContainerState, MetadataConfig, MetadataError, Owner, PodMeta, PodStop, Shared, bump};
 
 /// What one API pod tells the cache.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub(crate) fn pod_view(p: &Pod) -> Option<PodView> {
     let labels: BTreeMap<String, String> = m.labels.clone().unwrap_or_default();
     let init_containers: BTreeSet<String> =
         p.spec.iter().flat_map(|s| s.init_containers.iter().flatten()).map(|c| c.name.clone()).collect();
-    let pod = PodMeta { uid, name, namespace, owner, labels: Some(labels) };
+    let pod = PodMeta { uid, name, namespace, owner, labels: Some(labels), stopping: stopping(p) };
     let mut containers = Vec::new();
     if let Some(status) = &p.status {
         let groups = [
@@ -53,6 +53,27 @@ pub(crate) fn pod_view(p: &Pod) -> Option<PodView> {
         }
     }
     Some(PodView { pod, init_containers, containers })
+}
+
+/// Whether the pod is being stopped, and why: `deletionTimestamp`, and the `DisruptionTarget`
+/// condition that eviction, preemption, the taint manager, pod GC and the kubelet's own
+/// node-pressure eviction set before they stop a pod.
+fn stopping(p: &Pod) -> Option<PodStop> {
+    let deleted = p.metadata.deletion_timestamp.is_some();
+    let disruption = p
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True");
+    if !deleted && disruption.is_none() {
+        return None;
+    }
+    let text = |s: Option<&String>| s.filter(|s| !s.is_empty()).cloned();
+    Some(PodStop {
+        deleted,
+        reason: text(disruption.and_then(|c| c.reason.as_ref())),
+        message: text(disruption.and_then(|c| c.message.as_ref())),
+    })
 }
 
 /// The current container of a status and the one before it (`lastState`), so

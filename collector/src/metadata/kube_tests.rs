@@ -72,6 +72,7 @@ fn an_api_pod_gives_owner_labels_init_containers_and_container_ids() {
                 ("app".to_owned(), "web".to_owned()),
                 ("pod-template-hash".to_owned(), "5d8f7c9b4".to_owned()),
             ])),
+            stopping: None,
         }
     );
     assert_eq!(view.init_containers, BTreeSet::from(["migrate".to_owned()]));
@@ -250,4 +251,53 @@ async fn the_watch_asks_for_this_nodes_pods_and_fills_the_cache_without_cri() {
     for r in lists {
         assert!(r.contains("fieldSelector=spec.nodeName%3Dnode-1"), "{r}");
     }
+}
+
+#[test]
+fn a_pod_being_deleted_or_evicted_says_why() {
+    let pod = |metadata: serde_json::Value, conditions: serde_json::Value| {
+        let mut meta = serde_json::json!({"name": "web-1", "namespace": "prod", "uid": "u-1"});
+        meta.as_object_mut().unwrap().extend(metadata.as_object().unwrap().clone());
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": meta,
+            "spec": {"containers": [{"name": "app"}]},
+            "status": {"phase": "Running", "conditions": conditions}
+        }))
+        .unwrap();
+        pod_view(&pod).unwrap().pod.stopping
+    };
+    let ready = serde_json::json!([{"type": "Ready", "status": "True"}]);
+    assert_eq!(pod(serde_json::json!({}), ready.clone()), None);
+    assert_eq!(
+        pod(serde_json::json!({"deletionTimestamp": "2026-12-06T10:00:00Z"}), ready),
+        Some(PodStop { deleted: true, reason: None, message: None })
+    );
+    let evicted = serde_json::json!([
+        {"type": "Ready", "status": "True"},
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+         "message": "Eviction API: evicting"}
+    ]);
+    assert_eq!(
+        pod(serde_json::json!({"deletionTimestamp": "2026-12-06T10:00:00Z"}), evicted),
+        Some(PodStop {
+            deleted: true,
+            reason: Some("EvictionByEvictionAPI".to_owned()),
+            message: Some("Eviction API: evicting".to_owned())
+        })
+    );
+    // The kubelet's node-pressure eviction stops the pod without deleting it.
+    let pressure = serde_json::json!([{"type": "DisruptionTarget", "status": "True",
+        "reason": "TerminationByKubelet", "message": "The node was low on resource: memory."}]);
+    assert_eq!(
+        pod(serde_json::json!({}), pressure),
+        Some(PodStop {
+            deleted: false,
+            reason: Some("TerminationByKubelet".to_owned()),
+            message: Some("The node was low on resource: memory.".to_owned())
+        })
+    );
+    // A condition that is not True says nothing.
+    let cleared =
+        serde_json::json!([{"type": "DisruptionTarget", "status": "False", "reason": "EvictionByEvictionAPI"}]);
+    assert_eq!(pod(serde_json::json!({}), cleared), None);
 }

@@ -31,7 +31,8 @@ use self::cri::CriClient;
 pub use self::cri::{CONTAINERD_SOCKET, CRIO_SOCKET, SANDBOX_CONTAINER_NAME};
 pub use self::kube::KubeClient;
 use self::store::Store;
-pub use self::types::{ContainerMeta, ContainerState, MetadataStats, Owner, PodMeta};
+pub use self::types::{ContainerMeta, ContainerState, MetadataStats, PodMeta};
+pub use crate::record::{Owner, PodStop};
 
 /// Errors of the metadata sources.
 #[derive(Debug, Error)]
@@ -262,6 +263,13 @@ impl MetadataCache {
         }
         drop(store);
         cache
+    }
+
+    /// This cache, also holding `pod` as the API server gave it, for tests.
+    #[cfg(test)]
+    pub(crate) fn with_api_pod(self, pod: PodMeta) -> Self {
+        let _ = self.shared.write().put_pod_kube(pod, std::collections::BTreeSet::new(), Instant::now());
+        self
     }
 
     /// A cache with sources resolved but nothing listed yet.

@@ -121,6 +121,7 @@ async fn refresh_container(shared: &Shared, cri: &CriClient, id: &str) -> Result
             name: meta.pod_name.clone(),
             namespace: meta.namespace.clone(),
             owner: None,
+            stopping: None,
             labels: None,
         };
         let inserted = store.put_pod_cri(pod, now);

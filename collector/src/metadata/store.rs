@@ -344,6 +344,7 @@ mod tests {
             name: "web".to_owned(),
             namespace: "prod".to_owned(),
             owner: None,
+            stopping: None,
             labels: Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()),
         }
     }

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::record::{Owner, PodStop};
+
 /// Which container, in which pod.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ContainerMeta {
@@ -47,15 +49,6 @@ pub enum ContainerState {
     Unknown,
 }
 
-/// The pod's controller.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Owner {
-    /// e.g. `ReplicaSet`, `StatefulSet`, `DaemonSet`, `Job`, `Node`.
-    pub kind: String,
-    /// The owner's name.
-    pub name: String,
-}
-
 /// A pod.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PodMeta {
@@ -69,6 +62,8 @@ pub struct PodMeta {
     pub owner: Option<Owner>,
     /// `metadata.labels`, from the API or else the sandbox's labels; `None` when unknown.
     pub labels: Option<BTreeMap<String, String>>,
+    /// Whether and why the API server is stopping the pod; none while it runs (or without the API).
+    pub stopping: Option<PodStop>,
 }
 
 /// Counters of the cache, for the daemon's summary and metrics.

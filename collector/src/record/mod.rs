@@ -192,6 +192,9 @@ pub struct Identity {
     /// not printed.
     #[serde(skip)]
     pub pod_labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The pod's controller (API server); shown only when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
     /// Whether the container is the pod sandbox ("pause"); shown only when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
@@ -202,6 +205,28 @@ impl Identity {
     pub const fn in_pod(&self) -> bool {
         self.pod_uid.is_some()
     }
+}
+
+/// A pod's controller, from its `ownerReferences`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// e.g. `ReplicaSet`, `StatefulSet`, `DaemonSet`, `Job`, `Node`.
+    pub kind: String,
+    /// The owner's name.
+    pub name: String,
+}
+
+/// Why the API server was stopping a pod: what the pod said when its container was stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStop {
+    /// Whether the pod was being deleted (`metadata.deletionTimestamp` was set).
+    pub deleted: bool,
+    /// The reason of the pod's `DisruptionTarget` condition (`EvictionByEvictionAPI`,
+    /// `PreemptionByScheduler`, `DeletionByTaintManager`, `DeletionByPodGC`,
+    /// `TerminationByKubelet`); none for a plain deletion.
+    pub reason: Option<String>,
+    /// That condition's message (`Eviction API: evicting`), as the API server has it.
+    pub message: Option<String>,
 }
 
 /// Where the memory limit an OOM kill hit sits.
@@ -284,6 +309,11 @@ pub struct StopRequest {
     pub kill_time: Option<Timestamp>,
     /// The runtime process that sent the first signal.
     pub sender: Process,
+    /// Why the pod was being stopped, where the API server said so; none for a
+    /// container the kubelet stopped while its pod lives on (a restart), or
+    /// without the pod watch.
+    #[serde(default)]
+    pub pod_stop: Option<PodStop>,
 }
 
 /// A process named as the sender of a signal.
@@ -602,6 +632,7 @@ mod tests {
             container_name: None,
             init_container: None,
             pod_labels: None,
+            owner: Some(Owner { kind: "StatefulSet".into(), name: "web".into() }),
             sandbox: true,
         };
         let records = [

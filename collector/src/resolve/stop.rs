@@ -82,6 +82,8 @@ impl StopTracker {
             ignored: signal.result == crate::record::SignalResult::Ignored,
             kill_time: None,
             sender: sender.clone(),
+            // The identity stage fills it from the pod.
+            pod_stop: None,
         };
         self.pending.insert(signal.target_pid, Pending { request, last_sender: sender.clone(), seq });
         self.order.push_back((signal.target_pid, seq));
