@@ -81,9 +81,19 @@ impl CgroupTree {
             .ok_or(CgroupError::NoMemory)
     }
 
-    /// The path of cgroup `id` in this tree, by walking it (for rare lookups).
-    pub fn find(&self, id: u64) -> Option<String> {
-        self.walk().into_iter().find_map(|(ino, path)| (ino == id).then_some(path))
+    /// The path of cgroup `id` among the cgroup at `path` (relative to this tree) and its
+    /// ancestors, deepest first. The memory cgroup whose limit an OOM kill hit is always the
+    /// allocating task's own or an ancestor (runtimes use the same path in every hierarchy), so
+    /// a few `stat`s find it where a walk of the whole tree would stall the event loop.
+    pub fn find_among_ancestors(&self, path: &str, id: u64) -> Option<String> {
+        let mut path = path.trim_end_matches('/');
+        loop {
+            let here = if path.is_empty() { "/" } else { path };
+            if std::fs::metadata(self.root.join(here.trim_start_matches('/'))).is_ok_and(|m| m.ino() == id) {
+                return Some(here.to_owned());
+            }
+            path = &path[..path.rfind('/')?];
+        }
     }
 
     /// The limit and usage of the memory cgroup at `path` (relative to this
@@ -303,6 +313,12 @@ mod tests {
                 (ino("odd\nname"), "/odd\\x0aname".to_owned()),
             ]
         );
+        // The memory cgroup of an OOM kill, among the allocating task's ancestors.
+        assert_eq!(tree.find_among_ancestors("/a/b", ino("a")), Some("/a".to_owned()));
+        assert_eq!(tree.find_among_ancestors("/a/b/", ino("a/b")), Some("/a/b".to_owned()));
+        assert_eq!(tree.find_among_ancestors("/a/b", ino("")), Some("/".to_owned()));
+        assert_eq!(tree.find_among_ancestors("/a/b", ino("odd\nname")), None, "not an ancestor");
+        assert_eq!(tree.find_among_ancestors("/gone/b", ino("a")), None);
         let mut resolver = Resolver::new(tree, RegistryConfig::default()).unwrap();
         assert_eq!(resolver.path(ino("a/b")), Some("/a/b"));
         std::fs::create_dir(dir.join("late")).unwrap();

@@ -337,6 +337,7 @@ impl RecordResolver {
         let stats = oom.flags & oom_flags::STATS != 0;
         let memcg = (oom.flags & oom_flags::MEMCG != 0).then_some(&oom.scope);
         let victim_comm = c_str(&oom.victim_comm);
+        let trigger_path = self.path(oom.trigger_cgroup_id);
         let mut record = OomKill {
             time: self.clock.wall(oom.header.boot_ns),
             pid: oom.victim_pid,
@@ -352,8 +353,7 @@ impl RecordResolver {
             oom_score_adj: stats.then_some(oom.oom_score_adj),
             trigger_pid: oom.trigger_pid,
             trigger_comm: escape_bytes(c_str(&oom.trigger_comm)),
-            // OOM kills are rare: a walk of the memory hierarchy costs nothing here.
-            oom_cgroup_path: memcg.and_then(|s| self.memory.find(s.memcg_id)),
+            oom_cgroup_path: memcg.and_then(|s| self.memory.find_among_ancestors(trigger_path.as_deref()?, s.memcg_id)),
             memory_limit_bytes: memcg.map(|s| s.limit_pages.saturating_mul(self.page_size)),
             identity: Identity::default(),
             main_process: None,
@@ -371,7 +371,7 @@ impl RecordResolver {
         // Without the kernel's word, infer now, while the cgroups still exist: the
         // task whose allocation failed sits in the cgroup whose limit was hit.
         if !record.scope_known
-            && let Some(path) = self.path(oom.trigger_cgroup_id)
+            && let Some(path) = trigger_path
         {
             self.apply_inference(&mut record, &path);
         }
