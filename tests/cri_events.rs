@@ -296,9 +296,18 @@ fn a_crash_storm_is_capped_by_the_spam_filter() {
     let journal = journal_events(state.path(), &["--pod", "web-0"]).unwrap();
     // The API events: one per name, the 9 singles and the combined one at its last count.
     assert_eq!(journal.len(), AGGREGATE_MAX, "{journal:#?}");
-    // The node's history: every crash, once, the filtered ones too.
+    // The node's history: every crash, once, the filtered ones too; and the shell's exit 0,
+    // which the API server does not get.
     let occurrences = journal_occurrences(state.path(), &["--pod", "web-0"]).unwrap();
-    assert_eq!(occurrences.len(), CRASHES, "{occurrences:#?}");
+    assert_eq!(occurrences.len(), CRASHES + 1, "{occurrences:#?}");
+    let crashes = occurrences.iter().filter(|o| o["reason"] == "ProcessCrashed").count();
+    assert_eq!(crashes, CRASHES, "{occurrences:#?}");
+    let end = occurrences.iter().find(|o| o["reason"] == "ContainerExited").unwrap();
+    assert_eq!(
+        (&end["type"], &end["message"], &end["api"]["outcome"], &end["container"]),
+        (&json!("Normal"), &json!("Container app exited with code 0"), &json!("not_emitted"), &json!("app")),
+        "{end:#}"
+    );
     let stopped = daemon.stop().unwrap();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }
@@ -336,7 +345,7 @@ fn an_oom_storm_keeps_every_kill_in_the_journal_while_the_api_gets_at_most_the_b
     assert_eq!(about(&events, &pod).len(), SPAM_BURST, "{events:#?}");
 
     // The journal: every kill once, with its own message and kernel record.
-    let occurrences = journal_occurrences(state.path(), &["--pod", "web-0"]).unwrap();
+    let occurrences = journal_occurrences(state.path(), &["--pod", "web-0", "--reason", "OOMKilling"]).unwrap();
     assert_eq!(occurrences.len(), KILLS, "{occurrences:#?}");
     let mut pids = std::collections::HashSet::new();
     for (i, occurrence) in occurrences.iter().enumerate() {
@@ -347,11 +356,17 @@ fn an_oom_storm_keeps_every_kill_in_the_journal_while_the_api_gets_at_most_the_b
         assert_eq!(occurrence["records"][0]["pid"], pid, "{occurrence:#}");
         assert!(pids.insert(pid), "pid {pid} twice");
     }
+    // Exact counts per reason: the kills, and the shell's own end (exit 0, not sent).
     let summary = journal_summary(state.path(), &["--pod", "web-0"]).unwrap();
-    assert_eq!(summary.len(), 1, "{summary:#?}");
+    let mut counts: Vec<(&Value, &Value, &Value)> =
+        summary.iter().map(|row| (&row["reason"], &row["count"], &row["spamFiltered"])).collect();
+    counts.sort_by_key(|row| row.0.as_str());
     assert_eq!(
-        (&summary[0]["reason"], &summary[0]["count"], &summary[0]["spamFiltered"]),
-        (&json!("OOMKilling"), &json!(KILLS), &json!(KILLS - SPAM_BURST)),
+        counts,
+        [
+            (&json!("ContainerExited"), &json!(1), &json!(0)),
+            (&json!("OOMKilling"), &json!(KILLS), &json!(KILLS - SPAM_BURST))
+        ],
         "{summary:#?}"
     );
     // Far more than 5 OOM kills in 10 minutes: the node condition says so (the other tests of

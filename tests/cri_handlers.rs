@@ -28,14 +28,17 @@ fn a_stalled_stdout_delays_neither_the_journal_nor_the_kernel_side() {
     let app = containerd.cri().create_and_start(&pod, ContainerSpec::shell("app", &script)).unwrap();
     assert_eq!(containerd.cri().wait_exit(&app, TIMEOUT).unwrap(), 0);
 
-    // The journal has every crash while stdout is still blocked.
+    // The journal has every crash, and the shell's exit 0 after them, while stdout is still blocked.
     let deadline = Instant::now() + TIMEOUT;
     let mut occurrences = journal_occurrences(state.path(), &["--pod", "web-0"]).unwrap();
-    while occurrences.len() < CRASHES && Instant::now() < deadline {
+    while occurrences.len() < CRASHES + 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         occurrences = journal_occurrences(state.path(), &["--pod", "web-0"]).unwrap();
     }
-    assert_eq!(occurrences.len(), CRASHES, "{}", daemon.stderr());
+    let reasons: Vec<&str> = occurrences.iter().filter_map(|o| o["reason"].as_str()).collect();
+    assert_eq!(reasons.len(), CRASHES + 1, "{}", daemon.stderr());
+    assert_eq!(reasons.iter().filter(|r| **r == "ProcessCrashed").count(), CRASHES, "{reasons:?}");
+    assert_eq!(reasons.last(), Some(&"ContainerExited"), "{reasons:?}");
     assert!(daemon.events().is_empty(), "stdout was read: {:?}", daemon.events());
     let metrics = daemon.metrics().unwrap();
     for lost in samples(&metrics, "collector_kernel_records_lost_total") {

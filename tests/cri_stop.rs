@@ -1,13 +1,14 @@
 //! Stops the kubelet asks for, driven through CRI as the kubelet drives them (StopContainer with a
 //! grace period, then StopPodSandbox): a requested stop is not a failure, a container that needs
 //! the runtime's SIGKILL is `GracePeriodExceeded`, and a kill by anyone else keeps its sender.
+//! The journal keeps every container's end, also the Normal ones the API server does not get.
 #![expect(clippy::unwrap_used, clippy::panic, reason = "the helpers are test steps: a failure fails the test")]
 
 use std::time::Duration;
 
 use collector_tests::collector::Collector;
 use collector_tests::containerd::Containerd;
-use collector_tests::daemon::{Daemon, StateDir};
+use collector_tests::daemon::{Daemon, StateDir, journal_occurrences};
 use collector_tests::kubelet::{Container, ContainerSpec, Pod, PodSpec};
 use collector_tests::privileged;
 use serde_json::{Value, json};
@@ -29,11 +30,12 @@ fn web_0(containerd: &Containerd, share_process_namespace: bool) -> Pod {
     containerd.cri().run_pod(spec).unwrap()
 }
 
-/// `collector run` printing JSON events, with Normal events for requested stops if `normal`.
+/// `collector run` printing JSON events and keeping its journal, with Normal events for requested
+/// stops if `normal`.
 fn daemon(containerd: &Containerd, state: &StateDir, normal: bool) -> Daemon {
     let socket = containerd.address().display().to_string();
     let extra: &[&str] = if normal { &["--emit-normal-exits"] } else { &[] };
-    Daemon::start(state, &["stdout"], &socket, extra).unwrap()
+    Daemon::start(state, &["stdout", "journal"], &socket, extra).unwrap()
 }
 
 /// `collector trace` of the pod's cgroup, as JSON.
@@ -132,6 +134,12 @@ fn a_main_process_that_ignores_sigterm_is_grace_period_exceeded_once() {
     let daemon = daemon(&containerd, &state, false);
     let collector = trace(&containerd, &pod);
     let cri = containerd.cri();
+    // A polite container first: without --emit-normal-exits its stop is no Event.
+    let app = cri.create_and_start(&pod, ContainerSpec::shell("app", "trap 'exit 0' TERM; sleep 1000 & wait")).unwrap();
+    cri.container_pid(&app).unwrap();
+    std::thread::sleep(SETTLE);
+    cri.stop_container(&app, Duration::from_secs(30)).unwrap();
+    assert_eq!(cri.wait_exit(&app, EVENT_TIMEOUT).unwrap(), 0);
     // busybox sh execs a lone command: `sleep` is PID 1 with no handler, so SIGTERM does nothing.
     let sidecar = cri.create_and_start(&pod, ContainerSpec::shell("sidecar", "sleep 1000")).unwrap();
     let pid = cri.container_pid(&sidecar).unwrap();
@@ -139,7 +147,7 @@ fn a_main_process_that_ignores_sigterm_is_grace_period_exceeded_once() {
     assert_eq!(cri.wait_exit(&sidecar, EVENT_TIMEOUT).unwrap(), 137);
 
     let events = events_about(&daemon, &pod, 1);
-    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events.len(), 1, "only the Warning is an Event: {events:#?}");
     assert_eq!(
         summary(&events[0]),
         expected(
@@ -151,6 +159,25 @@ fn a_main_process_that_ignores_sigterm_is_grace_period_exceeded_once() {
         )
     );
     stop_daemon(daemon);
+
+    // The journal keeps both ends: the Warning, and the polite stop, marked as not sent.
+    let mut kept: Vec<(String, String, String)> = journal_occurrences(state.path(), &["--namespace", "shop"])
+        .unwrap()
+        .iter()
+        .filter(|o| o["involvedObject"]["uid"] == pod.spec.uid.as_str())
+        .map(|o| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (text(&o["reason"]), text(&o["type"]), text(&o["api"]["outcome"]))
+        })
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            ("ContainerStopped".to_owned(), "Normal".to_owned(), "not_emitted".to_owned()),
+            ("GracePeriodExceeded".to_owned(), "Warning".to_owned(), "local".to_owned()),
+        ]
+    );
 
     // `collector trace` gives the same answer without a cluster.
     let records = collector.wait_for(EVENT_TIMEOUT, |records| records.iter().any(|r| r["pid"] == pid)).unwrap();

@@ -19,10 +19,10 @@ use crate::{
     health::conditions::{NodeCondition, NodeConditions},
     identify::Identifier,
     record::Record,
-    recorder::{Decision, EventSpec, Recorder},
+    recorder::{Decision, EventSpec, EventType, Recorder},
     resolve::{RecordResolver, ResolveCounts},
     sinks::{
-        handler::{Decided, Dispatch, Handlers, encode_record},
+        handler::{Decided, Delivery, Dispatch, Handlers, encode_record},
         webhook::mutate::Mutators,
     },
     telemetry::{self, ContainerRef, DropCause, KernelRecordType, Metrics},
@@ -37,6 +37,8 @@ pub(super) struct Engine {
     pub(super) identifier: Identifier,
     pub(super) recorder: Recorder,
     pub(super) options: EventOptions,
+    /// Whether Normal container ends go to the API server; the journal keeps them either way.
+    pub(super) emit_normal_exits: bool,
     /// The operator's rules, swapped whole on SIGHUP.
     pub(super) filters: Filters,
     /// Where the events go.
@@ -181,6 +183,7 @@ impl Engine {
             return;
         }
         let mut passed = Vec::with_capacity(specs.len());
+        let mut node_only = Vec::new();
         // Encoded once for the mutate webhooks, and handed on to the other handlers.
         let mut json: Option<Bytes> = None;
         for spec in specs {
@@ -192,6 +195,12 @@ impl Engine {
                 }
                 Verdict::Pass { matched: Some(rule) } => self.metrics.filter_matched(rule),
                 Verdict::Pass { matched: None } => {}
+            }
+            // The node's history keeps every death; the API server gets failures, and the
+            // rest only when asked for.
+            if spec.event_type == EventType::Normal && !self.emit_normal_exits {
+                node_only.push(Decided { spec, delivery: Delivery::NodeOnly });
+                continue;
             }
             match &self.mutators {
                 Some(mutators) if mutators.wants(&spec) && mutators.has_room(&spec) => {
@@ -209,7 +218,8 @@ impl Engine {
                 _ => passed.push(spec),
             }
         }
-        let events = self.decide(passed);
+        let mut events = self.decide(passed);
+        events.append(&mut node_only);
         if !events.is_empty() || self.handlers.wants_every_record() {
             let dispatch = Dispatch::new(record.clone(), events);
             self.handlers.dispatch(match json {
@@ -248,13 +258,13 @@ impl Engine {
                     let event = write.event();
                     tracing::debug!(reason = %event.reason, count = event.count, "event: {}", event.message);
                     self.metrics.event_emitted(&event.reason, event.event_type);
-                    events.push(Decided { spec, write: Some(write) });
+                    events.push(Decided { spec, delivery: Delivery::Write(write) });
                 }
                 Decision::SpamFiltered => {
                     tracing::debug!(reason = %spec.reason, "event spam-filtered: {}", spec.message);
                     self.metrics.event_dropped(DropCause::SpamFilter);
                     // Dropped on its way to the API server, not from the node's history.
-                    events.push(Decided { spec, write: None });
+                    events.push(Decided { spec, delivery: Delivery::SpamFiltered });
                 }
             }
         }

@@ -309,11 +309,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         identifier: Identifier::new(metadata, config.metadata_wait.0),
         recorder: Recorder::new(RecorderConfig::new(config.component.clone(), config.node_name.clone()))?
             .with_metrics(Arc::clone(&metrics)),
-        options: EventOptions {
-            node_name: config.node_name.clone(),
-            emit_normal_exits: config.emit_normal_exits,
-            probed_reasons: probed_reasons(probes.health()),
-        },
+        options: EventOptions { node_name: config.node_name.clone(), probed_reasons: probed_reasons(probes.health()) },
+        emit_normal_exits: config.emit_normal_exits,
         filters: {
             metrics.set_filter_rules(config.filters.len());
             Filters::new(config.filters.clone())

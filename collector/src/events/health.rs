@@ -140,7 +140,7 @@ mod tests {
     use crate::{clock::Timestamp, events::events_for, record::Identity, record::Record};
 
     fn options() -> EventOptions {
-        EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: false, probed_reasons: Vec::new() }
+        EventOptions { node_name: "node-1".to_owned(), probed_reasons: Vec::new() }
     }
 
     fn in_pod() -> Identity {

@@ -7,14 +7,16 @@
 //! | the OOM killer killed a process of a pod (`oom_kill` record)       | OOMKilling      | Warning | Pod    |
 //! | ... with no memory limit hit (scope Node)                          | SystemOOM       | Warning | Node ¹ |
 //! | a container's main process ended with a non-zero code or a signal  | ContainerExited | Warning | Pod    |
-//! | a container's main process exited 0 (if `emit_normal_exits`)       | ContainerExited | Normal  | Pod    |
+//! | a container's main process exited 0                                | ContainerExited | Normal ² | Pod   |
 //! | ... outlived the runtime's stop signal and was killed by it        | GracePeriodExceeded | Warning | Pod |
-//! | ... ended after the runtime's stop signal (if `emit_normal_exits`) | ContainerStopped | Normal | Pod    |
+//! | ... ended after the runtime's stop signal                          | ContainerStopped | Normal ² | Pod  |
 //! | another process was killed by a signal another process sent        | ProcessKilled   | Warning | Pod    |
 //! | another process died of a crash signal it was not sent             | ProcessCrashed  | Warning | Pod    |
 //! | node health (hung tasks, kernel problems, I/O, memory pressure)    | see [`health`]  | Warning | Node, Pod |
 //!
 //! ¹ first, then OOMKilling on the Pod if the victim is in one.
+//! ² every one is kept in the node's journal; the daemon sends them to the API server only with
+//! `emit_normal_exits`, so that the journal has every death and the API server only failures.
 //!
 //! A stop the kubelet asked for (`Exit::stop`, see [`crate::resolve::stop`]) is not a failure:
 //! the main process's end gives no Warning unless it needed the runtime's SIGKILL, whatever its
@@ -78,8 +80,6 @@ pub const CRASH_SIGNALS: [u32; 7] = [4, 5, 6, 7, 8, 11, 31];
 pub struct EventOptions {
     /// This node's name, for SystemOOM events on the Node; empty leaves them out.
     pub node_name: String,
-    /// Whether a main process that exits 0 gives a Normal ContainerExited event.
-    pub emit_normal_exits: bool,
     /// Reasons of kernel log rules that an attached probe reports better (`TaskHung` while the
     /// hung-task probe is attached): such lines give no event of their own.
     pub probed_reasons: Vec<String>,
@@ -89,7 +89,7 @@ pub struct EventOptions {
 /// SystemOOM on the Node, then OOMKilling on the Pod.
 pub fn events_for(record: &Record, options: &EventOptions) -> Vec<EventSpec> {
     match record {
-        Record::Exit(exit) => exit_event(exit, options).into_iter().collect(),
+        Record::Exit(exit) => exit_event(exit).into_iter().collect(),
         Record::OomKill(oom) => oom_events(oom, options),
         Record::HungTask(hung) => health::hung_task(hung, options),
         Record::KernelLog(log) => health::kernel_log(log, options),
@@ -123,7 +123,7 @@ fn oom_events(oom: &OomKill, options: &EventOptions) -> Vec<EventSpec> {
     events
 }
 
-fn exit_event(exit: &Exit, options: &EventOptions) -> Option<EventSpec> {
+fn exit_event(exit: &Exit) -> Option<EventSpec> {
     if exit.oom_killed || exit.identity.sandbox {
         return None;
     }
@@ -136,20 +136,13 @@ fn exit_event(exit: &Exit, options: &EventOptions) -> Option<EventSpec> {
                 return Some(EventSpec::new(pod, EventType::Warning, REASON_GRACE_PERIOD_EXCEEDED, message));
             }
             (Some(Stop::Requested), Some(request)) => {
-                return options.emit_normal_exits.then(|| {
-                    let message = message::container_stopped(exit, request, &container);
-                    EventSpec::new(pod, EventType::Normal, REASON_CONTAINER_STOPPED, message)
-                });
+                let message = message::container_stopped(exit, request, &container);
+                return Some(EventSpec::new(pod, EventType::Normal, REASON_CONTAINER_STOPPED, message));
             }
             _ => {}
         }
-        let event_type = if exit.exit_code != 0 || exit.signal.is_some() {
-            EventType::Warning
-        } else if options.emit_normal_exits {
-            EventType::Normal
-        } else {
-            return None;
-        };
+        let event_type =
+            if exit.exit_code != 0 || exit.signal.is_some() { EventType::Warning } else { EventType::Normal };
         return Some(EventSpec::new(
             pod,
             event_type,

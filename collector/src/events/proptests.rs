@@ -166,7 +166,7 @@ proptest! {
     }
 
     /// A container's main process ends: `Container NAME exited with code N`, then the signal,
-    /// its sender and a core dump when there are; exit 0 only with `emit_normal_exits`.
+    /// its sender and a core dump when there are; a Warning unless it exited 0.
     #[test]
     fn container_exits_are_the_documented_sentence(
         pid in any::<u32>(),
@@ -175,7 +175,6 @@ proptest! {
         core_dumped in any::<bool>(),
         sender in option::of((prop_oneof![Just(7_u32), any::<u32>()], comm_bytes())),
         container_name in text(),
-        emit_normal_exits in any::<bool>(),
     ) {
         let sender = sender.map(|(sender_pid, comm)| Process { pid: sender_pid, comm: resolved(&comm), exe: None, cgroup_path: None });
         let exit = Exit {
@@ -195,7 +194,7 @@ proptest! {
             stop: None,
             stop_request: None,
         };
-        let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits, probed_reasons: Vec::new() };
+        let options = EventOptions { node_name: "node-1".to_owned(), probed_reasons: Vec::new() };
         let events = events_for(&Record::Exit(exit.clone()), &options);
         let noun = noun(&container_name);
         let mut want = format!("C{} exited with code {exit_code}", &noun[1..]);
@@ -208,13 +207,9 @@ proptest! {
                 want.push_str(" (core dumped)");
             }
         }
-        let event_type = if exit_code != 0 || signal.is_some() {
-            Some(EventType::Warning)
-        } else {
-            emit_normal_exits.then_some(EventType::Normal)
-        };
+        let event_type = if exit_code != 0 || signal.is_some() { EventType::Warning } else { EventType::Normal };
         let got: Vec<_> = events.iter().map(|e| (e.event_type, e.reason.as_str(), e.message.clone())).collect();
-        let want: Vec<_> = event_type.map(|t| (t, REASON_CONTAINER_EXITED, finish(want))).into_iter().collect();
+        let want = vec![(event_type, REASON_CONTAINER_EXITED, finish(want))];
         prop_assert_eq!(got, want);
         for event in &events {
             check_message(&event.message)?;
@@ -254,7 +249,7 @@ proptest! {
             main_process: Some(false),
             scope: Some(if node_wide { OomScope::Node } else { OomScope::Cgroup }),
         };
-        let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: false, probed_reasons: Vec::new() };
+        let options = EventOptions { node_name: "node-1".to_owned(), probed_reasons: Vec::new() };
         let events = events_for(&Record::OomKill(oom), &options);
         let rss = anon_rss_kb.map(|kb| format!("; anon-rss {kb}kB")).unwrap_or_default();
         let mut want = Vec::new();
@@ -337,7 +332,7 @@ proptest! {
             main_process,
             scope,
         };
-        let options = EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: true, probed_reasons: Vec::new() };
+        let options = EventOptions { node_name: "node-1".to_owned(), probed_reasons: Vec::new() };
         for record in [Record::Exit(exit), Record::OomKill(oom)] {
             for event in events_for(&record, &options) {
                 check_message(&event.message)?;

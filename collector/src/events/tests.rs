@@ -10,7 +10,7 @@ const UID: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
 const CID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn options() -> EventOptions {
-    EventOptions { node_name: "node-1".to_owned(), emit_normal_exits: false, probed_reasons: Vec::new() }
+    EventOptions { node_name: "node-1".to_owned(), probed_reasons: Vec::new() }
 }
 
 fn identity() -> Identity {
@@ -164,7 +164,7 @@ fn system_oom_outside_pods_is_on_the_node_only() {
         [warning(ObjectReference::node("node-1"), "SystemOOM", "System OOM encountered")]
     );
     // No node name, no Node event.
-    let no_node = EventOptions { node_name: String::new(), emit_normal_exits: true, probed_reasons: Vec::new() };
+    let no_node = EventOptions { node_name: String::new(), probed_reasons: Vec::new() };
     assert_eq!(events_for(&Record::OomKill(outside), &no_node), []);
 }
 
@@ -213,12 +213,10 @@ fn main_process_failing_is_container_exited() {
 }
 
 #[test]
-fn normal_exit_is_an_event_only_when_asked_for() {
+fn normal_exit_is_a_normal_event() {
     let ok = Record::Exit(exit(Some(true), 0, None));
-    assert_eq!(events_for(&ok, &options()), []);
-    let normal = EventOptions { emit_normal_exits: true, ..options() };
     assert_eq!(
-        one(ok, &normal),
+        one(ok, &options()),
         EventSpec::new(app(), EventType::Normal, "ContainerExited", "Container app exited with code 0")
     );
 }
@@ -525,11 +523,7 @@ fn random_records_never_panic() {
                 ][rng.usize(..5)],
             })
         };
-        let options = EventOptions {
-            node_name: text(&mut rng).unwrap_or_default(),
-            emit_normal_exits: rng.bool(),
-            probed_reasons: Vec::new(),
-        };
+        let options = EventOptions { node_name: text(&mut rng).unwrap_or_default(), probed_reasons: Vec::new() };
         let events = events_for(&record, &options);
         assert!(events.len() <= 2, "round {round}: {events:?}");
         for event in events {
@@ -549,9 +543,6 @@ fn random_records_never_panic() {
                 ),
                 "Node" => assert_eq!(object.name, options.node_name, "round {round}"),
                 other => panic!("round {round}: kind {other}"),
-            }
-            if event.reason == "ContainerExited" && event.event_type == EventType::Normal {
-                assert!(options.emit_normal_exits, "round {round}");
             }
         }
     }
@@ -621,23 +612,20 @@ fn a_stop_says_why_the_pod_was_being_stopped_when_the_api_said_so() {
     );
     assert_eq!(with(true, Some("DeletionByPodGC"), None), format!("{head} deleted (DeletionByPodGC)"));
     // The Normal event for a polite stop says it too.
-    let normal = EventOptions { emit_normal_exits: true, ..options() };
     let mut polite = stopped(exit(Some(true), 143, None), Some(Stop::Requested), 15, false, None);
     polite.stop_request.as_mut().unwrap().pod_stop = Some(PodStop { deleted: true, reason: None, message: None });
     assert_eq!(
-        one(Record::Exit(polite), &normal).message,
+        one(Record::Exit(polite), &options()).message,
         "Container app stopped on request: exited with code 143, 0.4 s after SIGTERM; the pod was being deleted"
     );
 }
 
 #[test]
-fn a_requested_stop_is_no_warning_and_normal_container_stopped_only_when_asked_for() {
-    let normal = EventOptions { emit_normal_exits: true, ..options() };
+fn a_requested_stop_is_no_warning_but_a_normal_container_stopped() {
     // Java's convention: exit 143 on SIGTERM.
     let java = stopped(exit(Some(true), 143, None), Some(Stop::Requested), 15, false, None);
-    assert_eq!(events_for(&Record::Exit(java.clone()), &options()), []);
     assert_eq!(
-        one(Record::Exit(java), &normal),
+        one(Record::Exit(java), &options()),
         EventSpec::new(
             app(),
             EventType::Normal,
@@ -647,13 +635,21 @@ fn a_requested_stop_is_no_warning_and_normal_container_stopped_only_when_asked_f
     );
     let by_signal = stopped(exit(Some(true), 143, Some(15)), Some(Stop::Requested), 15, false, None);
     assert_eq!(
-        one(Record::Exit(by_signal), &normal).message,
+        one(Record::Exit(by_signal), &options()).message,
         "Container app stopped on request: exited with code 143 (SIGTERM), 0.4 s after SIGTERM"
     );
     // The runtime's SIGKILL with no grace (sandbox stop) is a requested stop too.
     let mut sigkill = stopped(exit(Some(true), 137, Some(9)), Some(Stop::Requested), 9, false, None);
     sigkill.sender = sender(900, "runc");
-    assert_eq!(events_for(&Record::Exit(sigkill), &options()), []);
+    assert_eq!(
+        one(Record::Exit(sigkill), &options()),
+        EventSpec::new(
+            app(),
+            EventType::Normal,
+            "ContainerStopped",
+            "Container app stopped on request: exited with code 137 (SIGKILL), 0.4 s after SIGKILL"
+        )
+    );
 }
 
 #[test]

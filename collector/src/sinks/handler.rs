@@ -86,8 +86,33 @@ pub fn encode_record(record: &Record) -> Bytes {
 pub struct Decided {
     /// The event as the collector decided it, before aggregation and the spam filter.
     pub spec: EventSpec,
-    /// The write to the API server; `None` when the spam filter dropped it.
-    pub write: Option<Write>,
+    /// Whether and how it goes to the API server.
+    pub delivery: Delivery,
+}
+
+impl Decided {
+    /// The write to the API server, if it gets one.
+    pub fn write(&self) -> Option<&Write> {
+        match &self.delivery {
+            Delivery::Write(write) => Some(write),
+            Delivery::SpamFiltered | Delivery::NodeOnly => None,
+        }
+    }
+}
+
+/// What becomes of an event on its way to the API server.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a write is the common case, held as Option<Write> was; boxing it would allocate per event"
+)]
+pub enum Delivery {
+    /// The recorder's write: a POST, or a PATCH of an earlier event's count.
+    Write(Write),
+    /// client-go's spam filter dropped it; the node's history keeps it.
+    SpamFiltered,
+    /// A Normal container end without `--emit-normal-exits`: for the node's history only.
+    NodeOnly,
 }
 
 /// A destination of the daemon's events. Runs on its own thread: it may block.
@@ -264,7 +289,7 @@ mod tests {
         });
         let spec =
             EventSpec::new(crate::recorder::ObjectReference::node("n"), crate::recorder::EventType::Warning, "R", "m");
-        Dispatch::new(record, vec![Decided { spec, write: None }])
+        Dispatch::new(record, vec![Decided { spec, delivery: Delivery::SpamFiltered }])
     }
 
     /// What a [`Probe`] handled, and whether it finished.

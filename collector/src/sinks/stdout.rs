@@ -7,7 +7,7 @@ use crate::{
     config::OutputFormat,
     escape::{escape_bytes, scrub},
     recorder::Write as EventWrite,
-    sinks::handler::{Dispatch, Handler},
+    sinks::handler::{Decided, Dispatch, Handler},
     telemetry::limit::WarnLimit,
 };
 
@@ -70,7 +70,7 @@ impl<W: Write + Send + 'static> Handler for StdoutSink<W> {
     }
 
     fn handle(&mut self, dispatch: &Dispatch) {
-        for write in dispatch.events.iter().filter_map(|decided| decided.write.as_ref()) {
+        for write in dispatch.events.iter().filter_map(Decided::write) {
             if let Err(err) = self.write(write) {
                 self.failed += 1;
                 if let Some(suppressed) = self.warnings.allow() {

@@ -15,7 +15,7 @@ use crate::{
     clock::Timestamp,
     sinks::{
         ApiWrite,
-        handler::{Decided, Dispatch, Handler},
+        handler::{Decided, Delivery, Dispatch, Handler},
     },
     telemetry::{DropCause, Metrics, PruneReason, http::Readiness, limit::WarnLimit},
 };
@@ -61,7 +61,7 @@ impl JournalHandler {
     }
 
     fn store(&self, records: &serde_json::Value, dispatch: &Dispatch, decided: &Decided) {
-        let api = match decided.write.as_ref().map(ApiWrite::try_from).transpose() {
+        let api = match decided.write().map(ApiWrite::try_from).transpose() {
             Ok(api) => api,
             Err(err) => {
                 tracing::warn!("cannot encode an event: {err}");
@@ -71,7 +71,12 @@ impl JournalHandler {
         let context = EventContext { container: dispatch.record.identity().container_name.as_deref(), records };
         let occurrence = Occurrence { time: dispatch.record.time(), spec: &decided.spec, context };
         let now = Timestamp::from_system_time(SystemTime::now());
-        let stored = self.lock().record_occurrence(&occurrence, api.as_ref(), self.api.is_some(), now);
+        let stored = match decided.delivery {
+            Delivery::NodeOnly => self.lock().record_not_emitted(&occurrence, now).map(|()| None),
+            Delivery::Write(_) | Delivery::SpamFiltered => {
+                self.lock().record_occurrence(&occurrence, api.as_ref(), self.api.is_some(), now)
+            }
+        };
         match stored {
             Ok(recorded) => {
                 self.metrics.journal_appended();
@@ -170,7 +175,7 @@ mod tests {
         });
         let spec = EventSpec::new(pod("shop", "web-0"), EventType::Warning, "OOMKilling", message);
         let Decision::Write(write) = recorder().record(spec.clone(), at(0)) else { panic!("spam-filtered") };
-        Dispatch::new(record, vec![Decided { spec, write: Some(write) }])
+        Dispatch::new(record, vec![Decided { spec, delivery: Delivery::Write(write) }])
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum ApiOutcome {
     SpamFiltered,
     /// No API sink is configured; the write was kept in the journal only.
     Local,
+    /// A Normal container end, which goes to the API server only with `--emit-normal-exits`.
+    NotEmitted,
 }
 
 impl ApiOutcome {
@@ -50,6 +52,7 @@ impl ApiOutcome {
             Self::Queued => "queued",
             Self::SpamFiltered => "spam_filtered",
             Self::Local => "local",
+            Self::NotEmitted => "not_emitted",
         }
     }
 }
@@ -118,6 +121,15 @@ const FILTER: &str = "(?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR (object_
                       AND (?3 IS NULL OR reason = ?3) AND (?4 IS NULL OR ts >= ?4)";
 
 impl Journal {
+    /// Stores `occurrence`, which does not go to the API server at all (a Normal container end
+    /// without `--emit-normal-exits`), so that the node's history has every death.
+    pub fn record_not_emitted(&mut self, occurrence: &Occurrence<'_>, now: Timestamp) -> Result<(), JournalError> {
+        let (object, records) = encode(occurrence)?;
+        self.transaction("store an occurrence", |tx, path| {
+            insert(tx, path, occurrence, ApiOutcome::NotEmitted, None, &object, &records, now)
+        })
+    }
+
     /// Stores `occurrence` and, for a write the recorder decided on, its API event (a repeat
     /// updates the earlier row) and, if `enqueue`, the write in the outbox: all in one
     /// transaction. `write` is `None` exactly when the spam filter dropped it.
@@ -133,10 +145,7 @@ impl Journal {
             Some(_) if enqueue => ApiOutcome::Queued,
             Some(_) => ApiOutcome::Local,
         };
-        let object = serde_json::to_string(&occurrence.spec.involved_object)
-            .map_err(|source| JournalError::Encode { name: occurrence.spec.reason.clone(), source })?;
-        let records = serde_json::to_string(occurrence.context.records)
-            .map_err(|source| JournalError::Encode { name: occurrence.spec.reason.clone(), source })?;
+        let (object, records) = encode(occurrence)?;
         let prepared = write.map(|write| Self::prepare(write, &occurrence.context)).transpose()?;
         self.transaction("store an occurrence", |tx, path| {
             insert(tx, path, occurrence, outcome, write.map(|w| w.name.as_str()), &object, &records, now)?;
@@ -147,7 +156,15 @@ impl Journal {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "one row's columns, named at the one call site")]
+/// The occurrence's object reference and records as stored (JSON text).
+fn encode(occurrence: &Occurrence<'_>) -> Result<(String, String), JournalError> {
+    let fail = |source| JournalError::Encode { name: occurrence.spec.reason.clone(), source };
+    let object = serde_json::to_string(&occurrence.spec.involved_object).map_err(fail)?;
+    let records = serde_json::to_string(occurrence.context.records).map_err(fail)?;
+    Ok((object, records))
+}
+
+#[expect(clippy::too_many_arguments, reason = "one row's columns, named at each call site")]
 fn insert(
     tx: &Transaction<'_>,
     path: &std::path::Path,

@@ -119,7 +119,7 @@ impl Handler for StreamHandler {
             .events
             .iter()
             .filter_map(|decided| {
-                let write = decided.write.as_ref()?;
+                let write = decided.write()?;
                 let json = serde_json::to_vec(write.event()).ok()?;
                 Some((line("event", &json), &decided.spec))
             })

@@ -11,7 +11,7 @@ use crate::{
     clock::Timestamp,
     record::{CgroupChange, Identity, Record},
     recorder::{Decision, EventSpec, EventType, ObjectReference, Recorder, RecorderConfig},
-    sinks::handler::Decided,
+    sinks::handler::{Decided, Delivery},
 };
 
 fn record(path: &str, namespace: &str) -> Record {
@@ -29,7 +29,7 @@ fn with_event(record: Record, reason: &str) -> Dispatch {
     let Decision::Write(write) = recorder.record(spec.clone(), Timestamp::from_unix_secs(1)) else {
         panic!("expected a write");
     };
-    Dispatch::new(record, vec![Decided { spec, write: Some(write) }])
+    Dispatch::new(record, vec![Decided { spec, delivery: Delivery::Write(write) }])
 }
 
 struct Setup {

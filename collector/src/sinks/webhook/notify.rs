@@ -97,7 +97,7 @@ impl Handler for NotifyHandler {
     fn handle(&mut self, dispatch: &Dispatch) {
         for decided in &dispatch.events {
             // What the API server is sent: a spam-filtered event is in the journal, not here.
-            let Some(write) = &decided.write else { continue };
+            let Some(write) = decided.write() else { continue };
             let event = write.event();
             if !self.config.wants(&event.reason, &event.involved_object.namespace) {
                 continue;
