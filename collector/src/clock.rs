@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
 
 /// Nanoseconds since the Unix epoch, UTC.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -70,21 +70,50 @@ pub fn serialize_metav1<S: Serializer>(time: &Timestamp, serializer: S) -> Resul
     serializer.serialize_str(&time.metav1())
 }
 
-impl fmt::Display for Timestamp {
-    /// RFC 3339 in UTC with nanoseconds: `2026-11-28T10:40:10.123456789Z`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Timestamp {
+    /// RFC 3339 in UTC with nanoseconds, as ASCII: every record carries one, so it is
+    /// written digit by digit rather than through `core::fmt`. An i64 of nanoseconds spans
+    /// the years 1677 to 2262, so four digits always hold the year.
+    fn rfc3339_ascii(self) -> [u8; 30] {
         let secs = self.0.div_euclid(1_000_000_000);
         let nanos = self.0.rem_euclid(1_000_000_000);
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (year, month, day) = civil_from_days(days);
-        let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-        write!(f, "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{nanos:09}Z")
+        let mut out = *b"0000-00-00T00:00:00.000000000Z";
+        let fields = [
+            (0, 4, year),
+            (5, 2, i64::from(month)),
+            (8, 2, i64::from(day)),
+            (11, 2, rem / 3600),
+            (14, 2, rem % 3600 / 60),
+            (17, 2, rem % 60),
+            (20, 9, nanos),
+        ];
+        for (at, width, value) in fields {
+            let mut value = value.unsigned_abs();
+            for digit in out[at..at + width].iter_mut().rev() {
+                // A digit: the remainder of a division by 10.
+                *digit = b'0' + u8::try_from(value % 10).unwrap_or(0);
+                value /= 10;
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC with nanoseconds: `2026-11-28T10:40:10.123456789Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ascii = self.rfc3339_ascii();
+        f.write_str(std::str::from_utf8(&ascii).map_err(|_| fmt::Error)?)
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        let ascii = self.rfc3339_ascii();
+        // One str rather than `collect_str`, whose pieces the JSON writer would escape one by one.
+        serializer.serialize_str(std::str::from_utf8(&ascii).map_err(ser::Error::custom)?)
     }
 }
 
@@ -259,6 +288,27 @@ mod tests {
         assert_eq!(Timestamp(1_795_862_410_123_456_789).to_string(), "2026-11-28T10:40:10.123456789Z");
         assert_eq!(Timestamp(951_782_400_000_000_000).to_string(), "2000-02-29T00:00:00.000000000Z");
         assert_eq!(Timestamp(-1).to_string(), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn formats_every_time_as_core_fmt_would() {
+        let reference = |t: Timestamp| {
+            let secs = t.0.div_euclid(1_000_000_000);
+            let nanos = t.0.rem_euclid(1_000_000_000);
+            let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+            let (year, month, day) = civil_from_days(days);
+            let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+            format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{nanos:09}Z")
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        for t in [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX]
+            .into_iter()
+            .chain((0..10_000).map(|_| rng.i64(..)))
+        {
+            let t = Timestamp(t);
+            assert_eq!(t.to_string(), reference(t), "{}", t.0);
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{}\"", reference(t)), "{}", t.0);
+        }
     }
 
     #[test]
