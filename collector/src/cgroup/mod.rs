@@ -244,24 +244,23 @@ impl Resolver {
         self.walker.done()
     }
 
-    /// The cgroup `id`, if it exists or was removed less than the tombstone time ago.
-    pub fn get(&mut self, id: u64) -> Option<&Entry> {
-        self.registry.get(id, Instant::now())
+    /// The cgroup `id`, if it exists or was removed less than the tombstone time before `now`.
+    pub fn get(&mut self, id: u64, now: Instant) -> Option<&Entry> {
+        self.registry.get(id, now)
     }
 
-    /// The path of cgroup `id`, if known.
-    pub fn path(&mut self, id: u64) -> Option<&str> {
-        self.get(id).map(|entry| entry.path.as_str())
+    /// The path of cgroup `id`, if known at `now`.
+    pub fn path(&mut self, id: u64, now: Instant) -> Option<&str> {
+        self.get(id, now).map(|entry| entry.path.as_str())
     }
 
     /// Records a cgroup the kernel reported created.
-    pub fn created(&mut self, id: u64, path: &str) {
-        self.registry.insert(id, path, Instant::now());
+    pub fn created(&mut self, id: u64, path: &str, now: Instant) {
+        self.registry.insert(id, path, now);
     }
 
     /// Records a cgroup the kernel reported removed: it stays resolvable for the tombstone time.
-    pub fn removed(&mut self, id: u64, path: &str) {
-        let now = Instant::now();
+    pub fn removed(&mut self, id: u64, path: &str, now: Instant) {
         // One created and removed between two reads is still worth a tombstone.
         if self.registry.get(id, now).is_none() {
             self.registry.insert(id, path, now);
@@ -320,7 +319,7 @@ mod tests {
         assert_eq!(tree.find_among_ancestors("/a/b", ino("odd\nname")), None, "not an ancestor");
         assert_eq!(tree.find_among_ancestors("/gone/b", ino("a")), None);
         let mut resolver = Resolver::new(tree, RegistryConfig::default()).unwrap();
-        assert_eq!(resolver.path(ino("a/b")), Some("/a/b"));
+        assert_eq!(resolver.path(ino("a/b"), Instant::now()), Some("/a/b"));
         std::fs::create_dir(dir.join("late")).unwrap();
         assert!(!resolver.knows(ino("late"), Instant::now()));
         assert!(!resolver.want_walk(Instant::now()), "too soon after the first walk");
@@ -329,8 +328,8 @@ mod tests {
         assert!(resolver.walker.in_flight());
         assert!(resolver.walk_finished(true));
         assert!(!resolver.walker.in_flight());
-        assert_eq!(resolver.path(ino("late")), Some("/late"), "the walk re-read the tree");
-        assert_eq!(resolver.path(u64::MAX), None);
+        assert_eq!(resolver.path(ino("late"), Instant::now()), Some("/late"), "the walk re-read the tree");
+        assert_eq!(resolver.path(u64::MAX, Instant::now()), None);
         assert_eq!(resolver.stats().misses, 1, "only u64::MAX missed: knows() is not a lookup");
         assert_eq!(resolver.stats().walks, 2, "at start-up, and the one asked for");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -80,7 +80,7 @@ impl Engine {
         let _span = tracing::debug_span!("record", kind = kernel_type(&kernel).as_str()).entered();
         let now = Instant::now();
         let identifier = &mut self.identifier;
-        self.resolver.push(kernel, &mut |record| identifier.push(record, now));
+        self.resolver.push(kernel, now, &mut |record| identifier.push(record, now));
         self.release(now, false);
     }
 

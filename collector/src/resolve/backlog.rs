@@ -21,9 +21,9 @@ pub const BACKLOG_CAP: usize = 4096;
 
 impl RecordResolver {
     /// Resolves `kernel` now, or holds it (and all that follows) until the walk it needs.
-    pub fn push(&mut self, kernel: KernelRecord, emit: &mut impl FnMut(Record)) {
-        if self.backlog.is_empty() && !needs_walk(&mut self.cgroups, &kernel) {
-            self.resolve(&kernel, emit);
+    pub fn push(&mut self, kernel: KernelRecord, now: Instant, emit: &mut impl FnMut(Record)) {
+        if self.backlog.is_empty() && !needs_walk(&mut self.cgroups, &kernel, now) {
+            self.resolve(&kernel, now, emit);
             return;
         }
         self.backlog.push_back(kernel);
@@ -49,12 +49,14 @@ impl RecordResolver {
 
     /// Resolves held records in order, up to one that needs another walk (unless `all`).
     fn release_backlog(&mut self, emit: &mut impl FnMut(Record), all: bool) {
+        // Read once: the walk just ended, and the records are resolved together.
+        let now = Instant::now();
         while let Some(kernel) = self.backlog.front() {
-            if !all && needs_walk(&mut self.cgroups, kernel) {
+            if !all && needs_walk(&mut self.cgroups, kernel, now) {
                 break;
             }
             if let Some(kernel) = self.backlog.pop_front() {
-                self.resolve(&kernel, emit);
+                self.resolve(&kernel, now, emit);
             }
         }
         // A storm's backlog is megabytes: give it back once it is worked off.
@@ -65,13 +67,11 @@ impl RecordResolver {
 }
 
 /// Whether a cgroup `kernel` names is unknown and a walk (now running) may find it.
-fn needs_walk(cgroups: &mut Resolver, kernel: &KernelRecord) -> bool {
+fn needs_walk(cgroups: &mut Resolver, kernel: &KernelRecord, now: Instant) -> bool {
     let ids = cgroup_ids(kernel);
     if ids == [0, 0] {
         return false;
     }
-    // One clock read for both ids and the walk: this runs for every record.
-    let now = Instant::now();
     ids.into_iter().any(|id| id != 0 && !cgroups.knows(id, now)) && cgroups.want_walk(now)
 }
 
@@ -161,8 +161,8 @@ mod tests {
         let tree = Tree::new("wait");
         let mut resolver = tree.resolver_missing_late();
         let mut out = Vec::new();
-        resolver.push(exit(1, tree.ino("late")), &mut |record| out.push(record));
-        resolver.push(exit(2, tree.ino("known")), &mut |record| out.push(record));
+        resolver.push(exit(1, tree.ino("late")), Instant::now(), &mut |record| out.push(record));
+        resolver.push(exit(2, tree.ino("known")), Instant::now(), &mut |record| out.push(record));
         assert_eq!(exits(&out), [], "both wait: the second is known, but comes after the first");
         assert_eq!(resolver.backlog.len(), 2);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -172,7 +172,7 @@ mod tests {
         }
         assert_eq!(exits(&out), [(1, Some("/late".to_owned())), (2, Some("/known".to_owned()))]);
         // Too soon for another walk: a cgroup nobody can find does not hold records back.
-        resolver.push(exit(3, u64::MAX), &mut |record| out.push(record));
+        resolver.push(exit(3, u64::MAX), Instant::now(), &mut |record| out.push(record));
         assert_eq!(exits(&out)[2..], [(3, None)]);
         assert_eq!(resolver.backlog.len(), 0);
     }
@@ -182,7 +182,7 @@ mod tests {
         let tree = Tree::new("flush");
         let mut resolver = tree.resolver_missing_late();
         let mut out = Vec::new();
-        resolver.push(exit(1, tree.ino("late")), &mut |record| out.push(record));
+        resolver.push(exit(1, tree.ino("late")), Instant::now(), &mut |record| out.push(record));
         resolver.flush(&mut |record| out.push(record));
         assert_eq!(exits(&out), [(1, Some("/late".to_owned()))]);
     }
@@ -192,10 +192,10 @@ mod tests {
         let tree = Tree::new("full");
         let mut resolver = tree.resolver_missing_late();
         let mut out = Vec::new();
-        resolver.push(exit(1, tree.ino("late")), &mut |record| out.push(record));
+        resolver.push(exit(1, tree.ino("late")), Instant::now(), &mut |record| out.push(record));
         let known = tree.ino("known");
         for pid in 2..=u32::try_from(BACKLOG_CAP).unwrap() {
-            resolver.push(exit(pid, known), &mut |record| out.push(record));
+            resolver.push(exit(pid, known), Instant::now(), &mut |record| out.push(record));
         }
         assert_eq!(resolver.backlog.len(), 0);
         let exits = exits(&out);

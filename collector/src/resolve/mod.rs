@@ -63,6 +63,9 @@ pub struct RecordResolver {
     kernel_log: Patterns,
     /// Records waiting for a walk of the cgroup tree ([`backlog`]).
     backlog: VecDeque<KernelRecord>,
+    /// When the record being resolved was read: one clock read per record serves every
+    /// registry lookup it needs.
+    now: Instant,
 }
 
 /// Things the resolver worked around, counted as they happen and taken by the daemon after each
@@ -91,6 +94,7 @@ impl RecordResolver {
             counts: ResolveCounts::default(),
             kernel_log: Patterns::new(),
             backlog: VecDeque::new(),
+            now: Instant::now(),
         }
     }
 
@@ -118,8 +122,8 @@ impl RecordResolver {
     /// in the order things happened: an OOM kill waits for its victim's exit,
     /// and a signal whose target is already gone waits for the target's exit,
     /// which names its cgroup. [`Self::push`] calls it once the cgroups it names are known.
-    fn resolve(&mut self, kernel: &KernelRecord, emit: &mut impl FnMut(Record)) {
-        let now = Instant::now();
+    fn resolve(&mut self, kernel: &KernelRecord, now: Instant, emit: &mut impl FnMut(Record)) {
+        self.now = now;
         let record = match kernel {
             KernelRecord::Exit(record) => {
                 let mut exit = self.exit(record);
@@ -155,12 +159,12 @@ impl RecordResolver {
             }
             KernelRecord::CgroupMkdir(change) => {
                 let change = self.change(change);
-                self.cgroups.created(change.cgroup_id, &change.cgroup_path);
+                self.cgroups.created(change.cgroup_id, &change.cgroup_path, now);
                 Record::CgroupMkdir(change)
             }
             KernelRecord::CgroupRmdir(change) => {
                 let change = self.change(change);
-                self.cgroups.removed(change.cgroup_id, &change.cgroup_path);
+                self.cgroups.removed(change.cgroup_id, &change.cgroup_path, now);
                 Record::CgroupRmdir(change)
             }
             KernelRecord::CgroupAttach(attach) => {
@@ -282,12 +286,12 @@ impl RecordResolver {
     }
 
     fn path(&mut self, id: u64) -> Option<String> {
-        self.cgroups.path(id).map(str::to_owned)
+        self.cgroups.path(id, self.now).map(str::to_owned)
     }
 
     /// The path of cgroup `id` and the pod and container its path names.
     fn place(&mut self, id: u64) -> (Option<String>, Identity) {
-        match self.cgroups.get(id) {
+        match self.cgroups.get(id, self.now) {
             Some(entry) => (Some(entry.path.clone()), identity_of(entry.identity.as_ref())),
             None => (None, Identity::default()),
         }
