@@ -216,7 +216,7 @@ pub struct Owner {
     pub name: String,
 }
 
-/// Why the API server was stopping a pod: what the pod said when its container was stopped.
+/// Why a pod was being stopped, as its API object said when its container stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodStop {
     /// Whether the pod was being deleted (`metadata.deletionTimestamp` was set).

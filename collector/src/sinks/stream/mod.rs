@@ -114,7 +114,7 @@ impl Handler for StreamHandler {
         }
         let record = &dispatch.record;
         let record_line = dispatch.fresh.then(|| line("record", &dispatch.record_json()));
-        // What the API server is sent; a spam-filtered event is in the journal only.
+        // What the API server is sent; a spam-filtered or node-only event is in the journal only.
         let events: Vec<_> = dispatch
             .events
             .iter()
