@@ -17,6 +17,13 @@ pub fn needs_escape(c: char) -> bool {
 
 /// The escaped form of `bytes`.
 pub fn escape_bytes(bytes: &[u8]) -> String {
+    // Nearly every name: printable ASCII without a backslash is its own escaped form, and
+    // this runs for every record's name and path.
+    if bytes.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'\\')
+        && let Ok(text) = std::str::from_utf8(bytes)
+    {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
