@@ -58,6 +58,17 @@ pub enum CgroupError {
     Walker(#[source] std::io::Error),
 }
 
+/// The cgroup at `path` and each of its ancestors, deepest first, up to the root (`/`):
+/// `/a/b`, `/a`, `/`.
+pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(path.trim_end_matches('/'));
+    std::iter::from_fn(move || {
+        let path = next?;
+        next = if path.is_empty() { None } else { path.rfind('/').map(|cut| &path[..cut]) };
+        Some(if path.is_empty() { "/" } else { path })
+    })
+}
+
 /// Where a cgroup hierarchy is mounted.
 #[derive(Clone, Debug)]
 pub struct CgroupTree {
@@ -86,14 +97,9 @@ impl CgroupTree {
     /// allocating task's own or an ancestor (runtimes use the same path in every hierarchy), so
     /// a few `stat`s find it where a walk of the whole tree would stall the event loop.
     pub fn find_among_ancestors(&self, path: &str, id: u64) -> Option<String> {
-        let mut path = path.trim_end_matches('/');
-        loop {
-            let here = if path.is_empty() { "/" } else { path };
-            if std::fs::metadata(self.root.join(here.trim_start_matches('/'))).is_ok_and(|m| m.ino() == id) {
-                return Some(here.to_owned());
-            }
-            path = &path[..path.rfind('/')?];
-        }
+        ancestors(path)
+            .find(|here| std::fs::metadata(self.root.join(here.trim_start_matches('/'))).is_ok_and(|m| m.ino() == id))
+            .map(str::to_owned)
     }
 
     /// The limit and usage of the memory cgroup at `path` (relative to this
@@ -312,6 +318,8 @@ mod tests {
                 (ino("odd\nname"), "/odd\\x0aname".to_owned()),
             ]
         );
+        assert_eq!(ancestors("/a/b/").collect::<Vec<_>>(), ["/a/b", "/a", "/"]);
+        assert_eq!(ancestors("/").collect::<Vec<_>>(), ["/"]);
         // The memory cgroup of an OOM kill, among the allocating task's ancestors.
         assert_eq!(tree.find_among_ancestors("/a/b", ino("a")), Some("/a".to_owned()));
         assert_eq!(tree.find_among_ancestors("/a/b/", ino("a/b")), Some("/a/b".to_owned()));

@@ -442,20 +442,14 @@ pub fn infer_oom_cgroup(memory: &CgroupTree, victim_path: &str) -> Inferred {
     if !memory.root().join(victim_path.trim_start_matches('/')).is_dir() {
         return Inferred::Unknown;
     }
-    let mut path = victim_path.trim_end_matches('/').to_owned();
     let mut best: Option<(String, u64, u64)> = None;
-    loop {
-        let here = if path.is_empty() { "/" } else { path.as_str() };
+    for here in crate::cgroup::ancestors(victim_path) {
         if let Some(limit) = memory.memory_limit(here) {
             let headroom = limit.limit.saturating_sub(limit.usage);
             // Nearest first: a tie goes to the deeper cgroup.
             if best.as_ref().is_none_or(|(_, _, least)| headroom < *least) {
                 best = Some((here.to_owned(), limit.limit, headroom));
             }
-        }
-        match path.rfind('/') {
-            Some(cut) if !path.is_empty() => path.truncate(cut),
-            _ => break,
         }
     }
     best.map_or(Inferred::NoLimit, |(path, limit, _)| Inferred::Limit { path, limit })
