@@ -62,7 +62,7 @@ pub struct PodMeta {
     pub owner: Option<Owner>,
     /// `metadata.labels`, from the API or else the sandbox's labels; `None` when unknown.
     pub labels: Option<BTreeMap<String, String>>,
-    /// Whether and why the API server is stopping the pod; none while it runs (or without the API).
+    /// Whether and why the pod is being stopped, as its API object says; none while it runs (or without the API).
     pub stopping: Option<PodStop>,
 }
 

@@ -393,7 +393,6 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
     let identifier = Identifier::new(metadata, args.metadata_wait.0);
     let (mut probes, ring) = Probes::load(&config)?;
     let mut reader = RingReader::new(ring)?;
-    // A batch of a storm in one write: each write to a pipe wakes its reader.
     let mut output = Output::new(format, io::BufWriter::with_capacity(STDOUT_BUFFER, io::stdout().lock()));
     output.header()?;
     let mut pipeline = Pipeline::new(resolver, identifier, filter, output);
