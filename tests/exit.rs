@@ -12,7 +12,14 @@ const VICTIM: &str = env!("CARGO_BIN_EXE_victim");
 
 /// Starts a collector that sees only `cgroup`, runs `run`, and returns the records of the cgroup.
 fn trace(cgroup: &CgroupDir, expected: usize, run: impl FnOnce()) -> Vec<Value> {
-    let collector = Collector::trace(&["--cgroup", cgroup.path(), "--type", "exit"]).unwrap();
+    trace_with(cgroup, &[], expected, run)
+}
+
+/// [`trace`] with more arguments for `collector trace`.
+fn trace_with(cgroup: &CgroupDir, extra: &[&str], expected: usize, run: impl FnOnce()) -> Vec<Value> {
+    let mut args = vec!["--cgroup", cgroup.path(), "--type", "exit"];
+    args.extend_from_slice(extra);
+    let collector = Collector::trace(&args).unwrap();
     run();
     collector.wait_for(Duration::from_secs(10), |records| records.len() >= expected).unwrap();
     // Anything extra would arrive now: stop only after a quiet moment.
@@ -145,6 +152,38 @@ fn a_process_with_eight_threads_gives_exactly_one_record() {
     let (pid, before, after) = run.unwrap();
     assert_eq!(records.len(), 1, "nine threads exited, one process ended: {records:#?}");
     assert_eq!(record_of(&records, pid, before, after), expected(pid, std::process::id(), "victim", 9, None, &cgroup));
+}
+
+#[test]
+fn a_process_ended_by_a_renamed_thread_after_its_leader_is_named_by_the_leader() {
+    if !privileged("a_process_ended_by_a_renamed_thread_after_its_leader_is_named_by_the_leader") {
+        return;
+    }
+    let cgroup = CgroupDir::new("leader-first").unwrap();
+    let mut run = None;
+    let records = trace(&cgroup, 1, || {
+        run = Some(run_to_end(cgroup.command(VICTIM).unwrap().args(["leader-first", "7"])));
+    });
+    let (pid, before, after) = run.unwrap();
+    assert_eq!(records.len(), 1, "two threads exited, one process ended: {records:#?}");
+    // The thread that ended the group is called `worker`; the process is its leader's name.
+    assert_eq!(record_of(&records, pid, before, after), expected(pid, std::process::id(), "victim", 7, None, &cgroup));
+}
+
+#[test]
+fn the_helper_reads_of_kernels_before_5_11_give_the_same_records() {
+    if !privileged("the_helper_reads_of_kernels_before_5_11_give_the_same_records") {
+        return;
+    }
+    // Every field the exit probe reads from the task: status, parent, the leader's name.
+    let cgroup = CgroupDir::new("helper-reads").unwrap();
+    let mut run = None;
+    let records = trace_with(&cgroup, &["--kernel-reads", "helper"], 1, || {
+        run = Some(run_to_end(cgroup.command(VICTIM).unwrap().args(["leader-first", "7"])));
+    });
+    let (pid, before, after) = run.unwrap();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(record_of(&records, pid, before, after), expected(pid, std::process::id(), "victim", 7, None, &cgroup));
 }
 
 #[test]

@@ -30,7 +30,14 @@ struct Run {
 
 /// Runs [`SCRIPT`] in `cgroup` under a collector scoped to `scope`.
 fn run_oom(scope: &MemCgroup, cgroup: &MemCgroup) -> Run {
-    let collector = Collector::trace(&["--cgroup", scope.path(), "--type", "exit,oom_kill"]).unwrap();
+    run_oom_with(scope, cgroup, &[])
+}
+
+/// [`run_oom`] with more arguments for `collector trace`.
+fn run_oom_with(scope: &MemCgroup, cgroup: &MemCgroup, extra: &[&str]) -> Run {
+    let mut args = vec!["--cgroup", scope.path(), "--type", "exit,oom_kill"];
+    args.extend_from_slice(extra);
+    let collector = Collector::trace(&args).unwrap();
     let before = Timestamp::now();
     let child = cgroup.command("sh").unwrap().args(["-c", SCRIPT]).stdout(Stdio::piped()).spawn().unwrap();
     let shell = child.id();
@@ -114,6 +121,18 @@ fn a_child_killed_by_its_own_cgroups_limit() {
     let cgroup = MemCgroup::new("oom-own").unwrap();
     cgroup.set_memory_limit(LIMIT).unwrap();
     let run = run_oom(&cgroup, &cgroup);
+    assert_oom_kill(&run, &cgroup, &cgroup);
+}
+
+#[test]
+fn the_helper_reads_of_kernels_before_5_11_see_the_oom_victim_too() {
+    if !privileged("the_helper_reads_of_kernels_before_5_11_see_the_oom_victim_too") {
+        return;
+    }
+    // The exit probe's other way to read the victim's signal->oom_mm.
+    let cgroup = MemCgroup::new("oom-helper").unwrap();
+    cgroup.set_memory_limit(LIMIT).unwrap();
+    let run = run_oom_with(&cgroup, &cgroup, &["--kernel-reads", "helper"]);
     assert_oom_kill(&run, &cgroup, &cgroup);
 }
 

@@ -358,6 +358,10 @@ pub struct Layout {
     pub task_cgroups: u32,
     /// `css_set.dfl_cgrp`: its cgroup in the v2 hierarchy.
     pub css_set_dfl_cgrp: u32,
+    /// 1 where the programs may call `bpf_get_current_task_btf` (5.11 and later) and read the
+    /// current task's fields with plain loads the verifier checks against BTF; 0 where they
+    /// read each through `bpf_probe_read_kernel`.
+    pub task_btf: u32,
     /// Fields of the node-health tracepoints; [`ABSENT`] where this kernel lacks one.
     pub health: HealthLayout,
 }
@@ -524,6 +528,7 @@ impl Layout {
         task_pid: ABSENT,
         task_cgroups: ABSENT,
         css_set_dfl_cgrp: ABSENT,
+        task_btf: 0,
         health: HealthLayout::UNSET,
     };
 }
@@ -578,4 +583,4 @@ const _: () = assert!(size_of::<OomRecord>() == 120);
 const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
 const _: () = assert!(size_of::<Settings>() == 48);
 const _: () = assert!(size_of::<HealthRecord>() == 72 + TEXT_CAP + DETAIL_LEN);
-const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 6 + 6 + 6 + 3 + 12));
+const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 6 + 6 + 6 + 4 + 12));

@@ -2,14 +2,17 @@
 //! whether the OOM killer chose it and the last fatal signal sent to it.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns},
+    EbpfContext as _,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
-use collector_common::{ABSENT, COMM_LEN, ExitRecord, Header, SignalInfo, counter, exit_flags, kind};
+use collector_common::{ABSENT, ExitRecord, Header, SignalInfo, counter, exit_flags, kind};
 
-use crate::{EVENTS, SIGNALS, count, filtered_out, layout, read_field, read_field_into, tp_field, wakeup_flags};
+use crate::{
+    EVENTS, SIGNALS, count, current_task, filtered_out, layout, read_field, task_field, tp_field, wakeup_flags,
+};
 
 /// Fires once per exiting thread; emits a record only for the thread that ends its group.
 #[tracepoint]
@@ -29,7 +32,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         // Older kernels do not say; the leader's exit stands for the group.
         tid == tgid
     } else {
-        tp_field::<u8, _>(ctx, layout!(exit_group_dead)).map_err(|_| 1u32)? != 0
+        group_dead(ctx).map_err(|_| 1u32)? != 0
     };
     if !last {
         // A thread that dies alone takes its pending signal with it.
@@ -46,35 +49,35 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     };
     let record = entry.as_mut_ptr();
-    // SAFETY: a helper with no preconditions.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let task = current_task();
     let mut failed = false;
     // Offsets in `task` (the current task_struct) come from the running kernel's BTF.
-    let exit_status: i32 = read_field(task, layout!(task_exit_code)).unwrap_or_else(|_| {
+    let exit_status: i32 = task_field(task, layout!(task_exit_code)).unwrap_or_else(|_| {
         failed = true;
         0
     });
-    let ppid = read_field::<*const u8>(task, layout!(task_real_parent))
-        .and_then(|parent| read_field::<u32>(parent, layout!(task_tgid)))
+    let ppid = task_field::<*const u8>(task, layout!(task_real_parent))
+        .and_then(|parent| task_field::<u32>(parent, layout!(task_tgid)))
         .unwrap_or_else(|_| {
             failed = true;
             0
         });
     // The leader's name names the process; a worker thread may have renamed itself. Most
     // processes are one thread: the exiting task is then the leader, one read fewer.
-    let leader = if tid == tgid { Ok(task) } else { read_field::<*const u8>(task, layout!(task_group_leader)) };
+    let leader = if tid == tgid { Ok(task) } else { task_field::<*const u8>(task, layout!(task_group_leader)) };
     // mark_oom_victim() sets signal->oom_mm for the whole thread group.
-    let oom_mm = read_field::<*const u8>(task, layout!(task_signal))
-        .and_then(|sig| read_field::<u64>(sig, layout!(signal_oom_mm)))
+    let oom_mm = task_field::<*const u8>(task, layout!(task_signal))
+        .and_then(|sig| task_field::<u64>(sig, layout!(signal_oom_mm)))
         .unwrap_or(0);
     // The main process of a container is pid 1 in the container's own pid namespace.
-    let ns_init = read_field::<*const u8>(task, layout!(task_thread_pid))
+    let ns_init = task_field::<*const u8>(task, layout!(task_thread_pid))
         .and_then(|pid| {
-            let level = read_field::<u32>(pid, layout!(pid_level))?;
+            let level = task_field::<u32>(pid, layout!(pid_level))?;
             if level == 0 || level > 32 || layout!(upid_size) == ABSENT || layout!(pid_numbers) == ABSENT {
                 return Ok(false);
             }
             let nr_offset = layout!(pid_numbers) + level * layout!(upid_size);
+            // A variable offset: the verifier allows no plain load there.
             Ok(read_field::<u32>(pid, nr_offset)? == 1)
         })
         .unwrap_or(false);
@@ -97,12 +100,17 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         (*record).ppid = ppid;
         (*record).tid = tid;
         (*record).exit_status = exit_status as u32;
-        // Straight into the record: an array returned by value is copied byte by byte.
-        let comm = leader.and_then(|leader| read_field_into(leader, comm_offset, &mut (*record).comm));
-        if comm.is_err() {
+        // Two 8-byte loads and stores: an array moved by value is copied byte by byte.
+        let comm = (*record).comm.as_mut_ptr().cast::<u64>();
+        let words = leader.and_then(|leader| {
+            Ok((task_field::<u64>(leader, comm_offset)?, task_field::<u64>(leader, comm_offset.wrapping_add(8))?))
+        });
+        let (low, high) = words.unwrap_or_else(|_| {
             failed = true;
-            (*record).comm = [0; COMM_LEN];
-        }
+            (0, 0)
+        });
+        core::ptr::write_volatile(comm, low);
+        core::ptr::write_volatile(comm.add(1), high);
         // The sender matters only when a signal ended the process (user space names it only
         // then), and most processes exit by themselves: they skip the shared map. A signal one
         // handled stays there until the LRU drops it; a later death by signal always follows a
@@ -124,6 +132,23 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         warn!(ctx, "sched_process_exit: a task field could not be read for pid {}", tgid);
     }
     Ok(0)
+}
+
+/// Where `group_dead` lies in the record on every kernel that has it: after the common header
+/// (8 bytes), `comm` (16), `pid` and `prio`.
+const GROUP_DEAD_AT: u32 = 32;
+
+/// The tracepoint's `group_dead`. The verifier takes a context load only with its offset in the
+/// instruction, so the usual offset is spelled out and read with one load (the verifier knows
+/// `LAYOUT`'s values and checks only the branch taken); any other goes through the helper.
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext) -> Result<u8, i64> {
+    if layout!(exit_group_dead) == GROUP_DEAD_AT {
+        // SAFETY: within the record, which the kernel sizes at least `GROUP_DEAD_AT + 1` bytes
+        // when `group_dead` lies there; volatile, so that the load keeps its constant offset.
+        return Ok(unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(GROUP_DEAD_AT as usize)) });
+    }
+    tp_field::<u8, _>(ctx, layout!(exit_group_dead))
 }
 
 /// Zeroes a record's signal (`SignalInfo::NONE`) with eight stores: a plain assignment becomes

@@ -35,7 +35,7 @@ use crate::{
     },
     identify::Identifier,
     metadata::{self, MetadataCache, MetadataConfig, MetadataError},
-    probe::{KernelCounters, ProbeConfig, ProbeError, Probes},
+    probe::{KernelCounters, KernelReads, ProbeConfig, ProbeError, Probes},
     reader::RingReader,
     record::{PressureState, Record},
     recorder::{Recorder, RecorderConfig, RecorderError},
@@ -200,8 +200,13 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let (v2, memory) = (CgroupTree::discover()?, CgroupTree::discover_memory()?);
     let resolver = RecordResolver::new(Resolver::new(v2.clone(), registry)?, memory.clone());
     // Signal records tell the container runtime's stop signals from other senders' (see resolve::stop).
-    let probe_config =
-        ProbeConfig { ring_bytes: config.ring_buffer_bytes, cgroup_subtree: None, emit_signals: true, health: true };
+    let probe_config = ProbeConfig {
+        ring_bytes: config.ring_buffer_bytes,
+        cgroup_subtree: None,
+        emit_signals: true,
+        health: true,
+        kernel_reads: KernelReads::Auto,
+    };
     let (mut probes, ring) = Probes::load(&probe_config)?;
     for &(probe, attached) in probes.health() {
         metrics.set_probe_attached(probe, attached);

@@ -1,4 +1,5 @@
-//! Just enough of a BTF reader to find struct member offsets in the running kernel.
+//! Just enough of a BTF reader to find struct member offsets, and enumerators, in the running
+//! kernel.
 //!
 //! Rust eBPF has no CO-RE relocations, so the kernel programs read
 //! `task_struct` fields at offsets that this module takes from
@@ -15,6 +16,8 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_ENUM64: u32 = 19;
 
 /// Errors reading kernel BTF.
 #[derive(Debug, Error)]
@@ -65,6 +68,8 @@ pub struct Btf {
     /// Type ids of modifiers and typedefs, to see through to a composite.
     aliases: HashMap<u32, u32>,
     by_name: HashMap<String, u32>,
+    /// The enumerators' names (string offsets) of each named enum, by its name.
+    enums: HashMap<String, Vec<u32>>,
 }
 
 impl Btf {
@@ -98,7 +103,13 @@ impl Btf {
             .ok_or(BtfError::Malformed("string section out of bounds"))?
             .to_vec();
 
-        let mut btf = Self { strings, composites: HashMap::new(), aliases: HashMap::new(), by_name: HashMap::new() };
+        let mut btf = Self {
+            strings,
+            composites: HashMap::new(),
+            aliases: HashMap::new(),
+            by_name: HashMap::new(),
+            enums: HashMap::new(),
+        };
         let rd = |off: usize| {
             types
                 .get(off..off + 4)
@@ -144,6 +155,12 @@ impl Btf {
                     }
                     btf.composites.insert(id, Composite { members });
                 }
+                KIND_ENUM | KIND_ENUM64 if name_off != 0 => {
+                    let stride = if kind == KIND_ENUM { 8 } else { 12 };
+                    let names = (0..vlen).map(|e| rd(off + e * stride)).collect::<Result<Vec<_>, _>>()?;
+                    let name = btf.string(name_off).to_owned();
+                    btf.enums.entry(name).or_insert(names);
+                }
                 8..=11 | 18 => {
                     btf.aliases.insert(id, size_or_type);
                 }
@@ -180,6 +197,12 @@ impl Btf {
             .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() })
     }
 
+    /// Whether `enum enumeration` has an enumerator `name`: what the kernel offers, such as
+    /// a BPF helper (`bpf_func_id`), shows there.
+    pub fn has_enumerator(&self, enumeration: &str, name: &str) -> bool {
+        self.enums.get(enumeration).is_some_and(|names| names.iter().any(|&off| self.string(off) == name))
+    }
+
     fn find(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
         let composite = self.composites.get(&self.resolve(id))?;
         for m in &composite.members {
@@ -202,10 +225,12 @@ impl Btf {
 mod tests {
     use super::*;
 
-    /// Builds a BTF blob: `struct outer { int a; struct { int b; }; long c; }` plus an int.
+    /// Builds a BTF blob: `struct outer { int a; struct { int b; }; long c; }`, an int and
+    /// `enum colour { red, blue }`.
     fn sample() -> Vec<u8> {
-        let strings = b"\0int\0outer\0a\0b\0c\0".to_vec();
+        let strings = b"\0int\0outer\0a\0b\0c\0colour\0red\0blue\0".to_vec();
         let (int, outer, a, b, c) = (1u32, 5u32, 11u32, 13u32, 15u32);
+        let (colour, red, blue) = (17u32, 24u32, 28u32);
         let mut types = Vec::new();
         let mut push = |words: &[u32]| words.iter().for_each(|w| types.extend_from_slice(&w.to_le_bytes()));
         // [1] int, 4 bytes
@@ -216,6 +241,8 @@ mod tests {
         push(&[0, 8 << 24, 2]);
         // [4] struct outer { int a @0; anon @32 bits; int c @64 bits }
         push(&[outer, (4 << 24) | 3, 16, a, 1, 0, 0, 3, 32, c, 1, 64]);
+        // [5] enum colour { red = 0, blue = 1 }
+        push(&[colour, (6 << 24) | 2, 4, red, 0, blue, 1]);
         let mut blob = Vec::new();
         blob.extend_from_slice(&MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]);
@@ -233,6 +260,15 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "a").unwrap(), 0);
         assert_eq!(btf.member_offset("outer", "b").unwrap(), 4);
         assert_eq!(btf.member_offset("outer", "c").unwrap(), 8);
+    }
+
+    #[test]
+    fn finds_enumerators_by_enum() {
+        let btf = Btf::parse(&sample()).unwrap();
+        assert!(btf.has_enumerator("colour", "red"));
+        assert!(btf.has_enumerator("colour", "blue"));
+        assert!(!btf.has_enumerator("colour", "green"));
+        assert!(!btf.has_enumerator("outer", "a"));
     }
 
     #[test]
@@ -265,5 +301,8 @@ mod tests {
         for member in ["tgid", "real_parent", "group_leader", "exit_code", "comm"] {
             btf.member_offset("task_struct", member).unwrap();
         }
+        // Every kernel the project tests on (6.1, 6.18) has it; 5.8 to 5.10 do not.
+        assert!(btf.has_enumerator("bpf_func_id", "BPF_FUNC_get_current_task_btf"));
+        assert!(!btf.has_enumerator("bpf_func_id", "BPF_FUNC_no_such_helper"));
     }
 }

@@ -88,6 +88,7 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError>
         task_pid: optional("task_struct", "pid"),
         task_cgroups: optional("task_struct", "cgroups"),
         css_set_dfl_cgrp: optional("css_set", "dfl_cgrp"),
+        task_btf: u32::from(btf.has_enumerator("bpf_func_id", "BPF_FUNC_get_current_task_btf")),
         health: health_layout(tracefs),
     })
 }

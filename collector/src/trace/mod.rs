@@ -27,7 +27,7 @@ use crate::{
     identify::Identifier,
     metadata::{CriSocket, MetadataCache, MetadataConfig, MetadataError},
     output::{Format, Output},
-    probe::{KernelCounters, ProbeConfig, ProbeError, Probes},
+    probe::{KernelCounters, KernelReads, ProbeConfig, ProbeError, Probes},
     reader::RingReader,
     record::{Record, RecordType},
     resolve::RecordResolver,
@@ -74,6 +74,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "BYTES", default_value_t = collector_common::DEFAULT_RING_BYTES,
           value_parser = parse_ring_bytes)]
     pub ring_buffer_bytes: u32,
+    /// How the exit probe reads kernel fields: `auto` (plain loads checked against the
+    /// kernel's BTF, from 5.11) or `helper` (a `bpf_probe_read_kernel` call each, as on 5.8 to
+    /// 5.10, for a kernel whose verifier refuses the loads).
+    #[arg(long, value_name = "HOW", default_value = "auto")]
+    pub kernel_reads: KernelReads,
     /// The container runtime's CRI socket for pod and container names: `auto`
     /// (containerd's, then CRI-O's, if present), `none`, or a path.
     #[arg(long, value_name = "PATH", default_value = "auto", value_parser = parse_cri_socket)]
@@ -385,6 +390,7 @@ pub async fn run(args: TraceArgs) -> Result<TraceStats, TraceError> {
         ]
         .into_iter()
         .any(|kind| filter.wants(kind)),
+        kernel_reads: args.kernel_reads,
     };
     let metadata = match args.cri_socket {
         CriSocket::Off => None,
@@ -484,6 +490,7 @@ mod tests {
             container: None,
             containers_only: false,
             ring_buffer_bytes: 4096,
+            kernel_reads: KernelReads::Auto,
             cri_socket: CriSocket::Off,
             metadata_wait: HumanDuration(Duration::from_secs(2)),
             filters: None,

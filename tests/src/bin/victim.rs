@@ -1,6 +1,8 @@
 //! A process for the end-to-end tests to end in particular ways.
 //!
 //! `victim threads N CODE`: start N threads, then exit with CODE while they run.
+//! `victim leader-first CODE`: the main thread ends first; a thread named `worker` then exits
+//! the process with CODE, so the task that ends the group is not its leader.
 //! `victim abort`: die by SIGABRT.
 //! `victim segv`: die by SIGSEGV from a real fault.
 
@@ -28,6 +30,26 @@ fn main() -> ExitCode {
             }
             // exit_group with every thread still alive.
             std::process::exit(i32::from(code));
+        }
+        ["leader-first", code] => {
+            let Ok(code) = code.parse::<i32>() else {
+                return ExitCode::from(100);
+            };
+            let worker = std::thread::Builder::new().name("worker".to_owned()).spawn(move || {
+                // Long enough for the leader to be gone.
+                std::thread::sleep(Duration::from_millis(200));
+                // `_exit`: the runtime's exit path aborts once the main thread is gone.
+                // SAFETY: ends the process at once; nothing is left to flush.
+                unsafe { libc::_exit(code) }
+            });
+            if worker.is_err() {
+                return ExitCode::from(101);
+            }
+            // The raw `exit` ends only this thread, without `pthread_exit`'s unwinding, which
+            // Rust frames do not allow.
+            // SAFETY: the worker owns nothing on this thread's stack.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+            ExitCode::from(102)
         }
         ["abort"] => std::process::abort(),
         ["segv"] => {
