@@ -24,6 +24,8 @@ pub const PATH_CAP: usize = 512;
 /// longer names are cut. Enough for `containerd-shim-runc-v2`, which `comm` cuts at 15.
 pub const EXE_LEN: usize = 32;
 
+pub mod time;
+
 /// The kind of a record, the first field of every record.
 pub mod kind {
     /// A process (thread group) ended: [`super::ExitRecord`].

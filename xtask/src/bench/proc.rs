@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::report::parse_rfc3339;
+use collector_common::time::parse_rfc3339;
 
 /// Where the collector's stdout goes.
 pub(super) enum Stdout {

@@ -67,35 +67,6 @@ fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
 
-/// Nanoseconds since the Unix epoch of `2026-11-28T10:40:10.123456789Z` (UTC, 0-9 fraction digits).
-pub(super) fn parse_rfc3339(text: &str) -> Option<i64> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut date = date.splitn(3, '-').map(str::parse::<i64>);
-    let (year, month, day) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
-    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
-    let mut hms = hms.splitn(3, ':').map(str::parse::<i64>);
-    let (h, m, s) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
-    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let nanos =
-        if fraction.is_empty() { 0 } else { fraction.parse::<i64>().ok()? * 10_i64.pow(9 - fraction.len() as u32) };
-    let secs = days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s;
-    Some(secs * 1_000_000_000 + nanos)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-const fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// The median of `values` (the mean of the middle two for an even count); 0 for none.
 pub(super) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -146,16 +117,6 @@ pub(super) fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_the_collectors_timestamps() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00.000000000Z"), Some(0));
-        assert_eq!(parse_rfc3339("2026-11-28T10:40:10.123456789Z"), Some(1_795_862_410_123_456_789));
-        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.5Z"), Some(951_782_400_500_000_000));
-        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400_000_000_000));
-        assert_eq!(parse_rfc3339("2000-02-29 00:00:00Z"), None);
-        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.1234567890Z"), None);
-    }
 
     #[test]
     fn statistics() {
