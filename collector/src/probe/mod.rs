@@ -200,6 +200,17 @@ impl Probes {
         if config.kernel_reads == KernelReads::Helper {
             layout.task_btf = 0;
         }
+        if layout.task_btf == 0 {
+            tracing::info!(
+                "the exit probe reads task fields through bpf_probe_read_kernel ({}): about a fifth more kernel \
+                 time per exit than plain loads",
+                if config.kernel_reads == KernelReads::Helper {
+                    "--kernel-reads helper"
+                } else {
+                    "the kernel has no bpf_get_current_task_btf, added in 5.11"
+                }
+            );
+        }
         let settings = Settings {
             fatal_signals: crate::record::FATAL_SIGNALS,
             // The default (v2) hierarchy is always hierarchy 0.
