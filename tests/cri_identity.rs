@@ -89,9 +89,24 @@ fn a_main_process_exit_names_its_pod_and_container() {
     if !privileged("a_main_process_exit_names_its_pod_and_container") {
         return;
     }
+    main_process_exit_names_its_pod_and_container(&["--type", "exit"]);
+}
+
+#[test]
+fn the_helper_reads_of_kernels_before_5_11_find_the_main_process_too() {
+    if !privileged("the_helper_reads_of_kernels_before_5_11_find_the_main_process_too") {
+        return;
+    }
+    // The pid in the container's namespace, read the other way.
+    main_process_exit_names_its_pod_and_container(&["--type", "exit", "--kernel-reads", "helper"]);
+}
+
+/// A container's shell exits 3 after a child: the shell's exit is the main process's, with
+/// the pod's and container's names, and the child's is not.
+fn main_process_exit_names_its_pod_and_container(args: &[&str]) {
     let containerd = Containerd::start().unwrap();
     let spec = web_0_spec();
-    let collector = trace(&containerd, &spec.uid, &["--type", "exit"]);
+    let collector = trace(&containerd, &spec.uid, args);
     let pod = containerd.cri().run_pod(spec).unwrap();
     let app = containerd.cri().create_and_start(&pod, ContainerSpec::shell("app", "sleep 0.2; exit 3")).unwrap();
     assert_eq!(containerd.cri().wait_exit(&app, RECORD_TIMEOUT).unwrap(), 3);
