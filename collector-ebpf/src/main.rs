@@ -196,8 +196,10 @@ fn task_field<T: Plain>(base: *const u8, offset: u32) -> Result<T, i64> {
 /// Reads a `T` at `base + offset` with a plain load, where `base` is a BTF pointer: the current
 /// task from `bpf_get_current_task_btf`, or a pointer field read from one this way. The verifier
 /// checks the access against the kernel's BTF (the offset is a constant to it: `LAYOUT` lies in
-/// frozen read-only data) and the JIT turns a faulting load into zero. A field costs one
-/// instruction instead of a [`read_field`] helper call, of which the exit probe made ten.
+/// frozen read-only data) and the JIT turns a faulting load into zero, which therefore is not
+/// counted as a failed read (the current task's fields and the pointers from it do not fault).
+/// A field costs one instruction instead of a [`read_field`] helper call, of which the exit
+/// probe made ten.
 #[inline(always)]
 fn btf_field<T: Plain>(base: *const u8, offset: u32) -> Result<T, i64> {
     let addr = field_addr(base, offset)?;
