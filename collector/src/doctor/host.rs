@@ -3,7 +3,7 @@
 //! release, which only warns).
 
 use std::{
-    io::{self, Read as _},
+    io,
     os::fd::{FromRawFd as _, OwnedFd, RawFd},
     path::Path,
 };
@@ -13,7 +13,8 @@ use crate::{
     escape::escape_bytes,
     probe::{
         TRACEPOINTS,
-        btf::{BtfError, VMLINUX_BTF},
+        btf::{BAD_MAGIC, Btf, BtfError, VMLINUX_BTF},
+        layout,
         preflight::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, PreflightError},
         tracefs::{DEFAULT_MOUNT, Tracefs, TracefsError},
     },
@@ -116,17 +117,12 @@ fn version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// BTF at `path` exists, is readable and starts with the BTF magic.
+/// BTF at `path` exists, is readable and parses; the detail says how the exit probe will read
+/// task fields on this kernel.
 pub(super) fn btf(path: &Path) -> Check {
     const NAME: &str = "btf";
     let shown = escape_bytes(path.as_os_str().as_encoded_bytes());
-    let mut magic = [0; 2];
-    let read = std::fs::File::open(path).and_then(|mut file| {
-        let size = file.metadata()?.len();
-        file.read_exact(&mut magic)?;
-        Ok(size)
-    });
-    match read {
+    match std::fs::read(path) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Check::fail(
             NAME,
             format!("{shown} is missing: the kernel has no BTF"),
@@ -140,13 +136,30 @@ pub(super) fn btf(path: &Path) -> Check {
             "run as uid 0 with the host's /sys/kernel/btf mounted (hostPath)",
         )
         .blocking(BtfError::Read { path: path.display().to_string(), source }),
-        Ok(_) if u16::from_le_bytes(magic) != 0xeb9f => Check::fail(
-            NAME,
-            format!("{shown} is not little-endian BTF"),
-            "use the kernel's own /sys/kernel/btf (hostPath)",
-        )
-        .blocking(BtfError::Malformed("bad magic (not little-endian BTF)")),
-        Ok(size) => Check::ok(NAME, format!("{shown} readable ({} KiB)", size.div_ceil(1024))),
+        Ok(data) => match Btf::parse(&data) {
+            Err(BtfError::Malformed(why)) if why == BAD_MAGIC => Check::fail(
+                NAME,
+                format!("{shown} is not little-endian BTF"),
+                "use the kernel's own /sys/kernel/btf (hostPath)",
+            )
+            .blocking(BtfError::Malformed(why)),
+            Err(err) => Check::fail(
+                NAME,
+                format!("{shown} cannot be parsed: {err}"),
+                "use the kernel's own /sys/kernel/btf (hostPath)",
+            )
+            .blocking(err),
+            Ok(btf) => {
+                let kib = data.len().div_ceil(1024);
+                let reads = if layout::plain_task_loads(&btf) {
+                    "the exit probe reads task fields by plain loads"
+                } else {
+                    "the exit probe reads task fields through bpf_probe_read_kernel (no bpf_get_current_task_btf \
+                     before 5.11): about a fifth more kernel time per exit"
+                };
+                Check::ok(NAME, format!("{shown} readable ({kib} KiB); {reads}"))
+            }
+        },
     }
 }
 
@@ -345,9 +358,45 @@ mod tests {
         std::fs::write(&path, b"ELF").unwrap();
         let check = btf(&path);
         assert_eq!(check.detail, format!("{} is not little-endian BTF", path.display()));
+        // BTF without bpf_func_id's BPF_FUNC_get_current_task_btf, as on 5.8 to 5.10.
+        std::fs::write(&path, crate::probe::btf::tests::sample()).unwrap();
+        let check = btf(&path);
+        assert_eq!(
+            check.detail,
+            format!(
+                "{} readable (1 KiB); the exit probe reads task fields through bpf_probe_read_kernel (no \
+                 bpf_get_current_task_btf before 5.11): about a fifth more kernel time per exit",
+                path.display()
+            )
+        );
+        assert_eq!(check.status, Status::Ok);
         std::fs::write(&path, [0x9f, 0xeb, 1, 0]).unwrap();
-        assert_eq!(btf(&path).detail, format!("{} readable (1 KiB)", path.display()));
+        let check = btf(&path);
+        assert_eq!(
+            line(&check),
+            format!(
+                "btf: {} cannot be parsed: kernel BTF is malformed: header cut short; fix: use the kernel's own \
+                 /sys/kernel/btf (hostPath)",
+                path.display()
+            )
+        );
+        assert!(check.blocks_startup());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn btf_of_this_kernel_says_the_exit_probe_uses_plain_loads() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() && std::env::var_os("CI").is_none() {
+            // A developer's machine may lack BTF; CI machines never do.
+            return;
+        }
+        let kib = std::fs::metadata(path).unwrap().len().div_ceil(1024);
+        // Every kernel the project tests on (6.1, 6.18) has bpf_get_current_task_btf.
+        assert_eq!(
+            btf(path).detail,
+            format!("{VMLINUX_BTF} readable ({kib} KiB); the exit probe reads task fields by plain loads")
+        );
     }
 
     #[test]

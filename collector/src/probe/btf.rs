@@ -14,6 +14,8 @@ use thiserror::Error;
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
+/// Why a blob that does not start with [`MAGIC`] is refused.
+pub const BAD_MAGIC: &str = "bad magic (not little-endian BTF)";
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
@@ -89,7 +91,7 @@ impl Btf {
         let u16_at = |off: usize| data.get(off..off + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
         let u32_at = |off: usize| data.get(off..off + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         if u16_at(0) != Some(MAGIC) {
-            return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
+            return Err(BtfError::Malformed(BAD_MAGIC));
         }
         let field = |off| u32_at(off).ok_or(BtfError::Malformed("header cut short"));
         let hdr_len = field(4)? as usize;
@@ -222,12 +224,12 @@ impl Btf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds a BTF blob: `struct outer { int a; struct { int b; }; long c; }`, an int and
     /// `enum colour { red, blue }`.
-    fn sample() -> Vec<u8> {
+    pub(crate) fn sample() -> Vec<u8> {
         let strings = b"\0int\0outer\0a\0b\0c\0colour\0red\0blue\0".to_vec();
         let (int, outer, a, b, c) = (1u32, 5u32, 11u32, 13u32, 15u32);
         let (colour, red, blue) = (17u32, 24u32, 28u32);

@@ -88,9 +88,15 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError>
         task_pid: optional("task_struct", "pid"),
         task_cgroups: optional("task_struct", "cgroups"),
         css_set_dfl_cgrp: optional("css_set", "dfl_cgrp"),
-        task_btf: u32::from(btf.has_enumerator("bpf_func_id", "BPF_FUNC_get_current_task_btf")),
+        task_btf: u32::from(plain_task_loads(btf)),
         health: health_layout(tracefs),
     })
+}
+
+/// Whether the exit probe can read task fields by plain loads: the kernel has
+/// `bpf_get_current_task_btf` (5.11 and later), whose pointer the verifier checks against BTF.
+pub fn plain_task_loads(btf: &Btf) -> bool {
+    btf.has_enumerator("bpf_func_id", "BPF_FUNC_get_current_task_btf")
 }
 
 /// The node-health tracepoints' fields; a tracepoint this kernel lacks leaves its offsets
