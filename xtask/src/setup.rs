@@ -22,11 +22,20 @@ const PROTOC_PACKAGES: &[&str] = &["protobuf-compiler"];
 /// image built from Debian's static busybox, and, for the test cluster, the
 /// CNI plugins (bridge, host-local, loopback) and iproute2 for its network
 /// namespace.
-const TEST_PACKAGES: &[&str] =
-    &["containerd", "runc", "busybox-static", "containernetworking-plugins", "iproute2", "e2fsprogs", "util-linux"];
-/// The node-health tests make, freeze and corrupt loop-mounted ext4 images.
+const TEST_PACKAGES: &[&str] = &[
+    "containerd",
+    "runc",
+    "busybox-static",
+    "containernetworking-plugins",
+    "iproute2",
+    "e2fsprogs",
+    "util-linux",
+    "xz-utils",
+];
+/// The node-health tests make, freeze and corrupt loop-mounted ext4 images; `xz` unpacks the
+/// VM kernels' compressed modules.
 const TEST_COMMANDS: &[&str] =
-    &["containerd", "ctr", "runc", "busybox", "ip", "nsenter", "mkfs.ext4", "debugfs", "fsfreeze", "findmnt"];
+    &["containerd", "ctr", "runc", "busybox", "ip", "nsenter", "mkfs.ext4", "debugfs", "fsfreeze", "findmnt", "xz"];
 /// The CNI plugins' directory in Debian's package.
 const CNI_BRIDGE: &str = "/usr/lib/cni/bridge";
 

@@ -29,9 +29,17 @@ pub(crate) fn cache_dir() -> PathBuf {
     base.join("collector-vm")
 }
 
-/// The kernel modules the VM loads, under the package's `lib/modules/<version>/`: loop devices,
-/// for the node-health tests' ext4 images (the cloud kernel builds them as a module).
-const MODULES: &[&str] = &["kernel/drivers/block/loop.ko"];
+/// The kernel modules the VM loads, under the package's `lib/modules/<version>/` (6.12's are
+/// xz-compressed, `.ko.xz`), and whether the kernel must have it: loop devices, for the
+/// node-health tests' ext4 images (the cloud kernel builds them as a module), and the
+/// machine-check injector, where the kernel has machine checks at all (6.12's cloud kernel does,
+/// 6.1's does not).
+const MODULES: &[(&str, bool)] =
+    &[("kernel/drivers/block/loop.ko", true), ("kernel/arch/x86/kernel/cpu/mce/mce-inject.ko", false)];
+
+/// Written beside the modules: which of [`MODULES`] were looked for, so that a cache made
+/// before one was added is fetched again.
+const MODULES_SOUGHT: &str = "modules/sought";
 
 /// A bootable kernel image.
 #[derive(Debug)]
@@ -67,7 +75,12 @@ pub(crate) fn kernel(cache: &Path, series: &str) -> Result<Kernel> {
     let tmp = fresh_dir(&cache.join(format!("kernel-{series}.tmp")))?;
     let deb = download(std::slice::from_ref(&package), &tmp)?.pop().context("no .deb")?;
     // /boot and the few modules the tests need: all the modules would be four times the size.
-    let modules: Vec<String> = MODULES.iter().map(|m| format!("./lib/modules/*/{m}")).collect();
+    // Listed first: tar fails on a name the package lacks, and optional ones may be missing.
+    let listing = Command::new("dpkg-deb").arg("-c").arg(&deb).output().context("cannot run dpkg-deb")?;
+    if !listing.status.success() {
+        bail!("dpkg-deb -c {} failed ({})", deb.display(), listing.status);
+    }
+    let modules = module_members(&String::from_utf8_lossy(&listing.stdout));
     crate::command::run(
         Command::new("sh")
             .arg("-c")
@@ -80,16 +93,32 @@ pub(crate) fn kernel(cache: &Path, series: &str) -> Result<Kernel> {
     std::fs::remove_file(&deb).ok();
     let unpacked = tmp.join("modules");
     std::fs::create_dir_all(&unpacked)?;
-    for module in MODULES {
+    for &(module, required) in MODULES {
         let name = Path::new(module).file_name().context("a module path without a name")?;
-        let found = std::fs::read_dir(tmp.join("lib/modules"))?
-            .filter_map(Result::ok)
-            .map(|version| version.path().join(module))
-            .find(|path| path.is_file())
-            .with_context(|| format!("{package} holds no lib/modules/*/{module}"))?;
-        std::fs::rename(&found, unpacked.join(name))?;
+        let found = modules
+            .iter()
+            .find(|member| member.ends_with(&format!("/{module}")) || member.ends_with(&format!("/{module}.xz")));
+        let Some(found) = found else {
+            if required {
+                bail!("{package} holds no lib/modules/*/{module}");
+            }
+            eprintln!("xtask test-vm: {package} has no {module}; the tests that need it see it missing");
+            continue;
+        };
+        let path = tmp.join(found);
+        if found.ends_with(".xz") {
+            // busybox's insmod hands the kernel the file as it is: decompress it here.
+            crate::command::run(Command::new("xz").arg("-d").arg(&path))
+                .context("cannot decompress a module (`apt-get install xz-utils`)")?;
+            std::fs::rename(path.with_extension(""), unpacked.join(name))?;
+        } else {
+            std::fs::rename(&path, unpacked.join(name))?;
+        }
     }
-    std::fs::remove_dir_all(tmp.join("lib"))?;
+    std::fs::write(tmp.join(MODULES_SOUGHT), sought())?;
+    if tmp.join("lib").exists() {
+        std::fs::remove_dir_all(tmp.join("lib"))?;
+    }
     std::fs::write(tmp.join("package"), &package)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove the stale {}", dir.display()))?;
@@ -105,13 +134,17 @@ fn cached_kernel(dir: &Path) -> Result<Option<Kernel>> {
     let Ok(entries) = std::fs::read_dir(dir.join("boot")) else {
         return Ok(None);
     };
+    if std::fs::read_to_string(dir.join(MODULES_SOUGHT)).ok() != Some(sought()) {
+        return Ok(None);
+    }
     let mut modules = Vec::new();
-    for module in MODULES {
+    for &(module, required) in MODULES {
         let path = dir.join("modules").join(Path::new(module).file_name().context("a module path without a name")?);
-        if !path.is_file() {
+        if path.is_file() {
+            modules.push(path);
+        } else if required {
             return Ok(None);
         }
-        modules.push(path);
     }
     for entry in entries {
         let path = entry?.path();
@@ -120,6 +153,26 @@ fn cached_kernel(dir: &Path) -> Result<Option<Kernel>> {
         }
     }
     Ok(None)
+}
+
+/// The names in [`MODULES`], one per line.
+fn sought() -> String {
+    MODULES.iter().map(|(module, _)| format!("{module}\n")).collect()
+}
+
+/// The package's members that are [`MODULES`], as `./lib/modules/<version>/...` paths, from
+/// `dpkg-deb -c`'s listing (whose last column is the path).
+fn module_members(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().last())
+        .filter(|path| {
+            MODULES
+                .iter()
+                .any(|(module, _)| path.ends_with(&format!("/{module}")) || path.ends_with(&format!("/{module}.xz")))
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 fn newest_kernel_package(series: &str) -> Result<String> {
@@ -331,6 +384,26 @@ fn publish(tmp: &Path, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_modules_plain_or_compressed_and_skips_the_rest() {
+        let listing = "\
+drwxr-xr-x root/root         0 2026-11-28 09:54 ./lib/modules/6.12.118+deb12-cloud-amd64/kernel/arch/x86/kernel/cpu/mce/
+-rw-r--r-- root/root      8896 2026-11-28 09:54 ./lib/modules/6.12.118+deb12-cloud-amd64/kernel/arch/x86/kernel/cpu/mce/mce-inject.ko.xz
+-rw-r--r-- root/root     31234 2026-11-28 09:54 ./lib/modules/6.12.118+deb12-cloud-amd64/kernel/drivers/block/loop.ko.xz
+-rw-r--r-- root/root     77833 2026-11-26 17:12 ./lib/modules/6.1.0-57-cloud-amd64/kernel/drivers/block/loop.ko
+-rw-r--r-- root/root     12345 2026-11-26 17:12 ./lib/modules/6.1.0-57-cloud-amd64/kernel/drivers/block/nbd.ko
+";
+        assert_eq!(
+            module_members(listing),
+            [
+                "./lib/modules/6.12.118+deb12-cloud-amd64/kernel/arch/x86/kernel/cpu/mce/mce-inject.ko.xz",
+                "./lib/modules/6.12.118+deb12-cloud-amd64/kernel/drivers/block/loop.ko.xz",
+                "./lib/modules/6.1.0-57-cloud-amd64/kernel/drivers/block/loop.ko",
+            ]
+        );
+        assert_eq!(sought(), "kernel/drivers/block/loop.ko\nkernel/arch/x86/kernel/cpu/mce/mce-inject.ko\n");
+    }
 
     #[test]
     fn kernel_versions_order_numerically() {
