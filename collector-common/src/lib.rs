@@ -48,10 +48,19 @@ pub mod kind {
     pub const FS_ERROR: u32 = 9;
     /// A block request failed: [`super::HealthRecord`].
     pub const IO_ERROR: u32 = 10;
-    /// A memory controller reported a hardware error (`ras/mc_event`): [`super::HealthRecord`].
+    /// A memory controller (`ras/mc_event`) or a CPU's machine-check bank (`mce/mce_record`)
+    /// reported a hardware error: [`super::HealthRecord`], its `source` says which.
     pub const HW_ERROR: u32 = 11;
     /// The highest kind.
     pub const LAST: u32 = HW_ERROR;
+}
+
+/// Which tracepoint a `HW_ERROR` [`HealthRecord`] came from.
+pub mod hw_source {
+    /// `ras/mc_event`: an EDAC memory controller driver; `dev` is unused.
+    pub const MC_EVENT: u32 = 0;
+    /// `mce/mce_record`: a machine check logged by a CPU bank; `dev` is the CPU.
+    pub const MCE: u32 = 1;
 }
 
 /// Bytes of text a [`HealthRecord`] carries (a kernel log line, a function name); longer is cut.
@@ -246,22 +255,26 @@ pub struct HealthRecord {
     pub header: Header,
     /// cgroup v2 id of the hung task, or of the task current when the others were reported.
     pub cgroup_id: u64,
-    /// `IO_ERROR`: the first sector; `FS_ERROR`: the source line; `HW_ERROR`: the error count.
+    /// `IO_ERROR`: the first sector; `FS_ERROR`: the source line; `HW_ERROR`: the error count,
+    /// or a machine check's `MCi_STATUS`.
     pub value: u64,
+    /// `HW_ERROR` from a machine check: `MCi_ADDR`.
+    pub address: u64,
     /// Thread group id of the hung task, or of the current task.
     pub pid: u32,
     /// Thread id of the same task.
     pub tid: u32,
     /// `FS_ERROR`, `IO_ERROR`: the device, as the kernel encodes `dev_t` (major << 20 | minor).
     pub dev: u32,
-    /// `IO_ERROR`: the negative errno; `HW_ERROR`: the error type (0 corrected .. 3 info).
+    /// `IO_ERROR`: the negative errno; `HW_ERROR`: the error type (0 corrected .. 3 info), or a
+    /// machine check's bank.
     pub code: i32,
     /// Name of the hung task, or of the current task, NUL padded.
     pub comm: [u8; COMM_LEN],
     /// Bytes of `text` the kernel had; more than [`TEXT_CAP`] means it was cut.
     pub text_len: u32,
-    /// Explicit padding, always zero.
-    pub _pad: u32,
+    /// `HW_ERROR`: which tracepoint, [`hw_source::MC_EVENT`] or [`hw_source::MCE`].
+    pub source: u32,
     /// `KERNEL_LOG`: the line; `FS_ERROR`: the kernel function; `HW_ERROR`: the message. NUL padded.
     pub text: [u8; TEXT_CAP],
     /// `IO_ERROR`: the request's `rwbs`; `HW_ERROR`: the DIMM label. NUL padded.
@@ -396,6 +409,14 @@ pub struct HealthLayout {
     pub mc_label: u32,
     /// `ras/mc_event`: `error_count` (a u16).
     pub mc_error_count: u32,
+    /// `mce/mce_record`: `status` (`MCi_STATUS`, a u64).
+    pub mce_status: u32,
+    /// `mce/mce_record`: `addr` (`MCi_ADDR`, a u64).
+    pub mce_addr: u32,
+    /// `mce/mce_record`: `bank` (a u8).
+    pub mce_bank: u32,
+    /// `mce/mce_record`: `cpu` (a u32).
+    pub mce_cpu: u32,
 }
 
 impl HealthLayout {
@@ -413,6 +434,10 @@ impl HealthLayout {
         mc_msg: ABSENT,
         mc_label: ABSENT,
         mc_error_count: ABSENT,
+        mce_status: ABSENT,
+        mce_addr: ABSENT,
+        mce_bank: ABSENT,
+        mce_cpu: ABSENT,
     };
 }
 
@@ -584,5 +609,5 @@ const _: () = assert!(size_of::<OomScope>() == 16);
 const _: () = assert!(size_of::<OomRecord>() == 120);
 const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
 const _: () = assert!(size_of::<Settings>() == 48);
-const _: () = assert!(size_of::<HealthRecord>() == 72 + TEXT_CAP + DETAIL_LEN);
-const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 6 + 6 + 6 + 4 + 12));
+const _: () = assert!(size_of::<HealthRecord>() == 80 + TEXT_CAP + DETAIL_LEN);
+const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 6 + 6 + 6 + 4 + 16));

@@ -1,5 +1,5 @@
-//! Node health: the hung-task detector's reports, kernel log lines, and filesystem, block and
-//! memory-controller errors. These are rare on a healthy node and come in storms on a sick one
+//! Node health: the hung-task detector's reports, kernel log lines, and filesystem, block,
+//! memory-controller and machine-check errors. These are rare on a healthy node and come in storms on a sick one
 //! (a soft lockup prints hundreds of lines, a dying disk fails thousands of requests), so each
 //! CPU sends at most a burst and then a steady trickle of each kind; user space matches and
 //! counts them.
@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use collector_common::{COMM_LEN, HealthRecord, counter, kind};
+use collector_common::{COMM_LEN, HealthRecord, counter, hw_source, kind};
 
 use crate::{EVENTS, HEALTH_BUDGET, SETTINGS, cgroup_id, count, layout, read_field, tp_data_loc, tp_field};
 
@@ -132,6 +132,30 @@ fn try_mc_event(ctx: &TracePointContext) -> Result<u32, u32> {
         record.value = u64::from(tp_field::<u16, _>(ctx, layout.mc_error_count).unwrap_or(1));
         record.text_len = tp_data_loc(ctx, layout.mc_msg, &mut record.text).unwrap_or(0);
         let _ = tp_data_loc(ctx, layout.mc_label, &mut record.detail);
+        Ok(())
+    })
+}
+
+/// `mce/mce_record` (x86): a CPU's machine-check bank logged an error, corrected or not. The
+/// kernel decodes and acts on it (poisoning a page, panicking); this only reports it.
+#[tracepoint]
+fn mce_record(ctx: TracePointContext) -> u32 {
+    match try_mce_record(&ctx) {
+        Ok(ret) | Err(ret) => ret,
+    }
+}
+
+fn try_mce_record(ctx: &TracePointContext) -> Result<u32, u32> {
+    if !within_budget(kind::HW_ERROR) {
+        return Ok(0);
+    }
+    let layout = layout!(health);
+    emit(kind::HW_ERROR, |record| {
+        record.source = hw_source::MCE;
+        record.value = tp_field(ctx, layout.mce_status)?;
+        record.address = tp_field(ctx, layout.mce_addr).unwrap_or(0);
+        record.code = i32::from(tp_field::<u8, _>(ctx, layout.mce_bank)?);
+        record.dev = tp_field(ctx, layout.mce_cpu).unwrap_or(u32::MAX);
         Ok(())
     })
 }

@@ -321,7 +321,7 @@ pub(crate) mod tests {
                 kind::OOM_KILL => 120,
                 kind::SIGNAL => 112,
                 kind::CGROUP_MKDIR | kind::CGROUP_RMDIR | kind::CGROUP_ATTACH => 56 + PATH_CAP,
-                kind::HUNG_TASK..=kind::HW_ERROR => 360,
+                kind::HUNG_TASK..=kind::HW_ERROR => 368,
                 other => return Some(DecodeError::UnknownKind(other)),
             };
             (bytes.len() < expected).then_some(DecodeError::Short { kind, len: bytes.len(), expected })

@@ -218,8 +218,15 @@ impl Line {
             },
             Record::HwError(error) => Self {
                 details: format!(
-                    " [{} {} memory error(s) {}: {}]",
-                    error.count, error.severity, error.label, error.message
+                    " [{} {} {} {}: {}]",
+                    error.count,
+                    error.severity,
+                    match error.source {
+                        crate::record::HwSource::MemoryController => "memory error(s)",
+                        crate::record::HwSource::MachineCheck => "machine check(s)",
+                    },
+                    error.label,
+                    error.message
                 ),
                 ..Self::other(error.time, "hwerror", 0, "-", dash(), String::new())
             },

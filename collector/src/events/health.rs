@@ -7,7 +7,7 @@
 //! | a kernel log line matched a node-problem rule           | the rule's      | Warning | Node        |
 //! | ext4 reported an error (`fs_error`)                     | FilesystemError | Warning | Node, and the Pod that met it |
 //! | a block request failed (`io_error`)                     | IOError         | Warning | Node        |
-//! | a memory controller reported an error (`hw_error`)      | HardwareError   | Warning | Node        |
+//! | a memory controller or a machine check (`hw_error`)     | HardwareError   | Warning | Node        |
 //! | a container stalled on memory beyond the threshold      | MemoryPressure  | Warning | Pod         |
 //! | ... on CPU, on I/O (when `pressure_resources` asks)     | CPUPressure, IOPressure | Warning | Pod |
 //!
@@ -18,7 +18,7 @@
 
 use super::{EventOptions, message, pod_reference};
 use crate::{
-    record::{FsError, HungTask, HwError, IoError, KernelLog, Pressure, PressureResource, PressureState},
+    record::{FsError, HungTask, HwError, HwSource, IoError, KernelLog, Pressure, PressureResource, PressureState},
     recorder::{EventSpec, EventType, ObjectReference},
 };
 
@@ -80,7 +80,11 @@ pub(super) fn io_error(error: &IoError, options: &EventOptions) -> Vec<EventSpec
 pub(super) fn hw_error(error: &HwError, options: &EventOptions) -> Vec<EventSpec> {
     let plural = if error.count == 1 { "" } else { "s" };
     let location = if error.label.is_empty() { String::new() } else { format!(" on {}", error.label) };
-    let text = format!("{} {} memory error{plural}{location}: {}", error.count, error.severity, error.message);
+    let what = match error.source {
+        HwSource::MemoryController => "memory error",
+        HwSource::MachineCheck => "machine check",
+    };
+    let text = format!("{} {} {what}{plural}{location}: {}", error.count, error.severity, error.message);
     node(options, REASON_HARDWARE_ERROR, text)
 }
 
@@ -231,6 +235,7 @@ mod tests {
         assert_eq!(one(&io, &options()).4, "I/O error on sdb: EIO on a W request at sector 2048");
         let hw = Record::HwError(HwError {
             time: Timestamp(0),
+            source: HwSource::MemoryController,
             severity: "corrected".to_owned(),
             count: 2,
             message: "memory read error".to_owned(),
@@ -238,6 +243,25 @@ mod tests {
             identity: Identity::default(),
         });
         assert_eq!(one(&hw, &options()).4, "2 corrected memory errors on DIMM_A1: memory read error");
+        let mce = Record::HwError(HwError {
+            time: Timestamp(0),
+            source: HwSource::MachineCheck,
+            severity: "uncorrected".to_owned(),
+            count: 1,
+            message: "CPU 0 bank 2, MCi_STATUS 0xb000000000000150".to_owned(),
+            label: String::new(),
+            identity: Identity::default(),
+        });
+        let (kind, _, reason, event_type, message) = one(&mce, &options());
+        assert_eq!(
+            (kind.as_str(), reason.as_str(), event_type, message.as_str()),
+            (
+                "Node",
+                "HardwareError",
+                EventType::Warning,
+                "1 uncorrected machine check: CPU 0 bank 2, MCi_STATUS 0xb000000000000150"
+            )
+        );
         let fs = Record::FsError(FsError {
             time: Timestamp(0),
             device: "loop3".to_owned(),

@@ -103,11 +103,12 @@ pub fn plain_task_loads(btf: &Btf) -> bool {
 /// absent, and its probe is not attached.
 fn health_layout(tracefs: &Tracefs) -> HealthLayout {
     let format = |category, name| tracefs.format(category, name).unwrap_or_default();
-    let (console, ext4, block, mc) = (
+    let (console, ext4, block, mc, mce) = (
         format("printk", "console"),
         format("ext4", "ext4_error"),
         format("block", "block_rq_error"),
         format("ras", "mc_event"),
+        format("mce", "mce_record"),
     );
     HealthLayout {
         console_msg: offset(&console, "msg"),
@@ -122,6 +123,10 @@ fn health_layout(tracefs: &Tracefs) -> HealthLayout {
         mc_msg: offset(&mc, "msg"),
         mc_label: offset(&mc, "label"),
         mc_error_count: offset(&mc, "error_count"),
+        mce_status: offset(&mce, "status"),
+        mce_addr: offset(&mce, "addr"),
+        mce_bank: offset(&mce, "bank"),
+        mce_cpu: offset(&mce, "cpu"),
     }
 }
 

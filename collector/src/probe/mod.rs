@@ -40,6 +40,7 @@ pub const HEALTH_PROBES: &[(&str, &str, &str)] = &[
     ("ext4_error", "ext4", "ext4_error"),
     ("block_rq_error", "block", "block_rq_error"),
     ("mc_event", "ras", "mc_event"),
+    ("mce_record", "mce", "mce_record"),
 ];
 
 /// Each CPU sends a node-health record of one kind at most this often once its burst is spent.

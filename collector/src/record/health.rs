@@ -106,22 +106,37 @@ pub struct IoError {
     pub identity: Identity,
 }
 
-/// A memory controller reported a hardware error (EDAC, `ras/mc_event`).
+/// A memory controller (EDAC, `ras/mc_event`) or a CPU's machine-check bank (`mce/mce_record`)
+/// reported a hardware error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HwError {
     /// When.
     pub time: Timestamp,
-    /// `corrected`, `uncorrected`, `fatal` or `info`.
+    /// What reported it.
+    #[serde(default)]
+    pub source: HwSource,
+    /// `corrected`, `uncorrected`, `deferred`, `fatal` or `info`.
     pub severity: String,
     /// How many errors the report stands for.
     pub count: u64,
-    /// The driver's message, escaped.
+    /// The driver's message, escaped; for a machine check, its CPU, bank and registers.
     pub message: String,
     /// The memory module's label, escaped; empty when unknown.
     pub label: String,
     /// Not about a pod.
     #[serde(skip)]
     pub identity: Identity,
+}
+
+/// What reported a hardware error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HwSource {
+    /// An EDAC memory controller driver (`ras/mc_event`).
+    #[default]
+    MemoryController,
+    /// A CPU's machine-check architecture (`mce/mce_record`, x86).
+    MachineCheck,
 }
 
 /// What a pressure record says: a container began to stall, or stopped.

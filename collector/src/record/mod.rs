@@ -5,7 +5,9 @@ mod health;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::health::{FsError, HungTask, HwError, IoError, KernelLog, Pressure, PressureResource, PressureState};
+pub use self::health::{
+    FsError, HungTask, HwError, HwSource, IoError, KernelLog, Pressure, PressureResource, PressureState,
+};
 use crate::clock::Timestamp;
 
 /// A resolved record, serialised with a `type` tag.

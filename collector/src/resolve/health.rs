@@ -1,12 +1,12 @@
 //! Node-health kernel records to records: names for devices, errors and severities, the hung
 //! task's pod, and the node-problem rule a kernel log line matches.
 
-use collector_common::{HealthRecord, TEXT_CAP, kind};
+use collector_common::{HealthRecord, TEXT_CAP, hw_source, kind};
 
 use super::RecordResolver;
 use crate::{
     escape::{c_str, escape_bytes},
-    record::{FsError, HungTask, HwError, IoError, KernelLog, Record},
+    record::{FsError, HungTask, HwError, HwSource, IoError, KernelLog, Record},
 };
 
 impl RecordResolver {
@@ -66,8 +66,18 @@ impl RecordResolver {
                 rwbs: escape_bytes(c_str(&health.detail)),
                 identity: crate::record::Identity::default(),
             }),
+            kind::HW_ERROR if health.source == hw_source::MCE => Record::HwError(HwError {
+                time,
+                source: HwSource::MachineCheck,
+                severity: mce_severity(health.value).to_owned(),
+                count: 1,
+                message: machine_check(health.dev, health.code, health.value, health.address),
+                label: String::new(),
+                identity: crate::record::Identity::default(),
+            }),
             kind::HW_ERROR => Record::HwError(HwError {
                 time,
+                source: HwSource::MemoryController,
                 severity: hw_severity(health.code).to_owned(),
                 count: health.value,
                 message: escape_bytes(c_str(&health.text)),
@@ -129,6 +139,33 @@ pub const fn hw_severity(code: i32) -> &'static str {
     }
 }
 
+/// `MCi_STATUS` bits (Intel SDM vol. 3B, 16.3.2.2; AMD's are the same).
+const MCI_STATUS_UC: u64 = 1 << 61;
+const MCI_STATUS_ADDRV: u64 = 1 << 58;
+const MCI_STATUS_PCC: u64 = 1 << 57;
+
+/// A machine check's severity from its status: processor context corrupt is fatal (the kernel
+/// panics on it when the CPU raised it), uncorrected is uncorrected, the rest was corrected.
+const fn mce_severity(status: u64) -> &'static str {
+    if status & MCI_STATUS_PCC != 0 {
+        "fatal"
+    } else if status & MCI_STATUS_UC != 0 {
+        "uncorrected"
+    } else {
+        "corrected"
+    }
+}
+
+/// Where a machine check was logged and its registers; the address only where the status says
+/// it is valid. The raw status is what `mcelog`, `rasdaemon` and vendor tools decode.
+fn machine_check(cpu: u32, bank: i32, status: u64, address: u64) -> String {
+    let mut text = format!("CPU {cpu} bank {bank}, MCi_STATUS 0x{status:016x}");
+    if status & MCI_STATUS_ADDRV != 0 {
+        text.push_str(&format!(", MCi_ADDR 0x{address:x}"));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +178,21 @@ mod tests {
         assert_eq!(hw_severity(0), "corrected");
         assert_eq!(hw_severity(3), "fatal");
         assert_eq!(hw_severity(4), "info");
+    }
+
+    #[test]
+    fn machine_checks_are_graded_and_located_from_their_status() {
+        // Valid, enabled, address valid: corrected, as the kernel's CMCI reports it.
+        assert_eq!(mce_severity(0x9400_0000_0000_0090), "corrected");
+        assert_eq!(
+            machine_check(1, 4, 0x9400_0000_0000_0090, 0x1234_5000),
+            "CPU 1 bank 4, MCi_STATUS 0x9400000000000090, MCi_ADDR 0x12345000"
+        );
+        // Uncorrected, no address: the address register is not shown.
+        assert_eq!(mce_severity(0xb000_0000_0000_0150), "uncorrected");
+        assert_eq!(machine_check(0, 2, 0xb000_0000_0000_0150, 0xdead), "CPU 0 bank 2, MCi_STATUS 0xb000000000000150");
+        // Processor context corrupt: fatal whatever else is set.
+        assert_eq!(mce_severity(0xb200_0000_0000_0150), "fatal");
     }
 
     #[test]
