@@ -66,8 +66,9 @@ const SYNC_EVERY: Duration = Duration::from_millis(250);
 /// Writes the journal could not store, waiting to be sent from memory; beyond this they are
 /// dropped and counted.
 const FALLBACK_CAPACITY: usize = 1024;
-/// How long a stopping daemon lets the handlers work through their queues, then the API sink
-/// deliver what is queued; the rest waits in the journal for the next start.
+/// How long a stopping daemon lets the handlers work through their queues (the journal has its
+/// own, longer, time), then the API sink deliver what is queued; the rest waits in the journal
+/// for the next start.
 const DRAIN_ON_STOP: Duration = Duration::from_millis(500);
 
 /// The longest a stopping daemon waits for mutate webhooks to answer for events in flight.
@@ -409,8 +410,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     // The handlers work through their queues (the journal commits what the kernel reported
     // last); one that is stuck (a stdout nobody reads) is left behind.
     let stuck = tokio::task::spawn_blocking(move || handlers.stop(DRAIN_ON_STOP)).await.unwrap_or_default();
-    for name in stuck {
-        tracing::warn!("collector: the {name} handler did not finish its queue within {DRAIN_ON_STOP:?}");
+    for (name, drain) in stuck {
+        tracing::warn!("collector: the {name} handler did not finish its queue within {drain:?}");
     }
     if to_api {
         // Give queued writes a moment; what is left waits in the journal for the next start.

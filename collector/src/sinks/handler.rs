@@ -129,6 +129,12 @@ pub trait Handler: Send + 'static {
     /// Handles one record's events.
     fn handle(&mut self, dispatch: &Dispatch);
 
+    /// How long a stopping daemon waits for this handler to work through its queue, if not the
+    /// daemon's default: the journal, the node's durable copy, gets longer than a pipe or a peer.
+    fn drain_on_stop(&self) -> Option<Duration> {
+        None
+    }
+
     /// Periodic work (pruning, gauges), about every [`TICK_EVERY`], between items.
     fn tick(&mut self) {}
 
@@ -150,6 +156,7 @@ pub struct Handlers {
 
 struct Queue {
     name: String,
+    drain: Option<Duration>,
     every_record: Option<Arc<AtomicBool>>,
     tx: SyncSender<Arc<Dispatch>>,
     done: mpsc::Receiver<()>,
@@ -165,6 +172,7 @@ impl Handlers {
     /// Starts `handler` on its own thread behind a queue of `capacity` items.
     pub fn register(&mut self, mut handler: Box<dyn Handler>, capacity: usize) -> io::Result<()> {
         let name = handler.name().to_owned();
+        let drain = handler.drain_on_stop();
         let every_record = handler.every_record();
         let (tx, rx) = mpsc::sync_channel::<Arc<Dispatch>>(capacity.max(1));
         let (done_tx, done) = mpsc::channel();
@@ -187,7 +195,7 @@ impl Handlers {
             handler.finish();
             let _ = done_tx.send(());
         })?;
-        self.queues.push(Queue { name, every_record, tx, done, thread });
+        self.queues.push(Queue { name, drain, every_record, tx, done, thread });
         Ok(())
     }
 
@@ -223,23 +231,24 @@ impl Handlers {
         }
     }
 
-    /// Closes every queue and waits, at most `timeout` in all, for the handlers to work through
-    /// what is queued; a handler still busy then (a hung pipe) is left behind and named.
-    pub fn stop(self, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
+    /// Closes every queue and waits for the handlers, together, to work through what is
+    /// queued: each for its own [`Handler::drain_on_stop`], else for `timeout`. A handler still
+    /// busy then (a hung pipe) is left behind, and named with the time it had.
+    pub fn stop(self, timeout: Duration) -> Vec<(String, Duration)> {
+        let start = Instant::now();
         let mut waiting = Vec::new();
         for queue in self.queues {
             drop(queue.tx);
-            waiting.push((queue.name, queue.done, queue.thread));
+            waiting.push((queue.name, queue.drain.unwrap_or(timeout), queue.done, queue.thread));
         }
         let mut stuck = Vec::new();
-        for (name, done, thread) in waiting {
-            match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        for (name, drain, done, thread) in waiting {
+            match done.recv_timeout((start + drain).saturating_duration_since(Instant::now())) {
                 // Finished, or panicked (the sender dropped): either way the thread is over.
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => {
                     let _ = thread.join();
                 }
-                Err(RecvTimeoutError::Timeout) => stuck.push(name),
+                Err(RecvTimeoutError::Timeout) => stuck.push((name, drain)),
             }
         }
         stuck
@@ -259,6 +268,7 @@ mod tests {
         seen: Arc<Mutex<Vec<u64>>>,
         gate: Option<Receiver<()>>,
         finished: Arc<Mutex<bool>>,
+        drain: Option<Duration>,
     }
 
     impl Handler for Probe {
@@ -277,6 +287,10 @@ mod tests {
 
         fn finish(&mut self) {
             *self.finished.lock().unwrap() = true;
+        }
+
+        fn drain_on_stop(&self) -> Option<Duration> {
+            self.drain
         }
     }
 
@@ -298,7 +312,7 @@ mod tests {
     fn probe(name: &'static str, gate: Option<Receiver<()>>) -> (Probe, Seen) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let finished = Arc::new(Mutex::new(false));
-        (Probe { name, seen: Arc::clone(&seen), gate, finished: Arc::clone(&finished) }, (seen, finished))
+        (Probe { name, seen: Arc::clone(&seen), gate, finished: Arc::clone(&finished), drain: None }, (seen, finished))
     }
 
     fn sample(metrics: &Metrics, line_start: &str) -> String {
@@ -358,8 +372,39 @@ mod tests {
             handlers.dispatch(dispatch(id));
         }
         let stuck = handlers.stop(Duration::from_millis(300));
-        assert_eq!(stuck, ["hung"]);
+        assert_eq!(stuck, [("hung".to_owned(), Duration::from_millis(300))]);
         assert_eq!(*fast_seen.lock().unwrap(), [0, 1, 2, 3, 4]);
         assert!(!*hung_finished.lock().unwrap());
+    }
+
+    #[test]
+    fn a_handler_with_its_own_drain_time_finishes_its_queue_past_the_default() {
+        let metrics = Arc::new(Metrics::new("test"));
+        let mut handlers = Handlers::new(Arc::clone(&metrics));
+        // The journal's case: slow (each item waits on the gate), but given longer.
+        let (gate_tx, gate_rx) = mpsc::channel::<()>();
+        let (mut slow, (slow_seen, slow_finished)) = probe("slow", Some(gate_rx));
+        slow.drain = Some(Duration::from_secs(10));
+        let (_hung_tx, hung_rx) = mpsc::channel::<()>();
+        let (hung, _) = probe("hung", Some(hung_rx));
+        handlers.register(Box::new(slow), 10).unwrap();
+        handlers.register(Box::new(hung), 10).unwrap();
+        for id in 0..5 {
+            handlers.dispatch(dispatch(id));
+        }
+        let opener = thread::spawn(move || {
+            for _ in 0..5 {
+                thread::sleep(Duration::from_millis(100));
+                let _ = gate_tx.send(());
+            }
+        });
+        let started = Instant::now();
+        let stuck = handlers.stop(Duration::from_millis(100));
+        opener.join().unwrap();
+        // 500 ms of work, well past the default 100 ms: all of it done, and only the hung one named.
+        assert_eq!(*slow_seen.lock().unwrap(), [0, 1, 2, 3, 4]);
+        assert!(*slow_finished.lock().unwrap());
+        assert_eq!(stuck, [("hung".to_owned(), Duration::from_millis(100))]);
+        assert!(started.elapsed() >= Duration::from_millis(500), "{:?}", started.elapsed());
     }
 }
