@@ -85,7 +85,9 @@ fn a_killed_daemon_leaves_nothing_behind_and_restarts_quickly() {
     assert_eq!(collector_programs(), before, "SIGKILL left a program behind");
 
     let (second, ready) = Daemon::start(&state);
-    assert!(ready < Duration::from_secs(10), "ready again after {ready:?}");
+    // Within what the DaemonSet's liveness probe allows (3 failures 10 s apart) before it kills
+    // the pod: 0.5 s on this host, near 10 s in the emulated VM; the bench measures speed.
+    assert!(ready < Duration::from_secs(30), "ready again after {ready:?}");
     let events = Command::new(binary().unwrap()).args(["events", "--state-dir"]).arg(&state).output().unwrap();
     assert!(events.status.success(), "the journal opens intact: {}", String::from_utf8_lossy(&events.stderr));
     drop(second);

@@ -155,7 +155,7 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     // What `collector doctor` checks, before anything else starts: every problem is
     // logged with its fix, and one the probes cannot load with stops the daemon here.
     let api = client.as_ref().map_or(doctor::ApiTarget::Skip, doctor::ApiTarget::Client);
-    let report = doctor::check(&doctor::Inputs { cri: config.cri_socket.clone(), api }).await;
+    let report = doctor::check(&doctor::Inputs { cri: config.cri_socket.clone(), api, parse_btf: false }).await;
     report.log();
     if let Some(blocker) = report.into_blocker() {
         return Err(DaemonError::Startup(blocker));

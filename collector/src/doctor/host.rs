@@ -13,7 +13,7 @@ use crate::{
     escape::escape_bytes,
     probe::{
         TRACEPOINTS,
-        btf::{BAD_MAGIC, Btf, BtfError, VMLINUX_BTF},
+        btf::{BAD_MAGIC, Btf, BtfError, MAGIC, VMLINUX_BTF},
         layout,
         preflight::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, PreflightError},
         tracefs::{DEFAULT_MOUNT, Tracefs, TracefsError},
@@ -29,13 +29,18 @@ pub(super) struct Host {
     pub(super) release: Option<String>,
 }
 
-/// Runs the kernel-side checks.
-pub(super) fn check() -> Host {
+/// Runs the kernel-side checks; `parse_btf` as [`super::Inputs::parse_btf`].
+pub(super) fn check(parse_btf: bool) -> Host {
     let caps = std::fs::read_to_string("/proc/self/status").ok().and_then(|status| preflight::effective_caps(&status));
     // What `uname -r` prints, without uname(2)'s fixed-size C buffers.
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|text| text.trim().to_owned());
-    let checks =
-        vec![capabilities(caps), kernel(release.as_deref()), btf(Path::new(VMLINUX_BTF)), tracefs(), bpf(create_map())];
+    let checks = vec![
+        capabilities(caps),
+        kernel(release.as_deref()),
+        btf(Path::new(VMLINUX_BTF), parse_btf),
+        tracefs(),
+        bpf(create_map()),
+    ];
     Host { checks, release }
 }
 
@@ -117,9 +122,9 @@ fn version(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// BTF at `path` exists, is readable and parses; the detail says how the exit probe will read
-/// task fields on this kernel.
-pub(super) fn btf(path: &Path) -> Check {
+/// BTF at `path` exists, is readable and is BTF; with `parse`, it parses and the detail says how
+/// the exit probe will read task fields on this kernel.
+pub(super) fn btf(path: &Path, parse: bool) -> Check {
     const NAME: &str = "btf";
     let shown = escape_bytes(path.as_os_str().as_encoded_bytes());
     match std::fs::read(path) {
@@ -136,6 +141,9 @@ pub(super) fn btf(path: &Path) -> Check {
             "run as uid 0 with the host's /sys/kernel/btf mounted (hostPath)",
         )
         .blocking(BtfError::Read { path: path.display().to_string(), source }),
+        Ok(data) if !parse && data.starts_with(&MAGIC.to_le_bytes()) => {
+            Check::ok(NAME, format!("{shown} readable ({} KiB)", data.len().div_ceil(1024)))
+        }
         Ok(data) => match Btf::parse(&data) {
             Err(BtfError::Malformed(why)) if why == BAD_MAGIC => Check::fail(
                 NAME,
@@ -339,7 +347,7 @@ mod tests {
 
     #[test]
     fn btf_missing_keeps_the_existing_error() {
-        let check = btf(Path::new("/nonexistent/vmlinux"));
+        let check = btf(Path::new("/nonexistent/vmlinux"), true);
         assert_eq!(
             line(&check),
             "btf: /nonexistent/vmlinux is missing: the kernel has no BTF; fix: use a kernel 5.8+ built with \
@@ -356,11 +364,11 @@ mod tests {
     fn btf_that_is_not_btf_fails() {
         let path = std::env::temp_dir().join(format!("collector-doctor-btf-{}", std::process::id()));
         std::fs::write(&path, b"ELF").unwrap();
-        let check = btf(&path);
+        let check = btf(&path, true);
         assert_eq!(check.detail, format!("{} is not little-endian BTF", path.display()));
         // BTF without bpf_func_id's BPF_FUNC_get_current_task_btf, as on 5.8 to 5.10.
         std::fs::write(&path, crate::probe::btf::tests::sample()).unwrap();
-        let check = btf(&path);
+        let check = btf(&path, true);
         assert_eq!(
             check.detail,
             format!(
@@ -371,7 +379,7 @@ mod tests {
         );
         assert_eq!(check.status, Status::Ok);
         std::fs::write(&path, [0x9f, 0xeb, 1, 0]).unwrap();
-        let check = btf(&path);
+        let check = btf(&path, true);
         assert_eq!(
             line(&check),
             format!(
@@ -394,9 +402,11 @@ mod tests {
         let kib = std::fs::metadata(path).unwrap().len().div_ceil(1024);
         // Every kernel the project tests on (6.1, 6.18) has bpf_get_current_task_btf.
         assert_eq!(
-            btf(path).detail,
+            btf(path, true).detail,
             format!("{VMLINUX_BTF} readable ({kib} KiB); the exit probe reads task fields by plain loads")
         );
+        // The daemon's start-up check reads it but leaves the parse to the probe loader.
+        assert_eq!(btf(path, false).detail, format!("{VMLINUX_BTF} readable ({kib} KiB)"));
     }
 
     #[test]

@@ -208,12 +208,16 @@ pub struct Inputs<'a> {
     pub cri: metadata::CriSocket,
     /// The API server.
     pub api: ApiTarget<'a>,
+    /// Whether the `btf` check parses all of the kernel's BTF to say how the exit probe will
+    /// read task fields (`collector doctor`). The daemon's start-up check only reads it: loading
+    /// the probes parses it anyway, and a second parse cost an emulated test VM a second.
+    pub parse_btf: bool,
 }
 
 /// Runs every check, in the data's order.
 pub async fn check(inputs: &Inputs<'_>) -> Report {
     let mut report = Report::default();
-    let host = host::check();
+    let host = host::check(inputs.parse_btf);
     report.kernel = host.release;
     report.checks.extend(host.checks);
     let cgroups = cgroups::check();
@@ -282,7 +286,7 @@ pub async fn doctor(config: &RunConfig, format: ReportFormat, out: &mut impl io:
         Ok(Cluster::NoCluster) => ApiTarget::Absent,
         Err(err) => ApiTarget::Unusable(err),
     };
-    let report = check(&Inputs { cri: config.cri_socket.clone(), api }).await;
+    let report = check(&Inputs { cri: config.cri_socket.clone(), api, parse_btf: true }).await;
     match format {
         ReportFormat::Text => report.write_text(out),
         ReportFormat::Json => report.write_json(out),

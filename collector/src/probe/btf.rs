@@ -13,7 +13,8 @@ use thiserror::Error;
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-const MAGIC: u16 = 0xeb9f;
+/// The first two bytes of little-endian BTF.
+pub const MAGIC: u16 = 0xeb9f;
 /// Why a blob that does not start with [`MAGIC`] is refused.
 pub const BAD_MAGIC: &str = "bad magic (not little-endian BTF)";
 const KIND_STRUCT: u32 = 4;
