@@ -3,7 +3,7 @@
 //! release, which only warns).
 
 use std::{
-    io,
+    io::{self, Read as _},
     os::fd::{FromRawFd as _, OwnedFd, RawFd},
     path::Path,
 };
@@ -127,7 +127,14 @@ fn version(release: &str) -> Option<(u32, u32)> {
 pub(super) fn btf(path: &Path, parse: bool) -> Check {
     const NAME: &str = "btf";
     let shown = escape_bytes(path.as_os_str().as_encoded_bytes());
-    match std::fs::read(path) {
+    // The header alone for the daemon's start-up check; the probe loader parses it anyway.
+    let mut magic = [0; 2];
+    let read = std::fs::File::open(path).and_then(|mut file| {
+        let size = file.metadata()?.len();
+        file.read_exact(&mut magic)?;
+        Ok(size)
+    });
+    match read {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Check::fail(
             NAME,
             format!("{shown} is missing: the kernel has no BTF"),
@@ -141,16 +148,14 @@ pub(super) fn btf(path: &Path, parse: bool) -> Check {
             "run as uid 0 with the host's /sys/kernel/btf mounted (hostPath)",
         )
         .blocking(BtfError::Read { path: path.display().to_string(), source }),
-        Ok(data) if !parse && data.starts_with(&MAGIC.to_le_bytes()) => {
-            Check::ok(NAME, format!("{shown} readable ({} KiB)", data.len().div_ceil(1024)))
-        }
-        Ok(data) => match Btf::parse(&data) {
-            Err(BtfError::Malformed(why)) if why == BAD_MAGIC => Check::fail(
-                NAME,
-                format!("{shown} is not little-endian BTF"),
-                "use the kernel's own /sys/kernel/btf (hostPath)",
-            )
-            .blocking(BtfError::Malformed(why)),
+        Ok(_) if magic != MAGIC.to_le_bytes() => Check::fail(
+            NAME,
+            format!("{shown} is not little-endian BTF"),
+            "use the kernel's own /sys/kernel/btf (hostPath)",
+        )
+        .blocking(BtfError::Malformed(BAD_MAGIC)),
+        Ok(size) if !parse => Check::ok(NAME, format!("{shown} readable ({} KiB)", size.div_ceil(1024))),
+        Ok(size) => match Btf::from_file(path) {
             Err(err) => Check::fail(
                 NAME,
                 format!("{shown} cannot be parsed: {err}"),
@@ -158,14 +163,13 @@ pub(super) fn btf(path: &Path, parse: bool) -> Check {
             )
             .blocking(err),
             Ok(btf) => {
-                let kib = data.len().div_ceil(1024);
                 let reads = if layout::plain_task_loads(&btf) {
                     "the exit probe reads task fields by plain loads"
                 } else {
                     "the exit probe reads task fields through bpf_probe_read_kernel (no bpf_get_current_task_btf \
                      before 5.11): about a fifth more kernel time per exit"
                 };
-                Check::ok(NAME, format!("{shown} readable ({kib} KiB); {reads}"))
+                Check::ok(NAME, format!("{shown} readable ({} KiB); {reads}", size.div_ceil(1024)))
             }
         },
     }
