@@ -218,13 +218,10 @@ impl Line {
             },
             Record::HwError(error) => Self {
                 details: format!(
-                    " [{} {} {} {}: {}]",
+                    " [{} {} {}(s) {}: {}]",
                     error.count,
                     error.severity,
-                    match error.source {
-                        crate::record::HwSource::MemoryController => "memory error(s)",
-                        crate::record::HwSource::MachineCheck => "machine check(s)",
-                    },
+                    error.source.noun(),
                     error.label,
                     error.message
                 ),

@@ -18,7 +18,7 @@
 
 use super::{EventOptions, message, pod_reference};
 use crate::{
-    record::{FsError, HungTask, HwError, HwSource, IoError, KernelLog, Pressure, PressureResource, PressureState},
+    record::{FsError, HungTask, HwError, IoError, KernelLog, Pressure, PressureResource, PressureState},
     recorder::{EventSpec, EventType, ObjectReference},
 };
 
@@ -80,11 +80,8 @@ pub(super) fn io_error(error: &IoError, options: &EventOptions) -> Vec<EventSpec
 pub(super) fn hw_error(error: &HwError, options: &EventOptions) -> Vec<EventSpec> {
     let plural = if error.count == 1 { "" } else { "s" };
     let location = if error.label.is_empty() { String::new() } else { format!(" on {}", error.label) };
-    let what = match error.source {
-        HwSource::MemoryController => "memory error",
-        HwSource::MachineCheck => "machine check",
-    };
-    let text = format!("{} {} {what}{plural}{location}: {}", error.count, error.severity, error.message);
+    let text =
+        format!("{} {} {}{plural}{location}: {}", error.count, error.severity, error.source.noun(), error.message);
     node(options, REASON_HARDWARE_ERROR, text)
 }
 
@@ -141,7 +138,7 @@ fn node(options: &EventOptions, reason: &str, text: String) -> Vec<EventSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clock::Timestamp, events::events_for, record::Identity, record::Record};
+    use crate::{clock::Timestamp, events::events_for, record::HwSource, record::Identity, record::Record};
 
     fn options() -> EventOptions {
         EventOptions { node_name: "node-1".to_owned(), probed_reasons: Vec::new() }

@@ -139,6 +139,16 @@ pub enum HwSource {
     MachineCheck,
 }
 
+impl HwSource {
+    /// What one report is called in messages: `memory error`, `machine check`.
+    pub const fn noun(self) -> &'static str {
+        match self {
+            Self::MemoryController => "memory error",
+            Self::MachineCheck => "machine check",
+        }
+    }
+}
+
 /// What a pressure record says: a container began to stall, or stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

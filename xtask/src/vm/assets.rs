@@ -95,9 +95,7 @@ pub(crate) fn kernel(cache: &Path, series: &str) -> Result<Kernel> {
     std::fs::create_dir_all(&unpacked)?;
     for &(module, required) in MODULES {
         let name = Path::new(module).file_name().context("a module path without a name")?;
-        let found = modules
-            .iter()
-            .find(|member| member.ends_with(&format!("/{module}")) || member.ends_with(&format!("/{module}.xz")));
+        let found = modules.iter().find(|member| is_module(member, module));
         let Some(found) = found else {
             if required {
                 bail!("{package} holds no lib/modules/*/{module}");
@@ -166,13 +164,14 @@ fn module_members(listing: &str) -> Vec<String> {
     listing
         .lines()
         .filter_map(|line| line.split_whitespace().last())
-        .filter(|path| {
-            MODULES
-                .iter()
-                .any(|(module, _)| path.ends_with(&format!("/{module}")) || path.ends_with(&format!("/{module}.xz")))
-        })
+        .filter(|path| MODULES.iter().any(|(module, _)| is_module(path, module)))
         .map(str::to_owned)
         .collect()
+}
+
+/// Whether the package member at `path` is `module`, plain or xz-compressed.
+fn is_module(path: &str, module: &str) -> bool {
+    path.ends_with(&format!("/{module}")) || path.ends_with(&format!("/{module}.xz"))
 }
 
 fn newest_kernel_package(series: &str) -> Result<String> {
