@@ -159,19 +159,8 @@ fn a_process_ended_by_a_renamed_thread_after_its_leader_is_named_by_the_leader()
     if !privileged("a_process_ended_by_a_renamed_thread_after_its_leader_is_named_by_the_leader") {
         return;
     }
-    let cgroup = CgroupDir::new("leader-first").unwrap();
-    let mut run = None;
-    let records = trace(&cgroup, 1, || {
-        run = Some(run_to_end(cgroup.command(VICTIM).unwrap().args(["leader-first", "7"])));
-    });
-    let (pid, before, after) = run.unwrap();
-    assert_eq!(records.len(), 1, "two threads exited, one process ended: {records:#?}");
     // The thread that ended the group is called `worker`; the process is its leader's name.
-    let status = leader_first_status(7);
-    assert_eq!(
-        record_of(&records, pid, before, after),
-        expected(pid, std::process::id(), "victim", status, None, &cgroup)
-    );
+    leader_first_is_named_by_its_leader("leader-first", &[]);
 }
 
 #[test]
@@ -180,13 +169,19 @@ fn the_helper_reads_of_kernels_before_5_11_give_the_same_records() {
         return;
     }
     // Every field the exit probe reads from the task: status, parent, the leader's name.
-    let cgroup = CgroupDir::new("helper-reads").unwrap();
+    leader_first_is_named_by_its_leader("helper-reads", &["--kernel-reads", "helper"]);
+}
+
+/// A `leader-first 7` victim, traced with `extra` arguments, gives one record: the process,
+/// named by its leader, with [`leader_first_status`].
+fn leader_first_is_named_by_its_leader(name: &str, extra: &[&str]) {
+    let cgroup = CgroupDir::new(name).unwrap();
     let mut run = None;
-    let records = trace_with(&cgroup, &["--kernel-reads", "helper"], 1, || {
+    let records = trace_with(&cgroup, extra, 1, || {
         run = Some(run_to_end(cgroup.command(VICTIM).unwrap().args(["leader-first", "7"])));
     });
     let (pid, before, after) = run.unwrap();
-    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records.len(), 1, "two threads exited, one process ended: {records:#?}");
     let status = leader_first_status(7);
     assert_eq!(
         record_of(&records, pid, before, after),
