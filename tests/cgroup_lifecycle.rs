@@ -173,7 +173,7 @@ fn a_cgroup_whose_creation_was_lost_is_found_by_walking_the_tree() {
         return;
     }
     let parent = CgroupDir::new("lifecycle-lost").unwrap();
-    // 4096 bytes hold 30 exit records: 600 exits while the collector is stopped fill it, so the
+    // 4096 bytes hold 56 exit records: 600 exits while the collector is stopped fill it, so the
     // child's creation, right after them, is lost too.
     let collector =
         Collector::trace(&["--cgroup", parent.path(), "--type", "cgroup_mkdir,exit", "--ring-buffer-bytes", "4096"])

@@ -73,7 +73,8 @@ pub const DETAIL_LEN: usize = 32;
 pub mod exit_flags {
     /// The OOM killer chose this process (`signal->oom_mm` was set).
     pub const OOM_VICTIM: u32 = 1;
-    /// `signal` holds the last fatal signal generated for this process.
+    /// The record is a [`super::SignaledExit`]: the last fatal signal generated for the process
+    /// follows the exit.
     pub const SIGNAL_KNOWN: u32 = 2;
     /// The process is pid 1 of a pid namespace below the root: a container's main process.
     pub const NS_INIT: u32 = 4;
@@ -139,7 +140,17 @@ pub struct ExitRecord {
     pub flags: u32,
     /// Explicit padding, always zero.
     pub _pad: u32,
-    /// The last fatal signal generated for the process, if `SIGNAL_KNOWN`.
+}
+
+/// An exit that a signal ended, with that signal as `signal/signal_generate` saw it
+/// (`exit_flags::SIGNAL_KNOWN`). Most processes exit by themselves: their record is the bare
+/// 64-byte [`ExitRecord`], which fills half the ring and half the cache lines this one would.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignaledExit {
+    /// The exit, its flags with `SIGNAL_KNOWN`.
+    pub exit: ExitRecord,
+    /// The last fatal signal generated for the process.
     pub signal: SignalInfo,
 }
 
@@ -560,21 +571,6 @@ impl Layout {
     };
 }
 
-impl SignalInfo {
-    /// No signal.
-    pub const NONE: Self = Self {
-        sender_cgroup_id: 0,
-        sig: 0,
-        code: 0,
-        sender_pid: 0,
-        target_pid: 0,
-        group: 0,
-        result: 0,
-        sender_comm: [0; COMM_LEN],
-        target_comm: [0; COMM_LEN],
-    };
-}
-
 impl Settings {
     /// Nothing recorded beyond exits.
     pub const DEFAULT: Self = Self {
@@ -597,13 +593,16 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ExitRecord {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::SignaledExit {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
 }
 
 // A change that introduces implicit padding changes these sizes.
 const _: () = assert!(size_of::<Header>() == 16);
 const _: () = assert!(size_of::<SignalInfo>() == 64);
-const _: () = assert!(size_of::<ExitRecord>() == 128);
+const _: () = assert!(size_of::<ExitRecord>() == 64);
+const _: () = assert!(size_of::<SignaledExit>() == 128);
 const _: () = assert!(size_of::<SignalRecord>() == 80 + EXE_LEN);
 const _: () = assert!(size_of::<OomScope>() == 16);
 const _: () = assert!(size_of::<OomRecord>() == 120);

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
-use collector_common::{ABSENT, ExitRecord, Header, SignalInfo, counter, exit_flags, kind};
+use collector_common::{ABSENT, ExitRecord, Header, SignalInfo, SignaledExit, counter, exit_flags, kind};
 
 use crate::{
     EVENTS, SIGNALS, count, current_task, filtered_out, layout, read_field, task_field, tp_field, wakeup_flags,
@@ -43,12 +43,6 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
 
-    // Written in place: a record built on the stack would be zeroed and copied again.
-    let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
-        count(counter::lost(kind::EXIT));
-        return Ok(0);
-    };
-    let record = entry.as_mut_ptr();
     let task = current_task();
     let mut failed = false;
     // Offsets in `task` (the current task_struct) come from the running kernel's BTF.
@@ -56,10 +50,67 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         failed = true;
         0
     });
+    // The sender matters only when a signal ended the process (user space names it only then),
+    // and most processes exit by themselves: they skip the shared map and go out as a bare
+    // 64-byte record. A signal one handled stays in the map until the LRU drops it; a later
+    // death by signal always follows a new `signal_generate`, which replaces it.
+    let signal = if exit_status & 0x7f != 0 { take_signal(tgid, tid) } else { None };
+    let exit = Exit { tgid, tid, exit_status, task };
+    match signal {
+        Some(info) => {
+            // Written in place: a record built on the stack would be zeroed and copied again.
+            let Some(mut entry) = EVENTS.reserve::<SignaledExit>(0) else {
+                count(counter::lost(kind::EXIT));
+                return Ok(0);
+            };
+            let record = entry.as_mut_ptr();
+            // SAFETY: `record` points to the reserved, writable ring buffer space of a
+            // SignaledExit, whose exit `fill` writes whole.
+            let now = unsafe {
+                (*record).signal = info;
+                fill(&raw mut (*record).exit, &exit, exit_flags::SIGNAL_KNOWN, &mut failed)
+            };
+            entry.submit(wakeup_flags(now));
+        }
+        None => {
+            let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
+                count(counter::lost(kind::EXIT));
+                return Ok(0);
+            };
+            // SAFETY: the reserved, writable ring buffer space of an ExitRecord.
+            let now = unsafe { fill(entry.as_mut_ptr(), &exit, 0, &mut failed) };
+            entry.submit(wakeup_flags(now));
+        }
+    }
+    if failed {
+        count(counter::READ_FAILED);
+        warn!(ctx, "sched_process_exit: a task field could not be read for pid {}", tgid);
+    }
+    Ok(0)
+}
+
+/// What the program knows of the exit before it reserves the record.
+struct Exit {
+    tgid: u32,
+    tid: u32,
+    exit_status: i32,
+    /// The current task, read with [`task_field`].
+    task: *const u8,
+}
+
+/// Writes every field of an exit record in place, reading the task's fields straight into it,
+/// and returns its timestamp. A field that cannot be read is zero and sets `failed`.
+///
+/// # Safety
+///
+/// `record` must be valid for writes of a whole `ExitRecord` (reserved ring buffer space).
+#[inline(always)]
+unsafe fn fill(record: *mut ExitRecord, exit: &Exit, mut flags: u32, failed: &mut bool) -> u64 {
+    let Exit { tgid, tid, exit_status, task } = *exit;
     let ppid = task_field::<*const u8>(task, layout!(task_real_parent))
         .and_then(|parent| task_field::<u32>(parent, layout!(task_tgid)))
         .unwrap_or_else(|_| {
-            failed = true;
+            *failed = true;
             0
         });
     // The leader's name names the process; a worker thread may have renamed itself. Most
@@ -83,16 +134,14 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         .unwrap_or(false);
 
     let comm_offset = layout!(task_comm);
-    let mut flags = 0;
     if oom_mm != 0 {
         flags |= exit_flags::OOM_VICTIM;
     }
     if ns_init {
         flags |= exit_flags::NS_INIT;
     }
-    // SAFETY: `record` points to the reserved, writable ring buffer space of an ExitRecord;
-    // every field is written before submit.
-    let now = unsafe {
+    // SAFETY: the caller vouches for `record`; every field is written before submit.
+    unsafe {
         let now = bpf_ktime_get_boot_ns();
         (*record).header = Header { kind: kind::EXIT, _pad: 0, boot_ns: now };
         (*record).cgroup_id = bpf_get_current_cgroup_id();
@@ -106,32 +155,15 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
             Ok((task_field::<u64>(leader, comm_offset)?, task_field::<u64>(leader, comm_offset.wrapping_add(8))?))
         });
         let (low, high) = words.unwrap_or_else(|_| {
-            failed = true;
+            *failed = true;
             (0, 0)
         });
         core::ptr::write_volatile(comm, low);
         core::ptr::write_volatile(comm.add(1), high);
-        // The sender matters only when a signal ended the process (user space names it only
-        // then), and most processes exit by themselves: they skip the shared map. A signal one
-        // handled stays there until the LRU drops it; a later death by signal always follows a
-        // new `signal_generate`, which replaces it.
-        match if exit_status & 0x7f != 0 { take_signal(tgid, tid) } else { None } {
-            Some(info) => {
-                flags |= exit_flags::SIGNAL_KNOWN;
-                (*record).signal = info;
-            }
-            None => clear(&raw mut (*record).signal),
-        }
         (*record).flags = flags;
         (*record)._pad = 0;
         now
-    };
-    entry.submit(wakeup_flags(now));
-    if failed {
-        count(counter::READ_FAILED);
-        warn!(ctx, "sched_process_exit: a task field could not be read for pid {}", tgid);
     }
-    Ok(0)
 }
 
 /// Where `group_dead` lies in the record on every kernel that has it: after the common header
@@ -149,23 +181,6 @@ fn group_dead(ctx: &TracePointContext) -> Result<u8, i64> {
         return Ok(unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(GROUP_DEAD_AT as usize)) });
     }
     tp_field::<u8, _>(ctx, layout!(exit_group_dead))
-}
-
-/// Zeroes a record's signal (`SignalInfo::NONE`) with eight stores: a plain assignment becomes
-/// a call to the program's `memset`, on the path of every exit.
-///
-/// # Safety
-///
-/// `signal` must be valid for writes and 8-byte aligned, as a field of a reserved record is.
-#[inline(always)]
-unsafe fn clear(signal: *mut SignalInfo) {
-    const WORDS: usize = size_of::<SignalInfo>() / 8;
-    let words = signal.cast::<u64>();
-    for at in 0..WORDS {
-        // SAFETY: within the SignalInfo the caller vouches for; volatile, so that the stores
-        // are not merged back into a memset.
-        unsafe { core::ptr::write_volatile(words.add(at), 0) };
-    }
 }
 
 /// The last fatal signal for the process, from its leader or this thread, removed from the map.

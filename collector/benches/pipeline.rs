@@ -23,7 +23,7 @@ use collector::{
     resolve::RecordResolver,
     trace::{Filter, Pipeline, TraceArgs},
 };
-use collector_common::{COMM_LEN, ExitRecord, Header, SignalInfo, exit_flags, kind};
+use collector_common::{COMM_LEN, ExitRecord, Header, SignalInfo, SignaledExit, exit_flags, kind};
 
 /// Records handled between two `end_batch` calls, as the reader hands them over after a wake-up.
 const BATCH: usize = 64;
@@ -81,7 +81,7 @@ fn records(ids: &[u64]) -> Vec<Vec<u8>> {
                 1 => (1 << 8, 0, 0),
                 _ => (0, 0, 0),
             };
-            let record = ExitRecord {
+            let exit = ExitRecord {
                 header: Header { kind: kind::EXIT, _pad: 0, boot_ns: 1_000_000_000 + u64::from(i) * 1_000 },
                 cgroup_id: ids[i as usize % ids.len()],
                 pid: 10_000 + i,
@@ -91,6 +91,9 @@ fn records(ids: &[u64]) -> Vec<Vec<u8>> {
                 comm,
                 flags,
                 _pad: 0,
+            };
+            let record = SignaledExit {
+                exit,
                 signal: SignalInfo {
                     sender_cgroup_id: ids[0],
                     sig,
@@ -103,9 +106,12 @@ fn records(ids: &[u64]) -> Vec<Vec<u8>> {
                     target_comm: comm,
                 },
             };
-            // SAFETY: ExitRecord is #[repr(C)] with explicit padding fields, so all its bytes are initialised.
-            let bytes =
-                unsafe { std::slice::from_raw_parts((&raw const record).cast::<u8>(), size_of::<ExitRecord>()) };
+            // As the kernel writes them: the signal follows only an exit that says it is known.
+            let len =
+                if flags & exit_flags::SIGNAL_KNOWN != 0 { size_of::<SignaledExit>() } else { size_of::<ExitRecord>() };
+            // SAFETY: SignaledExit is #[repr(C)] with explicit padding fields, so all its bytes are
+            // initialised, and `len` is at most its size.
+            let bytes = unsafe { std::slice::from_raw_parts((&raw const record).cast::<u8>(), len) };
             bytes.to_vec()
         })
         .collect()

@@ -4,14 +4,16 @@
 //! crash the daemon: anything that does not decode is an error the caller
 //! counts and skips.
 
-use collector_common::{CgroupRecord, ExitRecord, Header, HealthRecord, OomRecord, SignalRecord, kind};
+use collector_common::{
+    CgroupRecord, ExitRecord, Header, HealthRecord, OomRecord, SignalInfo, SignalRecord, SignaledExit, exit_flags, kind,
+};
 use thiserror::Error;
 
 /// A record as the kernel sent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelRecord {
-    /// A process ended.
-    Exit(ExitRecord),
+    /// A process ended, with the signal that ended it where the kernel knew it.
+    Exit(ExitRecord, Option<SignalInfo>),
     /// The OOM killer chose a victim.
     OomKill(OomRecord),
     /// A fatal signal was generated.
@@ -48,7 +50,7 @@ pub enum DecodeError {
 pub fn decode(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
     let header: Header = read(bytes, 0)?;
     match header.kind {
-        kind::EXIT => read(bytes, header.kind).map(KernelRecord::Exit),
+        kind::EXIT => exit(bytes),
         kind::OOM_KILL => read(bytes, header.kind).map(KernelRecord::OomKill),
         kind::SIGNAL => read(bytes, header.kind).map(KernelRecord::Signal),
         kind::CGROUP_MKDIR => read(bytes, header.kind).map(KernelRecord::CgroupMkdir),
@@ -57,6 +59,16 @@ pub fn decode(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
         kind::HUNG_TASK..=kind::HW_ERROR => read(bytes, header.kind).map(KernelRecord::Health),
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+/// An exit record: the bare [`ExitRecord`], or a [`SignaledExit`] where its flags say so.
+fn exit(bytes: &[u8]) -> Result<KernelRecord, DecodeError> {
+    let exit: ExitRecord = read(bytes, kind::EXIT)?;
+    if exit.flags & exit_flags::SIGNAL_KNOWN == 0 {
+        return Ok(KernelRecord::Exit(exit, None));
+    }
+    let signaled: SignaledExit = read(bytes, kind::EXIT)?;
+    Ok(KernelRecord::Exit(signaled.exit, Some(signaled.signal)))
 }
 
 /// Copies a `T` out of the front of `bytes`, which need not be aligned.
@@ -82,6 +94,8 @@ unsafe trait Pod {}
 unsafe impl Pod for Header {}
 // SAFETY: as above.
 unsafe impl Pod for ExitRecord {}
+// SAFETY: as above.
+unsafe impl Pod for SignaledExit {}
 // SAFETY: as above.
 unsafe impl Pod for OomRecord {}
 // SAFETY: as above.
@@ -112,7 +126,6 @@ pub(crate) mod tests {
             comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
             flags: 0,
             _pad: 0,
-            signal: collector_common::SignalInfo::NONE,
         }
     }
 
@@ -121,13 +134,38 @@ pub(crate) mod tests {
         let record = exit_record();
         let mut buf = vec![0u8];
         buf.extend(bytes_of(&record));
-        assert_eq!(decode(&buf[1..]), Ok(KernelRecord::Exit(record)));
+        assert_eq!(decode(&buf[1..]), Ok(KernelRecord::Exit(record, None)));
+    }
+
+    #[test]
+    fn an_exit_that_says_its_signal_is_known_carries_it_after_the_exit() {
+        let mut exit = exit_record();
+        exit.flags = exit_flags::SIGNAL_KNOWN | exit_flags::NS_INIT;
+        exit.exit_status = 9;
+        let signal = SignalInfo {
+            sender_cgroup_id: 91,
+            sig: 9,
+            code: 0,
+            sender_pid: 77,
+            target_pid: 4242,
+            group: 1,
+            result: 0,
+            sender_comm: *b"kubelet\0\0\0\0\0\0\0\0\0",
+            target_comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let record = SignaledExit { exit, signal };
+        // SAFETY: SignaledExit has no padding, so every byte is initialised.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&record).cast::<u8>(), size_of::<SignaledExit>()) };
+        assert_eq!(decode(bytes), Ok(KernelRecord::Exit(exit, Some(signal))));
+        // A signaled exit cut to the bare exit's size is short, not an exit without its sender.
+        assert_eq!(decode(&bytes[..64]), Err(DecodeError::Short { kind: kind::EXIT, len: 64, expected: 128 }));
     }
 
     #[test]
     fn short_and_unknown_records_are_errors() {
         let bytes = bytes_of(&exit_record());
-        assert_eq!(decode(&bytes[..20]), Err(DecodeError::Short { kind: kind::EXIT, len: 20, expected: 128 }));
+        assert_eq!(decode(&bytes[..20]), Err(DecodeError::Short { kind: kind::EXIT, len: 20, expected: 64 }));
         assert_eq!(decode(&bytes[..3]), Err(DecodeError::Short { kind: 0, len: 3, expected: 16 }));
         let mut unknown = bytes;
         unknown[0] = 99;
@@ -151,7 +189,7 @@ pub(crate) mod tests {
     }
 
     mod properties {
-        use collector_common::{COMM_LEN, EXE_LEN, OomScope, PATH_CAP, SignalInfo};
+        use collector_common::{COMM_LEN, EXE_LEN, OomScope, PATH_CAP};
         use proptest::{collection::vec, prelude::*};
 
         use super::*;
@@ -166,7 +204,8 @@ pub(crate) mod tests {
         /// The bytes of a decoded record, to compare with what went in.
         fn bytes_of_record(record: &KernelRecord) -> Vec<u8> {
             match record {
-                KernelRecord::Exit(r) => raw_bytes(r),
+                KernelRecord::Exit(r, None) => raw_bytes(r),
+                KernelRecord::Exit(r, Some(signal)) => raw_bytes(&SignaledExit { exit: *r, signal: *signal }),
                 KernelRecord::OomKill(r) => raw_bytes(r),
                 KernelRecord::Signal(r) => raw_bytes(r),
                 KernelRecord::CgroupMkdir(r) | KernelRecord::CgroupRmdir(r) | KernelRecord::CgroupAttach(r) => {
@@ -242,10 +281,13 @@ pub(crate) mod tests {
             let exit = (header(kind::EXIT), any::<(u64, u32, u32, u32, u32)>(), any::<[u8; COMM_LEN]>())
                 .prop_flat_map(|parts| (Just(parts), any::<(u32, u32)>(), signal_info()))
                 .prop_map(|((header, (cgroup_id, pid, ppid, tid, exit_status), comm), (flags, _pad), signal)| {
-                    let r = ExitRecord { header, cgroup_id, pid, ppid, tid, exit_status, comm, flags, _pad, signal };
+                    let r = ExitRecord { header, cgroup_id, pid, ppid, tid, exit_status, comm, flags, _pad };
                     let w = Writer::default().header(&header).u64(cgroup_id).u32(pid).u32(ppid).u32(tid);
-                    let w = w.u32(exit_status).bytes(&comm).u32(flags).u32(_pad).signal(&signal);
-                    (KernelRecord::Exit(r), w.0)
+                    let w = w.u32(exit_status).bytes(&comm).u32(flags).u32(_pad);
+                    if flags & exit_flags::SIGNAL_KNOWN == 0 {
+                        return (KernelRecord::Exit(r, None), w.0);
+                    }
+                    (KernelRecord::Exit(r, Some(signal)), w.signal(&signal).0)
                 });
             let signal =
                 (header(kind::SIGNAL), signal_info(), any::<[u8; EXE_LEN]>()).prop_map(|(header, info, sender_exe)| {
@@ -317,7 +359,12 @@ pub(crate) mod tests {
             };
             let kind = u32::from_ne_bytes(kind_bytes.try_into().unwrap());
             let expected = match kind {
-                kind::EXIT => 128,
+                // The bare exit first; then its flags (bytes 56..60) say whether the signal follows.
+                kind::EXIT if bytes.len() < 64 => 64,
+                kind::EXIT => {
+                    let flags = u32::from_ne_bytes(bytes[56..60].try_into().unwrap());
+                    if flags & exit_flags::SIGNAL_KNOWN != 0 { 128 } else { 64 }
+                }
                 kind::OOM_KILL => 120,
                 kind::SIGNAL => 112,
                 kind::CGROUP_MKDIR | kind::CGROUP_RMDIR | kind::CGROUP_ATTACH => 56 + PATH_CAP,

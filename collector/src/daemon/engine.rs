@@ -326,7 +326,7 @@ fn count_container_deaths(metrics: &Metrics, record: &Record) -> bool {
 
 fn kernel_type(kernel: &KernelRecord) -> KernelRecordType {
     match kernel {
-        KernelRecord::Exit(_) => KernelRecordType::Exit,
+        KernelRecord::Exit(..) => KernelRecordType::Exit,
         KernelRecord::OomKill(_) => KernelRecordType::OomKill,
         KernelRecord::Signal(_) => KernelRecordType::Signal,
         KernelRecord::CgroupMkdir(_) => KernelRecordType::CgroupMkdir,

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use collector_common::{PATH_CAP, exit_flags, kind};
+use collector_common::{PATH_CAP, kind};
 
 use super::RecordResolver;
 use crate::{
@@ -78,10 +78,7 @@ fn needs_walk(cgroups: &mut Resolver, kernel: &KernelRecord, now: Instant) -> bo
 /// The cgroups resolving `kernel` looks up in the registry (0: none).
 fn cgroup_ids(kernel: &KernelRecord) -> [u64; 2] {
     match kernel {
-        KernelRecord::Exit(exit) => {
-            let sender = if exit.flags & exit_flags::SIGNAL_KNOWN != 0 { exit.signal.sender_cgroup_id } else { 0 };
-            [exit.cgroup_id, sender]
-        }
+        KernelRecord::Exit(exit, signal) => [exit.cgroup_id, signal.map_or(0, |signal| signal.sender_cgroup_id)],
         KernelRecord::OomKill(oom) => [oom.trigger_cgroup_id, 0],
         KernelRecord::Signal(signal) if sent_by_process(signal.info.code) => [signal.info.sender_cgroup_id, 0],
         KernelRecord::Signal(_) => [0, 0],
@@ -142,7 +139,7 @@ mod tests {
         let mut exit = crate::decode::tests::exit_record();
         exit.pid = pid;
         exit.cgroup_id = cgroup_id;
-        KernelRecord::Exit(exit)
+        KernelRecord::Exit(exit, None)
     }
 
     /// (pid, cgroup path) of each exit emitted.

@@ -125,8 +125,8 @@ impl RecordResolver {
     fn resolve(&mut self, kernel: &KernelRecord, now: Instant, emit: &mut impl FnMut(Record)) {
         self.now = now;
         let record = match kernel {
-            KernelRecord::Exit(record) => {
-                let mut exit = self.exit(record);
+            KernelRecord::Exit(record, signal) => {
+                let mut exit = self.exit(record, signal.as_ref());
                 self.stops.exit(&mut exit, record.tid);
                 self.join_exit(exit, now, emit);
                 return;
@@ -297,13 +297,11 @@ impl RecordResolver {
         }
     }
 
-    fn exit(&mut self, exit: &ExitRecord) -> Exit {
+    fn exit(&mut self, exit: &ExitRecord, signal: Option<&SignalInfo>) -> Exit {
         let status = ExitStatus::from_raw(exit.exit_status);
         // The last fatal signal names the sender only if it is the one that killed.
-        let sender = match status.signal {
-            Some(sig) if exit.flags & exit_flags::SIGNAL_KNOWN != 0 && exit.signal.sig == sig => {
-                self.sender(&exit.signal, None)
-            }
+        let sender = match (status.signal, signal) {
+            (Some(sig), Some(info)) if info.sig == sig => self.sender(info, None),
             _ => None,
         };
         let (cgroup_path, identity) = self.place(exit.cgroup_id);

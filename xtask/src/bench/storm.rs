@@ -28,8 +28,9 @@ pub(super) struct Storm {
 
 /// How long the collector is stopped at a time in the stalled storms (and then runs as long).
 const STALL: Duration = Duration::from_secs(1);
-/// Bytes an exit record takes in the ring: the 128-byte `ExitRecord` and the ring's 8-byte header.
-const EXIT_RECORD_BYTES: f64 = 136.0;
+/// Bytes an exit record takes in the ring: the 64-byte `ExitRecord` (a storm's processes exit by
+/// themselves, so none carries a signal) and the ring's 8-byte header.
+const EXIT_RECORD_BYTES: f64 = 72.0;
 
 /// What one storm run saw.
 struct StormRun {
