@@ -33,7 +33,7 @@ among 100 pods of 10 containers made for the run), traced by `collector trace --
 --format json`; delivered = records whose ppid is the loop, lost = the collector's `exits lost`. The accounting \
 check also counts the loop processes' own exits, which happen in the same cgroup. The stalled runs stop the \
 collector (SIGSTOP) for 1 s of every 2 s: the ring must hold a stall's worth of records; an exit record takes \
-72 bytes of ring (64 and the ring's 8-byte header; 136 for an exit by a signal whose sender is known).
+72 bytes of ring (64 and the ring's 8-byte header; 136 for an exit that carries the signal that ended it).
 - Latency: the wall clock when the benchmark reads a record's line from the collector's stdout minus the \
 record's `time` (the kernel's boot-time stamp converted to wall time by the collector). It spans ring buffer \
 wake-up, decode, resolve, JSON, the collector's batch flush, the pipe and the benchmark's own read; both clocks \
