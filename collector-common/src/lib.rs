@@ -591,10 +591,6 @@ mod user {
     // padding (checked by the size assertions below); any bit pattern is valid.
     unsafe impl aya::Pod for super::Layout {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::ExitRecord {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SignaledExit {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::Settings {}
 }
 

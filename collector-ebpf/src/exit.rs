@@ -10,9 +10,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use collector_common::{ABSENT, ExitRecord, Header, SignalInfo, SignaledExit, counter, exit_flags, kind};
 
-use crate::{
-    EVENTS, SIGNALS, count, current_task, filtered_out, layout, read_field, task_field, tp_field, wakeup_flags,
-};
+use crate::{SIGNALS, count, current_task, filtered_out, layout, read_field, submit_in_place, task_field, tp_field};
 
 /// Fires once per exiting thread; emits a record only for the thread that ends its group.
 #[tracepoint]
@@ -56,33 +54,19 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     // death by signal always follows a new `signal_generate`, which replaces it.
     let signal = if exit_status & 0x7f != 0 { take_signal(tgid, tid) } else { None };
     let exit = Exit { tgid, tid, exit_status, task };
-    match signal {
-        Some(info) => {
-            // Written in place: a record built on the stack would be zeroed and copied again.
-            let Some(mut entry) = EVENTS.reserve::<SignaledExit>(0) else {
-                count(counter::lost(kind::EXIT));
-                return Ok(0);
-            };
-            let record = entry.as_mut_ptr();
-            // SAFETY: `record` points to the reserved, writable ring buffer space of a
-            // SignaledExit, whose exit `fill` writes whole.
-            let now = unsafe {
-                (*record).signal = info;
-                fill(&raw mut (*record).exit, &exit, exit_flags::SIGNAL_KNOWN, &mut failed)
-            };
-            entry.submit(wakeup_flags(now));
-        }
-        None => {
-            let Some(mut entry) = EVENTS.reserve::<ExitRecord>(0) else {
-                count(counter::lost(kind::EXIT));
-                return Ok(0);
-            };
-            // SAFETY: the reserved, writable ring buffer space of an ExitRecord.
-            let now = unsafe { fill(entry.as_mut_ptr(), &exit, 0, &mut failed) };
-            entry.submit(wakeup_flags(now));
-        }
-    }
-    if failed {
+    // Written in place: a record built on the stack would be zeroed and copied again.
+    let sent = match signal {
+        // SAFETY: `submit_in_place` hands `fill` the reserved, writable ring buffer space of the
+        // record it asked for; `fill` writes every field of the exit, and the signal is written.
+        Some(info) => submit_in_place::<SignaledExit>(kind::EXIT, |record| unsafe {
+            (*record).signal = info;
+            fill(&raw mut (*record).exit, &exit, exit_flags::SIGNAL_KNOWN, &mut failed)
+        }),
+        // SAFETY: as above, for an ExitRecord.
+        None => submit_in_place::<ExitRecord>(kind::EXIT, |record| unsafe { fill(record, &exit, 0, &mut failed) }),
+    };
+    // A record lost to a full ring is counted as lost, not also as a failed read.
+    if sent && failed {
         count(counter::READ_FAILED);
         warn!(ctx, "sched_process_exit: a task field could not be read for pid {}", tgid);
     }

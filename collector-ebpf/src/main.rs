@@ -116,6 +116,20 @@ fn submit<T: 'static>(record: T, kind: u32, now: u64) {
     }
 }
 
+/// Reserves a `T` in the ring and lets `fill` write every field of it in place, returning the
+/// record's stamp (boot-clock ns), then sends it as [`submit`] does; a full ring counts it lost
+/// (by kind) before `fill` runs. Returns whether the record went out.
+#[inline(always)]
+fn submit_in_place<T: 'static>(kind: u32, fill: impl FnOnce(*mut T) -> u64) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        count(counter::lost(kind));
+        return false;
+    };
+    let now = fill(entry.as_mut_ptr());
+    entry.submit(wakeup_flags(now));
+    true
+}
+
 /// Whether this submit wakes the reader. A quiet node's first record wakes
 /// it at once; within `wakeup_interval_ns` of this CPU's last wake-up only a
 /// filling ring does, and the reader's timer collects the rest.
