@@ -7,14 +7,14 @@
 //! then it goes out with what is known and is counted as unresolved.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::{HashSet, VecDeque},
     rc::Rc,
     time::{Duration, Instant},
 };
 
 use crate::{
-    metadata::{ContainerMeta, MetadataCache, MetadataStats},
+    metadata::{ContainerMeta, MetadataCache, MetadataStats, StoppedContainer},
     record::{Exit, Identity, Record},
 };
 
@@ -24,11 +24,20 @@ const QUEUE_CAP: usize = 4096;
 /// waits without a question of its own (a storm of new containers asks about each once).
 const REFRESH_CAP: usize = 64;
 
+/// At most this many stops are explained by the kubelet's Events at once; a mass restart
+/// beyond it goes out without the kubelet's word rather than flood the API server.
+const KUBELET_CAP: usize = 16;
+
+/// The kubelet's word on a stop, while it is asked for: `None` until the question ends.
+type Answer = Rc<RefCell<Option<Option<String>>>>;
+
 /// A record in line: named already, or waiting for its names until `deadline`.
 struct Waiting {
     deadline: Instant,
     record: Record,
     named: bool,
+    /// For a stop the kubelet asked for while the pod lives on: why, once the API answers.
+    kubelet: Option<Answer>,
 }
 
 /// Adds pod and container names to records. Use it inside a `tokio::task::LocalSet`.
@@ -38,6 +47,8 @@ pub struct Identifier {
     queue: VecDeque<Waiting>,
     /// The containers and pods being asked about: one question each, however many records wait.
     asking: Rc<RefCell<HashSet<String>>>,
+    /// Stops whose `Killing` Event is being asked for.
+    explaining: Rc<Cell<usize>>,
     /// Records that went out without the names they should have had.
     pub unresolved: u64,
 }
@@ -45,7 +56,7 @@ pub struct Identifier {
 impl Identifier {
     /// An identifier over `metadata` (none: names stay unknown, nothing waits).
     pub fn new(metadata: Option<MetadataCache>, wait: Duration) -> Self {
-        Self { metadata, wait, queue: VecDeque::new(), asking: Rc::default(), unresolved: 0 }
+        Self { metadata, wait, queue: VecDeque::new(), asking: Rc::default(), explaining: Rc::default(), unresolved: 0 }
     }
 
     /// The metadata cache's counters, if there is a cache.
@@ -60,6 +71,7 @@ impl Identifier {
     pub fn push(&mut self, mut record: Record, now: Instant) {
         let mut deadline = now;
         let mut named = true;
+        let mut kubelet = None;
         if let Some(metadata) = &self.metadata {
             track_lifecycle(metadata, &record, self.wait, &self.asking);
             match missing(metadata, record.identity()) {
@@ -68,21 +80,34 @@ impl Identifier {
                     deadline = now + self.wait;
                     named = false;
                 }
-                None => name(metadata, &mut record),
+                None => {
+                    name(metadata, &mut record);
+                    kubelet = explain(metadata, &record, self.wait, &self.explaining);
+                    if kubelet.is_some() {
+                        // The question's own wait, and time for its last answer to come back.
+                        deadline = now + self.wait + ANSWER_MARGIN;
+                    }
+                }
             }
         }
         // Beyond the cap, `pop_ready` lets the oldest go at once: bounded memory beats waiting.
-        self.queue.push_back(Waiting { deadline, record, named });
+        self.queue.push_back(Waiting { deadline, record, named, kubelet });
     }
 
     /// The next record, once it is named or has waited long enough (or at once with `flush`).
     pub fn pop_ready(&mut self, now: Instant, flush: bool) -> Option<Record> {
         let head = self.queue.front()?;
         let known = head.named || self.metadata.as_ref().is_none_or(|m| missing(m, head.record.identity()).is_none());
-        if !(known || flush || now >= head.deadline || self.queue.len() > QUEUE_CAP) {
+        let answered = head.kubelet.as_ref().is_none_or(|answer| answer.borrow().is_some());
+        if !((known && answered) || flush || now >= head.deadline || self.queue.len() > QUEUE_CAP) {
             return None;
         }
-        let Waiting { mut record, named, .. } = self.queue.pop_front()?;
+        let Waiting { mut record, named, kubelet, .. } = self.queue.pop_front()?;
+        if let (Some(said), Record::Exit(Exit { stop_request: Some(request), .. })) =
+            (kubelet.and_then(|answer| answer.take().flatten()), &mut record)
+        {
+            request.kubelet_message = Some(said);
+        }
         if let Some(metadata) = &self.metadata {
             let identity = record.identity();
             let unnamed = !named && missing(metadata, identity).is_some();
@@ -163,6 +188,55 @@ fn refresh(metadata: &MetadataCache, lookup: Lookup, wait: Duration, asking: &Rc
         }
         asking.borrow_mut().remove(&key);
     });
+}
+
+/// How long past its question's wait a stop waits for the last answer.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
+/// Asks the API server why the kubelet stopped the container, for a container's main process
+/// that a requested stop ended while its pod was not being stopped (a failed probe, a changed
+/// spec); the answer fills the returned slot. None when there is nothing to ask, no API, or
+/// [`KUBELET_CAP`] questions are already out.
+fn explain(metadata: &MetadataCache, record: &Record, wait: Duration, explaining: &Rc<Cell<usize>>) -> Option<Answer> {
+    let stopped = stopped_container(record)?;
+    if !metadata.reads_kubelet_events() {
+        return None;
+    }
+    if explaining.get() >= KUBELET_CAP {
+        metadata.kubelet_skipped();
+        tracing::debug!("metadata: {KUBELET_CAP} stops already wait for the kubelet's word; pod {}", stopped.pod_uid);
+        return None;
+    }
+    explaining.set(explaining.get() + 1);
+    let answer = Answer::default();
+    let slot = Rc::clone(&answer);
+    let metadata = metadata.clone();
+    let explaining = Rc::clone(explaining);
+    tokio::task::spawn_local(async move {
+        let said = metadata.kubelet_killing(&stopped, wait).await;
+        *slot.borrow_mut() = Some(said);
+        explaining.set(explaining.get().saturating_sub(1));
+    });
+    Some(answer)
+}
+
+/// The container whose main process a requested stop ended while its pod lived on.
+fn stopped_container(record: &Record) -> Option<StoppedContainer> {
+    let Record::Exit(exit) = record else {
+        return None;
+    };
+    let request = exit.stop_request.as_ref().filter(|request| request.pod_stop.is_none())?;
+    let identity = &exit.identity;
+    if exit.main_process != Some(true) || identity.sandbox {
+        return None;
+    }
+    Some(StoppedContainer {
+        namespace: identity.namespace.clone()?,
+        pod_uid: identity.pod_uid.clone()?,
+        container: identity.container_name.clone()?,
+        init: identity.init_container == Some(true),
+        signal_time: request.time,
+    })
 }
 
 /// A new container cgroup warms the cache before its first exit; a removed one starts its tombstone.
@@ -357,6 +431,7 @@ mod tests {
                     kill_time: Some(Timestamp(2)),
                     sender: Process { pid: 9, comm: "runc".to_owned(), exe: None, cgroup_path: None },
                     pod_stop: None,
+                    kubelet_message: None,
                 });
                 identifier.push(Record::Exit(stopped), now);
                 identifier.push(exit(KNOWN), now);

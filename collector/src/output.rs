@@ -126,6 +126,10 @@ impl Line {
                         }
                         None => String::new(),
                     };
+                    let why = match &request.kubelet_message {
+                        Some(said) => format!("{why}; kubelet: {}", escape_bytes(said.as_bytes())),
+                        None => why,
+                    };
                     details.push_str(&format!(
                         " [{how}: {} by {}{why}]",
                         request.signal_name,
@@ -345,6 +349,7 @@ mod tests {
                 reason: Some("Eviction\nByEvictionAPI".into()),
                 message: Some("Eviction API: evicting".into()),
             }),
+            kubelet_message: None,
         });
         let mut out = Output::new(Format::Text, Vec::new());
         out.write(&record).unwrap();
@@ -352,6 +357,33 @@ mod tests {
         assert!(
             text.ends_with(
                 " [grace period exceeded: SIGTERM by pid 900 (runc) in /; pod being deleted: Eviction\\x0aByEvictionAPI]\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_stop_the_kubelet_explained_says_what_it_said() {
+        let mut record = exit(7);
+        let Record::Exit(stopped) = &mut record else { unreachable!() };
+        stopped.stop = Some(Stop::Requested);
+        stopped.stop_request = Some(crate::record::StopRequest {
+            time: Timestamp(0),
+            signal: 15,
+            signal_name: "SIGTERM".into(),
+            ignored: false,
+            kill_time: None,
+            sender: Process { pid: 900, comm: "runc".into(), exe: None, cgroup_path: Some("/".into()) },
+            pod_stop: None,
+            kubelet_message: Some("Container app failed liveness probe, will be restarted\n".into()),
+        });
+        let mut out = Output::new(Format::Text, Vec::new());
+        out.write(&record).unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        assert!(
+            text.ends_with(
+                " [stop requested: SIGTERM by pid 900 (runc) in /; \
+                 kubelet: Container app failed liveness probe, will be restarted\\x0a]\n"
             ),
             "{text}"
         );

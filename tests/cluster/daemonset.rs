@@ -215,6 +215,7 @@ fn service_account_can_do_exactly_what_the_daemon_needs(cluster: &Cluster) -> Re
     let allowed = [
         ("create", "events"),
         ("patch", "events"),
+        ("list", "events"),
         ("get", "pods"),
         ("list", "pods"),
         ("watch", "pods"),
@@ -232,6 +233,8 @@ fn service_account_can_do_exactly_what_the_daemon_needs(cluster: &Cluster) -> Re
         ("list", "nodes"),
         ("update", "events"),
         ("delete", "events"),
+        ("get", "events"),
+        ("watch", "events"),
         ("get", "configmaps"),
         ("create", "pods/exec"),
         ("*", "*"),

@@ -121,11 +121,12 @@ fn doctor_names_every_verb_an_identity_without_the_cluster_role_is_denied() {
     assert_eq!(rbac["status"], "fail", "{report}");
     assert_eq!(
         rbac["detail"],
-        "denied: create events, patch events, get pods, list pods, watch pods, get nodes, patch nodes/status"
+        "denied: create events, patch events, list events, get pods, list pods, watch pods, get nodes, \
+         patch nodes/status"
     );
     assert_eq!(
         rbac["fix"],
-        "grant create, patch on events; get, list, watch on pods; get on nodes; patch on nodes/status \
+        "grant create, patch, list on events; get, list, watch on pods; get on nodes; patch on nodes/status \
          (apiGroups [\"\"]) in the ClusterRole bound to the collector's service account (deploy/)"
     );
 }

@@ -3,7 +3,9 @@
 //! StopPodSandbox). A Deployment whose containers shut down on SIGTERM gives no Warning at all;
 //! one whose containers ignore it gives exactly one `GracePeriodExceeded` per container, saying
 //! the pod was being deleted (and, for a pod evicted through the Eviction API, why, in the API
-//! server's words); the journal on the node keeps the pod's owner with each record.
+//! server's words); the journal on the node keeps the pod's owner with each record. A container
+//! the kubelet restarts because its liveness probe failed is stopped the same way, but that is a
+//! failure: one `StoppedByProbe` Warning quotes the kubelet's reason.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -59,9 +61,23 @@ fn collector_events(cluster: &Cluster, namespace: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// A pod whose container shuts down on SIGTERM and whose liveness probe always fails: the kubelet
+/// stops and restarts the container a second or two after each start.
+fn failing_liveness(namespace: &str) -> String {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "liveness", "namespace": namespace},
+           "spec": {"terminationGracePeriodSeconds": 30, "containers": [{
+               "name": "app", "image": "docker.io/local/busybox:1", "imagePullPolicy": "Never",
+               "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
+               "livenessProbe": {"exec": {"command": ["/bin/sh", "-c", "exit 1"]},
+                                 "initialDelaySeconds": 1, "periodSeconds": 1, "failureThreshold": 1}}]}})
+    .to_string()
+}
+
 #[test]
-fn a_rollout_gives_no_warning_unless_a_container_outlives_its_grace_period() {
-    let Some(cluster) = Cluster::find("a_rollout_gives_no_warning_unless_a_container_outlives_its_grace_period") else {
+fn stops_give_no_warning_unless_a_container_outlives_its_grace_period_or_fails_its_probe() {
+    let Some(cluster) =
+        Cluster::find("stops_give_no_warning_unless_a_container_outlives_its_grace_period_or_fails_its_probe")
+    else {
         return;
     };
     let _installed = Applied::kustomization(&cluster, deploy_dir()).unwrap();
@@ -71,7 +87,9 @@ fn a_rollout_gives_no_warning_unless_a_container_outlives_its_grace_period() {
     let polite = deployment(&ns.name, "polite", 30, &["app"], "trap 'exit 0' TERM; sleep 1000 & wait");
     // `sleep` as PID 1 has no handler: SIGTERM does nothing and only the SIGKILL ends it.
     let stubborn = deployment(&ns.name, "stubborn", 2, &["app", "sidecar"], "exec sleep 1000");
-    for manifest in [&polite, &stubborn] {
+    // In a namespace of its own: its Warnings are not the rollouts'.
+    let probed = cluster.namespace("e2e-probe").unwrap();
+    for manifest in [&polite, &stubborn, &failing_liveness(&probed.name)] {
         cluster.kubectl_stdin(&["apply", "-f", "-"], Some(manifest)).unwrap();
     }
     for name in ["polite", "stubborn"] {
@@ -110,7 +128,8 @@ fn a_rollout_gives_no_warning_unless_a_container_outlives_its_grace_period() {
     // The journal on the node keeps the records behind them: the pod's owner from the pod
     // watch, and why the pod was stopped.
     let replica_set = old.rsplit_once('-').map(|(set, _)| set.to_owned()).unwrap_or_default();
-    let journaled = journal(&cluster, &ns.name).unwrap();
+    let args = ["events", "--format", "json", "--namespace", &ns.name, "--reason", "GracePeriodExceeded"];
+    let journaled = journal(&cluster, &args).unwrap();
     assert_eq!(journaled.len(), 2, "{journaled:#?}");
     for line in &journaled {
         let exit = &line["records"][0];
@@ -143,6 +162,44 @@ fn a_rollout_gives_no_warning_unless_a_container_outlives_its_grace_period() {
     ];
     want.sort();
     assert_eq!(seen(&events), want, "{events:#?}");
+
+    // The kubelet restarted `liveness` meanwhile: its container exited 0 on SIGTERM, as asked,
+    // but the Warning says why it was asked.
+    let said = "Container app failed liveness probe, will be restarted";
+    // Once per restart (the kubelet backs off 10 s, 20 s, ...), each as the first.
+    let events = cluster
+        .wait("a StoppedByProbe Event on pod liveness", TIMEOUT, || {
+            let events = cluster.events_for(&probed.name, "Pod", "liveness")?;
+            let stopped: Vec<Value> = events.into_iter().filter(|e| e["reason"] == "StoppedByProbe").collect();
+            Ok((!stopped.is_empty()).then_some(stopped))
+        })
+        .unwrap();
+    for event in &events {
+        let message = event["message"].as_str().unwrap_or_default();
+        assert_eq!(
+            (&event["type"], &event["involvedObject"]["fieldPath"], &event["source"]["component"]),
+            (&json!("Warning"), &json!("spec.containers{app}"), &json!("collector")),
+            "{event:#}"
+        );
+        assert!(message.starts_with("Container app stopped on request: exited with code 0, "), "{message}");
+        assert!(message.ends_with(&format!(" s after SIGTERM; the kubelet said \"{said}\"")), "{message}");
+    }
+    // Nothing else about that pod: a stop is no ContainerExited, and it ended within its grace.
+    let others: Vec<Value> = cluster
+        .events_for(&probed.name, "Pod", "liveness")
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["source"]["component"] == "collector" && e["reason"] != "StoppedByProbe")
+        .collect();
+    assert!(others.is_empty(), "{others:#?}");
+    // The journal keeps the kubelet's words with the record.
+    let args = ["events", "--format", "json", "--namespace", &probed.name, "--reason", "StoppedByProbe"];
+    let journaled = journal(&cluster, &args).unwrap();
+    assert!(!journaled.is_empty());
+    for line in &journaled {
+        let request = &line["records"][0]["stop_request"];
+        assert_eq!((&request["kubelet_message"], &request["pod_stop"]), (&json!(said), &Value::Null), "{line:#}");
+    }
 }
 
 /// The collector's Events in `namespace` once `count` GracePeriodExceeded are there, and
@@ -187,10 +244,9 @@ fn grace(pod: &str, container: &str, why: &str) -> (String, String, String, Stri
     )
 }
 
-/// The GracePeriodExceeded occurrences in `namespace` from the journal on the node, as
-/// `collector events --format json` prints them in the collector's pod.
-fn journal(cluster: &Cluster, namespace: &str) -> anyhow::Result<Vec<Value>> {
-    let args = ["events", "--format", "json", "--namespace", namespace, "--reason", "GracePeriodExceeded"];
+/// What `collector ARGS` (`events --format json ...`) prints in the collector's pod, one JSON
+/// value per line: the journal on the node.
+fn journal(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Vec<Value>> {
     let mut command = vec!["-n", "collector", "exec", "ds/collector", "--", "/usr/bin/collector"];
     command.extend(args);
     let text = cluster.kubectl(&command)?;

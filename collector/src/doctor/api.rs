@@ -22,12 +22,13 @@ pub(super) struct Access {
 }
 
 /// What the daemon does: it writes Events (a POST, then a PATCH for each
-/// repeat), watches its node's pods (a list, then a watch; a get per pod),
+/// repeat), lists the kubelet's `Killing` Events of a container it restarted, watches its node's pods (a list, then a watch; a get per pod),
 /// reads its Node, and patches the Node's status (node-problem-detector's
 /// conditions). A subresource is written as RBAC writes it, `nodes/status`.
-const ACCESS: [Access; 7] = [
+const ACCESS: [Access; 8] = [
     Access { verb: "create", resource: "events" },
     Access { verb: "patch", resource: "events" },
+    Access { verb: "list", resource: "events" },
     Access { verb: "get", resource: "pods" },
     Access { verb: "list", resource: "pods" },
     Access { verb: "watch", resource: "pods" },
@@ -200,7 +201,7 @@ mod tests {
         assert_eq!(check.status, Status::Ok);
         assert_eq!(
             check.detail,
-            "allowed: create events, patch events, get pods, list pods, watch pods, get nodes, patch nodes/status"
+            "allowed: create events, patch events, list events, get pods, list pods, watch pods, get nodes, patch nodes/status"
         );
     }
 
@@ -208,8 +209,8 @@ mod tests {
     fn each_denied_verb_is_named_with_the_rule_to_add() {
         let mut answers: Vec<Answer> = ACCESS.into_iter().map(allowed).collect();
         answers[1].1 = Ok((false, String::new()));
-        answers[4].1 = Ok((false, "no RBAC policy matched".to_owned()));
-        answers[3].1 = Ok((false, String::new()));
+        answers[5].1 = Ok((false, "no RBAC policy matched".to_owned()));
+        answers[4].1 = Ok((false, String::new()));
         let check = rbac(&answers);
         assert_eq!(check.status, Status::Fail);
         assert!(!check.blocks_startup(), "the daemon journals what it cannot send");
@@ -226,9 +227,9 @@ mod tests {
         let mut answers: Vec<Answer> = ACCESS.into_iter().map(allowed).collect();
         let forbidden = "HTTP 403 Forbidden: selfsubjectaccessreviews is forbidden";
         answers[0].1 = Err(forbidden.to_owned());
-        answers[2].1 = Err("no answer within 5s".to_owned());
-        answers[3].1 = Err(forbidden.to_owned());
-        answers[5].1 = Ok((false, String::new()));
+        answers[3].1 = Err("no answer within 5s".to_owned());
+        answers[4].1 = Err(forbidden.to_owned());
+        answers[6].1 = Ok((false, String::new()));
         assert_eq!(
             rbac(&answers).problem_line(),
             "rbac: denied: get nodes; could not ask about create events, list pods: HTTP 403 Forbidden: \
@@ -270,7 +271,16 @@ mod tests {
         asked.sort();
         assert_eq!(
             asked,
-            ["create events", "get nodes", "get pods", "list pods", "patch events", "patch nodes/status", "watch pods"]
+            [
+                "create events",
+                "get nodes",
+                "get pods",
+                "list events",
+                "list pods",
+                "patch events",
+                "patch nodes/status",
+                "watch pods"
+            ]
         );
     }
 

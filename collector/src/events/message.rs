@@ -136,6 +136,7 @@ pub(super) fn grace_period_exceeded(exit: &Exit, request: &StopRequest, containe
         push(&mut out, &["; it ignores ", &request.signal_name]);
     }
     push_pod_stop(&mut out, request.pod_stop.as_ref());
+    push_kubelet(&mut out, request.kubelet_message.as_deref());
     finish(out)
 }
 
@@ -155,7 +156,16 @@ fn push_pod_stop(out: &mut String, stop: Option<&PodStop>) {
     }
 }
 
-/// ContainerStopped: `Container app stopped on request: exited with code 143, 0.4 s after SIGTERM`.
+/// Why the kubelet stopped the container, in its words: `; the kubelet said "Container app
+/// failed liveness probe, will be restarted"`.
+fn push_kubelet(out: &mut String, said: Option<&str>) {
+    if let Some(said) = said {
+        push(out, &["; the kubelet said \"", &scrub(said), "\""]);
+    }
+}
+
+/// ContainerStopped (StoppedByProbe when the kubelet stopped it for a failed probe):
+/// `Container app stopped on request: exited with code 143, 0.4 s after SIGTERM`.
 pub(super) fn container_stopped(exit: &Exit, request: &StopRequest, container: &Container) -> String {
     let mut out = format!("{} stopped on request: exited with code {}", container.subject(), exit.exit_code);
     if let Some(signal) = exit.signal {
@@ -163,6 +173,7 @@ pub(super) fn container_stopped(exit: &Exit, request: &StopRequest, container: &
     }
     push(&mut out, &[", ", &seconds(request.time, exit.time), " s after ", &request.signal_name]);
     push_pod_stop(&mut out, request.pod_stop.as_ref());
+    push_kubelet(&mut out, request.kubelet_message.as_deref());
     finish(out)
 }
 

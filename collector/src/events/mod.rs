@@ -10,6 +10,7 @@
 //! | a container's main process exited 0                                | ContainerExited | Normal ² | Pod   |
 //! | ... outlived the runtime's stop signal and was killed by it        | GracePeriodExceeded | Warning | Pod |
 //! | ... ended after the runtime's stop signal                          | ContainerStopped | Normal ² | Pod  |
+//! | ... the same, the kubelet having said a liveness or startup probe failed | StoppedByProbe | Warning | Pod |
 //! | another process was killed by a signal another process sent        | ProcessKilled   | Warning | Pod    |
 //! | another process died of a crash signal it was not sent             | ProcessCrashed  | Warning | Pod    |
 //! | node health (hung tasks, kernel problems, I/O, memory pressure)    | see [`health`]  | Warning | Node, Pod |
@@ -21,6 +22,8 @@
 //! A stop the kubelet asked for (`Exit::stop`, see [`crate::resolve::stop`]) is not a failure:
 //! the main process's end gives no Warning unless it needed the runtime's SIGKILL, whatever its
 //! exit code (Java exits 143 on SIGTERM), and the other processes the runtime ends give nothing.
+//! A failed liveness or startup probe is the exception: the kubelet asked, but because the
+//! container failed (its `Killing` Event says so, [`crate::record::StopRequest::kubelet_message`]).
 //!
 //! Decisions the table leaves open:
 //! - One death gives one event: the exit record of an OOM victim gives none, its `oom_kill` record
@@ -71,6 +74,9 @@ pub const REASON_PROCESS_KILLED: &str = "ProcessKilled";
 pub const REASON_GRACE_PERIOD_EXCEEDED: &str = "GracePeriodExceeded";
 /// Reason of a main process that ended on the runtime's stop signal, on the Pod (Normal).
 pub const REASON_CONTAINER_STOPPED: &str = "ContainerStopped";
+/// Reason of a main process that ended on the runtime's stop signal after the kubelet's liveness
+/// or startup probe of its container failed, on the Pod (Warning).
+pub const REASON_STOPPED_BY_PROBE: &str = "StoppedByProbe";
 
 /// Signals a process gets for its own fault: SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGSYS.
 pub const CRASH_SIGNALS: [u32; 7] = [4, 5, 6, 7, 8, 11, 31];
@@ -134,6 +140,11 @@ fn exit_event(exit: &Exit) -> Option<EventSpec> {
             (Some(Stop::GraceExceeded), Some(request)) => {
                 let message = message::grace_period_exceeded(exit, request, &container);
                 return Some(EventSpec::new(pod, EventType::Warning, REASON_GRACE_PERIOD_EXCEEDED, message));
+            }
+            // The kubelet asked, but because the container failed its probe: a failure.
+            (Some(Stop::Requested), Some(request)) if request.probe_failed() => {
+                let message = message::container_stopped(exit, request, &container);
+                return Some(EventSpec::new(pod, EventType::Warning, REASON_STOPPED_BY_PROBE, message));
             }
             (Some(Stop::Requested), Some(request)) => {
                 let message = message::container_stopped(exit, request, &container);

@@ -563,6 +563,7 @@ fn stopped(mut exit: Exit, stop: Option<Stop>, signal: u32, ignored: bool, kill_
         kill_time: kill_ms.map(at),
         sender: Process { pid: 900, comm: "runc".into(), exe: Some("runc".into()), cgroup_path: Some("/".into()) },
         pod_stop: None,
+        kubelet_message: None,
     });
     exit
 }
@@ -617,6 +618,47 @@ fn a_stop_says_why_the_pod_was_being_stopped_when_the_api_said_so() {
     assert_eq!(
         one(Record::Exit(polite), &options()).message,
         "Container app stopped on request: exited with code 143, 0.4 s after SIGTERM; the pod was being deleted"
+    );
+}
+
+#[test]
+fn a_stop_for_a_failed_probe_is_a_warning_that_quotes_the_kubelet() {
+    let with = |exit: &Exit, said: &str| {
+        let mut exit = exit.clone();
+        exit.stop_request.as_mut().unwrap().kubelet_message = Some(said.into());
+        one(Record::Exit(exit), &options())
+    };
+    let polite = stopped(exit(Some(true), 143, None), Some(Stop::Requested), 15, false, None);
+    let stopped_on_request = "Container app stopped on request: exited with code 143, 0.4 s after SIGTERM";
+    for probe in ["liveness", "startup"] {
+        let said = format!("Container app failed {probe} probe, will be restarted");
+        assert_eq!(
+            with(&polite, &said),
+            warning(app(), "StoppedByProbe", &format!("{stopped_on_request}; the kubelet said \"{said}\""))
+        );
+    }
+    // Any other reason the kubelet gives stays a requested stop, quoted.
+    let changed = with(&polite, "Container app definition changed, will be restarted");
+    assert_eq!(
+        (changed.event_type, changed.reason.as_str(), changed.message.as_str()),
+        (
+            EventType::Normal,
+            "ContainerStopped",
+            "Container app stopped on request: exited with code 143, 0.4 s after SIGTERM; the kubelet said \
+             \"Container app definition changed, will be restarted\""
+        )
+    );
+    // A probe failure whose container outlived its grace period is that, with the kubelet's word.
+    let mut killed = stopped(exit(Some(true), 137, Some(9)), Some(Stop::GraceExceeded), 15, true, Some(3_000));
+    killed.sender = sender(901, "runc");
+    assert_eq!(
+        with(&killed, "Container app failed liveness probe, will be restarted\n"),
+        warning(
+            app(),
+            "GracePeriodExceeded",
+            "Container app did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime); it ignores \
+             SIGTERM; the kubelet said \"Container app failed liveness probe, will be restarted\\x0a\""
+        )
     );
 }
 

@@ -13,6 +13,7 @@
 
 mod cri;
 mod kube;
+mod kubelet;
 mod refresh;
 mod store;
 mod types;
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 use self::cri::CriClient;
 pub use self::cri::{CONTAINERD_SOCKET, CRIO_SOCKET, SANDBOX_CONTAINER_NAME};
 pub use self::kube::KubeClient;
+pub use self::kubelet::StoppedContainer;
 use self::store::Store;
 pub use self::types::{ContainerMeta, ContainerState, MetadataStats, PodMeta};
 pub use crate::record::{Owner, PodStop};
@@ -165,6 +167,9 @@ struct Counters {
     kube_errors: AtomicU64,
     unlabelled: AtomicU64,
     dropped: AtomicU64,
+    kubelet_said: AtomicU64,
+    kubelet_silent: AtomicU64,
+    kubelet_skipped: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -223,6 +228,9 @@ impl Drop for KubeTask {
 pub struct MetadataCache {
     shared: Arc<Shared>,
     kube: Arc<KubeTask>,
+    /// The API client and its per-call timeout, once the pod watch runs: for the kubelet's
+    /// word on a stop.
+    api: Option<(KubeClient, Duration)>,
 }
 
 impl MetadataCache {
@@ -233,7 +241,7 @@ impl MetadataCache {
     /// an unreachable cluster turns the API source off.
     pub async fn start(config: MetadataConfig) -> Result<Self, MetadataError> {
         let socket = find_cri_socket(&config.cri)?;
-        let cache = Self::empty(&config, socket);
+        let mut cache = Self::empty(&config, socket);
         if cache.shared.cri.is_some()
             && let Err(e) = cache.sync().await
         {
@@ -242,7 +250,10 @@ impl MetadataCache {
         if let Some(client) = &config.kube {
             match &config.node_name {
                 Some(node) => match kube::spawn(client, node, Arc::clone(&cache.shared), &config).await {
-                    Ok(task) => *cache.kube.lock() = Some(task),
+                    Ok(task) => {
+                        *cache.kube.lock() = Some(task);
+                        cache.api = Some((client.clone(), config.call_timeout));
+                    }
                     Err(e) => tracing::info!("metadata: Kubernetes API source off: {e}"),
                 },
                 None => tracing::info!("metadata: Kubernetes API source off: no node name"),
@@ -284,6 +295,44 @@ impl MetadataCache {
                 inflight: Mutex::new(HashMap::new()),
             }),
             kube: Arc::new(KubeTask::default()),
+            api: None,
+        }
+    }
+
+    /// Counts a stop [`Self::kubelet_killing`] was not asked about: too many were being asked about.
+    pub fn kubelet_skipped(&self) {
+        bump(&self.shared.counters.kubelet_skipped);
+    }
+
+    /// Whether [`Self::kubelet_killing`] can ask the API server.
+    pub fn reads_kubelet_events(&self) -> bool {
+        self.api.is_some()
+    }
+
+    /// Why the kubelet stopped `stopped`, in its words (its `Killing` Event), asked of the API
+    /// server for at most `wait`; none without the API, or when no such Event came.
+    pub async fn kubelet_killing(&self, stopped: &StoppedContainer, wait: Duration) -> Option<String> {
+        let (client, timeout) = self.api.as_ref()?;
+        let counters = &self.shared.counters;
+        match kubelet::killing_message(&client.0, stopped, wait, *timeout).await {
+            Ok(Some(message)) => {
+                bump(&counters.kubelet_said);
+                Some(message)
+            }
+            Ok(None) => {
+                bump(&counters.kubelet_silent);
+                None
+            }
+            Err(e) => {
+                bump(&counters.kubelet_silent);
+                bump(&counters.kube_errors);
+                tracing::debug!(
+                    "metadata: the kubelet's Killing events of pod {} could not be listed: {}",
+                    stopped.pod_uid,
+                    crate::chain(&e)
+                );
+                None
+            }
         }
     }
 
@@ -429,6 +478,9 @@ impl MetadataCache {
             kube_errors: get(&c.kube_errors),
             unlabelled: get(&c.unlabelled),
             dropped: get(&c.dropped),
+            kubelet_said: get(&c.kubelet_said),
+            kubelet_silent: get(&c.kubelet_silent),
+            kubelet_skipped: get(&c.kubelet_skipped),
             expired: store.expired,
             pods: u64::try_from(store.pod_count()).unwrap_or(u64::MAX),
             containers: u64::try_from(store.container_count()).unwrap_or(u64::MAX),

@@ -85,6 +85,12 @@ pub struct MetadataStats {
     pub unlabelled: u64,
     /// Entries dropped because their table was full of live entries.
     pub dropped: u64,
+    /// Stops of a container in a living pod explained by the kubelet's `Killing` Event.
+    pub kubelet_said: u64,
+    /// Such stops for which no `Killing` Event came in time, or the list failed.
+    pub kubelet_silent: u64,
+    /// Such stops not asked about because too many were being asked about already.
+    pub kubelet_skipped: u64,
     /// Tombstones dropped (ttl over, or room needed).
     pub expired: u64,
     /// Pod entries held now, tombstones included.

@@ -316,6 +316,22 @@ pub struct StopRequest {
     /// without the pod watch.
     #[serde(default)]
     pub pod_stop: Option<PodStop>,
+    /// Why the kubelet stopped the container, in its own words: the message of its `Killing`
+    /// Event (`Container app failed liveness probe, will be restarted`), read from the API
+    /// server for a container stopped while its pod was not; none without the API, or when
+    /// that Event did not arrive in time.
+    #[serde(default)]
+    pub kubelet_message: Option<String>,
+}
+
+impl StopRequest {
+    /// Whether the kubelet stopped the container because a liveness or startup probe failed:
+    /// a failure, though asked for.
+    pub fn probe_failed(&self) -> bool {
+        self.kubelet_message
+            .as_deref()
+            .is_some_and(|m| m.contains(" failed liveness probe") || m.contains(" failed startup probe"))
+    }
 }
 
 /// A process named as the sender of a signal.

@@ -84,6 +84,7 @@ impl StopTracker {
             sender: sender.clone(),
             // The identity stage fills it from the pod.
             pod_stop: None,
+            kubelet_message: None,
         };
         self.pending.insert(signal.target_pid, Pending { request, last_sender: sender.clone(), seq });
         self.order.push_back((signal.target_pid, seq));

@@ -110,6 +110,17 @@ impl Collector for CacheSnapshot {
                 (SourceLabel { source: "kube" }, metadata.kube_errors),
             ],
         )?;
+        counters(
+            e,
+            "metadata_kubelet_stops",
+            "Stops of a container in a living pod, by what the kubelet's Killing Event said: said (its reason was \
+             read), silent (no such Event in time, or the list failed) or skipped (too many asked about at once).",
+            &[
+                (ResultLabel { result: "said" }, metadata.kubelet_said),
+                (ResultLabel { result: "silent" }, metadata.kubelet_silent),
+                (ResultLabel { result: "skipped" }, metadata.kubelet_skipped),
+            ],
+        )?;
         counter(
             e,
             "metadata_evictions",

@@ -247,6 +247,9 @@ fn cache_counters_show_the_latest_totals() {
         cri_errors: 1,
         kube_errors: 2,
         dropped: 8,
+        kubelet_said: 3,
+        kubelet_silent: 1,
+        kubelet_skipped: 9,
         pods: 100,
         containers: 250,
         ..Default::default()
@@ -264,6 +267,9 @@ fn cache_counters_show_the_latest_totals() {
         "collector_metadata_errors_total{source=\"cri\"} 1",
         "collector_metadata_errors_total{source=\"kube\"} 2",
         "collector_metadata_evictions_total 8",
+        "collector_metadata_kubelet_stops_total{result=\"said\"} 3",
+        "collector_metadata_kubelet_stops_total{result=\"silent\"} 1",
+        "collector_metadata_kubelet_stops_total{result=\"skipped\"} 9",
         "collector_metadata_entries{kind=\"pod\"} 100",
         "collector_metadata_entries{kind=\"container\"} 250",
     ] {
