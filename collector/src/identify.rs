@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    metadata::{ContainerMeta, MetadataCache, MetadataStats, StoppedContainer},
+    metadata::{ContainerMeta, KubeletWord, MetadataCache, MetadataStats, StoppedContainer},
     record::{Exit, Identity, Record},
 };
 
@@ -29,7 +29,7 @@ const REFRESH_CAP: usize = 64;
 const KUBELET_CAP: usize = 16;
 
 /// The kubelet's word on a stop, while it is asked for: `None` until the question ends.
-type Answer = Rc<RefCell<Option<Option<String>>>>;
+type Answer = Rc<RefCell<Option<Option<KubeletWord>>>>;
 
 /// A record in line: named already, or waiting for its names until `deadline`.
 struct Waiting {
@@ -106,7 +106,8 @@ impl Identifier {
         if let (Some(said), Record::Exit(Exit { stop_request: Some(request), .. })) =
             (kubelet.and_then(|answer| answer.take().flatten()), &mut record)
         {
-            request.kubelet_message = Some(said);
+            request.kubelet_message = Some(said.killing);
+            request.probe_message = said.probe;
         }
         if let Some(metadata) = &self.metadata {
             let identity = record.identity();
@@ -213,7 +214,7 @@ fn explain(metadata: &MetadataCache, record: &Record, wait: Duration, explaining
     let metadata = metadata.clone();
     let explaining = Rc::clone(explaining);
     tokio::task::spawn_local(async move {
-        let said = metadata.kubelet_killing(&stopped, wait).await;
+        let said = metadata.kubelet_word(&stopped, wait).await;
         *slot.borrow_mut() = Some(said);
         explaining.set(explaining.get().saturating_sub(1));
     });
@@ -432,6 +433,7 @@ mod tests {
                     sender: Process { pid: 9, comm: "runc".to_owned(), exe: None, cgroup_path: None },
                     pod_stop: None,
                     kubelet_message: None,
+                    probe_message: None,
                 });
                 identifier.push(Record::Exit(stopped), now);
                 identifier.push(exit(KNOWN), now);

@@ -126,9 +126,14 @@ impl Line {
                         }
                         None => String::new(),
                     };
-                    let why = match &request.kubelet_message {
-                        Some(said) => format!("{why}; kubelet: {}", escape_bytes(said.as_bytes())),
-                        None => why,
+                    let why = match (&request.kubelet_message, &request.probe_message) {
+                        (Some(said), Some(probe)) => format!(
+                            "{why}; kubelet: {} ({})",
+                            escape_bytes(said.as_bytes()),
+                            escape_bytes(probe.as_bytes())
+                        ),
+                        (Some(said), None) => format!("{why}; kubelet: {}", escape_bytes(said.as_bytes())),
+                        (None, _) => why,
                     };
                     details.push_str(&format!(
                         " [{how}: {} by {}{why}]",
@@ -350,6 +355,7 @@ mod tests {
                 message: Some("Eviction API: evicting".into()),
             }),
             kubelet_message: None,
+            probe_message: None,
         });
         let mut out = Output::new(Format::Text, Vec::new());
         out.write(&record).unwrap();
@@ -376,6 +382,7 @@ mod tests {
             sender: Process { pid: 900, comm: "runc".into(), exe: None, cgroup_path: Some("/".into()) },
             pod_stop: None,
             kubelet_message: Some("Container app failed liveness probe, will be restarted\n".into()),
+            probe_message: Some("Liveness probe failed: 500".into()),
         });
         let mut out = Output::new(Format::Text, Vec::new());
         out.write(&record).unwrap();
@@ -383,7 +390,7 @@ mod tests {
         assert!(
             text.ends_with(
                 " [stop requested: SIGTERM by pid 900 (runc) in /; \
-                 kubelet: Container app failed liveness probe, will be restarted\\x0a]\n"
+                 kubelet: Container app failed liveness probe, will be restarted\\x0a (Liveness probe failed: 500)]\n"
             ),
             "{text}"
         );

@@ -68,7 +68,7 @@ fn failing_liveness(namespace: &str) -> String {
            "spec": {"terminationGracePeriodSeconds": 30, "containers": [{
                "name": "app", "image": "docker.io/local/busybox:1", "imagePullPolicy": "Never",
                "command": ["/bin/sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"],
-               "livenessProbe": {"exec": {"command": ["/bin/sh", "-c", "exit 1"]},
+               "livenessProbe": {"exec": {"command": ["/bin/sh", "-c", "echo not alive; exit 1"]},
                                  "initialDelaySeconds": 1, "periodSeconds": 1, "failureThreshold": 1}}]}})
     .to_string()
 }
@@ -166,6 +166,8 @@ fn stops_give_no_warning_unless_a_container_outlives_its_grace_period_or_fails_i
     // The kubelet restarted `liveness` meanwhile: its container exited 0 on SIGTERM, as asked,
     // but the Warning says why it was asked.
     let said = "Container app failed liveness probe, will be restarted";
+    // The probe's output, as the kubelet's Unhealthy Event has it (its newline left out).
+    let probe = "Liveness probe failed: not alive";
     // Once per restart (the kubelet backs off 10 s, 20 s, ...), each as the first.
     let events = cluster
         .wait("a StoppedByProbe Event on pod liveness", TIMEOUT, || {
@@ -182,7 +184,8 @@ fn stops_give_no_warning_unless_a_container_outlives_its_grace_period_or_fails_i
             "{event:#}"
         );
         assert!(message.starts_with("Container app stopped on request: exited with code 0, "), "{message}");
-        assert!(message.ends_with(&format!(" s after SIGTERM; the kubelet said \"{said}\"")), "{message}");
+        let why = format!(" s after SIGTERM; the kubelet said \"{said}\" after \"{probe}\"");
+        assert!(message.ends_with(&why), "{message}");
     }
     // Nothing else about that pod: a stop is no ContainerExited, and it ended within its grace.
     let others: Vec<Value> = cluster
@@ -198,7 +201,11 @@ fn stops_give_no_warning_unless_a_container_outlives_its_grace_period_or_fails_i
     assert!(!journaled.is_empty());
     for line in &journaled {
         let request = &line["records"][0]["stop_request"];
-        assert_eq!((&request["kubelet_message"], &request["pod_stop"]), (&json!(said), &Value::Null), "{line:#}");
+        assert_eq!(
+            (&request["kubelet_message"], &request["probe_message"], &request["pod_stop"]),
+            (&json!(said), &json!(probe), &Value::Null),
+            "{line:#}"
+        );
     }
 }
 

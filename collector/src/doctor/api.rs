@@ -22,9 +22,11 @@ pub(super) struct Access {
 }
 
 /// What the daemon does: it writes Events (a POST, then a PATCH for each
-/// repeat), lists the kubelet's `Killing` Events of a container it restarted, watches its node's pods (a list, then a watch; a get per pod),
-/// reads its Node, and patches the Node's status (node-problem-detector's
-/// conditions). A subresource is written as RBAC writes it, `nodes/status`.
+/// repeat), lists a pod's Events when the kubelet restarted one of its
+/// containers (its `Killing` and `Unhealthy` Events), watches its node's pods
+/// (a list, then a watch; a get per pod), reads its Node, and patches the
+/// Node's status (node-problem-detector's conditions). A subresource is
+/// written as RBAC writes it, `nodes/status`.
 const ACCESS: [Access; 8] = [
     Access { verb: "create", resource: "events" },
     Access { verb: "patch", resource: "events" },

@@ -136,7 +136,7 @@ pub(super) fn grace_period_exceeded(exit: &Exit, request: &StopRequest, containe
         push(&mut out, &["; it ignores ", &request.signal_name]);
     }
     push_pod_stop(&mut out, request.pod_stop.as_ref());
-    push_kubelet(&mut out, request.kubelet_message.as_deref());
+    push_kubelet(&mut out, request);
     finish(out)
 }
 
@@ -156,11 +156,15 @@ fn push_pod_stop(out: &mut String, stop: Option<&PodStop>) {
     }
 }
 
-/// Why the kubelet stopped the container, in its words: `; the kubelet said "Container app
-/// failed liveness probe, will be restarted"`.
-fn push_kubelet(out: &mut String, said: Option<&str>) {
-    if let Some(said) = said {
+/// Why the kubelet stopped the container, in its words, and what the failed probe got: `; the
+/// kubelet said "Container app failed liveness probe, will be restarted" after "Liveness probe
+/// failed: HTTP probe failed with statuscode: 500"`.
+fn push_kubelet(out: &mut String, request: &StopRequest) {
+    if let Some(said) = &request.kubelet_message {
         push(out, &["; the kubelet said \"", &scrub(said), "\""]);
+        if let Some(probe) = &request.probe_message {
+            push(out, &[" after \"", &scrub(probe), "\""]);
+        }
     }
 }
 
@@ -173,7 +177,7 @@ pub(super) fn container_stopped(exit: &Exit, request: &StopRequest, container: &
     }
     push(&mut out, &[", ", &seconds(request.time, exit.time), " s after ", &request.signal_name]);
     push_pod_stop(&mut out, request.pod_stop.as_ref());
-    push_kubelet(&mut out, request.kubelet_message.as_deref());
+    push_kubelet(&mut out, request);
     finish(out)
 }
 

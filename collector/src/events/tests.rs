@@ -564,6 +564,7 @@ fn stopped(mut exit: Exit, stop: Option<Stop>, signal: u32, ignored: bool, kill_
         sender: Process { pid: 900, comm: "runc".into(), exe: Some("runc".into()), cgroup_path: Some("/".into()) },
         pod_stop: None,
         kubelet_message: None,
+        probe_message: None,
     });
     exit
 }
@@ -646,6 +647,18 @@ fn a_stop_for_a_failed_probe_is_a_warning_that_quotes_the_kubelet() {
             "ContainerStopped",
             "Container app stopped on request: exited with code 143, 0.4 s after SIGTERM; the kubelet said \
              \"Container app definition changed, will be restarted\""
+        )
+    );
+    // What the probe got comes after the kubelet's word.
+    let mut probed = polite.clone();
+    let request = probed.stop_request.as_mut().unwrap();
+    request.kubelet_message = Some("Container app failed liveness probe, will be restarted".into());
+    request.probe_message = Some("Liveness probe failed: HTTP probe failed with statuscode: 500".into());
+    assert_eq!(
+        one(Record::Exit(probed), &options()).message,
+        format!(
+            "{stopped_on_request}; the kubelet said \"Container app failed liveness probe, will be restarted\" after \
+             \"Liveness probe failed: HTTP probe failed with statuscode: 500\""
         )
     );
     // A probe failure whose container outlived its grace period is that, with the kubelet's word.

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use self::cri::CriClient;
 pub use self::cri::{CONTAINERD_SOCKET, CRIO_SOCKET, SANDBOX_CONTAINER_NAME};
 pub use self::kube::KubeClient;
-pub use self::kubelet::StoppedContainer;
+pub use self::kubelet::{KubeletWord, StoppedContainer};
 use self::store::Store;
 pub use self::types::{ContainerMeta, ContainerState, MetadataStats, PodMeta};
 pub use crate::record::{Owner, PodStop};
@@ -299,25 +299,26 @@ impl MetadataCache {
         }
     }
 
-    /// Counts a stop [`Self::kubelet_killing`] was not asked about: too many were being asked about.
+    /// Counts a stop [`Self::kubelet_word`] was not asked about: too many were being asked about.
     pub fn kubelet_skipped(&self) {
         bump(&self.shared.counters.kubelet_skipped);
     }
 
-    /// Whether [`Self::kubelet_killing`] can ask the API server.
+    /// Whether [`Self::kubelet_word`] can ask the API server.
     pub fn reads_kubelet_events(&self) -> bool {
         self.api.is_some()
     }
 
-    /// Why the kubelet stopped `stopped`, in its words (its `Killing` Event), asked of the API
-    /// server for at most `wait`; none without the API, or when no such Event came.
-    pub async fn kubelet_killing(&self, stopped: &StoppedContainer, wait: Duration) -> Option<String> {
+    /// Why the kubelet stopped `stopped`, in its words (its `Killing` Event, and the failed
+    /// probe's), asked of the API server for at most `wait`; none without the API, or when no
+    /// such Event came.
+    pub async fn kubelet_word(&self, stopped: &StoppedContainer, wait: Duration) -> Option<KubeletWord> {
         let (client, timeout) = self.api.as_ref()?;
         let counters = &self.shared.counters;
-        match kubelet::killing_message(&client.0, stopped, wait, *timeout).await {
-            Ok(Some(message)) => {
+        match kubelet::kubelet_word(&client.0, stopped, wait, *timeout).await {
+            Ok(Some(word)) => {
                 bump(&counters.kubelet_said);
-                Some(message)
+                Some(word)
             }
             Ok(None) => {
                 bump(&counters.kubelet_silent);

@@ -322,6 +322,11 @@ pub struct StopRequest {
     /// that Event did not arrive in time.
     #[serde(default)]
     pub kubelet_message: Option<String>,
+    /// For a failed probe, what the probe got: the message of the kubelet's last `Unhealthy`
+    /// Event of that probe before the stop (`Liveness probe failed: HTTP probe failed with
+    /// statuscode: 500`).
+    #[serde(default)]
+    pub probe_message: Option<String>,
 }
 
 impl StopRequest {

@@ -85,6 +85,7 @@ impl StopTracker {
             // The identity stage fills it from the pod.
             pod_stop: None,
             kubelet_message: None,
+            probe_message: None,
         };
         self.pending.insert(signal.target_pid, Pending { request, last_sender: sender.clone(), seq });
         self.order.push_back((signal.target_pid, seq));
