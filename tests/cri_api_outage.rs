@@ -318,7 +318,7 @@ fn an_api_outage_during_a_burst_loses_nothing_and_writes_each_event_once() {
     let is_review = |r: &Recorded| r.path.starts_with("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews");
     let is_conditions =
         |r: &Recorded| r.method == "PATCH" && r.path.split('?').next() == Some("/api/v1/nodes/test-node/status");
-    assert_eq!(requests.iter().filter(|r| is_review(r)).count(), 7, "one review per verb");
+    assert_eq!(requests.iter().filter(|r| is_review(r)).count(), 8, "one review per verb");
     let others: Vec<&Recorded> = requests
         .iter()
         .filter(|r| event_of(r).is_none() && r.method != "GET" && !is_review(r) && !is_conditions(r))
