@@ -32,11 +32,21 @@ fn with_event(record: Record, reason: &str) -> Dispatch {
     Dispatch::new(record, vec![Decided { spec, delivery: Delivery::Write(write) }])
 }
 
+/// The test's socket directory, removed when the test ends, however it ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Fields drop in order: the server closes its socket before the directory goes.
 struct Setup {
-    _dir: std::path::PathBuf,
     server: StreamServer,
     handler: StreamHandler,
     metrics: Arc<Metrics>,
+    _dir: TempDir,
 }
 
 fn setup(name: &str) -> Setup {
@@ -45,7 +55,7 @@ fn setup(name: &str) -> Setup {
     let metrics = Arc::new(Metrics::new("test"));
     let clients = Clients::new(Arc::clone(&metrics));
     let server = StreamServer::bind(&dir.join("s.sock"), clients.clone()).unwrap();
-    Setup { _dir: dir, server, handler: StreamHandler::new(clients), metrics }
+    Setup { server, handler: StreamHandler::new(clients), metrics, _dir: TempDir(dir) }
 }
 
 fn subscribe(server: &StreamServer, line: &str) -> BufReader<UnixStream> {
