@@ -76,7 +76,7 @@ impl Timestamp {
     /// RFC 3339 in UTC with nanoseconds, as ASCII: every record carries one, so it is
     /// written digit by digit rather than through `core::fmt`. An i64 of nanoseconds spans
     /// the years 1677 to 2262, so four digits always hold the year.
-    fn rfc3339_ascii(self) -> [u8; 30] {
+    pub(crate) fn rfc3339_ascii(self) -> [u8; 30] {
         let secs = self.0.div_euclid(1_000_000_000);
         let nanos = self.0.rem_euclid(1_000_000_000);
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

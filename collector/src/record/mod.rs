@@ -595,7 +595,7 @@ pub fn signal_name(signal: u32) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -620,9 +620,9 @@ mod tests {
         assert_eq!(signal_name(0), "SIG0");
     }
 
-    #[test]
-    fn serialises_exit_records_with_the_documented_fields() {
-        let record = Record::Exit(Exit {
+    /// The exit record the documented JSON line shows, for tests here and of its writers.
+    pub(crate) fn sample_exit() -> Exit {
+        Exit {
             time: Timestamp(1_795_862_410_123_456_789),
             pid: 4242,
             ppid: 4200,
@@ -638,7 +638,12 @@ mod tests {
             main_process: None,
             stop: None,
             stop_request: None,
-        });
+        }
+    }
+
+    #[test]
+    fn serialises_exit_records_with_the_documented_fields() {
+        let record = Record::Exit(sample_exit());
         assert_eq!(
             serde_json::to_string(&record).unwrap(),
             r#"{"type":"exit","time":"2026-11-28T10:40:10.123456789Z","pid":4242,"ppid":4200,"comm":"sh","exit_code":7,"signal":null,"core_dumped":false,"cgroup_id":5678,"cgroup_path":"/some/cgroup","oom_killed":false,"sender":null,"container_id":null,"pod_uid":null,"pod_name":null,"namespace":null,"container_name":null,"main_process":null,"stop":null,"stop_request":null}"#

@@ -1,5 +1,7 @@
 //! Text and JSON output of records, for `collector trace`.
 
+mod json;
+
 use std::io::{self, Write};
 
 use crate::{
@@ -22,12 +24,14 @@ pub enum Format {
 pub struct Output<W: Write> {
     json: bool,
     out: W,
+    /// One exit record's JSON line, built whole and written in one call.
+    line: Vec<u8>,
 }
 
 impl<W: Write> Output<W> {
     /// An output in `format` (`Auto` must be resolved first; it means text).
     pub const fn new(format: Format, out: W) -> Self {
-        Self { json: matches!(format, Format::Json), out }
+        Self { json: matches!(format, Format::Json), out, line: Vec::new() }
     }
 
     /// The column header, for text output.
@@ -45,6 +49,12 @@ impl<W: Write> Output<W> {
     /// Writes one record.
     pub fn write(&mut self, record: &Record) -> io::Result<()> {
         if self.json {
+            if let Record::Exit(exit) = record {
+                self.line.clear();
+                json::write_exit(exit, &mut self.line)?;
+                self.line.push(b'\n');
+                return self.out.write_all(&self.line);
+            }
             serde_json::to_writer(&mut self.out, record)?;
             return writeln!(self.out);
         }
