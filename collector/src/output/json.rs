@@ -8,10 +8,19 @@
 //! are serde's own, field for field: `tests` compares them, and the destructuring below
 //! stops the build when `Exit` or `Identity` gains a field this file does not write.
 
-use crate::record::{Exit, Identity};
+use crate::record::{Exit, Identity, Record};
+
+/// Appends `record` as `collector trace --format json` prints it, without the newline:
+/// the one encoding of a record, for trace, the stream and webhooks alike.
+pub fn write_record(record: &Record, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    match record {
+        Record::Exit(exit) => write_exit(exit, out),
+        other => serde_json::to_writer(out, other),
+    }
+}
 
 /// Appends `exit` as serde_json would write `Record::Exit(exit)`, without the newline.
-pub(super) fn write_exit(exit: &Exit, out: &mut Vec<u8>) -> serde_json::Result<()> {
+fn write_exit(exit: &Exit, out: &mut Vec<u8>) -> serde_json::Result<()> {
     let Exit {
         time,
         pid,
@@ -136,7 +145,7 @@ mod tests {
     use super::*;
     use crate::{
         clock::Timestamp,
-        record::{Owner, PodStop, Process, Record, Stop, StopRequest, tests::sample_exit},
+        record::{Owner, PodStop, Process, Stop, StopRequest, tests::sample_exit},
     };
 
     fn serde(exit: &Exit) -> String {

@@ -2,6 +2,8 @@
 
 mod json;
 
+pub use self::json::write_record;
+
 use std::io::{self, Write};
 
 use crate::{
@@ -24,7 +26,7 @@ pub enum Format {
 pub struct Output<W: Write> {
     json: bool,
     out: W,
-    /// One exit record's JSON line, built whole and written in one call.
+    /// One record's JSON line, built whole and written in one call.
     line: Vec<u8>,
 }
 
@@ -49,14 +51,10 @@ impl<W: Write> Output<W> {
     /// Writes one record.
     pub fn write(&mut self, record: &Record) -> io::Result<()> {
         if self.json {
-            if let Record::Exit(exit) = record {
-                self.line.clear();
-                json::write_exit(exit, &mut self.line)?;
-                self.line.push(b'\n');
-                return self.out.write_all(&self.line);
-            }
-            serde_json::to_writer(&mut self.out, record)?;
-            return writeln!(self.out);
+            self.line.clear();
+            write_record(record, &mut self.line)?;
+            self.line.push(b'\n');
+            return self.out.write_all(&self.line);
         }
         let line = Line::of(record);
         writeln!(

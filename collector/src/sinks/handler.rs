@@ -71,8 +71,9 @@ impl Dispatch {
 
 /// `record` as `collector trace --format json` prints it, without a newline.
 pub fn encode_record(record: &Record) -> Bytes {
-    match serde_json::to_vec(record) {
-        Ok(json) => Bytes::from(json),
+    let mut json = Vec::new();
+    match crate::output::write_record(record, &mut json) {
+        Ok(()) => Bytes::from(json),
         // A record is plain data: this cannot fail, but a `null` beats a panic.
         Err(err) => {
             tracing::warn!("cannot encode a record as JSON: {err}");
