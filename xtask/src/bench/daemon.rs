@@ -15,9 +15,12 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     Bins,
     phases::{secs, strings},
-    proc::{forkloop, signal},
+    proc::{cpu_of, forkloop, signal, status_bytes_of},
     report::{Row, thousands},
 };
+
+/// How long the daemon's idle CPU is measured before the storm (its counter moves in 10 ms steps).
+const IDLE: Duration = Duration::from_secs(3);
 
 /// A loopback server that takes every connection and never answers: the stalled webhook.
 fn hung_webhook() -> Result<SocketAddr> {
@@ -93,8 +96,25 @@ impl Drop for Daemon {
     }
 }
 
-/// The row: the daemon's exit records lost under a storm in `dir` while its handlers stall.
-pub(super) fn stalled_handlers(bins: &Bins, dir: &Path, seconds: f64, workers: usize) -> Result<Row> {
+/// The daemon under a storm while its handlers stall.
+pub(super) struct DaemonRun {
+    /// Its exit records lost.
+    pub(super) lost: Row,
+    /// CPU it used during the storm (user + system, all threads), beyond its idle rate.
+    pub(super) cpu: Duration,
+    /// CPU it used per second before the storm, with only the node's own exits.
+    pub(super) idle_per_sec: Duration,
+    /// Exits the storm caused.
+    pub(super) caused: u64,
+    /// VmHWM and VmRSS at the end, in bytes: what the DaemonSet's memory limit must cover.
+    pub(super) peak_rss: u64,
+    pub(super) rss: u64,
+    /// How to reproduce it.
+    pub(super) command: String,
+}
+
+/// Runs the daemon under a storm in `dir` with its handlers stalled.
+pub(super) fn stalled_handlers(bins: &Bins, dir: &Path, seconds: f64, workers: usize) -> Result<DaemonRun> {
     eprintln!("xtask: bench: daemon with the journal and a stalled webhook, {seconds} s storm");
     let hook = hung_webhook()?;
     let state = std::env::temp_dir().join(format!("collector-bench-daemon-{}", std::process::id()));
@@ -125,6 +145,14 @@ pub(super) fn stalled_handlers(bins: &Bins, dir: &Path, seconds: f64, workers: u
         ],
     )?;
     let exits_before = daemon.sample("collector_kernel_records_total{type=\"exit\"}")?;
+    let pid = daemon.child.id();
+    // Its cost with nothing but the node's own work first, so the storm's share is its own:
+    // timers, the pressure triggers and the cgroup registry cost something every second.
+    let idle_start = (cpu_of(pid)?, std::time::Instant::now());
+    std::thread::sleep(IDLE);
+    let cpu_before = cpu_of(pid)?;
+    let idle_per_sec = (cpu_before.saturating_sub(idle_start.0)).div_f64(idle_start.1.elapsed().as_secs_f64());
+    let storm_start = std::time::Instant::now();
     let dir_arg = dir.display().to_string();
     let all = workers.to_string();
     let run = forkloop(
@@ -135,9 +163,16 @@ pub(super) fn stalled_handlers(bins: &Bins, dir: &Path, seconds: f64, workers: u
     std::thread::sleep(Duration::from_millis(600));
     let delivered = daemon.sample("collector_kernel_records_total{type=\"exit\"}")?.saturating_sub(exits_before);
     let lost = daemon.sample("collector_kernel_records_lost_total{type=\"exit\"}")?;
+    let idle_share = idle_per_sec.mul_f64(storm_start.elapsed().as_secs_f64());
+    let cpu = cpu_of(pid)?.saturating_sub(cpu_before).saturating_sub(idle_share);
+    let (peak_rss, rss) = (status_bytes_of(pid, "VmHWM")?, status_bytes_of(pid, "VmRSS")?);
     drop(daemon);
     let _ = std::fs::remove_dir_all(&state);
-    Ok(Row::new(
+    let command = format!(
+        "target/release/collector run --sink journal --cri-socket none --config hook.toml & target/release/forkloop \
+         fork --secs {seconds} --workers {workers} --cgroup {dir_arg}"
+    );
+    let lost_row = Row::new(
         format!(
             "daemon (`collector run`), journal on and a notify webhook that never answers, {} s storm, {workers} \
              workers: exit records lost",
@@ -147,8 +182,28 @@ pub(super) fn stalled_handlers(bins: &Bins, dir: &Path, seconds: f64, workers: u
         format!("{} exits caused by the storm", thousands(run.ops as f64)),
     )
     .goal("0 lost")
-    .command(format!(
-        "target/release/collector run --sink journal --cri-socket none --config hook.toml & target/release/forkloop \
-         fork --secs {seconds} --workers {workers} --cgroup {dir_arg}"
-    )))
+    .command(&command);
+    Ok(DaemonRun { lost: lost_row, cpu, idle_per_sec, caused: run.ops, peak_rss, rss, command })
+}
+
+/// The DaemonSet's resource request (`cpu`, `memory`) as `deploy/daemonset.yaml` states it.
+pub(super) fn daemonset_request(resource: &str) -> String {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let text = std::fs::read_to_string(manifest).unwrap_or_default();
+    let key = format!("{resource}:");
+    text.lines()
+        .skip_while(|line| line.trim() != "requests:")
+        .find_map(|line| line.trim().strip_prefix(&key).map(|value| value.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemonsets_requests_are_read_from_its_manifest() {
+        assert!(daemonset_request("cpu").ends_with('m'), "{}", daemonset_request("cpu"));
+        assert!(daemonset_request("memory").ends_with("Mi"), "{}", daemonset_request("memory"));
+    }
 }

@@ -93,27 +93,14 @@ impl Collector {
         self.arrivals.lock().map(|a| a.len()).unwrap_or(0)
     }
 
-    /// CPU time it has used so far (user + system, all threads), from `/proc/PID/stat`.
+    /// CPU time it has used so far (user + system, all threads).
     pub(super) fn cpu(&self) -> Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the parenthesised name: state is field 3, utime 14 and stime 15.
-        let rest = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc/PID/stat")?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).context("malformed /proc/PID/stat");
-        // USER_HZ is 100 on every Linux architecture the collector runs on.
-        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+        cpu_of(self.pid())
     }
 
     /// A `kB` field of `/proc/PID/status` (`VmHWM`, `VmRSS`), in bytes.
     pub(super) fn status_bytes(&self, field: &str) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.parse::<u64>().ok()
-            })
-            .map(|kb| kb * 1024)
-            .with_context(|| format!("no {field} in /proc/PID/status"))
+        status_bytes_of(self.pid(), field)
     }
 
     fn stderr_text(&self) -> String {
@@ -370,4 +357,25 @@ fn remove_cgroup(dir: &Path) -> Result<()> {
         dir.display(),
         procs.split_whitespace().collect::<Vec<_>>().join(" ")
     )
+}
+
+/// CPU time process `pid` has used so far (user + system, all threads), from `/proc/PID/stat`.
+pub(super) fn cpu_of(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised name: state is field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).context("malformed /proc/PID/stat");
+    // USER_HZ is 100 on every Linux architecture the collector runs on.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmHWM`, `VmRSS`) of process `pid`, in bytes.
+pub(super) fn status_bytes_of(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }

@@ -12,7 +12,7 @@ pub(super) struct Row {
     /// The figure it is compared with, measured in the same run.
     pub baseline: String,
     /// The goal from the issue, if it sets one.
-    pub goal: &'static str,
+    pub goal: String,
     /// A command that reproduces it (wrapped in a code span unless it has its own).
     pub command: String,
 }
@@ -23,13 +23,13 @@ impl Row {
             measure: measure.into(),
             result: result.into(),
             baseline: baseline.into(),
-            goal: "",
+            goal: String::new(),
             command: String::new(),
         }
     }
 
-    pub(super) const fn goal(mut self, goal: &'static str) -> Self {
-        self.goal = goal;
+    pub(super) fn goal(mut self, goal: impl Into<String>) -> Self {
+        self.goal = goal.into();
         self
     }
 
@@ -56,7 +56,7 @@ pub(super) fn table(rows: &[Row]) -> String {
             cell(&row.measure),
             cell(&row.result),
             cell(&row.baseline),
-            cell(row.goal),
+            cell(&row.goal),
             command.replace('|', "\\|")
         );
     }

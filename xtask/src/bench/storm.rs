@@ -135,7 +135,7 @@ pub(super) fn storm(bins: &Bins, plan: &Plan, workers: usize, v2: &Path, base: &
             row
         });
     }
-    loss.push(daemon);
+    loss.push(daemon.lost);
 
     let main = &runs[0];
     let caused = main.loop_run.ops.max(1) as f64;
@@ -161,6 +161,33 @@ pub(super) fn storm(bins: &Bins, plan: &Plan, workers: usize, v2: &Path, base: &
         )
         .goal("< 32 MiB")
         .command(collector_cmd(default_ring, false)),
+        // What a node pays for the DaemonSet: every handler on, one of them stalled.
+        Row::new(
+            format!(
+                "daemon (`collector run`) CPU per 1,000 exits, journal on and a stalled webhook, {workers} workers"
+            ),
+            format!(
+                "{} beyond its idle rate ({:.2} s of CPU for {} exits); idle: {} of CPU a second ({:.1} % of a core)",
+                duration_ns(daemon.cpu.as_secs_f64() * 1e9 / daemon.caused.max(1) as f64 * 1000.0),
+                daemon.cpu.as_secs_f64(),
+                thousands(daemon.caused as f64),
+                duration_ns(daemon.idle_per_sec.as_secs_f64() * 1e9),
+                daemon.idle_per_sec.as_secs_f64() * 100.0
+            ),
+            format!(
+                "`collector trace` in the storm above: {}; the DaemonSet's CPU request: {}",
+                duration_ns(main.cpu.as_secs_f64() * 1e9 / caused * 1000.0),
+                super::daemon::daemonset_request("cpu")
+            ),
+        )
+        .command(daemon.command.clone()),
+        Row::new(
+            "daemon (`collector run`) peak RSS (VmHWM), the same run",
+            format!("{} (VmRSS {} at the end)", mib(daemon.peak_rss), mib(daemon.rss)),
+            format!("`collector trace` in the storm above: {}", mib(main.peak_rss)),
+        )
+        .goal(format!("< {} (the DaemonSet's memory request)", super::daemon::daemonset_request("memory")))
+        .command(daemon.command),
     ];
     let latency_row = |label: String, latencies: &[i64], baseline: String| {
         let mut values = latencies.to_vec();
