@@ -16,12 +16,13 @@
 //! hovers at the threshold does not flap.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, VecDeque, hash_map::Entry},
+    fs::File,
     time::{Duration, Instant},
 };
 
 use crate::{
-    cgroup::{CgroupTree, layout},
+    cgroup::{CgroupTree, layout, reread},
     clock::Timestamp,
     record::{Identity, Pressure, PressureResource, PressureState, Record},
 };
@@ -129,6 +130,11 @@ impl PressureTracker {
         ended
     }
 
+    /// Whether `key` is watched.
+    pub fn watches(&self, key: &Key) -> bool {
+        self.watched.contains_key(key)
+    }
+
     /// What is watched.
     pub fn keys(&self) -> Vec<Key> {
         self.watched.keys().cloned().collect()
@@ -176,6 +182,9 @@ pub fn run(
     let (interval, rescan) = (config.interval, config.rescan);
     let mut tracker = PressureTracker::new(config);
     let mut last_walk: Option<Instant> = None;
+    // Each container's pressure file stays open: reading it again costs no path lookup.
+    let mut files: HashMap<Key, File> = HashMap::new();
+    let mut buf = Vec::new();
     loop {
         let now = Instant::now();
         if last_walk.is_none_or(|at| now - at >= rescan) {
@@ -195,9 +204,11 @@ pub fn run(
                     return;
                 }
             }
+            // A container gone since the last walk closes its files.
+            files.retain(|key, _| tracker.watches(key));
         }
         for key in tracker.keys() {
-            let Some(total) = v2.read(&key.0, key.1.file()).and_then(|text| parse_some_total(&text)) else {
+            let Some(total) = read_total(v2, &mut files, &key, &mut buf) else {
                 read_error();
                 continue;
             };
@@ -209,6 +220,20 @@ pub fn run(
         }
         std::thread::sleep(interval.saturating_sub(now.elapsed()));
     }
+}
+
+/// The `some total=` of `key`'s pressure file, opened on its first reading and kept open; a
+/// file that fails to read is closed, to be opened afresh next time.
+fn read_total(v2: &CgroupTree, files: &mut HashMap<Key, File>, key: &Key, buf: &mut Vec<u8>) -> Option<u64> {
+    let file = match files.entry(key.clone()) {
+        Entry::Occupied(file) => file.into_mut(),
+        Entry::Vacant(slot) => slot.insert(v2.open(&key.0, key.1.file()).ok()?),
+    };
+    if reread(file, buf).is_err() {
+        files.remove(key);
+        return None;
+    }
+    parse_some_total(std::str::from_utf8(buf).ok()?)
 }
 
 fn record(key: &Key, transition: Transition, identity: Identity, v2: &CgroupTree, memory: &CgroupTree) -> Record {
