@@ -21,6 +21,9 @@ use super::{
 
 /// How long the daemon's idle CPU is measured before the storm (its counter moves in 10 ms steps).
 const IDLE: Duration = Duration::from_secs(3);
+/// How long the daemon runs before that: longer than its first walk of the cgroup tree and
+/// the pressure sampler's rescan period (5 s).
+const WARM_UP: Duration = Duration::from_secs(6);
 
 /// A loopback server that takes every connection and never answers: the stalled webhook.
 fn hung_webhook() -> Result<SocketAddr> {
@@ -148,6 +151,8 @@ pub(super) fn stalled_handlers(bins: &Bins, dir: &Path, seconds: f64, workers: u
     let pid = daemon.child.id();
     // Its cost with nothing but the node's own work first, so the storm's share is its own:
     // timers, the pressure triggers and the cgroup registry cost something every second.
+    // After its start-up work: the first pass opens every container's pressure files.
+    std::thread::sleep(WARM_UP);
     let idle_start = (cpu_of(pid)?, std::time::Instant::now());
     std::thread::sleep(IDLE);
     let cpu_before = cpu_of(pid)?;
