@@ -33,7 +33,6 @@ const RESCAN_INTERVAL: Duration = Duration::from_millis(20);
 /// than a fifth of the time.
 const RESCAN_PAUSE_PER_WALK: u32 = 4;
 
-/// When the tree may be walked again after a walk that ended at `end` and took `took`.
 /// Reads a cgroup file opened with [`CgroupTree::open`] again, from its start, into `buf`.
 /// cgroupfs writes the file afresh for a read at offset 0, so one descriptor serves every
 /// reading without the path lookup an open costs (a fifth of the pressure sampler's time).
@@ -51,6 +50,7 @@ pub fn reread(file: &std::fs::File, buf: &mut Vec<u8>) -> std::io::Result<()> {
     }
 }
 
+/// When the tree may be walked again after a walk that ended at `end` and took `took`.
 fn next_walk(end: Instant, took: Duration) -> Instant {
     end + RESCAN_INTERVAL.max(took.saturating_mul(RESCAN_PAUSE_PER_WALK))
 }

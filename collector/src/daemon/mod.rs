@@ -147,6 +147,10 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    match raise_open_file_limit() {
+        Ok(limit) => tracing::debug!("open file limit: {limit}"),
+        Err(err) => tracing::warn!("cannot raise the open file limit to its hard limit: {err}"),
+    }
     let cluster = kubernetes::connect(config.kubeconfig.as_deref()).await.map_err(DaemonError::Cluster)?;
     let client = match cluster {
         Cluster::Api(client) => Some(client),
@@ -435,6 +439,25 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as Go programs do at start:
+/// containerd 2 starts containers with a soft limit of 1,024, and the pressure sampler keeps a
+/// file open per container. Returns the limit now in force.
+fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes one rlimit struct that lives on this stack frame.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit(2) reads one rlimit struct that lives on this stack frame.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// Starts the pressure sampler on a thread of its own; its records come out of the

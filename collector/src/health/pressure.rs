@@ -17,7 +17,7 @@
 //! hovers at the threshold does not flap.
 
 use std::{
-    collections::{HashMap, VecDeque, hash_map::Entry},
+    collections::{HashMap, VecDeque},
     fs::File,
     time::{Duration, Instant},
 };
@@ -183,8 +183,9 @@ pub fn run(
     let (interval, rescan) = (config.interval, config.rescan);
     let mut tracker = PressureTracker::new(config);
     let mut last_walk: Option<Instant> = None;
-    // Each container's pressure file stays open: reading it again costs no path lookup.
-    let mut files: HashMap<Key, File> = HashMap::new();
+    // Each container's pressure file stays open, up to half the descriptors this process may
+    // have: reading it again costs no path lookup. Beyond that, one is opened per reading.
+    let mut files = OpenFiles { held: HashMap::new(), budget: open_file_limit() / 2 };
     let mut buf = Vec::new();
     loop {
         let now = Instant::now();
@@ -206,7 +207,7 @@ pub fn run(
                 }
             }
             // A container gone since the last walk closes its files.
-            files.retain(|key, _| tracker.watches(key));
+            files.held.retain(|key, _| tracker.watches(key));
         }
         for key in tracker.keys() {
             let Some(total) = read_total(v2, &mut files, &key, &mut buf) else {
@@ -223,18 +224,41 @@ pub fn run(
     }
 }
 
-/// The `some total=` of `key`'s pressure file, opened on its first reading and kept open; a
-/// file that fails to read is closed, to be opened afresh next time.
-fn read_total(v2: &CgroupTree, files: &mut HashMap<Key, File>, key: &Key, buf: &mut Vec<u8>) -> Option<u64> {
-    let file = match files.entry(key.clone()) {
-        Entry::Occupied(file) => file.into_mut(),
-        Entry::Vacant(slot) => slot.insert(v2.open(&key.0, key.1.file()).ok()?),
+/// The pressure files kept open, and how many may be.
+struct OpenFiles {
+    held: HashMap<Key, File>,
+    budget: usize,
+}
+
+/// The `some total=` of `key`'s pressure file, opened on its first reading and kept open while
+/// the budget allows; a file that fails to read is closed, to be opened afresh next time.
+fn read_total(v2: &CgroupTree, files: &mut OpenFiles, key: &Key, buf: &mut Vec<u8>) -> Option<u64> {
+    let read = match files.held.get(key) {
+        Some(file) => reread(file, buf),
+        None => {
+            let file = v2.open(&key.0, key.1.file()).ok()?;
+            let read = reread(&file, buf);
+            if read.is_ok() && files.held.len() < files.budget {
+                files.held.insert(key.clone(), file);
+            }
+            read
+        }
     };
-    if reread(file, buf).is_err() {
-        files.remove(key);
+    if read.is_err() {
+        files.held.remove(key);
         return None;
     }
     parse_some_total(std::str::from_utf8(buf).ok()?)
+}
+
+/// This process's soft limit on open files (`RLIMIT_NOFILE`); 1,024, the usual default, if unknown.
+fn open_file_limit() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes one rlimit struct that lives on this stack frame.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return 1024;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
 }
 
 fn record(key: &Key, transition: Transition, identity: Identity, v2: &CgroupTree, memory: &CgroupTree) -> Record {
@@ -258,6 +282,41 @@ fn record(key: &Key, transition: Transition, identity: Identity, v2: &CgroupTree
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory removed when the test ends, however it ends.
+    struct TempTree(std::path::PathBuf);
+
+    impl Drop for TempTree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn files_are_kept_open_up_to_the_budget_and_read_afresh_each_time() {
+        let root = TempTree(std::env::temp_dir().join(format!("collector-pressure-{}", std::process::id())));
+        let write = |container: &str, total: u64| {
+            let dir = root.0.join(container);
+            std::fs::create_dir_all(&dir).unwrap();
+            let text = format!("some avg10=0.00 avg60=0.00 avg300=0.00 total={total}\nfull total=0\n");
+            std::fs::write(dir.join("memory.pressure"), text).unwrap();
+        };
+        write("a", 10);
+        write("b", 20);
+        let tree = CgroupTree::at(&root.0);
+        let mut files = OpenFiles { held: HashMap::new(), budget: 1 };
+        let (a, b) = (("/a".to_owned(), PressureResource::Memory), ("/b".to_owned(), PressureResource::Memory));
+        let mut buf = Vec::new();
+        assert_eq!(read_total(&tree, &mut files, &a, &mut buf), Some(10));
+        assert_eq!(read_total(&tree, &mut files, &b, &mut buf), Some(20));
+        assert_eq!(files.held.keys().collect::<Vec<_>>(), [&a], "one file within the budget");
+        write("a", 11);
+        write("b", 21);
+        assert_eq!(read_total(&tree, &mut files, &a, &mut buf), Some(11), "the held file, read again");
+        assert_eq!(read_total(&tree, &mut files, &b, &mut buf), Some(21), "opened again beyond the budget");
+        assert_eq!(read_total(&tree, &mut files, &("/gone".to_owned(), PressureResource::Memory), &mut buf), None);
+        assert!(open_file_limit() >= 16, "{}", open_file_limit());
+    }
 
     const PSI: &str =
         "some avg10=1.50 avg60=0.40 avg300=0.09 total=2831117\nfull avg10=1.10 avg60=0.30 avg300=0.07 total=2100000\n";
