@@ -147,10 +147,17 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    match raise_open_file_limit() {
-        Ok(limit) => tracing::debug!("open file limit: {limit}"),
-        Err(err) => tracing::warn!("cannot raise the open file limit to its hard limit: {err}"),
-    }
+    // The pressure sampler may hold half the descriptors open, one per container.
+    let pressure_files = match raise_open_file_limit() {
+        Ok(limit) => {
+            tracing::debug!("open file limit: {limit}");
+            usize::try_from(limit / 2).unwrap_or(usize::MAX)
+        }
+        Err(err) => {
+            tracing::warn!("cannot raise the open file limit to its hard limit: {err}");
+            pressure::DEFAULT_OPEN_FILES
+        }
+    };
     let cluster = kubernetes::connect(config.kubeconfig.as_deref()).await.map_err(DaemonError::Cluster)?;
     let client = match cluster {
         Cluster::Api(client) => Some(client),
@@ -313,7 +320,8 @@ pub async fn run(config: RunConfig) -> Result<(), DaemonError> {
         config.state_dir.clone(),
         Arc::clone(&metrics),
     ));
-    let mut sampled = start_pressure(health, (v2, memory), Arc::clone(&metrics)).map_err(DaemonError::Thread)?;
+    let mut sampled =
+        start_pressure(health, (v2, memory), pressure_files, Arc::clone(&metrics)).map_err(DaemonError::Thread)?;
     let mut engine = Engine {
         resolver,
         identifier: Identifier::new(metadata, config.metadata_wait.0),
@@ -465,12 +473,14 @@ fn raise_open_file_limit() -> io::Result<u64> {
 fn start_pressure(
     health: &NodeHealthConfig,
     (v2, memory): (CgroupTree, CgroupTree),
+    open_files: usize,
     metrics: Arc<Metrics>,
 ) -> io::Result<tokio::sync::mpsc::Receiver<Record>> {
     let config = PressureConfig {
         resources: health.pressure_resources.clone(),
         threshold_percent: health.pressure_threshold.value(),
         window: health.pressure_window.0,
+        open_files,
         ..PressureConfig::default()
     };
     let (tx, rx) = tokio::sync::mpsc::channel(PRESSURE_QUEUE);

@@ -41,6 +41,8 @@ pub struct PressureConfig {
     pub interval: Duration,
     /// How often the tree is walked for new containers.
     pub rescan: Duration,
+    /// How many pressure files may stay open between readings; beyond it, one is opened per reading.
+    pub open_files: usize,
 }
 
 impl Default for PressureConfig {
@@ -53,9 +55,13 @@ impl Default for PressureConfig {
             window: crate::config::DEFAULT_PRESSURE_WINDOW.0,
             interval: Duration::from_secs(1),
             rescan: Duration::from_secs(5),
+            open_files: DEFAULT_OPEN_FILES,
         }
     }
 }
+
+/// Half the usual soft limit on open files (1,024), for a process that does not know its own.
+pub const DEFAULT_OPEN_FILES: usize = 512;
 
 /// `some total=` of a `*.pressure` file, in microseconds.
 pub fn parse_some_total(text: &str) -> Option<u64> {
@@ -180,12 +186,12 @@ pub fn run(
     mut send: impl FnMut(Record) -> bool,
     mut read_error: impl FnMut(),
 ) {
-    let (interval, rescan) = (config.interval, config.rescan);
+    let (interval, rescan, budget) = (config.interval, config.rescan, config.open_files);
     let mut tracker = PressureTracker::new(config);
     let mut last_walk: Option<Instant> = None;
-    // Each container's pressure file stays open, up to half the descriptors this process may
-    // have: reading it again costs no path lookup. Beyond that, one is opened per reading.
-    let mut files = OpenFiles { held: HashMap::new(), budget: open_file_limit() / 2 };
+    // Each container's pressure file stays open, within the budget: reading it again costs no
+    // path lookup.
+    let mut files = OpenFiles { held: HashMap::new(), budget };
     let mut buf = Vec::new();
     loop {
         let now = Instant::now();
@@ -251,16 +257,6 @@ fn read_total(v2: &CgroupTree, files: &mut OpenFiles, key: &Key, buf: &mut Vec<u
     parse_some_total(std::str::from_utf8(buf).ok()?)
 }
 
-/// This process's soft limit on open files (`RLIMIT_NOFILE`); 1,024, the usual default, if unknown.
-fn open_file_limit() -> usize {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit(2) writes one rlimit struct that lives on this stack frame.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
-        return 1024;
-    }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-}
-
 fn record(key: &Key, transition: Transition, identity: Identity, v2: &CgroupTree, memory: &CgroupTree) -> Record {
     let (path, resource) = key;
     let limit = (*resource == PressureResource::Memory).then(|| memory.memory_limit(path)).flatten();
@@ -315,7 +311,6 @@ mod tests {
         assert_eq!(read_total(&tree, &mut files, &a, &mut buf), Some(11), "the held file, read again");
         assert_eq!(read_total(&tree, &mut files, &b, &mut buf), Some(21), "opened again beyond the budget");
         assert_eq!(read_total(&tree, &mut files, &("/gone".to_owned(), PressureResource::Memory), &mut buf), None);
-        assert!(open_file_limit() >= 16, "{}", open_file_limit());
     }
 
     const PSI: &str =
