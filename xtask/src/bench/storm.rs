@@ -139,15 +139,11 @@ pub(super) fn storm(bins: &Bins, plan: &Plan, workers: usize, v2: &Path, base: &
 
     let main = &runs[0];
     let caused = main.loop_run.ops.max(1) as f64;
+    let trace_per_1000 = duration_ns(main.cpu.as_secs_f64() * 1e9 / caused * 1000.0);
     let cost = vec![
         Row::new(
             "collector CPU per 1,000 exits (storm, 1 MiB ring)",
-            format!(
-                "{} ({:.2} s of CPU for {} exits)",
-                duration_ns(main.cpu.as_secs_f64() * 1e9 / caused * 1000.0),
-                main.cpu.as_secs_f64(),
-                thousands(caused)
-            ),
+            format!("{trace_per_1000} ({:.2} s of CPU for {} exits)", main.cpu.as_secs_f64(), thousands(caused)),
             format!("1,000 fork+exit+wait without the collector: {}", duration_ns(1e12 / base.fork1_rate)),
         )
         .command(collector_cmd(default_ring, false)),
@@ -175,8 +171,7 @@ pub(super) fn storm(bins: &Bins, plan: &Plan, workers: usize, v2: &Path, base: &
                 daemon.idle_per_sec.as_secs_f64() * 100.0
             ),
             format!(
-                "`collector trace` in the storm above: {}; the DaemonSet's CPU request: {}",
-                duration_ns(main.cpu.as_secs_f64() * 1e9 / caused * 1000.0),
+                "`collector trace` in the storm above: {trace_per_1000}; the DaemonSet's CPU request: {}",
                 super::daemon::daemonset_request("cpu")
             ),
         )
