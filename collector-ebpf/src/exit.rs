@@ -1,26 +1,30 @@
 //! `sched/sched_process_exit`: one record per process, not per thread, with
 //! whether the OOM killer chose it and the last fatal signal sent to it.
+//!
+//! Attached raw: a classic tracepoint program first has the kernel fill the tracepoint's
+//! record (a per-CPU perf buffer, the name copied, pid and priority), which the program never
+//! reads; the raw one gets the tracepoint's arguments as they are.
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use aya_log_ebpf::warn;
 use collector_common::{ABSENT, ExitRecord, Header, SignalInfo, SignaledExit, counter, exit_flags, kind};
 
-use crate::{SIGNALS, count, current_task, filtered_out, layout, read_field, submit_in_place, task_field, tp_field};
+use crate::{SIGNALS, count, current_task, filtered_out, layout, read_field, submit_in_place, task_field};
 
 /// Fires once per exiting thread; emits a record only for the thread that ends its group.
-#[tracepoint]
-fn sched_process_exit(ctx: TracePointContext) -> u32 {
+/// `sched_process_exit(struct task_struct *p, bool group_dead)`; older kernels pass `p` alone.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+fn sched_process_exit(ctx: RawTracePointContext) -> u32 {
     match try_sched_process_exit(&ctx) {
         Ok(ret) | Err(ret) => ret,
     }
 }
 
-fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -30,7 +34,10 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         // Older kernels do not say; the leader's exit stands for the group.
         tid == tgid
     } else {
-        group_dead(ctx).map_err(|_| 1u32)? != 0
+        // The second argument: the verifier follows only this branch where the tracepoint
+        // has it (`LAYOUT` is read-only), and an older kernel, whose tracepoint has one
+        // argument, would refuse to attach a program that reads two.
+        ctx.arg::<u64>(1) != 0
     };
     if !last {
         // A thread that dies alone takes its pending signal with it.
@@ -148,23 +155,6 @@ unsafe fn fill(record: *mut ExitRecord, exit: &Exit, mut flags: u32, failed: &mu
         (*record)._pad = 0;
         now
     }
-}
-
-/// Where `group_dead` lies in the record on every kernel that has it: after the common header
-/// (8 bytes), `comm` (16), `pid` and `prio`.
-const GROUP_DEAD_AT: u32 = 32;
-
-/// The tracepoint's `group_dead`. The verifier takes a context load only with its offset in the
-/// instruction, so the usual offset is spelled out and read with one load (the verifier knows
-/// `LAYOUT`'s values and checks only the branch taken); any other goes through the helper.
-#[inline(always)]
-fn group_dead(ctx: &TracePointContext) -> Result<u8, i64> {
-    if layout!(exit_group_dead) == GROUP_DEAD_AT {
-        // SAFETY: within the record, which the kernel sizes at least `GROUP_DEAD_AT + 1` bytes
-        // when `group_dead` lies there; volatile, so that the load keeps its constant offset.
-        return Ok(unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(GROUP_DEAD_AT as usize)) });
-    }
-    tp_field::<u8, _>(ctx, layout!(exit_group_dead))
 }
 
 /// The last fatal signal for the process, from its leader or this thread, removed from the map.

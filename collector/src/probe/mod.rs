@@ -9,7 +9,7 @@ pub mod tracefs;
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{CgroupArray, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{FEntry, ProgramError, RawTracePoint, TracePoint},
+    programs::{FEntry, Program, ProgramError},
 };
 use std::os::fd::AsRawFd as _;
 
@@ -250,14 +250,11 @@ impl Probes {
             CgroupArray::try_from(map).and_then(|mut filter| filter.set(0, dir.as_raw_fd(), 0)).map_err(map_error)?;
         }
         for &(category, name, program) in TRACEPOINTS {
-            let fail = |source| ProbeError::Program { program, tracepoint: format!("{category}/{name}"), source };
-            let tracepoint: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(ProgramError::UnexpectedProgramType)
-                .and_then(TryInto::try_into)
-                .map_err(fail)?;
-            tracepoint.load().map_err(fail)?;
-            tracepoint.attach(category, name).map_err(fail)?;
+            attach_tracepoint(&mut ebpf, program, category, name).map_err(|source| ProbeError::Program {
+                program,
+                tracepoint: format!("{category}/{name}"),
+                source,
+            })?;
         }
         let mut missing = Vec::new();
         if let Err(err) = attach_fentry(&mut ebpf, OOM_KILL_FUNCTION) {
@@ -340,15 +337,22 @@ fn attach_health(
     let fail = |source| ProbeError::Program { program, tracepoint: tracepoint.clone(), source };
     // A missing tracepoint fails here with the path, rather than as a bare ENOENT at attach.
     tracefs.format(category, name)?;
-    let prog = ebpf.program_mut(program).ok_or(ProgramError::UnexpectedProgramType).map_err(fail)?;
-    if program == "sched_process_hang" {
-        let raw: &mut RawTracePoint = prog.try_into().map_err(fail)?;
-        raw.load().map_err(fail)?;
-        raw.attach(name).map_err(fail)?;
-    } else {
-        let tp: &mut TracePoint = prog.try_into().map_err(fail)?;
-        tp.load().map_err(fail)?;
-        tp.attach(category, name).map_err(fail)?;
+    attach_tracepoint(ebpf, program, category, name).map_err(fail)
+}
+
+/// Loads `program` and attaches it to `category/name`: raw (the tracepoint's arguments, no
+/// record built for it) where the program was written as a raw tracepoint program.
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<(), ProgramError> {
+    match ebpf.program_mut(program) {
+        Some(Program::RawTracePoint(raw)) => {
+            raw.load()?;
+            raw.attach(name)?;
+        }
+        Some(Program::TracePoint(classic)) => {
+            classic.load()?;
+            classic.attach(category, name)?;
+        }
+        _ => return Err(ProgramError::UnexpectedProgramType),
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The exit probe against the floor: an empty program (`tests/src/bin/emptyprog.rs`, `r0 = 0;
-//! exit`) attached to `sched/sched_process_exit` after the collector's, so the collector's runs
-//! first, as on a node with no other tracer. Both are timed by the kernel's BPF statistics in the
+//! exit`) attached to `sched_process_exit` as the collector's is (a raw tracepoint) and after it,
+//! so the collector's runs first, as on a node with no other tracer. Both are timed by the kernel's BPF statistics in the
 //! same run, at a light exit rate and at the machine's maximum; the ratio is what the exit probe
 //! costs beyond what any program there costs.
 
@@ -29,7 +29,7 @@ struct Empty(Child);
 impl Empty {
     fn attach(bins: &Bins) -> Result<Self> {
         let mut child = Command::new(&bins.emptyprog)
-            .arg("sched/sched_process_exit")
+            .args(["--raw", "sched_process_exit"])
             .stdout(Stdio::piped())
             .spawn()
             .context("cannot start emptyprog")?;
@@ -99,7 +99,7 @@ pub(super) fn exit_floor(bins: &Bins, plan: &Plan, workers: usize) -> Result<Vec
             .goal("≤ 8× (issue 17)")
             .command(format!(
                 "sysctl kernel.bpf_stats_enabled=1; target/release/collector trace --format json > /dev/null & \
-                 target/release/emptyprog sched/sched_process_exit & target/release/forkloop {}; \
+                 target/release/emptyprog --raw sched_process_exit & target/release/forkloop {}; \
                  target/release/bpfstats <each pid>",
                 args.join(" ")
             )),
