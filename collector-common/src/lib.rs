@@ -337,7 +337,8 @@ pub struct Layout {
     pub task_exit_code: u32,
     /// `task_struct.comm`.
     pub task_comm: u32,
-    /// `sched_process_exit`'s `group_dead`, or [`ABSENT`] where the tracepoint lacks it (6.1).
+    /// `sched_process_exit`'s `group_dead` in its format, or [`ABSENT`] where the tracepoint lacks it
+    /// (6.1); the raw exit probe reads it as the second argument only where it is present.
     pub exit_group_dead: u32,
     /// `task_struct.signal`.
     pub task_signal: u32,
