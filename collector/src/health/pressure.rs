@@ -279,27 +279,18 @@ fn record(key: &Key, transition: Transition, identity: Identity, v2: &CgroupTree
 mod tests {
     use super::*;
 
-    /// A directory removed when the test ends, however it ends.
-    struct TempTree(std::path::PathBuf);
-
-    impl Drop for TempTree {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn files_are_kept_open_up_to_the_budget_and_read_afresh_each_time() {
-        let root = TempTree(std::env::temp_dir().join(format!("collector-pressure-{}", std::process::id())));
+        let root = crate::sinks::journal::tests::TempDir::new("pressure");
         let write = |container: &str, total: u64| {
-            let dir = root.0.join(container);
+            let dir = root.path().join(container);
             std::fs::create_dir_all(&dir).unwrap();
             let text = format!("some avg10=0.00 avg60=0.00 avg300=0.00 total={total}\nfull total=0\n");
             std::fs::write(dir.join("memory.pressure"), text).unwrap();
         };
         write("a", 10);
         write("b", 20);
-        let tree = CgroupTree::at(&root.0);
+        let tree = CgroupTree::at(root.path());
         let mut files = OpenFiles { held: HashMap::new(), budget: 1 };
         let (a, b) = (("/a".to_owned(), PressureResource::Memory), ("/b".to_owned(), PressureResource::Memory));
         let mut buf = Vec::new();
