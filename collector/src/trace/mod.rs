@@ -455,7 +455,7 @@ mod tests {
     use super::*;
     use crate::{
         clock::Timestamp,
-        record::{Exit, Identity},
+        record::{Exit, tests::sample_exit},
     };
 
     fn exit(pid: u32, path: Option<&str>) -> Record {
@@ -463,18 +463,10 @@ mod tests {
             time: Timestamp(0),
             pid,
             ppid: 1,
-            comm: "sh".into(),
             exit_code: 0,
-            signal: None,
-            core_dumped: false,
             cgroup_id: 7,
             cgroup_path: path.map(str::to_owned),
-            oom_killed: false,
-            sender: None,
-            identity: Identity::default(),
-            main_process: None,
-            stop: None,
-            stop_request: None,
+            ..sample_exit()
         })
     }
 
