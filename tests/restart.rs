@@ -3,6 +3,7 @@
 #![expect(clippy::unwrap_used, clippy::panic, reason = "the helpers are test steps: a failure fails the test")]
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -10,13 +11,30 @@ use std::{
 
 use collector_tests::{collector::binary, privileged};
 
-/// The collector's programs loaded in the kernel now (names are cut to 15 bytes).
-fn collector_programs() -> usize {
+/// The collector's programs (names are cut to 15 bytes) that process `pid` holds open, by id.
+///
+/// Counting every loaded program by name would race with the test binary run just before this
+/// one: the kernel frees its programs after their last descriptor closes, not at once.
+fn collector_programs(pid: u32) -> BTreeSet<u32> {
     const NAMES: [&str; 3] = ["sched_process_e", "signal_generate", "cgroup_attach_t"];
+    let held: BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .filter_map(|info| info.lines().find_map(|line| line.strip_prefix("prog_id:")?.trim().parse().ok()))
+        .collect();
+    loaded()
+        .into_iter()
+        .filter(|(id, name)| held.contains(id) && NAMES.contains(&name.as_str()))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Every program loaded in the kernel now, by id and name.
+fn loaded() -> Vec<(u32, String)> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str().is_some_and(|name| NAMES.contains(&name)))
-        .count()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_owned()))
+        .collect()
 }
 
 /// A `collector run` child; killed on drop.
@@ -68,21 +86,22 @@ fn a_killed_daemon_leaves_nothing_behind_and_restarts_quickly() {
     }
     let state = std::env::temp_dir().join(format!("collector-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
-    let before = collector_programs();
 
     let (mut first, _) = Daemon::start(&state);
-    assert_eq!(collector_programs(), before + 3, "the exit, signal and cgroup-attach programs are loaded");
+    let programs = collector_programs(first.0.id());
+    assert_eq!(programs.len(), 3, "the exit, signal and cgroup-attach programs are loaded: {programs:?}");
     // Mid-storm: processes exit while the daemon dies.
     let storm = Command::new("sh").args(["-c", "i=0; while [ $i -lt 300 ]; do /bin/true; i=$((i+1)); done"]).spawn();
     first.0.kill().unwrap();
     first.0.wait().unwrap();
     storm.unwrap().wait().unwrap();
     // The kernel frees programs, links and maps with the last file descriptor.
+    let left = || -> Vec<(u32, String)> { loaded().into_iter().filter(|(id, _)| programs.contains(id)).collect() };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while collector_programs() != before && Instant::now() < deadline {
+    while !left().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(collector_programs(), before, "SIGKILL left a program behind");
+    assert_eq!(left(), [], "SIGKILL left a program behind");
 
     let (second, ready) = Daemon::start(&state);
     // Within what the DaemonSet's liveness probe allows (3 failures 10 s apart) before it kills
