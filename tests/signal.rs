@@ -249,3 +249,47 @@ fn a_signal_to_a_target_reaped_before_the_record_is_read_keeps_its_cgroup() {
         })
     );
 }
+
+#[test]
+fn a_signal_pending_for_a_thread_that_ended_alone_is_not_given_to_the_next_task_with_its_id() {
+    if !privileged("a_signal_pending_for_a_thread_that_ended_alone_is_not_given_to_the_next_task_with_its_id") {
+        return;
+    }
+    let cgroup = CgroupDir::new("stale").unwrap();
+    let collector = start(&cgroup);
+    let before = Timestamp::now();
+    // A SIGUSR1 is sent to a thread (tid X) that ignores it and then ends alone: the kernel
+    // program keeps that pending signal. Then a process is started with pid X (by setting the
+    // last pid given out; another fork can take X first, so up to 50 tries) whose worker thread
+    // kills it with a SIGUSR1 of its own. The process that sent X's old task the same signal must
+    // not be named. Where `sched_process_exit` says which exit ends the group (6.18 here), the
+    // leader ends first and the worker's exit, which ends the group, names the worker; where it
+    // does not (6.1), the leader's exit stands for the process, and the leader was sent nothing.
+    let group_dead = collector_tests::exit_tracepoint_has_group_dead();
+    let mut target = None;
+    for _ in 0..50 {
+        let alone = std::process::Command::new(VICTIM).arg("signal-a-lone-thread").output().unwrap();
+        assert!(alone.status.success(), "{alone:?}");
+        let tid: u32 = String::from_utf8(alone.stdout).unwrap().trim().parse().unwrap();
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (tid - 1).to_string()).unwrap();
+        let leader = if group_dead { "leader-ends" } else { "leader-stays" };
+        let mut child = cgroup.command(VICTIM).unwrap().args(["thread-signal", leader]).spawn().unwrap();
+        if child.id() == tid {
+            target = Some(child);
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut target = target.expect("no process was given the lone thread's id in 50 tries");
+    let pid = target.id();
+    let records = stop(collector, |records| records.iter().any(|r| r["type"] == "exit" && r["pid"] == pid));
+    let window = (before, Timestamp::now());
+    assert_eq!(target.wait().unwrap().signal(), Some(libc::SIGUSR1));
+    let sender = if group_dead {
+        json!({"pid": pid, "comm": "worker", "exe": null, "cgroup_path": cgroup.path()})
+    } else {
+        json!(null)
+    };
+    assert_eq!(take(&records, "exit", "pid", pid, window), exit(pid, "victim", 138, Some(10), sender, &cgroup));
+}

@@ -373,8 +373,10 @@ pub struct Layout {
     pub dentry_name: u32,
     /// `oom/mark_victim` fields; all but `pid` are [`ABSENT`] before 6.9 (and 6.1.130).
     pub victim: VictimLayout,
-    /// `signal/signal_generate` fields.
-    pub signal: SignalLayout,
+    /// `task_struct.start_time`: tells a task from a later one given the same pid.
+    pub task_start_time: u32,
+    /// `kernel_siginfo.si_code`.
+    pub siginfo_code: u32,
     /// `cgroup/cgroup_mkdir` fields (`cgroup_rmdir` has the same).
     pub mkdir: CgroupLayout,
     /// `cgroup/cgroup_attach_task` fields.
@@ -475,24 +477,6 @@ pub struct VictimLayout {
     pub _pad: u32,
 }
 
-/// Field offsets of `signal/signal_generate`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SignalLayout {
-    /// `sig`.
-    pub sig: u32,
-    /// `code`.
-    pub code: u32,
-    /// `comm` (the target's, inline).
-    pub comm: u32,
-    /// `pid` (the target's).
-    pub pid: u32,
-    /// `group`.
-    pub group: u32,
-    /// `result`.
-    pub result: u32,
-}
-
 /// Field offsets of the `cgroup/*` tracepoints.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -525,12 +509,6 @@ impl VictimLayout {
     };
 }
 
-impl SignalLayout {
-    /// Every offset absent.
-    pub const UNSET: Self =
-        Self { sig: ABSENT, code: ABSENT, comm: ABSENT, pid: ABSENT, group: ABSENT, result: ABSENT };
-}
-
 impl CgroupLayout {
     /// Every offset absent.
     pub const UNSET: Self = Self { root: ABSENT, level: ABSENT, id: ABSENT, path: ABSENT, pid: ABSENT, comm: ABSENT };
@@ -561,7 +539,8 @@ impl Layout {
         file_dentry: ABSENT,
         dentry_name: ABSENT,
         victim: VictimLayout::UNSET,
-        signal: SignalLayout::UNSET,
+        task_start_time: ABSENT,
+        siginfo_code: ABSENT,
         mkdir: CgroupLayout::UNSET,
         attach: CgroupLayout::UNSET,
         task_pid: ABSENT,
@@ -606,4 +585,4 @@ const _: () = assert!(size_of::<OomRecord>() == 120);
 const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
 const _: () = assert!(size_of::<Settings>() == 48);
 const _: () = assert!(size_of::<HealthRecord>() == 80 + TEXT_CAP + DETAIL_LEN);
-const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 6 + 6 + 6 + 4 + 16));
+const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 2 + 6 + 6 + 4 + 16));

@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::tracepoint, programs::TracePointContext};
 use collector_common::{ABSENT, CgroupLayout, CgroupRecord, counter, kind};
 
-use crate::{EVENTS, SETTINGS, count, layout, tp_data_loc, tp_field};
+use crate::{EVENTS, count, layout, setting, tp_data_loc, tp_field};
 
 /// A cgroup directory was created.
 #[tracepoint]
@@ -35,7 +35,7 @@ fn cgroup_attach_task(ctx: TracePointContext) -> u32 {
 
 fn emit(ctx: &TracePointContext, layout: &CgroupLayout, kind: u32) -> Result<u32, u32> {
     let root: i32 = tp_field(ctx, layout.root).map_err(|_| 1u32)?;
-    if root as u32 != SETTINGS.load().v2_hierarchy {
+    if root as u32 != setting!(v2_hierarchy) {
         return Ok(0);
     }
     // Written in place: the record is larger than the BPF stack.

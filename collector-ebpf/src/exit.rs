@@ -40,8 +40,8 @@ fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
         ctx.arg::<u64>(1) != 0
     };
     if !last {
-        // A thread that dies alone takes its pending signal with it.
-        let _ = SIGNALS.remove(tid);
+        // A thread that dies alone leaves its pending signal, if any, in the map: removing it
+        // was most of this path's cost, and the start time keeps the pid's next owner from it.
         return Ok(0);
     }
     if filtered_out() {
@@ -59,7 +59,7 @@ fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<u32, u32> {
     // and most processes exit by themselves: they skip the shared map and go out as a bare
     // 64-byte record. A signal one handled stays in the map until the LRU drops it; a later
     // death by signal always follows a new `signal_generate`, which replaces it.
-    let signal = if exit_status & 0x7f != 0 { take_signal(tgid, tid) } else { None };
+    let signal = if exit_status & 0x7f != 0 { take_signal(task, tgid, tid) } else { None };
     let exit = Exit { tgid, tid, exit_status, task };
     // Written in place: a record built on the stack would be zeroed and copied again.
     let sent = match signal {
@@ -160,20 +160,23 @@ unsafe fn fill(record: *mut ExitRecord, exit: &Exit, mut flags: u32, failed: &mu
 /// The last fatal signal for the process, from its leader or this thread, removed from the map.
 /// A one-thread process is its own leader: one lookup, not two (each costs a hash and a walk
 /// of the shared LRU map on every exit).
-fn take_signal(tgid: u32, tid: u32) -> Option<SignalInfo> {
-    let leader = take(tgid);
+fn take_signal(task: *const u8, tgid: u32, tid: u32) -> Option<SignalInfo> {
+    let start = |task: *const u8| task_field::<u64>(task, layout!(task_start_time)).unwrap_or(0);
     if tid == tgid {
-        return leader;
+        return take(tgid, start(task));
     }
-    let thread = take(tid);
+    let leader = task_field::<*const u8>(task, layout!(task_group_leader)).map_or(0, start);
+    let leader = take(tgid, leader);
+    let thread = take(tid, start(task));
     leader.or(thread)
 }
 
-/// The signal remembered for `key`, removed.
+/// The signal remembered for `key`, removed; `None` if it was sent to an earlier task with
+/// that pid (one that started at another time), which had died alone.
 #[inline(always)]
-fn take(key: u32) -> Option<SignalInfo> {
+fn take(key: u32, start_ns: u64) -> Option<SignalInfo> {
     // SAFETY: the value is copied out before the entry is removed.
-    let info = unsafe { SIGNALS.get(key) }.copied()?;
+    let pending = unsafe { SIGNALS.get(key) }.copied()?;
     let _ = SIGNALS.remove(key);
-    Some(info)
+    (pending.target_start_ns == start_ns).then_some(pending.info)
 }

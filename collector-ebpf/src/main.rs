@@ -37,9 +37,21 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// The last fatal signal generated for each target thread, until it exits.
+/// The last fatal signal generated for each target thread, until its process exits or the LRU
+/// drops it. A thread that dies alone leaves its entry: the start time keeps a later task with
+/// the same pid from taking it, which costs less than a removal on every thread exit.
 #[map]
-static SIGNALS: LruHashMap<u32, SignalInfo> = LruHashMap::with_max_entries(16384, 0);
+static SIGNALS: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+/// A fatal signal waiting for its target's exit.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Pending {
+    /// The signal as the exit record carries it.
+    info: SignalInfo,
+    /// `task_struct.start_time` of the target (monotonic ns); 0 where it could not be read.
+    target_start_ns: u64,
+}
 
 /// What `out_of_memory` learned, by thread, until `mark_victim` in that thread reports the victim.
 #[map]
@@ -71,6 +83,19 @@ macro_rules! layout {
     };
 }
 pub(crate) use layout;
+
+/// One field of [`SETTINGS`], read where it lies, as [`layout!`] does.
+macro_rules! setting {
+    ($field:ident) => {
+        // SAFETY: `Global` is `repr(transparent)` over a `Settings` the loader initialised.
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*core::ptr::addr_of!(crate::SETTINGS).cast::<collector_common::Settings>()).$field
+            ))
+        }
+    };
+}
+pub(crate) use setting;
 
 /// Non-zero when user space asked for one subtree only (`--cgroup`): then
 /// tasks outside the cgroup in slot 0 of `CGROUP_FILTER` never reach the ring.
@@ -135,16 +160,16 @@ fn submit_in_place<T: 'static>(kind: u32, fill: impl FnOnce(*mut T) -> u64) -> b
 /// filling ring does, and the reader's timer collects the rest.
 #[inline(always)]
 fn wakeup_flags(now: u64) -> u64 {
-    let settings = SETTINGS.load();
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(settings.wakeup_bytes) {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(setting!(wakeup_bytes)) {
         return BPF_RB_FORCE_WAKEUP;
     }
     let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
         return 0;
     };
+    let interval = setting!(wakeup_interval_ns);
     // SAFETY: the map owns the slot; per-CPU maps are not shared between CPUs.
     unsafe {
-        if now.wrapping_sub(*last) < settings.wakeup_interval_ns {
+        if now.wrapping_sub(*last) < interval {
             return BPF_RB_NO_WAKEUP;
         }
         *last = now;

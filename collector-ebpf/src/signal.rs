@@ -1,48 +1,66 @@
 //! `signal/signal_generate`: remembers the last signal that can end each
 //! target, so its exit record can name the sender; optionally reports it.
+//!
+//! Attached raw, like the exit probe: every process exit sends its parent a `SIGCHLD`, so this
+//! runs once per exit too, and a classic tracepoint would first have the kernel build a record
+//! (the target's name copied, the siginfo read) for a program that drops the signal at once.
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str_bytes,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use collector_common::{COMM_LEN, EXE_LEN, Header, SignalInfo, SignalRecord, kind};
 
-use crate::{SETTINGS, SIGNALS, layout, read_field, submit, tp_field};
+use crate::{Pending, SIGNALS, layout, read_field, setting, submit};
+
+/// `SEND_SIG_NOINFO`: a signal from user space (`kill`) with no siginfo; the tracepoint says `SI_USER`.
+const SEND_SIG_NOINFO: u64 = 0;
+/// `SEND_SIG_PRIV`: a signal from the kernel with no siginfo; the tracepoint says `SI_KERNEL`.
+const SEND_SIG_PRIV: u64 = 1;
+/// `SI_KERNEL`.
+const SI_KERNEL: i32 = 0x80;
 
 /// Fires for every signal generated; keeps only those that can end a process.
-#[tracepoint]
-fn signal_generate(ctx: TracePointContext) -> u32 {
+/// `signal_generate(int sig, struct kernel_siginfo *info, struct task_struct *task, int group, int result)`.
+#[raw_tracepoint(tracepoint = "signal_generate")]
+fn signal_generate(ctx: RawTracePointContext) -> u32 {
     match try_signal_generate(&ctx) {
         Ok(ret) | Err(ret) => ret,
     }
 }
 
-fn try_signal_generate(ctx: &TracePointContext) -> Result<u32, u32> {
-    let layout = layout!(signal);
-    let settings = SETTINGS.load();
-    let sig: u32 = tp_field(ctx, layout.sig).map_err(|_| 1u32)?;
+fn try_signal_generate(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let sig = ctx.arg::<u64>(0) as u32;
     // SIGCHLD and friends are most of all signals and never end a process.
-    if sig >= 64 || settings.fatal_signals & (1u64 << sig) == 0 {
+    if sig >= 64 || setting!(fatal_signals) & (1u64 << sig) == 0 {
         return Ok(0);
     }
+    let siginfo = ctx.arg::<u64>(1);
+    let target = ctx.arg::<u64>(2) as *const u8;
     let info = SignalInfo {
         // SAFETY: a helper with no preconditions.
         sender_cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         sig,
-        code: tp_field(ctx, layout.code).unwrap_or(0),
+        code: match siginfo {
+            SEND_SIG_NOINFO => 0,
+            SEND_SIG_PRIV => SI_KERNEL,
+            info => read_field(info as *const u8, layout!(siginfo_code)).unwrap_or(0),
+        },
         sender_pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        target_pid: tp_field(ctx, layout.pid).map_err(|_| 1u32)?,
-        group: tp_field(ctx, layout.group).unwrap_or(0),
-        result: tp_field(ctx, layout.result).unwrap_or(0),
+        target_pid: read_field(target, layout!(task_pid)).map_err(|_| 1u32)?,
+        group: ctx.arg::<u64>(3) as u32,
+        result: ctx.arg::<u64>(4) as u32,
         sender_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        target_comm: tp_field(ctx, layout.comm).unwrap_or([0; COMM_LEN]),
+        target_comm: read_field(target, layout!(task_comm)).unwrap_or([0; COMM_LEN]),
     };
-    let _ = SIGNALS.insert(info.target_pid, info, 0);
-    if settings.emit_signals != 0 {
+    // The target's start time tells its exit from that of a later task given the same pid.
+    let target_start_ns = read_field(target, layout!(task_start_time)).unwrap_or(0);
+    let _ = SIGNALS.insert(info.target_pid, Pending { info, target_start_ns }, 0);
+    if setting!(emit_signals) != 0 {
         let record = SignalRecord {
             header: Header {
                 kind: kind::SIGNAL,

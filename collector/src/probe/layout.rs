@@ -1,7 +1,7 @@
 //! The offsets of this kernel that the programs read at, from its BTF and
 //! its tracepoint format files.
 
-use collector_common::{ABSENT, CgroupLayout, HealthLayout, Layout, SignalLayout, VictimLayout};
+use collector_common::{ABSENT, CgroupLayout, HealthLayout, Layout, VictimLayout};
 
 use super::{
     ProbeError,
@@ -14,7 +14,6 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError>
     let task = |member| btf.member_offset("task_struct", member);
     let exit = tracefs.format("sched", "sched_process_exit")?;
     let victim = tracefs.format("oom", "mark_victim")?;
-    let signal = tracefs.format("signal", "signal_generate")?;
     let mkdir = tracefs.format("cgroup", "cgroup_mkdir")?;
     let attach = tracefs.format("cgroup", "cgroup_attach_task")?;
     // Only the OOM scope needs these; a kernel without them still traces exits.
@@ -60,14 +59,9 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError>
             oom_score_adj: offset(&victim, "oom_score_adj"),
             _pad: 0,
         },
-        signal: SignalLayout {
-            sig: required(&signal, "signal/signal_generate", "sig")?,
-            code: offset(&signal, "code"),
-            comm: offset(&signal, "comm"),
-            pid: required(&signal, "signal/signal_generate", "pid")?,
-            group: offset(&signal, "group"),
-            result: offset(&signal, "result"),
-        },
+        // The signal probe reads its target's pid, name and start time, and the siginfo's code.
+        task_start_time: task("start_time")?,
+        siginfo_code: optional("kernel_siginfo", "si_code"),
         mkdir: CgroupLayout {
             root: required(&mkdir, "cgroup/cgroup_mkdir", "root")?,
             level: offset(&mkdir, "level"),
@@ -84,8 +78,8 @@ pub fn kernel_layout(btf: &Btf, tracefs: &Tracefs) -> Result<Layout, ProbeError>
             pid: offset(&attach, "pid"),
             comm: offset(&attach, "comm"),
         },
+        task_pid: task("pid")?,
         // Only the hung-task probe needs these: without them its records have no cgroup.
-        task_pid: optional("task_struct", "pid"),
         task_cgroups: optional("task_struct", "cgroups"),
         css_set_dfl_cgrp: optional("css_set", "dfl_cgrp"),
         task_btf: u32::from(plain_task_loads(btf)),
