@@ -17,9 +17,9 @@ use collector_common::{COMM_LEN, EXE_LEN, Header, SignalInfo, SignalRecord, kind
 
 use crate::{Pending, SIGNALS, layout, read_field, setting, submit};
 
-/// `SEND_SIG_NOINFO`: a signal from user space (`kill`) with no siginfo; the tracepoint says `SI_USER`.
+/// `SEND_SIG_NOINFO`: no siginfo, sent as if from user space; the tracepoint says `SI_USER` (0).
 const SEND_SIG_NOINFO: u64 = 0;
-/// `SEND_SIG_PRIV`: a signal from the kernel with no siginfo; the tracepoint says `SI_KERNEL`.
+/// `SEND_SIG_PRIV`: no siginfo, sent by the kernel; the tracepoint says `SI_KERNEL`.
 const SEND_SIG_PRIV: u64 = 1;
 /// `SI_KERNEL`.
 const SI_KERNEL: i32 = 0x80;
