@@ -194,7 +194,7 @@ fn leader_first_is_named_by_its_leader(name: &str, extra: &[&str]) {
 /// here); the leader's own 0 on kernels without it (6.1, 6.12), where the leader's exit stands
 /// for the process (README, "Lost on older kernels").
 fn leader_first_status(code: u32) -> u32 {
-    if collector_tests::exit_tracepoint_has_group_dead() { code } else { 0 }
+    if collector_tests::exit_tracepoint_has_group_dead().unwrap() { code } else { 0 }
 }
 
 #[test]

@@ -265,7 +265,7 @@ fn a_signal_pending_for_a_thread_that_ended_alone_is_not_given_to_the_next_task_
     // not be named. Where `sched_process_exit` says which exit ends the group (6.18 here), the
     // leader ends first and the worker's exit, which ends the group, names the worker; where it
     // does not (6.1), the leader's exit stands for the process, and the leader was sent nothing.
-    let group_dead = collector_tests::exit_tracepoint_has_group_dead();
+    let group_dead = collector_tests::exit_tracepoint_has_group_dead().unwrap();
     let mut target = None;
     for _ in 0..50 {
         let alone = std::process::Command::new(VICTIM).arg("signal-a-lone-thread").output().unwrap();

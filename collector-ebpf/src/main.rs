@@ -69,30 +69,30 @@ static LAYOUT: Global<Layout> = Global::new(Layout::UNSET);
 #[unsafe(no_mangle)]
 static SETTINGS: Global<Settings> = Global::new(Settings::DEFAULT);
 
-/// One field of [`LAYOUT`], read where it lies. `Global::load` copies the whole struct (about
-/// 250 bytes: a load and a stack store per offset, some sixty) on every run, for the few offsets
-/// a program uses; volatile, as `load` is, so the loader's value is read, not the default.
+/// One field of a `Global` set by the loader, read where it lies. `Global::load` copies the
+/// whole struct (for [`LAYOUT`], about 250 bytes: a load and a stack store per offset, some
+/// sixty) on every run, for the few fields a program uses; volatile, as `load` is, so the
+/// loader's value is read, not the default.
+macro_rules! global_field {
+    ($global:path, $ty:ty, $($field:tt)+) => {
+        // SAFETY: `Global` is `repr(transparent)` over a value the loader initialised.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*core::ptr::addr_of!($global).cast::<$ty>()).$($field)+)) }
+    };
+}
+pub(crate) use global_field;
+
+/// One field of [`LAYOUT`] (nested ones too: `layout!(victim.pid)`).
 macro_rules! layout {
     ($($field:tt)+) => {
-        // SAFETY: `Global` is `repr(transparent)` over a `Layout` the loader initialised.
-        unsafe {
-            core::ptr::read_volatile(core::ptr::addr_of!(
-                (*core::ptr::addr_of!(crate::LAYOUT).cast::<collector_common::Layout>()).$($field)+
-            ))
-        }
+        crate::global_field!(crate::LAYOUT, collector_common::Layout, $($field)+)
     };
 }
 pub(crate) use layout;
 
-/// One field of [`SETTINGS`], read where it lies, as [`layout!`] does.
+/// One field of [`SETTINGS`].
 macro_rules! setting {
     ($field:ident) => {
-        // SAFETY: `Global` is `repr(transparent)` over a `Settings` the loader initialised.
-        unsafe {
-            core::ptr::read_volatile(core::ptr::addr_of!(
-                (*core::ptr::addr_of!(crate::SETTINGS).cast::<collector_common::Settings>()).$field
-            ))
-        }
+        crate::global_field!(crate::SETTINGS, collector_common::Settings, $field)
     };
 }
 pub(crate) use setting;

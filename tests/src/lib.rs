@@ -43,9 +43,9 @@ pub fn not_on_this_kernel(test: &str, why: &str) {
 
 /// Whether `sched_process_exit` says which exit ends the group (`group_dead`: 6.18 here, not 6.1
 /// or 6.12). Without it the leader's exit stands for the process (README, "Lost on older kernels").
-pub fn exit_tracepoint_has_group_dead() -> bool {
-    std::fs::read_to_string("/sys/kernel/tracing/events/sched/sched_process_exit/format")
-        .is_ok_and(|format| format.contains(" group_dead;"))
+pub fn exit_tracepoint_has_group_dead() -> std::io::Result<bool> {
+    let format = std::fs::read_to_string("/sys/kernel/tracing/events/sched/sched_process_exit/format")?;
+    Ok(format.contains(" group_dead;"))
 }
 
 /// Forks `count` children that exit at once, one after another, and reaps each: host process

@@ -50,11 +50,7 @@ fn main() -> ExitCode {
             if worker.is_err() {
                 return ExitCode::from(101);
             }
-            // The raw `exit` ends only this thread, without `pthread_exit`'s unwinding, which
-            // Rust frames do not allow.
-            // SAFETY: the worker owns nothing on this thread's stack.
-            unsafe { libc::syscall(libc::SYS_exit, 0) };
-            ExitCode::from(102)
+            end_main_thread()
         }
         ["thread-signal", leader @ ("leader-ends" | "leader-stays")] => {
             let worker = std::thread::Builder::new().name("worker".to_owned()).spawn(|| {
@@ -67,8 +63,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(101);
             }
             if *leader == "leader-ends" {
-                // SAFETY: as in `leader-first`.
-                unsafe { libc::syscall(libc::SYS_exit, 0) };
+                return end_main_thread();
             }
             std::thread::sleep(Duration::from_secs(10));
             ExitCode::from(102)
@@ -108,4 +103,13 @@ fn main() -> ExitCode {
         }
         _ => ExitCode::from(100),
     }
+}
+
+/// Ends the main thread alone, leaving the process to its other threads; returns only if the
+/// kernel refused. The raw `exit` ends only this thread, without `pthread_exit`'s unwinding,
+/// which Rust frames do not allow.
+fn end_main_thread() -> ExitCode {
+    // SAFETY: the other threads own nothing on this thread's stack.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    ExitCode::from(102)
 }
