@@ -2,7 +2,10 @@
 //! cgroup v2 directory, exact fields on every record.
 #![expect(clippy::unwrap_used, reason = "the helpers are test steps: a failure fails the test")]
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use collector::clock::Timestamp;
 use collector_tests::{cgroup::CgroupDir, collector::Collector, privileged};
@@ -213,4 +216,32 @@ fn a_grandchild_names_its_own_parent() {
     let grandchild = u32::try_from(grandchild).unwrap();
     assert_eq!(record_of(&records, grandchild, before, after), expected(grandchild, pid, "sh", 5, None, &cgroup));
     assert_eq!(record_of(&records, pid, before, after), expected(pid, std::process::id(), "sh", 3, None, &cgroup));
+}
+
+/// On a quiet node the reader stops polling (after 100 ms without a record) and the kernel wakes
+/// it for the next record: each lone exit is printed at once, not when the idle reader next
+/// looks on its own (`reader::IDLE_CHECK`, 1 s).
+#[test]
+fn a_lone_exit_on_a_quiet_node_is_read_at_once() {
+    if !privileged("a_lone_exit_on_a_quiet_node_is_read_at_once") {
+        return;
+    }
+    let cgroup = CgroupDir::new("quiet").unwrap();
+    // Only this cgroup's exits reach the ring: the rest of the node cannot keep the reader busy.
+    let collector = Collector::trace(&["--cgroup", cgroup.path(), "--type", "exit"]).unwrap();
+    let mut delays = Vec::new();
+    for round in 1..=4 {
+        // Three times the quiet spell after which the reader goes idle.
+        std::thread::sleep(Duration::from_millis(300));
+        let (pid, _, _) = run_to_end(&mut cgroup.command("true").unwrap());
+        let ended = Instant::now();
+        collector.wait_for(Duration::from_secs(5), |records| records.iter().any(|r| r["pid"] == pid)).unwrap();
+        delays.push(ended.elapsed());
+        assert_eq!(collector.wait_for(Duration::ZERO, |_| true).unwrap().len(), round);
+    }
+    let stopped = collector.stop().unwrap();
+    assert!(stopped.status.success(), "collector failed: {}", stopped.stderr);
+    // A reader that missed its wake-up finds a record at a random point of its 1 s check: all
+    // four under 200 ms by chance is 1 in 600. Once awake, a record takes a few milliseconds.
+    assert!(delays.iter().all(|delay| *delay < Duration::from_millis(200)), "delays from exit to record: {delays:?}");
 }

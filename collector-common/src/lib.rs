@@ -306,11 +306,6 @@ pub struct Settings {
     pub wakeup_bytes: u32,
     /// Explicit padding, always zero.
     pub _pad: u32,
-    /// Below `wakeup_bytes`, a CPU wakes the reader at most once in this many
-    /// nanoseconds, and the reader finds the other records on its own timer:
-    /// a wake-up (an inter-processor interrupt) on every process exit costs
-    /// more than the rest of the exit probe.
-    pub wakeup_interval_ns: u64,
     /// Node-health records: each CPU sends at most one per this many nanoseconds of each
     /// kind, after a burst; the rest are counted (`counter::limited`). A soft lockup prints
     /// hundreds of lines; a dying disk fails thousands of requests.
@@ -559,7 +554,6 @@ impl Settings {
         emit_signals: 0,
         wakeup_bytes: 0,
         _pad: 0,
-        wakeup_interval_ns: 0,
         health_refill_ns: 0,
         health_burst_ns: 0,
     };
@@ -583,6 +577,6 @@ const _: () = assert!(size_of::<SignalRecord>() == 80 + EXE_LEN);
 const _: () = assert!(size_of::<OomScope>() == 16);
 const _: () = assert!(size_of::<OomRecord>() == 120);
 const _: () = assert!(size_of::<CgroupRecord>() == 56 + PATH_CAP);
-const _: () = assert!(size_of::<Settings>() == 48);
+const _: () = assert!(size_of::<Settings>() == 40);
 const _: () = assert!(size_of::<HealthRecord>() == 80 + TEXT_CAP + DETAIL_LEN);
 const _: () = assert!(size_of::<Layout>() == 4 * (21 + 8 + 2 + 6 + 6 + 4 + 16));

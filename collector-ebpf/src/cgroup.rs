@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, macros::tracepoint, programs::TracePointContext};
 use collector_common::{ABSENT, CgroupLayout, CgroupRecord, counter, kind};
 
-use crate::{EVENTS, count, layout, setting, tp_data_loc, tp_field};
+use crate::{EVENTS, count, layout, setting, tp_data_loc, tp_field, wakeup_flags};
 
 /// A cgroup directory was created.
 #[tracepoint]
@@ -60,6 +60,6 @@ fn emit(ctx: &TracePointContext, layout: &CgroupLayout, kind: u32) -> Result<u32
         }
         (*record).path_len = tp_data_loc(ctx, layout.path, &mut (*record).path).unwrap_or(0);
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     Ok(0)
 }

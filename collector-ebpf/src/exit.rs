@@ -90,13 +90,13 @@ struct Exit {
 }
 
 /// Writes every field of an exit record in place, reading the task's fields straight into it,
-/// and returns its timestamp. A field that cannot be read is zero and sets `failed`.
+/// with its timestamp. A field that cannot be read is zero and sets `failed`.
 ///
 /// # Safety
 ///
 /// `record` must be valid for writes of a whole `ExitRecord` (reserved ring buffer space).
 #[inline(always)]
-unsafe fn fill(record: *mut ExitRecord, exit: &Exit, mut flags: u32, failed: &mut bool) -> u64 {
+unsafe fn fill(record: *mut ExitRecord, exit: &Exit, mut flags: u32, failed: &mut bool) {
     let Exit { tgid, tid, exit_status, task } = *exit;
     let ppid = task_field::<*const u8>(task, layout!(task_real_parent))
         .and_then(|parent| task_field::<u32>(parent, layout!(task_tgid)))
@@ -133,8 +133,7 @@ unsafe fn fill(record: *mut ExitRecord, exit: &Exit, mut flags: u32, failed: &mu
     }
     // SAFETY: the caller vouches for `record`; every field is written before submit.
     unsafe {
-        let now = bpf_ktime_get_boot_ns();
-        (*record).header = Header { kind: kind::EXIT, _pad: 0, boot_ns: now };
+        (*record).header = Header { kind: kind::EXIT, _pad: 0, boot_ns: bpf_ktime_get_boot_ns() };
         (*record).cgroup_id = bpf_get_current_cgroup_id();
         (*record).pid = tgid;
         (*record).ppid = ppid;
@@ -153,7 +152,6 @@ unsafe fn fill(record: *mut ExitRecord, exit: &Exit, mut flags: u32, failed: &mu
         core::ptr::write_volatile(comm.add(1), high);
         (*record).flags = flags;
         (*record)._pad = 0;
-        now
     }
 }
 

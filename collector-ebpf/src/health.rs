@@ -14,7 +14,9 @@ use aya_ebpf::{
 };
 use collector_common::{COMM_LEN, HealthRecord, counter, hw_source, kind};
 
-use crate::{EVENTS, HEALTH_BUDGET, SETTINGS, cgroup_id, count, layout, read_field, tp_data_loc, tp_field};
+use crate::{
+    EVENTS, HEALTH_BUDGET, SETTINGS, cgroup_id, count, layout, read_field, tp_data_loc, tp_field, wakeup_flags,
+};
 
 /// `sched_process_hang(struct task_struct *)`, raw: the record must name the hung task's cgroup,
 /// and only the task pointer has it (the tracepoint's fields are its pid and name).
@@ -206,7 +208,7 @@ fn emit(kind: u32, fill: impl FnOnce(&mut HealthRecord) -> Result<(), i64>) -> R
         entry.discard(0);
         return Err(1);
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
     Ok(0)
 }
 

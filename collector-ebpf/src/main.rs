@@ -21,7 +21,7 @@ use aya_ebpf::{
         generated::bpf_get_current_task_btf,
     },
     macros::map,
-    maps::{CgroupArray, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, CgroupArray, LruHashMap, PerCpuArray, RingBuf},
 };
 use collector_common::{ABSENT, DEFAULT_RING_BYTES, Layout, OomScope, Settings, SignalInfo, counter, kind};
 
@@ -33,9 +33,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-/// When this CPU last woke the ring's reader (boot-clock ns).
+/// Non-zero while the reader sleeps without a timer (it found the ring empty for a while): the
+/// next submit wakes it and clears this. User space sets it; see `collector::reader`.
 #[map]
-static LAST_WAKEUP: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static READER_IDLE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The last fatal signal generated for each target thread, until its process exits or the LRU
 /// drops it. A thread that dies alone leaves its entry: the start time keeps a later task with
@@ -128,53 +129,53 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 /// `bpf_ringbuf_submit`: wake the reader even if it is behind.
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Hands a record stamped `now` (boot-clock ns) to user space, or counts it as lost (by kind)
-/// when the ring is full. The stamp also times the wake-up: one clock read per record.
+/// Hands a record to user space, or counts it as lost (by kind) when the ring is full.
 #[inline(always)]
-fn submit<T: 'static>(record: T, kind: u32, now: u64) {
+fn submit<T: 'static>(record: T, kind: u32) {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
-            entry.submit(wakeup_flags(now));
+            entry.submit(wakeup_flags());
         }
         None => count(counter::lost(kind)),
     }
 }
 
-/// Reserves a `T` in the ring and lets `fill` write every field of it in place, returning the
-/// record's stamp (boot-clock ns), then sends it as [`submit`] does; a full ring counts it lost
-/// (by kind) before `fill` runs. Returns whether the record went out.
+/// Reserves a `T` in the ring and lets `fill` write every field of it in place, then sends it
+/// as [`submit`] does; a full ring counts it lost (by kind) before `fill` runs. Returns whether
+/// the record went out.
 #[inline(always)]
-fn submit_in_place<T: 'static>(kind: u32, fill: impl FnOnce(*mut T) -> u64) -> bool {
+fn submit_in_place<T: 'static>(kind: u32, fill: impl FnOnce(*mut T)) -> bool {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(counter::lost(kind));
         return false;
     };
-    let now = fill(entry.as_mut_ptr());
-    entry.submit(wakeup_flags(now));
+    fill(entry.as_mut_ptr());
+    entry.submit(wakeup_flags());
     true
 }
 
-/// Whether this submit wakes the reader. A quiet node's first record wakes
-/// it at once; within `wakeup_interval_ns` of this CPU's last wake-up only a
-/// filling ring does, and the reader's timer collects the rest.
+/// Whether this submit wakes the reader: when it sleeps without a timer (the first record after
+/// a quiet spell), or when the ring is filling. Otherwise the reader is polling and finds the
+/// record within its period: a wake-up (an irq_work, a self-IPI) costs more than the rest of
+/// the exit probe.
 #[inline(always)]
-fn wakeup_flags(now: u64) -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(setting!(wakeup_bytes)) {
-        return BPF_RB_FORCE_WAKEUP;
-    }
-    let Some(last) = LAST_WAKEUP.get_ptr_mut(0) else {
-        return 0;
-    };
-    let interval = setting!(wakeup_interval_ns);
-    // SAFETY: the map owns the slot; per-CPU maps are not shared between CPUs.
-    unsafe {
-        if now.wrapping_sub(*last) < interval {
-            return BPF_RB_NO_WAKEUP;
+fn wakeup_flags() -> u64 {
+    if let Some(idle) = READER_IDLE.get_ptr_mut(0) {
+        // SAFETY: the map owns the slot. CPUs racing here all write the same zero, and a wake-up
+        // too many is harmless.
+        unsafe {
+            if core::ptr::read_volatile(idle) != 0 {
+                core::ptr::write_volatile(idle, 0);
+                return BPF_RB_FORCE_WAKEUP;
+            }
         }
-        *last = now;
     }
-    BPF_RB_FORCE_WAKEUP
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= u64::from(setting!(wakeup_bytes)) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }
 
 /// Types for which any bytes are a value: what [`read_field`] may copy out of kernel memory.

@@ -97,6 +97,6 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<u32, u32> {
     if layout.comm != ABSENT {
         let _ = tp_data_loc(ctx, layout.comm, &mut record.victim_comm);
     }
-    submit(record, kind::OOM_KILL, record.header.boot_ns);
+    submit(record, kind::OOM_KILL);
     Ok(0)
 }

@@ -71,7 +71,7 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<u32, u32> {
             info,
             sender_exe: sender_exe(),
         };
-        submit(record, kind::SIGNAL, record.header.boot_ns);
+        submit(record, kind::SIGNAL);
     }
     Ok(0)
 }

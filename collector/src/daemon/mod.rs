@@ -126,6 +126,9 @@ pub enum DaemonError {
     /// A thread of the daemon's own (the pressure sampler) could not start.
     #[error("cannot start a thread: {0}")]
     Thread(#[source] io::Error),
+    /// The ring buffer's reader could not start.
+    #[error(transparent)]
+    Reader(#[from] crate::reader::ReaderError),
     /// Reading the ring buffer or writing output failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),

@@ -8,7 +8,7 @@ pub mod tracefs;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{CgroupArray, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, CgroupArray, MapData, MapError, PerCpuArray, RingBuf},
     programs::{FEntry, Program, ProgramError},
 };
 use std::os::fd::AsRawFd as _;
@@ -52,15 +52,6 @@ const HEALTH_BURST: u32 = 2048;
 
 /// The kernel always wakes the reader once this fraction of the ring is unread.
 const WAKEUP_FRACTION: u32 = 8;
-
-/// Below that, each CPU wakes the reader at most this often, so the first
-/// record on a quiet node arrives at once; the reader's timer
-/// (`reader::POLL_INTERVAL`, 10 ms) bounds the wait of the others. A wake-up
-/// is an irq_work, a self-IPI (a VM exit on a VM) and the reader's wake-up,
-/// some 30 µs of the exiting task's time here: at 100 ms it was about 300 ns
-/// of every exit at 1,500 exits/s, at 1 s a tenth of that, and records in a
-/// busy second wait at most the 10 ms they already did.
-const WAKEUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The kernel function whose entry names the cgroup an OOM kill happened in
 /// (`oom_kill_process`, which also knows the victim, is static and refuses fentry).
@@ -176,6 +167,14 @@ impl KernelCounters {
     }
 }
 
+/// The probes' ring buffer, and the flag by which the reader asks to be woken (`reader`).
+pub struct Ring {
+    /// Every record the probes send.
+    pub records: RingBuf<MapData>,
+    /// `READER_IDLE`: while it is set, the next submit wakes the reader and clears it.
+    pub reader_idle: Array<MapData, u32>,
+}
+
 /// Loaded and attached probes. Dropping this detaches and unloads them.
 pub struct Probes {
     /// Keeps the programs and their links alive.
@@ -191,7 +190,7 @@ pub struct Probes {
 
 impl Probes {
     /// Checks the environment, loads the object with this kernel's layout, and attaches.
-    pub fn load(config: &ProbeConfig) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+    pub fn load(config: &ProbeConfig) -> Result<(Self, Ring), ProbeError> {
         preflight::check()?;
         if config.ring_bytes < 4096 || !config.ring_bytes.is_power_of_two() {
             return Err(ProbeError::RingSize(config.ring_bytes));
@@ -219,7 +218,6 @@ impl Probes {
             emit_signals: u32::from(config.emit_signals),
             wakeup_bytes: config.ring_bytes / WAKEUP_FRACTION,
             _pad: 0,
-            wakeup_interval_ns: u64::try_from(WAKEUP_INTERVAL.as_nanos()).unwrap_or(u64::MAX),
             health_refill_ns: u64::try_from(HEALTH_REFILL.as_nanos()).unwrap_or(u64::MAX),
             health_burst_ns: u64::try_from((HEALTH_REFILL * HEALTH_BURST).as_nanos()).unwrap_or(u64::MAX),
         };
@@ -279,7 +277,7 @@ impl Probes {
                 }
             }
         }
-        let ring = take_map(&mut ebpf, "EVENTS")?;
+        let ring = Ring { records: take_map(&mut ebpf, "EVENTS")?, reader_idle: take_map(&mut ebpf, "READER_IDLE")? };
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         Ok((Self { _ebpf: ebpf, logger, counters, missing, health }, ring))
     }

@@ -128,6 +128,9 @@ pub enum TraceError {
     /// The container runtime's metadata source could not start.
     #[error(transparent)]
     Metadata(#[from] MetadataError),
+    /// The ring buffer's reader could not start.
+    #[error(transparent)]
+    Reader(#[from] crate::reader::ReaderError),
     /// Reading the ring buffer or writing output failed.
     #[error("I/O error while tracing: {0}")]
     Io(#[from] io::Error),
