@@ -15,7 +15,7 @@ use std::{
 
 use crate::{
     metadata::{ContainerMeta, KubeletWord, MetadataCache, MetadataStats, StoppedContainer},
-    record::{Exit, Identity, Record},
+    record::{Identity, Record},
 };
 
 /// At most this many records wait for metadata; beyond it the oldest goes out unresolved.
@@ -103,8 +103,8 @@ impl Identifier {
             return None;
         }
         let Waiting { mut record, named, kubelet, .. } = self.queue.pop_front()?;
-        if let (Some(said), Record::Exit(Exit { stop_request: Some(request), .. })) =
-            (kubelet.and_then(|answer| answer.take().flatten()), &mut record)
+        if let (Some(said), Record::Exit(exit)) = (kubelet.and_then(|answer| answer.take().flatten()), &mut record)
+            && let Some(request) = &mut exit.stop_request
         {
             request.kubelet_message = Some(said.killing);
             request.probe_message = said.probe;
@@ -278,7 +278,9 @@ fn name(metadata: &MetadataCache, record: &mut Record) {
     }
     if let Some(pod) = pod {
         // A stop the runtime carried out says why the pod was being stopped, while the pod says so.
-        if let Record::Exit(Exit { stop_request: Some(request), .. }) = record {
+        if let Record::Exit(exit) = record
+            && let Some(request) = &mut exit.stop_request
+        {
             request.pod_stop = pod.stopping;
         }
         let identity = record.identity_mut();
@@ -343,7 +345,7 @@ mod tests {
     }
 
     fn exit(id: &str) -> Record {
-        Record::Exit(Exit {
+        Record::Exit(Box::new(Exit {
             time: Timestamp(0),
             pid: 7,
             ppid: 1,
@@ -359,7 +361,7 @@ mod tests {
             main_process: None,
             stop: None,
             stop_request: None,
-        })
+        }))
     }
 
     /// A record behind one that waits for its names keeps the names it had when it came,
@@ -373,9 +375,9 @@ mod tests {
             .run_until(async {
                 let mut identifier = Identifier::new(Some(metadata), Duration::from_secs(1));
                 let now = Instant::now();
-                identifier.push(Record::CgroupMkdir(change(UNKNOWN)), now);
+                identifier.push(Record::CgroupMkdir(Box::new(change(UNKNOWN))), now);
                 identifier.push(exit(KNOWN), now);
-                identifier.push(Record::CgroupRmdir(change(KNOWN)), now);
+                identifier.push(Record::CgroupRmdir(Box::new(change(KNOWN))), now);
                 assert!(identifier.pop_ready(now, false).is_none(), "the unknown container's record waits");
                 std::thread::sleep(3 * tombstone);
 

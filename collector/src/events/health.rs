@@ -156,7 +156,7 @@ mod tests {
     }
 
     fn hung(identity: Identity) -> Record {
-        Record::HungTask(HungTask {
+        Record::HungTask(Box::new(HungTask {
             time: Timestamp(0),
             pid: 4242,
             tid: 4243,
@@ -165,7 +165,7 @@ mod tests {
             cgroup_path: None,
             timeout_secs: Some(120),
             identity,
-        })
+        }))
     }
 
     fn one(record: &Record, options: &EventOptions) -> (String, String, String, EventType, String) {
@@ -195,7 +195,7 @@ mod tests {
     }
 
     fn log(line: &str, reason: Option<&str>) -> Record {
-        Record::KernelLog(KernelLog {
+        Record::KernelLog(Box::new(KernelLog {
             time: Timestamp(0),
             line: line.to_owned(),
             truncated: false,
@@ -204,7 +204,7 @@ mod tests {
             reason: reason.map(str::to_owned),
             condition: None,
             identity: Identity::default(),
-        })
+        }))
     }
 
     #[test]
@@ -221,16 +221,16 @@ mod tests {
 
     #[test]
     fn errors_say_device_and_cause() {
-        let io = Record::IoError(IoError {
+        let io = Record::IoError(Box::new(IoError {
             time: Timestamp(0),
             device: "sdb".to_owned(),
             sector: 2048,
             error: "EIO".to_owned(),
             rwbs: "W".to_owned(),
             identity: Identity::default(),
-        });
+        }));
         assert_eq!(one(&io, &options()).4, "I/O error on sdb: EIO on a W request at sector 2048");
-        let hw = Record::HwError(HwError {
+        let hw = Record::HwError(Box::new(HwError {
             time: Timestamp(0),
             source: HwSource::MemoryController,
             severity: "corrected".to_owned(),
@@ -238,9 +238,9 @@ mod tests {
             message: "memory read error".to_owned(),
             label: "DIMM_A1".to_owned(),
             identity: Identity::default(),
-        });
+        }));
         assert_eq!(one(&hw, &options()).4, "2 corrected memory errors on DIMM_A1: memory read error");
-        let mce = Record::HwError(HwError {
+        let mce = Record::HwError(Box::new(HwError {
             time: Timestamp(0),
             source: HwSource::MachineCheck,
             severity: "uncorrected".to_owned(),
@@ -248,7 +248,7 @@ mod tests {
             message: "CPU 0 bank 2, MCi_STATUS 0xb000000000000150".to_owned(),
             label: String::new(),
             identity: Identity::default(),
-        });
+        }));
         let (kind, _, reason, event_type, message) = one(&mce, &options());
         assert_eq!(
             (kind.as_str(), reason.as_str(), event_type, message.as_str()),
@@ -259,7 +259,7 @@ mod tests {
                 "1 uncorrected machine check: CPU 0 bank 2, MCi_STATUS 0xb000000000000150"
             )
         );
-        let fs = Record::FsError(FsError {
+        let fs = Record::FsError(Box::new(FsError {
             time: Timestamp(0),
             device: "loop3".to_owned(),
             filesystem: "ext4".to_owned(),
@@ -269,7 +269,7 @@ mod tests {
             comm: "ls".to_owned(),
             cgroup_path: None,
             identity: in_pod(),
-        });
+        }));
         let events = events_for(&fs, &options());
         let said: Vec<(&str, &str)> =
             events.iter().map(|e| (e.involved_object.kind.as_str(), e.message.as_str())).collect();
@@ -296,11 +296,11 @@ mod tests {
             cpu_limit_millicores: None,
             identity: in_pod(),
         };
-        let (kind, _, reason, _, text) = one(&Record::Pressure(stalled.clone()), &options());
+        let (kind, _, reason, _, text) = one(&Record::Pressure(Box::new(stalled.clone())), &options());
         assert_eq!((kind.as_str(), reason.as_str()), ("Pod", "MemoryPressure"));
         assert_eq!(text, "Container postgres stalled on memory 23% of the last 10 s; limit 64Mi, usage 63.1Mi");
         let cleared = Pressure { state: PressureState::Cleared, ..stalled };
-        assert!(events_for(&Record::Pressure(cleared), &options()).is_empty());
+        assert!(events_for(&Record::Pressure(Box::new(cleared)), &options()).is_empty());
     }
 
     #[test]
@@ -317,13 +317,13 @@ mod tests {
             cpu_limit_millicores: Some(500),
             identity: in_pod(),
         };
-        let (_, _, reason, _, text) = one(&Record::Pressure(cpu.clone()), &options());
+        let (_, _, reason, _, text) = one(&Record::Pressure(Box::new(cpu.clone())), &options());
         assert_eq!(reason, "CPUPressure");
         assert_eq!(text, "Container postgres stalled on CPU 87% of the last 10 s; limit 500m");
         let two = Pressure { cpu_limit_millicores: Some(2000), ..cpu.clone() };
-        assert!(one(&Record::Pressure(two), &options()).4.ends_with("; limit 2"));
+        assert!(one(&Record::Pressure(Box::new(two)), &options()).4.ends_with("; limit 2"));
         let io = Pressure { resource: PressureResource::Io, cpu_limit_millicores: None, ..cpu };
-        let (_, _, reason, _, text) = one(&Record::Pressure(io), &options());
+        let (_, _, reason, _, text) = one(&Record::Pressure(Box::new(io)), &options());
         assert_eq!(reason, "IOPressure");
         assert_eq!(text, "Container postgres stalled on I/O 87% of the last 10 s");
     }

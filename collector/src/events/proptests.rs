@@ -137,7 +137,7 @@ proptest! {
             stop: None,
             stop_request: None,
         };
-        let events = events_for(&Record::Exit(exit.clone()), &EventOptions::default());
+        let events = events_for(&Record::Exit(Box::new(exit.clone())), &EventOptions::default());
         let head = format!("Process {pid}{} of {}", in_parens(&exit.comm), noun(&container_name));
         let core = if core_dumped { " (core dumped)" } else { "" };
         let want = match &sender {
@@ -195,7 +195,7 @@ proptest! {
             stop_request: None,
         };
         let options = EventOptions { node_name: "node-1".to_owned(), probed_reasons: Vec::new() };
-        let events = events_for(&Record::Exit(exit.clone()), &options);
+        let events = events_for(&Record::Exit(Box::new(exit.clone())), &options);
         let noun = noun(&container_name);
         let mut want = format!("C{} exited with code {exit_code}", &noun[1..]);
         if let Some(signal) = signal {
@@ -250,7 +250,7 @@ proptest! {
             scope: Some(if node_wide { OomScope::Node } else { OomScope::Cgroup }),
         };
         let options = EventOptions { node_name: "node-1".to_owned(), probed_reasons: Vec::new() };
-        let events = events_for(&Record::OomKill(oom), &options);
+        let events = events_for(&Record::OomKill(Box::new(oom)), &options);
         let rss = anon_rss_kb.map(|kb| format!("; anon-rss {kb}kB")).unwrap_or_default();
         let mut want = Vec::new();
         if node_wide {
@@ -333,7 +333,7 @@ proptest! {
             scope,
         };
         let options = EventOptions { node_name: "node-1".to_owned(), probed_reasons: Vec::new() };
-        for record in [Record::Exit(exit), Record::OomKill(oom)] {
+        for record in [Record::Exit(Box::new(exit)), Record::OomKill(Box::new(oom))] {
             for event in events_for(&record, &options) {
                 check_message(&event.message)?;
             }

@@ -97,7 +97,7 @@ fn warning(object: ObjectReference, reason: &str, message: &str) -> EventSpec {
 #[test]
 fn oom_kill_of_a_child_under_the_container_limit_is_oomkilling_on_the_pod() {
     assert_eq!(
-        one(Record::OomKill(oom(Some(OomScope::Container), Some(false))), &options()),
+        one(Record::OomKill(Box::new(oom(Some(OomScope::Container), Some(false)))), &options()),
         warning(
             app(),
             "OOMKilling",
@@ -109,7 +109,7 @@ fn oom_kill_of_a_child_under_the_container_limit_is_oomkilling_on_the_pod() {
 
 #[test]
 fn oom_kill_messages_name_the_role_and_the_limit_hit() {
-    let message = |oom: OomKill| one(Record::OomKill(oom), &options()).message;
+    let message = |oom: OomKill| one(Record::OomKill(Box::new(oom)), &options()).message;
     assert_eq!(
         message(oom(Some(OomScope::Pod), Some(true))),
         "Memory cgroup out of memory: killed process 4242 (dd), the main process of container app; pod limit 64Mi; \
@@ -136,7 +136,7 @@ fn oom_kill_messages_name_the_role_and_the_limit_hit() {
 
 #[test]
 fn system_oom_gives_a_node_event_then_the_pod_event() {
-    let events = events_for(&Record::OomKill(oom(Some(OomScope::Node), Some(false))), &options());
+    let events = events_for(&Record::OomKill(Box::new(oom(Some(OomScope::Node), Some(false)))), &options());
     assert_eq!(
         events,
         [
@@ -160,19 +160,19 @@ fn system_oom_outside_pods_is_on_the_node_only() {
     outside.identity = Identity::default();
     outside.comm = None;
     assert_eq!(
-        events_for(&Record::OomKill(outside.clone()), &options()),
+        events_for(&Record::OomKill(Box::new(outside.clone())), &options()),
         [warning(ObjectReference::node("node-1"), "SystemOOM", "System OOM encountered")]
     );
     // No node name, no Node event.
     let no_node = EventOptions { node_name: String::new(), probed_reasons: Vec::new() };
-    assert_eq!(events_for(&Record::OomKill(outside), &no_node), []);
+    assert_eq!(events_for(&Record::OomKill(Box::new(outside)), &no_node), []);
 }
 
 #[test]
 fn cgroup_oom_outside_pods_gives_nothing() {
     let mut outside = oom(Some(OomScope::Cgroup), None);
     outside.identity = Identity::default();
-    assert_eq!(events_for(&Record::OomKill(outside), &options()), []);
+    assert_eq!(events_for(&Record::OomKill(Box::new(outside)), &options()), []);
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn exits_of_oom_victims_give_nothing() {
     for main in [Some(true), Some(false), None] {
         let mut victim = exit(main, 137, Some(9));
         victim.oom_killed = true;
-        assert_eq!(events_for(&Record::Exit(victim), &options()), [], "main {main:?}");
+        assert_eq!(events_for(&Record::Exit(Box::new(victim)), &options()), [], "main {main:?}");
     }
 }
 
@@ -189,7 +189,7 @@ fn main_process_killed_by_a_sender_is_container_exited() {
     let mut killed = exit(Some(true), 137, Some(9));
     killed.sender = sender(812, "kubelet");
     assert_eq!(
-        one(Record::Exit(killed), &options()),
+        one(Record::Exit(Box::new(killed)), &options()),
         warning(app(), "ContainerExited", "Container app exited with code 137: SIGKILL from pid 812 (kubelet)")
     );
 }
@@ -197,24 +197,24 @@ fn main_process_killed_by_a_sender_is_container_exited() {
 #[test]
 fn main_process_failing_is_container_exited() {
     assert_eq!(
-        one(Record::Exit(exit(Some(true), 1, None)), &options()),
+        one(Record::Exit(Box::new(exit(Some(true), 1, None))), &options()),
         warning(app(), "ContainerExited", "Container app exited with code 1")
     );
     let mut segv = exit(Some(true), 139, Some(11));
     segv.core_dumped = true;
     assert_eq!(
-        one(Record::Exit(segv), &options()),
+        one(Record::Exit(Box::new(segv)), &options()),
         warning(app(), "ContainerExited", "Container app exited with code 139: SIGSEGV (core dumped)")
     );
     // abort() sends SIGABRT to itself: no "from".
     let mut abort = exit(Some(true), 134, Some(6));
     abort.sender = sender(4300, "worker");
-    assert_eq!(one(Record::Exit(abort), &options()).message, "Container app exited with code 134: SIGABRT");
+    assert_eq!(one(Record::Exit(Box::new(abort)), &options()).message, "Container app exited with code 134: SIGABRT");
 }
 
 #[test]
 fn normal_exit_is_a_normal_event() {
-    let ok = Record::Exit(exit(Some(true), 0, None));
+    let ok = Record::Exit(Box::new(exit(Some(true), 0, None)));
     assert_eq!(
         one(ok, &options()),
         EventSpec::new(app(), EventType::Normal, "ContainerExited", "Container app exited with code 0")
@@ -227,7 +227,7 @@ fn init_container_exit_points_at_init_containers() {
     init.identity.container_name = Some("migrate".to_owned());
     init.identity.init_container = Some(true);
     assert_eq!(
-        one(Record::Exit(init), &options()),
+        one(Record::Exit(Box::new(init)), &options()),
         warning(
             ObjectReference::pod("shop", "web-0", UID).with_field_path("spec.initContainers{migrate}"),
             "ContainerExited",
@@ -240,10 +240,10 @@ fn init_container_exit_points_at_init_containers() {
 fn unknown_init_flag_means_a_regular_container_and_unknown_name_no_field_path() {
     let mut unknown = exit(Some(true), 1, None);
     unknown.identity.init_container = None;
-    assert_eq!(one(Record::Exit(unknown.clone()), &options()).involved_object, app());
+    assert_eq!(one(Record::Exit(Box::new(unknown.clone())), &options()).involved_object, app());
     unknown.identity.container_name = None;
     assert_eq!(
-        one(Record::Exit(unknown), &options()),
+        one(Record::Exit(Box::new(unknown)), &options()),
         warning(
             ObjectReference::pod("shop", "web-0", UID),
             "ContainerExited",
@@ -257,18 +257,18 @@ fn child_killed_by_a_crash_signal_is_process_crashed() {
     for (signal, name) in [(4, "SIGILL"), (5, "SIGTRAP"), (6, "SIGABRT"), (7, "SIGBUS"), (8, "SIGFPE"), (31, "SIGSYS")]
     {
         assert_eq!(
-            one(Record::Exit(exit(Some(false), 128 + signal, Some(signal))), &options()),
+            one(Record::Exit(Box::new(exit(Some(false), 128 + signal, Some(signal)))), &options()),
             warning(app(), "ProcessCrashed", &format!("Process 4300 (worker) of container app crashed: {name}"))
         );
     }
     let mut segv = exit(Some(false), 139, Some(11));
     assert_eq!(
-        one(Record::Exit(segv.clone()), &options()),
+        one(Record::Exit(Box::new(segv.clone())), &options()),
         warning(app(), "ProcessCrashed", "Process 4300 (worker) of container app crashed: SIGSEGV")
     );
     segv.core_dumped = true;
     assert_eq!(
-        one(Record::Exit(segv), &options()).message,
+        one(Record::Exit(Box::new(segv)), &options()).message,
         "Process 4300 (worker) of container app crashed: SIGSEGV (core dumped)"
     );
 }
@@ -278,7 +278,7 @@ fn child_killed_by_another_process_is_process_killed() {
     let mut term = exit(Some(false), 143, Some(15));
     term.sender = sender(77, "kill");
     assert_eq!(
-        one(Record::Exit(term), &options()),
+        one(Record::Exit(Box::new(term)), &options()),
         warning(
             app(),
             "ProcessKilled",
@@ -289,7 +289,7 @@ fn child_killed_by_another_process_is_process_killed() {
     let mut sent_segv = exit(Some(false), 139, Some(11));
     sent_segv.sender = sender(77, "kill");
     assert_eq!(
-        one(Record::Exit(sent_segv), &options()),
+        one(Record::Exit(Box::new(sent_segv)), &options()),
         warning(
             app(),
             "ProcessKilled",
@@ -306,15 +306,15 @@ fn other_child_deaths_give_nothing() {
     own_term.sender = sender(4300, "worker");
     quiet.push(own_term);
     for exit in quiet {
-        assert_eq!(events_for(&Record::Exit(exit.clone()), &options()), [], "{exit:?}");
+        assert_eq!(events_for(&Record::Exit(Box::new(exit.clone())), &options()), [], "{exit:?}");
     }
 }
 
 #[test]
 fn unknown_main_process_is_treated_as_a_child() {
-    assert_eq!(events_for(&Record::Exit(exit(None, 1, None)), &options()), []);
-    assert_eq!(events_for(&Record::Exit(exit(None, 137, Some(9))), &options()), []);
-    assert_eq!(one(Record::Exit(exit(None, 139, Some(11))), &options()).reason, "ProcessCrashed");
+    assert_eq!(events_for(&Record::Exit(Box::new(exit(None, 1, None))), &options()), []);
+    assert_eq!(events_for(&Record::Exit(Box::new(exit(None, 137, Some(9)))), &options()), []);
+    assert_eq!(one(Record::Exit(Box::new(exit(None, 139, Some(11)))), &options()).reason, "ProcessCrashed");
 }
 
 #[test]
@@ -324,15 +324,15 @@ fn records_without_a_named_pod_give_no_pod_event() {
     for strip in strip {
         let mut failed = exit(Some(true), 1, None);
         strip(&mut failed.identity);
-        assert_eq!(events_for(&Record::Exit(failed), &options()), []);
+        assert_eq!(events_for(&Record::Exit(Box::new(failed)), &options()), []);
         let mut killed = oom(Some(OomScope::Container), Some(true));
         strip(&mut killed.identity);
-        assert_eq!(events_for(&Record::OomKill(killed), &options()), []);
+        assert_eq!(events_for(&Record::OomKill(Box::new(killed)), &options()), []);
     }
     // A pod name no API object can have.
     let mut odd = exit(Some(true), 1, None);
     odd.identity.pod_name = Some("web\n0".to_owned());
-    assert_eq!(events_for(&Record::Exit(odd), &options()), []);
+    assert_eq!(events_for(&Record::Exit(Box::new(odd)), &options()), []);
 }
 
 #[test]
@@ -340,17 +340,17 @@ fn sandbox_exits_give_nothing_but_its_oom_kills_do() {
     let mut pause = exit(Some(true), 2, None);
     pause.identity.sandbox = true;
     pause.identity.container_name = Some("POD".to_owned());
-    assert_eq!(events_for(&Record::Exit(pause.clone()), &options()), []);
+    assert_eq!(events_for(&Record::Exit(Box::new(pause.clone())), &options()), []);
     pause.main_process = Some(false);
     pause.signal = Some(11);
-    assert_eq!(events_for(&Record::Exit(pause), &options()), []);
+    assert_eq!(events_for(&Record::Exit(Box::new(pause)), &options()), []);
 
     let mut killed = oom(Some(OomScope::Pod), Some(true));
     killed.identity.sandbox = true;
     killed.identity.container_name = Some("POD".to_owned());
     killed.comm = Some("pause".to_owned());
     assert_eq!(
-        one(Record::OomKill(killed), &options()),
+        one(Record::OomKill(Box::new(killed)), &options()),
         warning(
             ObjectReference::pod("shop", "web-0", UID),
             "OOMKilling",
@@ -362,7 +362,7 @@ fn sandbox_exits_give_nothing_but_its_oom_kills_do() {
 
 #[test]
 fn signal_and_cgroup_records_give_nothing() {
-    let signal = Record::Signal(Signal {
+    let signal = Record::Signal(Box::new(Signal {
         time: Timestamp(0),
         signal: 9,
         signal_name: "SIGKILL".to_owned(),
@@ -374,14 +374,14 @@ fn signal_and_cgroup_records_give_nothing() {
         identity: identity(),
         group: true,
         result: crate::record::SignalResult::Delivered,
-    });
+    }));
     assert_eq!(events_for(&signal, &options()), []);
-    let rmdir = Record::CgroupRmdir(CgroupChange {
+    let rmdir = Record::CgroupRmdir(Box::new(CgroupChange {
         time: Timestamp(0),
         cgroup_id: 1,
         cgroup_path: "/kubepods".to_owned(),
         identity: identity(),
-    });
+    }));
     assert_eq!(events_for(&rmdir, &options()), []);
 }
 
@@ -395,24 +395,24 @@ fn hostile_process_names_stay_escaped() {
     let mut crashed = exit(Some(false), 139, Some(11));
     crashed.comm.clone_from(&comm);
     assert_eq!(
-        one(Record::Exit(crashed), &options()).message,
+        one(Record::Exit(Box::new(crashed)), &options()).message,
         "Process 4300 (a\\x0ab\\x1b[2J\\\\zzzzzzz) of container app crashed: SIGSEGV"
     );
     let mut killed = exit(Some(true), 137, Some(9));
     killed.sender = sender(77, &comm);
     assert_eq!(
-        one(Record::Exit(killed), &options()).message,
+        one(Record::Exit(Box::new(killed)), &options()).message,
         "Container app exited with code 137: SIGKILL from pid 77 (a\\x0ab\\x1b[2J\\\\zzzzzzz)"
     );
     let mut node = oom(Some(OomScope::Node), Some(false));
     node.comm = Some(comm);
-    let events = events_for(&Record::OomKill(node), &options());
+    let events = events_for(&Record::OomKill(Box::new(node)), &options());
     assert_eq!(events[0].message, "System OOM encountered, victim process: a\\x0ab\\x1b[2J\\\\zzzzzzz, pid: 4242");
     // A raw control character that slipped past the resolver is escaped here; runtime names too.
     let mut raw_comm = exit(Some(false), 139, Some(11));
     raw_comm.comm = "x\u{1b}]0;pwned\u{7}".to_owned();
     raw_comm.identity.container_name = Some("app\r".to_owned());
-    let spec = one(Record::Exit(raw_comm), &options());
+    let spec = one(Record::Exit(Box::new(raw_comm)), &options());
     assert_eq!(spec.message, "Process 4300 (x\\x1b]0;pwned\\x07) of container app\\x0d crashed: SIGSEGV");
     assert_eq!(spec.involved_object, ObjectReference::pod("shop", "web-0", UID));
 }
@@ -421,7 +421,7 @@ fn hostile_process_names_stay_escaped() {
 fn long_messages_are_cut_on_a_char_boundary() {
     let mut long = oom(Some(OomScope::Cgroup), Some(false));
     long.oom_cgroup_path = Some(format!("/{}", "é".repeat(2000)));
-    let message = one(Record::OomKill(long), &options()).message;
+    let message = one(Record::OomKill(Box::new(long)), &options()).message;
     assert!(message.len() <= MAX_MESSAGE_BYTES, "{}", message.len());
     assert!(message.len() >= MAX_MESSAGE_BYTES - 4, "{}", message.len());
     assert!(message.starts_with(
@@ -431,7 +431,7 @@ fn long_messages_are_cut_on_a_char_boundary() {
 
     let mut named = exit(Some(true), 1, None);
     named.identity.container_name = Some("c".repeat(3000));
-    let spec = one(Record::Exit(named), &options());
+    let spec = one(Record::Exit(Box::new(named)), &options());
     assert_eq!(spec.message.len(), MAX_MESSAGE_BYTES);
     assert_eq!(spec.message, format!("Container {}{TRUNCATION_MARKER}", "c".repeat(MAX_MESSAGE_BYTES - 13)));
 }
@@ -472,7 +472,7 @@ fn random_records_never_panic() {
     for round in 0..10_000 {
         let record = if rng.bool() {
             let signal = [None, Some(rng.u32(..70))][rng.usize(..2)];
-            Record::Exit(Exit {
+            Record::Exit(Box::new(Exit {
                 time: Timestamp(rng.i64(..)),
                 pid: rng.u32(..),
                 ppid: rng.u32(..),
@@ -493,10 +493,10 @@ fn random_records_never_panic() {
                 main_process: tri(&mut rng),
                 stop: None,
                 stop_request: None,
-            })
+            }))
         } else {
             let maybe_u64 = |rng: &mut fastrand::Rng| rng.bool().then(|| rng.u64(..) >> rng.u32(..64));
-            Record::OomKill(OomKill {
+            Record::OomKill(Box::new(OomKill {
                 time: Timestamp(rng.i64(..)),
                 pid: rng.u32(..),
                 comm: text(&mut rng),
@@ -521,7 +521,7 @@ fn random_records_never_panic() {
                     Some(OomScope::Node),
                     Some(OomScope::Cgroup),
                 ][rng.usize(..5)],
-            })
+            }))
         };
         let options = EventOptions { node_name: text(&mut rng).unwrap_or_default(), probed_reasons: Vec::new() };
         let events = events_for(&record, &options);
@@ -574,7 +574,7 @@ fn a_main_process_that_outlived_its_grace_period_is_grace_period_exceeded() {
     let mut killed = stopped(exit(Some(true), 137, Some(9)), Some(Stop::GraceExceeded), 15, true, Some(3_000));
     killed.sender = sender(901, "runc");
     assert_eq!(
-        one(Record::Exit(killed.clone()), &options()),
+        one(Record::Exit(Box::new(killed.clone())), &options()),
         warning(
             app(),
             "GracePeriodExceeded",
@@ -586,7 +586,7 @@ fn a_main_process_that_outlived_its_grace_period_is_grace_period_exceeded() {
     let mut slow = killed.clone();
     slow.stop_request.as_mut().unwrap().ignored = false;
     assert_eq!(
-        one(Record::Exit(slow), &options()).message,
+        one(Record::Exit(Box::new(slow)), &options()).message,
         "Container app did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime)"
     );
 }
@@ -599,7 +599,7 @@ fn a_stop_says_why_the_pod_was_being_stopped_when_the_api_said_so() {
         let mut exit = killed.clone();
         exit.stop_request.as_mut().unwrap().pod_stop =
             Some(PodStop { deleted, reason: reason.map(Into::into), message: message.map(Into::into) });
-        one(Record::Exit(exit), &options()).message
+        one(Record::Exit(Box::new(exit)), &options()).message
     };
     let head = "Container app did not exit within 2 s of SIGTERM and was killed (SIGKILL from the runtime); it ignores \
                 SIGTERM; the pod was being";
@@ -617,7 +617,7 @@ fn a_stop_says_why_the_pod_was_being_stopped_when_the_api_said_so() {
     let mut polite = stopped(exit(Some(true), 143, None), Some(Stop::Requested), 15, false, None);
     polite.stop_request.as_mut().unwrap().pod_stop = Some(PodStop { deleted: true, reason: None, message: None });
     assert_eq!(
-        one(Record::Exit(polite), &options()).message,
+        one(Record::Exit(Box::new(polite)), &options()).message,
         "Container app stopped on request: exited with code 143, 0.4 s after SIGTERM; the pod was being deleted"
     );
 }
@@ -627,7 +627,7 @@ fn a_stop_for_a_failed_probe_is_a_warning_that_quotes_the_kubelet() {
     let with = |exit: &Exit, said: &str| {
         let mut exit = exit.clone();
         exit.stop_request.as_mut().unwrap().kubelet_message = Some(said.into());
-        one(Record::Exit(exit), &options())
+        one(Record::Exit(Box::new(exit)), &options())
     };
     let polite = stopped(exit(Some(true), 143, None), Some(Stop::Requested), 15, false, None);
     let stopped_on_request = "Container app stopped on request: exited with code 143, 0.4 s after SIGTERM";
@@ -655,7 +655,7 @@ fn a_stop_for_a_failed_probe_is_a_warning_that_quotes_the_kubelet() {
     request.kubelet_message = Some("Container app failed liveness probe, will be restarted".into());
     request.probe_message = Some("Liveness probe failed: HTTP probe failed with statuscode: 500".into());
     assert_eq!(
-        one(Record::Exit(probed), &options()).message,
+        one(Record::Exit(Box::new(probed)), &options()).message,
         format!(
             "{stopped_on_request}; the kubelet said \"Container app failed liveness probe, will be restarted\" after \
              \"Liveness probe failed: HTTP probe failed with statuscode: 500\""
@@ -680,7 +680,7 @@ fn a_requested_stop_is_no_warning_but_a_normal_container_stopped() {
     // Java's convention: exit 143 on SIGTERM.
     let java = stopped(exit(Some(true), 143, None), Some(Stop::Requested), 15, false, None);
     assert_eq!(
-        one(Record::Exit(java), &options()),
+        one(Record::Exit(Box::new(java)), &options()),
         EventSpec::new(
             app(),
             EventType::Normal,
@@ -690,14 +690,14 @@ fn a_requested_stop_is_no_warning_but_a_normal_container_stopped() {
     );
     let by_signal = stopped(exit(Some(true), 143, Some(15)), Some(Stop::Requested), 15, false, None);
     assert_eq!(
-        one(Record::Exit(by_signal), &options()).message,
+        one(Record::Exit(Box::new(by_signal)), &options()).message,
         "Container app stopped on request: exited with code 143 (SIGTERM), 0.4 s after SIGTERM"
     );
     // The runtime's SIGKILL with no grace (sandbox stop) is a requested stop too.
     let mut sigkill = stopped(exit(Some(true), 137, Some(9)), Some(Stop::Requested), 9, false, None);
     sigkill.sender = sender(900, "runc");
     assert_eq!(
-        one(Record::Exit(sigkill), &options()),
+        one(Record::Exit(Box::new(sigkill)), &options()),
         EventSpec::new(
             app(),
             EventType::Normal,
@@ -712,18 +712,18 @@ fn other_processes_the_runtime_ends_give_nothing() {
     for (code, signal) in [(137, 9), (143, 15)] {
         let mut child = stopped(exit(Some(false), code, Some(signal)), Some(Stop::Requested), signal, false, None);
         child.sender = sender(900, "runc");
-        assert_eq!(events_for(&Record::Exit(child), &options()), [], "{signal}");
+        assert_eq!(events_for(&Record::Exit(Box::new(child)), &options()), [], "{signal}");
     }
     let mut unknown = stopped(exit(None, 137, Some(9)), Some(Stop::GraceExceeded), 15, false, Some(3_000));
     unknown.sender = sender(901, "runc");
-    assert_eq!(events_for(&Record::Exit(unknown), &options()), []);
+    assert_eq!(events_for(&Record::Exit(Box::new(unknown)), &options()), []);
 }
 
 #[test]
 fn a_crash_during_a_requested_stop_is_still_a_failure() {
     let crash = stopped(exit(Some(true), 139, Some(11)), None, 15, false, None);
     assert_eq!(
-        one(Record::Exit(crash), &options()),
+        one(Record::Exit(Box::new(crash)), &options()),
         warning(app(), "ContainerExited", "Container app exited with code 139: SIGSEGV")
     );
 }

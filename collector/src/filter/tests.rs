@@ -8,7 +8,7 @@ use crate::{
 };
 
 fn exit(container: &str, code: u32, signal: Option<u32>, main: bool) -> Record {
-    Record::Exit(Exit {
+    Record::Exit(Box::new(Exit {
         time: Timestamp(0),
         pid: 42,
         ppid: 1,
@@ -29,7 +29,7 @@ fn exit(container: &str, code: u32, signal: Option<u32>, main: bool) -> Record {
         main_process: Some(main),
         stop: None,
         stop_request: None,
-    })
+    }))
 }
 
 fn spec(reason: &str) -> EventSpec {

@@ -231,7 +231,7 @@ mod tests {
     }
 
     fn hung(pid: u32) -> Record {
-        Record::HungTask(HungTask {
+        Record::HungTask(Box::new(HungTask {
             time: Timestamp(0),
             pid,
             tid: pid,
@@ -245,7 +245,7 @@ mod tests {
                 container_name: Some("postgres".to_owned()),
                 ..Identity::default()
             },
-        })
+        }))
     }
 
     #[test]
@@ -293,7 +293,7 @@ mod tests {
     fn a_read_only_remount_sets_readonly_filesystem() {
         let mut conditions = NodeConditions::new(config(), Timestamp(0));
         let line = "EXT4-fs (loop0): Remounting filesystem read-only";
-        let log = Record::KernelLog(KernelLog {
+        let log = Record::KernelLog(Box::new(KernelLog {
             time: Timestamp(0),
             line: line.to_owned(),
             truncated: false,
@@ -302,7 +302,7 @@ mod tests {
             reason: Some("FilesystemIsReadOnly".to_owned()),
             condition: Some("ReadonlyFilesystem".to_owned()),
             identity: Identity::default(),
-        });
+        }));
         assert!(conditions.observe(&log, Instant::now(), Timestamp(0)));
         let set = conditions.conditions();
         let readonly = find(&set, "ReadonlyFilesystem");
@@ -314,7 +314,7 @@ mod tests {
     fn frequent_oom_kills_set_and_clear_with_the_window() {
         let t0 = Instant::now();
         let mut conditions = NodeConditions::new(config(), Timestamp(0));
-        let oom = Record::OomKill(crate::record::OomKill {
+        let oom = Record::OomKill(Box::new(crate::record::OomKill {
             time: Timestamp(0),
             pid: 7,
             comm: None,
@@ -333,7 +333,7 @@ mod tests {
             identity: Identity { container_id: Some("c".repeat(64)), ..Identity::default() },
             main_process: None,
             scope: None,
-        });
+        }));
         assert!(NodeConditions::concerns(&oom));
         assert!(!conditions.observe(&oom, t0, Timestamp(0)));
         assert!(!conditions.observe(&oom, t0 + Duration::from_secs(1), Timestamp(0)));

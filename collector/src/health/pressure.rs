@@ -261,7 +261,7 @@ fn record(key: &Key, transition: Transition, identity: Identity, v2: &CgroupTree
     let (path, resource) = key;
     let limit = (*resource == PressureResource::Memory).then(|| memory.memory_limit(path)).flatten();
     let cpu_limit_millicores = (*resource == PressureResource::Cpu).then(|| v2.cpu_limit_millicores(path)).flatten();
-    Record::Pressure(Pressure {
+    Record::Pressure(Box::new(Pressure {
         time: Timestamp::now(),
         resource: *resource,
         state: transition.state,
@@ -272,7 +272,7 @@ fn record(key: &Key, transition: Transition, identity: Identity, v2: &CgroupTree
         memory_usage_bytes: limit.map(|limit| limit.usage),
         cpu_limit_millicores,
         identity,
-    })
+    }))
 }
 
 #[cfg(test)]

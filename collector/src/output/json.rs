@@ -149,7 +149,7 @@ mod tests {
     };
 
     fn serde(exit: &Exit) -> String {
-        serde_json::to_string(&Record::Exit(exit.clone())).unwrap()
+        serde_json::to_string(&Record::Exit(Box::new(exit.clone()))).unwrap()
     }
 
     fn ours(exit: &Exit) -> String {

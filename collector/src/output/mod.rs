@@ -299,7 +299,7 @@ mod tests {
     };
 
     fn exit(pid: u32) -> Record {
-        Record::Exit(Exit {
+        Record::Exit(Box::new(Exit {
             time: Timestamp(1_795_862_410_123_456_789),
             pid,
             ppid: 1,
@@ -315,7 +315,7 @@ mod tests {
             main_process: None,
             stop: None,
             stop_request: None,
-        })
+        }))
     }
 
     #[test]
@@ -407,7 +407,7 @@ mod tests {
     #[test]
     fn oom_kills_say_which_limit_was_hit() {
         let mut out = Output::new(Format::Text, Vec::new());
-        out.write(&Record::OomKill(OomKill {
+        out.write(&Record::OomKill(Box::new(OomKill {
             time: Timestamp(0),
             pid: 10,
             comm: Some("dd".into()),
@@ -426,7 +426,7 @@ mod tests {
             identity: Identity::default(),
             main_process: None,
             scope: Some(OomScope::Cgroup),
-        }))
+        })))
         .unwrap();
         let text = String::from_utf8(out.into_inner()).unwrap();
         assert!(

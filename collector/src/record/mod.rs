@@ -15,29 +15,29 @@ use crate::clock::Timestamp;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     /// A process ended.
-    Exit(Exit),
+    Exit(Box<Exit>),
     /// The OOM killer chose a victim.
-    OomKill(OomKill),
+    OomKill(Box<OomKill>),
     /// A signal that can end a process was generated.
-    Signal(Signal),
+    Signal(Box<Signal>),
     /// A cgroup v2 directory was created.
-    CgroupMkdir(CgroupChange),
+    CgroupMkdir(Box<CgroupChange>),
     /// A cgroup v2 directory was removed.
-    CgroupRmdir(CgroupChange),
+    CgroupRmdir(Box<CgroupChange>),
     /// A process was moved into a cgroup v2 directory.
-    CgroupAttach(CgroupAttach),
+    CgroupAttach(Box<CgroupAttach>),
     /// The hung-task detector found a task blocked too long.
-    HungTask(HungTask),
+    HungTask(Box<HungTask>),
     /// The kernel logged a line.
-    KernelLog(KernelLog),
+    KernelLog(Box<KernelLog>),
     /// A filesystem reported an error.
-    FsError(FsError),
+    FsError(Box<FsError>),
     /// A block request failed.
-    IoError(IoError),
+    IoError(Box<IoError>),
     /// A memory controller reported a hardware error.
-    HwError(HwError),
+    HwError(Box<HwError>),
     /// A container began or stopped stalling on memory, CPU or I/O.
-    Pressure(Pressure),
+    Pressure(Box<Pressure>),
 }
 
 impl Record {
@@ -60,7 +60,7 @@ impl Record {
     }
 
     /// The process the record is about, if any.
-    pub const fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         match self {
             Self::Exit(exit) => Some(exit.pid),
             Self::OomKill(oom) => Some(oom.pid),
@@ -78,7 +78,7 @@ impl Record {
     }
 
     /// When the kernel reported it, as wall time.
-    pub const fn time(&self) -> Timestamp {
+    pub fn time(&self) -> Timestamp {
         match self {
             Self::Exit(exit) => exit.time,
             Self::OomKill(oom) => oom.time,
@@ -95,7 +95,7 @@ impl Record {
     }
 
     /// The pod and container the record is about.
-    pub const fn identity(&self) -> &Identity {
+    pub fn identity(&self) -> &Identity {
         match self {
             Self::Exit(exit) => &exit.identity,
             Self::OomKill(oom) => &oom.identity,
@@ -112,7 +112,7 @@ impl Record {
     }
 
     /// The pod and container the record is about, to fill in.
-    pub const fn identity_mut(&mut self) -> &mut Identity {
+    pub fn identity_mut(&mut self) -> &mut Identity {
         match self {
             Self::Exit(exit) => &mut exit.identity,
             Self::OomKill(oom) => &mut oom.identity,

@@ -47,7 +47,7 @@ pub(crate) fn sample_exit() -> Exit {
 
 #[test]
 fn serialises_exit_records_with_the_documented_fields() {
-    let record = Record::Exit(sample_exit());
+    let record = Record::Exit(Box::new(sample_exit()));
     assert_eq!(
         serde_json::to_string(&record).unwrap(),
         r#"{"type":"exit","time":"2026-11-28T10:40:10.123456789Z","pid":4242,"ppid":4200,"comm":"sh","exit_code":7,"signal":null,"core_dumped":false,"cgroup_id":5678,"cgroup_path":"/some/cgroup","oom_killed":false,"sender":null,"container_id":null,"pod_uid":null,"pod_name":null,"namespace":null,"container_name":null,"main_process":null,"stop":null,"stop_request":null}"#
@@ -68,7 +68,7 @@ fn records_read_back_as_they_were_for_trace_from() {
         sandbox: true,
     };
     let records = [
-        Record::Exit(Exit {
+        Record::Exit(Box::new(Exit {
             time: Timestamp(-5),
             pid: 1,
             ppid: 0,
@@ -84,8 +84,8 @@ fn records_read_back_as_they_were_for_trace_from() {
             main_process: Some(true),
             stop: Some(Stop::GraceExceeded),
             stop_request: None,
-        }),
-        Record::Signal(Signal {
+        })),
+        Record::Signal(Box::new(Signal {
             time: Timestamp(1_795_862_410_123_456_789),
             signal: 15,
             signal_name: "SIGTERM".into(),
@@ -97,7 +97,7 @@ fn records_read_back_as_they_were_for_trace_from() {
             identity,
             group: true,
             result: SignalResult::Ignored,
-        }),
+        })),
     ];
     for record in records {
         let json = serde_json::to_string(&record).unwrap();

@@ -17,7 +17,7 @@ impl RecordResolver {
         Some(match health.header.kind {
             kind::HUNG_TASK => {
                 let (cgroup_path, identity) = self.place(health.cgroup_id);
-                Record::HungTask(HungTask {
+                Record::HungTask(Box::new(HungTask {
                     time,
                     pid: health.pid,
                     tid: health.tid,
@@ -26,14 +26,14 @@ impl RecordResolver {
                     cgroup_path,
                     timeout_secs: hung_task_timeout(),
                     identity,
-                })
+                }))
             }
             kind::KERNEL_LOG => {
                 let text = c_str(&health.text);
                 let text = text.strip_suffix(b"\n").unwrap_or(text);
                 let line = escape_bytes(text);
                 let rule = self.kernel_log.classify(&line);
-                Record::KernelLog(KernelLog {
+                Record::KernelLog(Box::new(KernelLog {
                     time,
                     truncated: health.text_len as usize >= TEXT_CAP,
                     line,
@@ -42,11 +42,11 @@ impl RecordResolver {
                     reason: rule.map(|rule| rule.reason.to_owned()),
                     condition: rule.and_then(|rule| rule.condition).map(str::to_owned),
                     identity: crate::record::Identity::default(),
-                })
+                }))
             }
             kind::FS_ERROR => {
                 let (cgroup_path, identity) = self.place(health.cgroup_id);
-                Record::FsError(FsError {
+                Record::FsError(Box::new(FsError {
                     time,
                     device: device_name(health.dev),
                     filesystem: "ext4".to_owned(),
@@ -56,17 +56,17 @@ impl RecordResolver {
                     comm,
                     cgroup_path,
                     identity,
-                })
+                }))
             }
-            kind::IO_ERROR => Record::IoError(IoError {
+            kind::IO_ERROR => Record::IoError(Box::new(IoError {
                 time,
                 device: device_name(health.dev),
                 sector: health.value,
                 error: errno_name(health.code),
                 rwbs: escape_bytes(c_str(&health.detail)),
                 identity: crate::record::Identity::default(),
-            }),
-            kind::HW_ERROR if health.source == hw_source::MCE => Record::HwError(HwError {
+            })),
+            kind::HW_ERROR if health.source == hw_source::MCE => Record::HwError(Box::new(HwError {
                 time,
                 source: HwSource::MachineCheck,
                 severity: mce_severity(health.value).to_owned(),
@@ -74,8 +74,8 @@ impl RecordResolver {
                 message: machine_check(health.dev, health.code, health.value, health.address),
                 label: String::new(),
                 identity: crate::record::Identity::default(),
-            }),
-            kind::HW_ERROR => Record::HwError(HwError {
+            })),
+            kind::HW_ERROR => Record::HwError(Box::new(HwError {
                 time,
                 source: HwSource::MemoryController,
                 severity: hw_severity(health.code).to_owned(),
@@ -83,7 +83,7 @@ impl RecordResolver {
                 message: escape_bytes(c_str(&health.text)),
                 label: escape_bytes(c_str(&health.detail)),
                 identity: crate::record::Identity::default(),
-            }),
+            })),
             _ => return None,
         })
     }

@@ -140,11 +140,11 @@ impl RecordResolver {
                         }
                     }
                     None => {
-                        self.wait(now, Record::OomKill(oom), emit);
+                        self.wait(now, Record::OomKill(Box::new(oom)), emit);
                         return;
                     }
                 }
-                Record::OomKill(oom)
+                Record::OomKill(Box::new(oom))
             }
             KernelRecord::Signal(record) => {
                 let exe = c_str(&record.sender_exe);
@@ -152,31 +152,31 @@ impl RecordResolver {
                 // Before the wait below: the exit the signal asked for may be next.
                 self.stops.signal(&signal);
                 if signal.target_cgroup_path.is_none() {
-                    self.wait(now, Record::Signal(signal), emit);
+                    self.wait(now, Record::Signal(Box::new(signal)), emit);
                     return;
                 }
-                Record::Signal(signal)
+                Record::Signal(Box::new(signal))
             }
             KernelRecord::CgroupMkdir(change) => {
                 let change = self.change(change);
                 self.cgroups.created(change.cgroup_id, &change.cgroup_path, now);
-                Record::CgroupMkdir(change)
+                Record::CgroupMkdir(Box::new(change))
             }
             KernelRecord::CgroupRmdir(change) => {
                 let change = self.change(change);
                 self.cgroups.removed(change.cgroup_id, &change.cgroup_path, now);
-                Record::CgroupRmdir(change)
+                Record::CgroupRmdir(Box::new(change))
             }
             KernelRecord::CgroupAttach(attach) => {
                 let change = self.change(attach);
-                Record::CgroupAttach(CgroupAttach {
+                Record::CgroupAttach(Box::new(CgroupAttach {
                     time: change.time,
                     pid: attach.pid,
                     comm: escape_bytes(c_str(&attach.comm)),
                     cgroup_id: change.cgroup_id,
                     cgroup_path: change.cgroup_path,
                     identity: change.identity,
-                })
+                }))
             }
             KernelRecord::Health(health) => match self.health(health) {
                 Some(record) => record,
@@ -282,7 +282,7 @@ impl RecordResolver {
             }
             self.early_victims.push_back((now, exit.clone()));
         }
-        emit(Record::Exit(exit));
+        emit(Record::Exit(Box::new(exit)));
     }
 
     fn path(&mut self, id: u64) -> Option<String> {

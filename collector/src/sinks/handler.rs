@@ -296,12 +296,12 @@ mod tests {
     }
 
     fn dispatch(id: u64) -> Dispatch {
-        let record = Record::CgroupMkdir(CgroupChange {
+        let record = Record::CgroupMkdir(Box::new(CgroupChange {
             time: Timestamp(0),
             cgroup_id: id,
             cgroup_path: "/x".into(),
             identity: crate::record::Identity::default(),
-        });
+        }));
         let spec =
             EventSpec::new(crate::recorder::ObjectReference::node("n"), crate::recorder::EventType::Warning, "R", "m");
         Dispatch::new(record, vec![Decided { spec, delivery: Delivery::SpamFiltered }])

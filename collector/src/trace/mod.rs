@@ -462,7 +462,7 @@ mod tests {
     };
 
     fn exit(pid: u32, path: Option<&str>) -> Record {
-        Record::Exit(Exit {
+        Record::Exit(Box::new(Exit {
             time: Timestamp(0),
             pid,
             ppid: 1,
@@ -470,7 +470,7 @@ mod tests {
             cgroup_id: 7,
             cgroup_path: path.map(str::to_owned),
             ..sample_exit()
-        })
+        }))
     }
 
     /// The arguments of a bare `collector trace --format json`.

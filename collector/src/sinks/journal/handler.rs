@@ -178,12 +178,12 @@ mod tests {
     };
 
     fn dispatch(message: &str) -> Dispatch {
-        let record = Record::CgroupMkdir(CgroupChange {
+        let record = Record::CgroupMkdir(Box::new(CgroupChange {
             time: Timestamp(0),
             cgroup_id: 1,
             cgroup_path: "/x".into(),
             identity: Identity::default(),
-        });
+        }));
         let spec = EventSpec::new(pod("shop", "web-0"), EventType::Warning, "OOMKilling", message);
         let Decision::Write(write) = recorder().record(spec.clone(), at(0)) else { panic!("spam-filtered") };
         Dispatch::new(record, vec![Decided { spec, delivery: Delivery::Write(write) }])

@@ -15,12 +15,12 @@ use crate::{
 };
 
 fn record(path: &str, namespace: &str) -> Record {
-    Record::CgroupMkdir(CgroupChange {
+    Record::CgroupMkdir(Box::new(CgroupChange {
         time: Timestamp(1),
         cgroup_id: 7,
         cgroup_path: path.into(),
         identity: Identity { namespace: Some(namespace.to_owned()), ..Identity::default() },
-    })
+    }))
 }
 
 fn with_event(record: Record, reason: &str) -> Dispatch {
