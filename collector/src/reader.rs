@@ -83,11 +83,6 @@ impl RingReader {
         Ok(Self { ring, reader_idle, tick, empty_polls: 0, idle_until: None })
     }
 
-    /// Whether the reader is idle: its timer stopped, the kernel to wake it for the next record.
-    pub const fn is_idle(&self) -> bool {
-        self.idle_until.is_some()
-    }
-
     /// Waits until records arrive (a wake-up from the kernel or the next poll
     /// that finds some), then hands every available one to `handle`.
     /// Returns how many were handled. Cancel-safe: what it learned stays in `self`.
